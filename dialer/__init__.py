@@ -1,0 +1,1 @@
+"""The dialer: SIP user agent, worker and shared plumbing."""

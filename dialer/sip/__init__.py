@@ -1,0 +1,1 @@
+"""Pure SIP protocol core (sans-IO)."""

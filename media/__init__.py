@@ -1,0 +1,1 @@
+"""Media: RTP, codecs, jitter buffer, DTMF, recording, AMD. Imports nothing of ours."""

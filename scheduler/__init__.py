@@ -1,0 +1,1 @@
+"""The scheduler: workflow engine, calling windows, retries, pacing."""
