@@ -1,0 +1,38 @@
+"""The aiohttp application: routes, middleware, and its lifetime."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+
+from api import ingest, lists, records, workflows
+from api.context import POOL, SETTINGS
+from api.errors import error_middleware, json_response
+from api.openapi import build_openapi
+from dialer.settings import Settings
+
+__all__ = ["create_app"]
+
+_OPENAPI = web.AppKey("openapi", dict)
+
+
+async def _health(request: web.Request) -> web.Response:
+    await request.app[POOL].fetchval("SELECT 1")
+    return json_response({"status": "ok"})
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return json_response(request.app[_OPENAPI])
+
+
+def create_app(settings: Settings, pool: asyncpg.Pool) -> web.Application:
+    """The API over an open pool; the caller owns the pool and closes it."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[POOL] = pool
+    app[_OPENAPI] = build_openapi(settings.public_url)
+    app.router.add_get("/healthz", _health)
+    app.router.add_get("/openapi.json", _openapi)
+    for module in (workflows, lists, records, ingest):
+        app.router.add_routes(module.routes)
+    return app

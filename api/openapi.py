@@ -1,0 +1,584 @@
+"""The OpenAPI 3.1 document for every route, built once at start-up."""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["build_openapi"]
+
+_UUID = {"type": "string", "format": "uuid"}
+_TIME = {"type": "string", "format": "date-time"}
+_OBJ = {"type": "object"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_ERRORS = {
+    "400": _json(_ref("Error"), "The body is not a JSON object"),
+    "401": _json(_ref("Error"), "Missing, wrong or revoked API key"),
+    "404": _json(_ref("Error"), "No such item (or it belongs to another tenant)"),
+    "405": _json(_ref("Error"), "Method not allowed"),
+    "409": _json(_ref("Error"), "The item's state forbids this"),
+    "413": _json(_ref("Error"), "The body is too large"),
+    "422": _json(_ref("Error"), "A field is missing or invalid; error.field names it"),
+    "500": _json(_ref("Error"), "Internal error (never expected; logged)"),
+}
+
+
+def _op(
+    summary: str,
+    responses: dict[str, Any],
+    *,
+    body: dict[str, Any] | None = None,
+    params: list[dict[str, Any]] | None = None,
+    bearer: bool = True,
+    idempotent: bool = False,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {**responses, **_ERRORS}}
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    parameters = list(params or [])
+    if idempotent:
+        parameters.append(
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                "description": "A retried POST with the same key replays the first answer.",
+            }
+        )
+    if parameters:
+        op["parameters"] = parameters
+    op["security"] = [{"bearer": []}] if bearer else []
+    return op
+
+
+def _path(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+        "description": description,
+    }
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
+
+
+_PAGE = [
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "Page size"),
+    _query("cursor", _UUID, "The next_cursor of the previous page"),
+]
+
+_RECORD_FIELDS: dict[str, Any] = {
+    "record_phone_number": {
+        "type": "string",
+        "description": "Ten digits (US, no +1); under /v1 also E.164 such as +442071838750",
+        "examples": ["2125550123"],
+    },
+    "record_first_name": {"type": "string", "minLength": 1, "maxLength": 100},
+    "record_last_name": {"type": "string", "maxLength": 100},
+    "record_zip_code": {"type": "string", "pattern": "^[0-9]{5}(-[0-9]{4})?$"},
+    "placeholders": {"type": "object", "description": "Any object; stored and returned as given"},
+    "meta": {"type": "object", "description": "Any object; returned as given in every webhook"},
+}
+
+
+def _schemas() -> dict[str, Any]:
+    ref_record = {
+        "type": "object",
+        "required": ["record_phone_number", "record_first_name"],
+        "properties": _RECORD_FIELDS,
+        "additionalProperties": False,
+    }
+    v1_record = {
+        "type": "object",
+        "required": ["record_phone_number", "record_first_name"],
+        "properties": {**_RECORD_FIELDS, "case_id": {"type": "string", "maxLength": 128}},
+        "additionalProperties": False,
+    }
+    bulk_result = {
+        "type": "object",
+        "required": ["status", "accepted", "rejected", "records", "errors"],
+        "properties": {
+            "status": {"const": "success"},
+            "accepted": {"type": "integer"},
+            "rejected": {"type": "integer"},
+            "records": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "id"],
+                    "properties": {"index": {"type": "integer"}, "id": _UUID},
+                },
+            },
+            "errors": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["index", "field", "message"],
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "field": {"type": "string"},
+                        "message": {"type": "string"},
+                    },
+                },
+            },
+        },
+    }
+    definition = {
+        "type": "object",
+        "required": ["start", "nodes"],
+        "description": "Nodes (call, wait, branch, sms, email, webhook, end) and edges by outcome",
+        "properties": {
+            "start": {"type": "string"},
+            "nodes": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["id", "type"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "type": {
+                            "enum": ["call", "wait", "branch", "sms", "email", "webhook", "end"]
+                        },
+                    },
+                },
+            },
+            "edges": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["from", "to"],
+                    "properties": {
+                        "from": {"type": "string"},
+                        "to": {"type": "string"},
+                        "on": {"type": "string"},
+                    },
+                },
+            },
+        },
+    }
+    workflow = {
+        "type": "object",
+        "required": ["id", "workflow_key", "name", "status", "version", "definition", "settings"],
+        "properties": {
+            "id": _UUID,
+            "workflow_key": {"type": "string", "pattern": "^[A-Za-z0-9]{6}$"},
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            "status": {"enum": ["draft", "active", "paused", "stopped"]},
+            "version": {"type": "integer"},
+            "definition": definition,
+            "settings": _OBJ,
+            "created_at": _TIME,
+            "updated_at": _TIME,
+        },
+    }
+    record = {
+        "type": "object",
+        "required": ["id", "workflow_id", "phone_e164", "status", "placeholders", "meta"],
+        "properties": {
+            "id": _UUID,
+            "workflow_id": _UUID,
+            "workflow_key": {"type": "string"},
+            "workflow_version": {"type": "integer"},
+            "list_id": _nullable(_UUID),
+            "case_id": _nullable({"type": "string"}),
+            "phone_e164": {"type": "string"},
+            "record_phone_number": {"type": "string"},
+            "record_first_name": {"type": "string"},
+            "record_last_name": {"type": "string"},
+            "record_zip_code": _nullable({"type": "string"}),
+            "placeholders": _OBJ,
+            "meta": _OBJ,
+            "status": {
+                "enum": [
+                    "queued",
+                    "in_progress",
+                    "waiting",
+                    "completed",
+                    "cancelled",
+                    "dnc",
+                    "failed",
+                ]
+            },
+            "current_node": _nullable({"type": "string"}),
+            "attempts": {"type": "integer"},
+            "next_attempt_at": _nullable(_TIME),
+            "outcome": _nullable({"type": "string"}),
+            "created_at": _TIME,
+            "updated_at": _TIME,
+            "completed_at": _nullable(_TIME),
+        },
+    }
+    list_schema = {
+        "type": "object",
+        "required": ["id", "workflow_id", "name", "status", "counts"],
+        "properties": {
+            "id": _UUID,
+            "workflow_id": _UUID,
+            "name": {"type": "string"},
+            "settings": _OBJ,
+            "status": {"enum": ["active", "cancelled", "completed"]},
+            "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "created_at": _TIME,
+            "updated_at": _TIME,
+            "cancelled_at": _nullable(_TIME),
+            "completed_at": _nullable(_TIME),
+        },
+    }
+    error = {
+        "type": "object",
+        "required": ["status", "error"],
+        "properties": {
+            "status": {"const": "error"},
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "field": {"type": "string"},
+                    "problems": {"type": "array", "items": _OBJ},
+                },
+            },
+        },
+    }
+    return {
+        "Error": error,
+        "RefRecord": ref_record,
+        "V1Record": v1_record,
+        "BulkResult": bulk_result,
+        "Definition": definition,
+        "Workflow": workflow,
+        "Record": record,
+        "List": list_schema,
+    }
+
+
+def _page_of(schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["items"],
+        "properties": {
+            "items": {"type": "array", "items": schema},
+            "next_cursor": _nullable(_UUID),
+        },
+    }
+
+
+def _paths() -> dict[str, Any]:
+    api_key = {"api_key": {"type": "string"}, "workflow_key": {"type": "string"}}
+    ok_single = {
+        "type": "object",
+        "required": ["status", "record_id"],
+        "properties": {"status": {"const": "success"}, "record_id": _UUID},
+    }
+    completed = {
+        "type": "object",
+        "required": ["status", "completed"],
+        "properties": {
+            "status": {"const": "success"},
+            "completed": {"type": "array", "items": _UUID},
+        },
+    }
+    complete_body = {
+        "type": "object",
+        "required": ["workflow_key", "record_phone_number"],
+        "properties": {**api_key, "record_phone_number": {"type": "string"}},
+    }
+    workflow_id = _path("workflow_id", "The workflow's id or its six-character workflow_key")
+    workflow_input = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 200},
+            "description": {"type": "string", "maxLength": 5000},
+            "definition": _ref("Definition"),
+            "settings": _OBJ,
+            "status": {"enum": ["draft", "active", "paused"]},
+            "template": {"type": "string"},
+        },
+        "additionalProperties": False,
+    }
+    workflow_patch = {
+        "type": "object",
+        "properties": {
+            k: v for k, v in workflow_input["properties"].items() if k not in {"status", "template"}
+        },
+        "additionalProperties": False,
+    }
+    list_settings = {
+        "type": "object",
+        "properties": {
+            "priority": {"type": "integer", "minimum": 0, "maximum": 100},
+            "start_at": _TIME,
+        },
+        "additionalProperties": False,
+    }
+    template = {"type": "object", "required": ["id", "name", "definition", "settings"]}
+    wf = _ref("Workflow")
+    return {
+        "/api/call/": {
+            "post": _op(
+                "Add one record (reference API; api_key in the body)",
+                {"200": _json(ok_single, "Stored")},
+                body={
+                    "type": "object",
+                    "required": [
+                        "api_key",
+                        "workflow_key",
+                        "record_phone_number",
+                        "record_first_name",
+                    ],
+                    "properties": {**api_key, **_RECORD_FIELDS},
+                },
+                bearer=False,
+            )
+        },
+        "/api/bulk-call/": {
+            "post": _op(
+                "Add up to 1,000 records; each accepted or rejected on its own",
+                {"200": _json(_ref("BulkResult"), "Per-item results")},
+                body={
+                    "type": "object",
+                    "required": ["api_key", "workflow_key", "records"],
+                    "properties": {
+                        **api_key,
+                        "records": {"type": "array", "maxItems": 1000, "items": _ref("RefRecord")},
+                    },
+                },
+                bearer=False,
+            )
+        },
+        "/api/complete/": {
+            "post": _op(
+                "Mark a number's open records complete: they are not called again",
+                {"200": _json(completed, "Completed")},
+                body={**complete_body, "required": ["api_key", *complete_body["required"]]},
+                bearer=False,
+            )
+        },
+        "/v1/records": {
+            "post": _op(
+                "Add one record",
+                {"201": _json(ok_single, "Stored")},
+                body={
+                    **_ref("V1Record"),
+                },
+                idempotent=True,
+            ),
+            "get": _op(
+                "Search records",
+                {"200": _json(_page_of(_ref("Record")), "A page of records")},
+                params=[
+                    _query("phone", {"type": "string"}, "Ten digits or E.164"),
+                    _query("case_id", {"type": "string"}, "Case id"),
+                    _query("first_name", {"type": "string"}, "First name (case-insensitive)"),
+                    _query("last_name", {"type": "string"}, "Last name (case-insensitive)"),
+                    _query("workflow_id", _UUID, "Workflow"),
+                    _query("list_id", _UUID, "List"),
+                    _query("status", {"type": "string"}, "Record status"),
+                    *_PAGE,
+                ],
+            ),
+        },
+        "/v1/records/bulk": {
+            "post": _op(
+                "Add up to 1,000 records",
+                {"200": _json(_ref("BulkResult"), "Per-item results")},
+                body={
+                    "type": "object",
+                    "required": ["workflow_key", "records"],
+                    "properties": {
+                        "workflow_key": {"type": "string"},
+                        "records": {"type": "array", "maxItems": 1000, "items": _ref("V1Record")},
+                    },
+                },
+                idempotent=True,
+            )
+        },
+        "/v1/records/complete": {
+            "post": _op(
+                "Mark a number's open records complete",
+                {"200": _json(completed, "Completed")},
+                body=complete_body,
+            )
+        },
+        "/v1/records/locate": {
+            "get": _op(
+                "Which workflows hold a case id or a callee number",
+                {"200": _json({"type": "object", "required": ["items"]}, "Workflows")},
+                params=[
+                    _query("case_id", {"type": "string"}, "Case id"),
+                    _query("phone", {"type": "string"}, "Ten digits or E.164"),
+                ],
+            )
+        },
+        "/v1/records/{record_id}": {
+            "parameters": [_path("record_id", "Record id")],
+            "get": _op("Get a record", {"200": _json(_ref("Record"), "The record")}),
+            "patch": _op(
+                "Edit a record's names, ZIP, placeholders, meta or case id",
+                {"200": _json(_ref("Record"), "The record")},
+                body={
+                    "type": "object",
+                    "properties": {
+                        k: v for k, v in _RECORD_FIELDS.items() if k != "record_phone_number"
+                    }
+                    | {"case_id": {"type": "string"}},
+                    "additionalProperties": False,
+                },
+            ),
+            "delete": _op("Delete a record", {"204": {"description": "Deleted"}}),
+        },
+        "/v1/workflow-templates": {
+            "get": _op(
+                "Built-in workflow templates",
+                {"200": _json({"type": "object", "required": ["items"]}, "Templates")},
+            )
+        },
+        "/v1/workflow-templates/{template_id}": {
+            "parameters": [_path("template_id", "Template id")],
+            "get": _op("A template", {"200": _json(template, "The template")}),
+        },
+        "/v1/workflows": {
+            "post": _op(
+                "Create a workflow (from a definition or a template)",
+                {"201": _json(wf, "Created")},
+                body=workflow_input,
+            ),
+            "get": _op(
+                "List workflows",
+                {"200": _json(_page_of(wf), "A page of workflows")},
+                params=[_query("status", {"type": "string"}, "Only this status"), *_PAGE],
+            ),
+        },
+        "/v1/workflows/{workflow_id}": {
+            "parameters": [workflow_id],
+            "get": _op("Get a workflow", {"200": _json(wf, "The workflow")}),
+            "patch": _op(
+                "Update a workflow; a new definition or settings makes a new version",
+                {"200": _json(wf, "The workflow")},
+                body=workflow_patch,
+            ),
+            "delete": _op("Stop and delete a workflow", {"204": {"description": "Deleted"}}),
+        },
+        "/v1/workflows/{workflow_id}/status": {
+            "parameters": [workflow_id],
+            "post": _op(
+                "Set the status (draft -> active <-> paused -> stopped)",
+                {"200": _json(wf, "The workflow")},
+                body={
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {"status": {"enum": ["draft", "active", "paused", "stopped"]}},
+                },
+            ),
+        },
+        "/v1/workflows/{workflow_id}/toggle": {
+            "parameters": [workflow_id],
+            "post": _op("Toggle active and paused", {"200": _json(wf, "The workflow")}),
+        },
+        "/v1/workflows/{workflow_id}/versions": {
+            "parameters": [workflow_id],
+            "get": _op(
+                "Every version of the definition",
+                {"200": _json({"type": "object", "required": ["items"]}, "Versions")},
+            ),
+        },
+        "/v1/workflows/{workflow_id}/lists": {
+            "parameters": [workflow_id],
+            "post": _op(
+                "Add a list of records to the workflow",
+                {"201": _json({"type": "object", "required": ["list", "accepted"]}, "Created")},
+                body={
+                    "type": "object",
+                    "required": ["name", "records"],
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+                        "settings": list_settings,
+                        "records": {"type": "array", "maxItems": 1000, "items": _ref("V1Record")},
+                    },
+                    "additionalProperties": False,
+                },
+                idempotent=True,
+            ),
+            "get": _op(
+                "The workflow's lists",
+                {"200": _json(_page_of(_ref("List")), "A page of lists")},
+                params=_PAGE,
+            ),
+        },
+        "/v1/lists/{list_id}": {
+            "parameters": [_path("list_id", "List id")],
+            "get": _op(
+                "Get a list with counts by status", {"200": _json(_ref("List"), "The list")}
+            ),
+            "patch": _op(
+                "Rename a list or change its settings",
+                {"200": _json(_ref("List"), "The list")},
+                body={
+                    "type": "object",
+                    "properties": {
+                        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+                        "settings": list_settings,
+                    },
+                    "additionalProperties": False,
+                },
+            ),
+        },
+        "/v1/lists/{list_id}/cancel": {
+            "parameters": [_path("list_id", "List id")],
+            "post": _op(
+                "Cancel a list: queued records are cancelled, calls in progress finish",
+                {"200": _json(_ref("List"), "The list")},
+            ),
+        },
+        "/healthz": {
+            "get": {
+                "summary": "Liveness and database reachability",
+                "security": [],
+                "responses": {
+                    "200": _json({"type": "object"}, "Healthy"),
+                    "500": _json(_ref("Error"), "Unhealthy"),
+                },
+            }
+        },
+    }
+
+
+def build_openapi(server_url: str) -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "dialer",
+            "version": "0.1.0",
+            "description": "Record ingestion, workflows and look-ups for the dialer.",
+        },
+        "servers": [{"url": server_url}],
+        "paths": _paths(),
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

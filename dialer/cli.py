@@ -1,0 +1,149 @@
+"""The ``dialer`` command.
+
+Subcommands import what they need inside their functions: this is the one
+module allowed to reach from ``dialer`` up into ``api`` and ``scheduler``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+
+from dialer.settings import Settings, SettingsError
+
+__all__ = ["main"]
+
+
+@contextlib.asynccontextmanager
+async def database(settings: Settings) -> AsyncIterator[str]:
+    """The database URL: the configured one, or an embedded PostgreSQL we start."""
+    if settings.database_url:
+        yield settings.database_url
+        return
+    from dialer.embedded import EmbeddedPostgres
+
+    embedded = EmbeddedPostgres(settings.data_dir / "pgdata")
+    url = await asyncio.to_thread(embedded.start)
+    print(f"embedded PostgreSQL: data in {embedded.data_dir}", file=sys.stderr)
+    try:
+        yield url
+    finally:
+        await asyncio.to_thread(embedded.stop)
+
+
+async def _migrate(settings: Settings) -> int:
+    import asyncpg
+
+    from dialer.db import apply_migrations
+
+    async with database(settings) as url:
+        conn = await asyncpg.connect(url)
+        try:
+            applied = await apply_migrations(conn)
+        finally:
+            await conn.close()
+    print(f"applied migrations: {applied}" if applied else "database is up to date")
+    return 0
+
+
+async def _apikey_create(settings: Settings, tenant_name: str, label: str) -> int:
+    from dialer.db import apply_migrations, connect_pool
+    from dialer.tenants import create_api_key, create_tenant
+
+    async with database(settings) as url:
+        pool = await connect_pool(url, max_size=2)
+        try:
+            async with pool.acquire() as conn:
+                await apply_migrations(conn)
+                async with conn.transaction():
+                    tenant_id = await create_tenant(conn, tenant_name)
+                    key = await create_api_key(conn, tenant_id, label)
+        finally:
+            await pool.close()
+    print(f"tenant {tenant_name} ({tenant_id})", file=sys.stderr)
+    print("API key (shown once; store it now):", file=sys.stderr)
+    print(key.key)
+    return 0
+
+
+async def _wait_for_stop() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def _serve_api(settings: Settings) -> int:
+    from aiohttp import web
+
+    from api.app import create_app
+    from dialer.db import apply_migrations, connect_pool
+
+    async with database(settings) as url:
+        pool = await connect_pool(url, max_size=20)
+        try:
+            async with pool.acquire() as conn:
+                await apply_migrations(conn)
+            runner = web.AppRunner(create_app(settings, pool), access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, settings.api_listen.host, settings.api_listen.port)
+            await site.start()
+            print(f"API listening on http://{settings.api_listen}", file=sys.stderr, flush=True)
+            try:
+                await _wait_for_stop()
+            finally:
+                await runner.cleanup()
+        finally:
+            await pool.close()
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dialer", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("migrate", help="apply database migrations")
+    sub.add_parser("api", help="serve the HTTP API")
+    sub.add_parser("up", help="run the whole stack (API now; more parts as they land)")
+    apikey = sub.add_parser("apikey", help="manage API keys")
+    apikey_sub = apikey.add_subparsers(dest="apikey_command", required=True)
+    create = apikey_sub.add_parser("create", help="create a tenant's API key and print it once")
+    create.add_argument("--tenant", required=True, help="tenant name (created if new)")
+    create.add_argument("--label", default="", help="a note to tell keys apart")
+    return parser
+
+
+def _run(coro: object) -> int:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)  # type: ignore[arg-type]
+    except ImportError:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"dialer: configuration error: {exc}", file=sys.stderr)
+        return 2
+    from dialer.logs import configure_logging
+
+    configure_logging(settings.log_level, json_lines=settings.log_json)
+    if args.command == "migrate":
+        return _run(_migrate(settings))
+    if args.command in ("api", "up"):
+        return _run(_serve_api(settings))
+    if args.command == "apikey":
+        return _run(_apikey_create(settings, args.tenant, args.label))
+    return 2  # pragma: no cover - argparse enforces the choices
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""PostgreSQL access: the connection pool and the versioned migrations.
+
+Migrations are the numbered ``.sql`` files in ``dialer/migrations``. They are
+applied in order inside one transaction that first takes an advisory lock, so
+two processes starting at once apply them once, and a run that fails leaves
+nothing half-applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import asyncpg
+
+from dialer import jsonutil
+
+__all__ = ["Migration", "apply_migrations", "connect_pool", "init_connection", "load_migrations"]
+
+log = logging.getLogger(__name__)
+
+# Any fixed 64-bit number: the key of the advisory lock that serialises migrators.
+MIGRATION_LOCK_KEY = 0x6469616C6572  # "dialer"
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def load_migrations() -> list[Migration]:
+    """The migrations shipped with the package, in version order."""
+    found: list[Migration] = []
+    for entry in resources.files("dialer.migrations").iterdir():
+        match = _NAME.match(entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
+    found.sort(key=lambda m: m.version)
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise RuntimeError(f"duplicate migration versions: {versions}")
+    return found
+
+
+async def apply_migrations(conn: asyncpg.Connection) -> list[int]:
+    """Apply the migrations not yet applied; return the versions applied now."""
+    applied_now: list[int] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version integer PRIMARY KEY,
+                   name text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        for migration in load_migrations():
+            if migration.version in done:
+                continue
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                migration.version,
+                migration.name,
+            )
+            applied_now.append(migration.version)
+            log.info("applied migration %04d_%s", migration.version, migration.name)
+    return applied_now
+
+
+def _jsonb_encode(value: object) -> bytes:
+    return b"\x01" + jsonutil.dumps_bytes(value)  # jsonb binary format: version 1, then text
+
+
+def _jsonb_decode(data: bytes) -> object:
+    return jsonutil.loads(data[1:])
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Codecs: json and jsonb travel as Python values, encoded with orjson.
+
+    Binary format, so that COPY (which speaks only binary) can carry them.
+    """
+    await conn.set_type_codec(
+        "json",
+        encoder=jsonutil.dumps_bytes,
+        decoder=jsonutil.loads,
+        schema="pg_catalog",
+        format="binary",
+    )
+    await conn.set_type_codec(
+        "jsonb", encoder=_jsonb_encode, decoder=_jsonb_decode, schema="pg_catalog", format="binary"
+    )
+
+
+async def connect_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=init_connection, command_timeout=60
+    )
+    assert pool is not None
+    return pool

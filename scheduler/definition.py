@@ -1,0 +1,422 @@
+"""Workflow definitions: their shape, and validation that names node and field.
+
+A definition is a graph::
+
+    {"start": "call",
+     "nodes": [{"id": "call", "type": "call", "handler": {...}, ...}, ...],
+     "edges": [{"from": "call", "on": "busy", "to": "retry_wait"}, ...]}
+
+Each node type has its own fields and the outcomes it can leave by; an edge
+``on`` an outcome the node cannot produce is an error, as is an edge to a
+node that does not exist. ``on: "default"`` catches every outcome without an
+edge of its own. A record whose node ends with an outcome that has no edge
+leaves the workflow as completed.
+
+Validation collects every problem rather than stopping at the first, so that
+an editor can show them all at once. Pure: no IO.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "BRANCH_OPERATORS",
+    "NODE_OUTCOMES",
+    "NODE_TYPES",
+    "DefinitionError",
+    "validate_definition",
+    "validate_settings",
+]
+
+CALL_OUTCOMES = (
+    "answered",
+    "human",
+    "machine",
+    "busy",
+    "no_answer",
+    "rejected",
+    "not_found",
+    "unavailable",
+    "congestion",
+    "failed",
+    "cancelled",
+    "bot_failed",
+    "worker_lost",
+    "abandoned",
+)
+NODE_OUTCOMES: dict[str, tuple[str, ...]] = {
+    "call": CALL_OUTCOMES,
+    "wait": ("next",),
+    "branch": ("true", "false"),
+    "sms": ("sent", "failed"),
+    "email": ("sent", "failed"),
+    "webhook": ("success", "failure"),
+    "end": (),
+}
+NODE_TYPES = tuple(NODE_OUTCOMES)
+BRANCH_OPERATORS = (
+    "equals",
+    "not_equals",
+    "contains",
+    "not_contains",
+    "starts_with",
+    "is_empty",
+    "is_not_empty",
+    "greater_than",
+    "less_than",
+    "greater_or_equal",
+    "less_or_equal",
+    "in",
+    "not_in",
+)
+_UNARY_OPERATORS = frozenset({"is_empty", "is_not_empty"})
+_LIST_OPERATORS = frozenset({"in", "not_in"})
+BRANCH_FIELD_ROOTS = ("record", "placeholders", "meta", "call", "result")
+_NODE_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+_LOCAL_TIME = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+MAX_NODES = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    field: str
+    message: str
+    node: str | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        out = {"field": self.field, "message": self.message}
+        if self.node is not None:
+            out["node"] = self.node
+        return out
+
+
+class DefinitionError(ValueError):
+    """A definition or settings document is invalid; ``problems`` says where and why."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        first = problems[0]
+        where = f"node {first.node!r}: " if first.node else ""
+        super().__init__(f"{where}{first.field}: {first.message}")
+        self.problems = problems
+
+
+class _Checker:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.problems: list[Problem] = []
+
+    def add(self, path: str, message: str, node: str | None = None) -> None:
+        self.problems.append(Problem(f"{self.prefix}{path}", message, node))
+
+    def number(
+        self,
+        obj: Mapping[str, Any],
+        key: str,
+        path: str,
+        low: float,
+        high: float,
+        node: str | None,
+        *,
+        required: bool = False,
+        integer: bool = False,
+    ) -> None:
+        if key not in obj:
+            if required:
+                self.add(f"{path}.{key}", "is required", node)
+            return
+        value = obj[key]
+        kind = int if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            noun = "an integer" if integer else "a number"
+            self.add(f"{path}.{key}", f"must be {noun}", node)
+        elif not low <= value <= high:
+            self.add(f"{path}.{key}", f"must be between {low:g} and {high:g}", node)
+
+    def text(
+        self,
+        obj: Mapping[str, Any],
+        key: str,
+        path: str,
+        node: str | None,
+        *,
+        required: bool = False,
+        max_len: int = 10_000,
+    ) -> None:
+        if key not in obj:
+            if required:
+                self.add(f"{path}.{key}", "is required", node)
+            return
+        value = obj[key]
+        if not isinstance(value, str):
+            self.add(f"{path}.{key}", "must be a string", node)
+        elif required and not value.strip():
+            self.add(f"{path}.{key}", "must not be empty", node)
+        elif len(value) > max_len:
+            self.add(f"{path}.{key}", f"must be at most {max_len} characters", node)
+
+    def url(
+        self,
+        obj: Mapping[str, Any],
+        key: str,
+        path: str,
+        node: str | None,
+        schemes: tuple[str, ...],
+    ) -> None:
+        value = obj.get(key)
+        if not isinstance(value, str) or not value.strip():
+            self.add(f"{path}.{key}", "is required (a URL)", node)
+        elif not value.startswith(tuple(f"{s}://" for s in schemes)):
+            self.add(f"{path}.{key}", f"must be a {' or '.join(schemes)} URL", node)
+
+    def boolean(self, obj: Mapping[str, Any], key: str, path: str, node: str | None) -> None:
+        if key in obj and not isinstance(obj[key], bool):
+            self.add(f"{path}.{key}", "must be true or false", node)
+
+
+def _check_handler(c: _Checker, handler: Any, path: str, node: str) -> None:
+    if not isinstance(handler, dict):
+        c.add(path, "must be an object with a type (voicebot or prompt)", node)
+        return
+    kind = handler.get("type")
+    if kind == "voicebot":
+        c.url(handler, "url", path, node, ("ws", "wss"))
+        headers = handler.get("headers", {})
+        if not isinstance(headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
+            c.add(f"{path}.headers", "must be an object of string values", node)
+        c.text(handler, "fallback_prompt", path, node)
+        c.number(handler, "connect_timeout_s", path, 0.1, 60, node)
+    elif kind == "prompt":
+        c.text(handler, "text", path, node, required=True)
+    else:
+        c.add(f"{path}.type", "must be 'voicebot' or 'prompt'", node)
+
+
+def _check_condition(c: _Checker, cond: Any, path: str, node: str, depth: int = 0) -> None:
+    if depth > 8:
+        c.add(path, "conditions are nested too deeply (at most 8 levels)", node)
+        return
+    if not isinstance(cond, dict):
+        c.add(path, "must be an object", node)
+        return
+    if "conditions" in cond:
+        join = cond.get("join", "and")
+        if join not in ("and", "or"):
+            c.add(f"{path}.join", "must be 'and' or 'or'", node)
+        items = cond["conditions"]
+        if not isinstance(items, list) or not items:
+            c.add(f"{path}.conditions", "must be a non-empty list", node)
+            return
+        for i, item in enumerate(items):
+            _check_condition(c, item, f"{path}.conditions[{i}]", node, depth + 1)
+        return
+    fld = cond.get("field")
+    if not isinstance(fld, str) or not fld:
+        c.add(f"{path}.field", "is required (for example 'call.outcome' or 'meta.tier')", node)
+    elif fld.split(".", 1)[0] not in BRANCH_FIELD_ROOTS:
+        roots = ", ".join(BRANCH_FIELD_ROOTS)
+        c.add(f"{path}.field", f"must start with one of {roots}", node)
+    op = cond.get("operator")
+    if op not in BRANCH_OPERATORS:
+        c.add(f"{path}.operator", f"must be one of {', '.join(BRANCH_OPERATORS)}", node)
+        return
+    if op in _UNARY_OPERATORS:
+        return
+    if "value" not in cond:
+        c.add(f"{path}.value", f"is required for operator {op}", node)
+    elif op in _LIST_OPERATORS and not isinstance(cond["value"], list):
+        c.add(f"{path}.value", f"must be a list for operator {op}", node)
+
+
+def _check_node(c: _Checker, node_obj: dict[str, Any], path: str, node: str) -> None:
+    kind = node_obj["type"]
+    if kind == "call":
+        _check_handler(c, node_obj.get("handler"), f"{path}.handler", node)
+        c.number(node_obj, "ring_timeout_s", path, 5, 300, node)
+        c.number(node_obj, "max_duration_s", path, 5, 4 * 3600, node)
+        c.boolean(node_obj, "record", path, node)
+        c.text(node_obj, "script", path, node)
+        amd = node_obj.get("amd", {})
+        if not isinstance(amd, dict):
+            c.add(f"{path}.amd", "must be an object", node)
+        else:
+            c.boolean(amd, "enabled", f"{path}.amd", node)
+            on_machine = amd.get("on_machine", "hangup")
+            if on_machine not in ("hangup", "message"):
+                c.add(f"{path}.amd.on_machine", "must be 'hangup' or 'message'", node)
+            if on_machine == "message":
+                c.text(amd, "message", f"{path}.amd", node, required=True)
+    elif kind == "wait":
+        has_duration = "duration_s" in node_obj
+        has_until = "until_local_time" in node_obj
+        if has_duration == has_until:
+            c.add(path, "needs exactly one of duration_s or until_local_time", node)
+        c.number(node_obj, "duration_s", path, 1, 90 * 86400, node)
+        until = node_obj.get("until_local_time")
+        if has_until and (not isinstance(until, str) or not _LOCAL_TIME.match(until)):
+            c.add(f"{path}.until_local_time", "must be a local time HH:MM (24-hour)", node)
+    elif kind == "branch":
+        if "condition" not in node_obj:
+            c.add(f"{path}.condition", "is required", node)
+        else:
+            _check_condition(c, node_obj["condition"], f"{path}.condition", node)
+    elif kind == "sms":
+        c.text(node_obj, "text", path, node, required=True, max_len=1600)
+        c.text(node_obj, "sender", path, node, max_len=32)
+    elif kind == "email":
+        c.text(node_obj, "subject", path, node, required=True, max_len=998)
+        c.text(node_obj, "body", path, node, required=True)
+        c.text(node_obj, "to", path, node)
+    elif kind == "webhook":
+        c.url(node_obj, "url", path, node, ("http", "https"))
+        method = node_obj.get("method", "POST")
+        if method not in ("POST", "PUT", "PATCH", "GET"):
+            c.add(f"{path}.method", "must be POST, PUT, PATCH or GET", node)
+        if "body" in node_obj and not isinstance(node_obj["body"], (str, dict)):
+            c.add(f"{path}.body", "must be a template string or an object", node)
+
+
+def validate_definition(definition: Any, prefix: str = "definition") -> dict[str, Any]:
+    """Return the definition if valid; raise :class:`DefinitionError` listing every problem."""
+    c = _Checker(prefix)
+    if not isinstance(definition, dict):
+        c.add("", "must be an object with start, nodes and edges")
+        raise DefinitionError(c.problems)
+    nodes = definition.get("nodes")
+    edges = definition.get("edges", [])
+    if not isinstance(nodes, list) or not nodes:
+        c.add(".nodes", "must be a non-empty list")
+        raise DefinitionError(c.problems)
+    if len(nodes) > MAX_NODES:
+        c.add(".nodes", f"at most {MAX_NODES} nodes")
+    types: dict[str, str] = {}
+    for i, node_obj in enumerate(nodes):
+        path = f".nodes[{i}]"
+        if not isinstance(node_obj, dict):
+            c.add(path, "must be an object")
+            continue
+        node_id = node_obj.get("id")
+        if not isinstance(node_id, str) or not _NODE_ID.match(node_id):
+            c.add(f"{path}.id", "must be 1-64 letters, digits, '_' or '-'")
+            continue
+        if node_id in types:
+            c.add(f"{path}.id", "is used by another node", node_id)
+            continue
+        kind = node_obj.get("type")
+        if kind not in NODE_OUTCOMES:
+            c.add(f"{path}.type", f"must be one of {', '.join(NODE_TYPES)}", node_id)
+            continue
+        types[node_id] = kind
+        _check_node(c, node_obj, path, node_id)
+
+    start = definition.get("start")
+    if not isinstance(start, str) or not start:
+        c.add(".start", "is required (the id of the first node)")
+    elif types and start not in types and all(isinstance(n, dict) for n in nodes):
+        c.add(".start", f"names no node ({start!r})")
+
+    if not isinstance(edges, list):
+        c.add(".edges", "must be a list")
+        edges = []
+    seen: set[tuple[str, str]] = set()
+    for i, edge in enumerate(edges):
+        path = f".edges[{i}]"
+        if not isinstance(edge, dict):
+            c.add(path, "must be an object with from, on and to")
+            continue
+        src, dst, on = edge.get("from"), edge.get("to"), edge.get("on", "default")
+        if src not in types:
+            c.add(f"{path}.from", f"names no node ({src!r})")
+            continue
+        if dst not in types:
+            c.add(f"{path}.to", f"names no node ({dst!r})", src)
+        kind = types[src]
+        allowed = NODE_OUTCOMES[kind]
+        if kind == "end":
+            c.add(f"{path}.from", "an end node has no outgoing edges", src)
+        elif on != "default" and on not in allowed:
+            c.add(
+                f"{path}.on",
+                f"a {kind} node ends with one of {', '.join(allowed)} or default; not {on!r}",
+                src,
+            )
+        elif (src, on) in seen:
+            c.add(f"{path}.on", f"a second edge for outcome {on!r}", src)
+        seen.add((src, on))
+    if c.problems:
+        raise DefinitionError(c.problems)
+    return definition
+
+
+def validate_settings(settings: Any, prefix: str = "settings") -> dict[str, Any]:
+    """Validate a workflow's settings: calling window, time zone, retries, pacing, recording."""
+    c = _Checker(prefix)
+    if settings is None:
+        return {}
+    if not isinstance(settings, dict):
+        c.add("", "must be an object")
+        raise DefinitionError(c.problems)
+    zone = settings.get("default_timezone")
+    if zone is not None:
+        try:
+            if not isinstance(zone, str):
+                raise ValueError
+            zoneinfo.ZoneInfo(zone)
+        except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+            c.add(".default_timezone", f"is not a known IANA time zone ({zone!r})")
+    c.boolean(settings, "recording", "", None)
+    window = settings.get("calling_window")
+    if window is not None:
+        if not isinstance(window, dict):
+            c.add(".calling_window", "must be an object with days, start and end")
+        else:
+            days = window.get("days", list(_DAYS[:5]))
+            if not isinstance(days, list) or not days or any(d not in _DAYS for d in days):
+                c.add(".calling_window.days", f"must be a non-empty list of {', '.join(_DAYS)}")
+            for key in ("start", "end"):
+                value = window.get(key)
+                if not isinstance(value, str) or not _LOCAL_TIME.match(value):
+                    c.add(f".calling_window.{key}", "must be a local time HH:MM (24-hour)")
+            if (
+                isinstance(window.get("start"), str)
+                and isinstance(window.get("end"), str)
+                and window["start"] >= window["end"]
+            ):
+                c.add(".calling_window.end", "must be after start")
+    retry = settings.get("retry")
+    if retry is not None:
+        if not isinstance(retry, dict):
+            c.add(".retry", "must be an object keyed by outcome")
+        else:
+            for outcome, rule in retry.items():
+                path = f".retry.{outcome}"
+                if outcome not in CALL_OUTCOMES:
+                    c.add(path, f"is not a call outcome ({', '.join(CALL_OUTCOMES)})")
+                    continue
+                if not isinstance(rule, dict):
+                    c.add(path, "must be an object with delay_s and max_attempts")
+                    continue
+                c.number(rule, "delay_s", path, 0, 30 * 86400, None, required=True)
+                c.number(rule, "max_attempts", path, 1, 100, None, required=True, integer=True)
+    pacing = settings.get("pacing")
+    if pacing is not None:
+        if not isinstance(pacing, dict):
+            c.add(".pacing", "must be an object")
+        else:
+            mode = pacing.get("mode", "progressive")
+            if mode not in ("progressive", "ratio", "predictive"):
+                c.add(".pacing.mode", "must be progressive, ratio or predictive")
+            c.number(pacing, "seats", ".pacing", 1, 10_000, None, integer=True)
+            c.number(pacing, "ratio", ".pacing", 1, 10, None)
+            c.number(pacing, "abandon_target", ".pacing", 0, 0.2, None)
+    c.number(settings, "max_attempts", "", 1, 100, None, integer=True)
+    if c.problems:
+        raise DefinitionError(c.problems)
+    return settings

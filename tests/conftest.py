@@ -1,0 +1,124 @@
+"""Shared fixtures: a fresh PostgreSQL database per test run, tenants, an API client.
+
+Tests use the machine's real PostgreSQL (``DIALER_TEST_DATABASE_URL``, by
+default the local server's ``test`` database) to create a database of their
+own, which is dropped at the end of the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from dialer.db import apply_migrations, connect_pool
+from dialer.settings import Settings
+from dialer.tenants import create_api_key, create_tenant
+
+ADMIN_URL = os.environ.get("DIALER_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, query = url.partition("?")
+    base = base.rsplit("/", 1)[0]
+    return f"{base}/{name}" + (f"?{query}" if query else "")
+
+
+def testdata_dir() -> Path | None:
+    """The shared external test data, beside the repository, if present."""
+    env = os.environ.get("DIALER_TESTDATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[1] / ".." / "shared" / "testdata")
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate.resolve()
+    return None
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    name = f"dialer_test_{os.getpid()}_{secrets.token_hex(3)}"
+
+    async def create() -> None:
+        admin = await asyncpg.connect(ADMIN_URL)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        conn = await asyncpg.connect(_with_database(ADMIN_URL, name))
+        try:
+            await apply_migrations(conn)
+        finally:
+            await conn.close()
+
+    async def drop() -> None:
+        admin = await asyncpg.connect(ADMIN_URL)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    try:
+        yield _with_database(ADMIN_URL, name)
+    finally:
+        asyncio.run(drop())
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await connect_pool(database_url, min_size=1, max_size=5)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: uuid.UUID
+    name: str
+    key: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+async def make_tenant(pool: asyncpg.Pool, prefix: str = "t") -> Tenant:
+    name = f"{prefix}-{secrets.token_hex(4)}"
+    async with pool.acquire() as conn:
+        tenant_id = await create_tenant(conn, name)
+        key = await create_api_key(conn, tenant_id)
+    return Tenant(tenant_id, name, key.key)
+
+
+@pytest.fixture
+async def tenant(pool: asyncpg.Pool) -> Tenant:
+    return await make_tenant(pool, "a")
+
+
+@pytest.fixture
+async def other_tenant(pool: asyncpg.Pool) -> Tenant:
+    return await make_tenant(pool, "b")
+
+
+@pytest.fixture
+def settings(database_url: str, tmp_path: Path) -> Settings:
+    return Settings(database_url=database_url, data_dir=tmp_path, recording_dir=tmp_path / "rec")
+
+
+@pytest.fixture
+async def client(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[TestClient]:
+    from api.app import create_app
+
+    async with TestClient(TestServer(create_app(settings, pool))) as client:
+        yield client
