@@ -1,0 +1,245 @@
+"""The jitter buffer driven with a fake clock: reorder, loss, late, duplicates, wrap, adapt."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from media.g711 import ulaw_decode, ulaw_encode
+from media.jitter import AudioFrame, FrameKind, JitterBuffer, JitterConfig, PutResult
+
+FRAME_S = 0.020
+
+
+def tagged(payload: bytes) -> np.ndarray:
+    """Test decoder: every sample of the frame carries the tag in the payload."""
+    return np.full(160, int.from_bytes(payload[:2], "big", signed=True), dtype=np.int16)
+
+
+def payload(tag: int) -> bytes:
+    return tag.to_bytes(2, "big", signed=True)
+
+
+def run(buffer, arrivals, *, ticks, start_seq=0, start_ts=0, ssrc=None, t0=0.0):
+    """arrivals: (arrival time, frame index) pairs; get() every 20 ms from t0.
+
+    Frame index n has sequence number start_seq + n and timestamp start_ts + 160 n,
+    and is tagged n + 1 (0 means silence).
+    """
+    pending = sorted(arrivals)
+    frames: list[AudioFrame] = []
+    results = []
+    for tick in range(ticks):
+        now = t0 + tick * FRAME_S
+        while pending and pending[0][0] <= now:
+            arrival, n = pending.pop(0)
+            results.append(
+                buffer.put(
+                    (start_seq + n) & 0xFFFF,
+                    (start_ts + 160 * n) & 0xFFFFFFFF,
+                    payload(n + 1),
+                    arrival,
+                    ssrc=ssrc,
+                )
+            )
+        frames.append(buffer.get(now))
+    return frames, results
+
+
+def tags(frames):
+    return [int(frame.samples[0]) for frame in frames]
+
+
+def kinds(frames):
+    return "".join(
+        {FrameKind.AUDIO: "A", FrameKind.CONCEALED: "C", FrameKind.SILENCE: "."}[f.kind]
+        for f in frames
+    )
+
+
+def steady(count, *, delay=0.001):
+    return [(n * FRAME_S + delay, n) for n in range(count)]
+
+
+def test_steady_stream_plays_in_order_after_the_initial_delay():
+    buffer = JitterBuffer(decode=tagged)
+    frames, results = run(buffer, steady(10), ticks=14)
+    assert set(results) == {PutResult.BUFFERED}
+    # 60 ms initial delay: three ticks of silence, then every frame in order.
+    assert kinds(frames) == "...AAAAAAAAAACC"[:14]
+    assert tags(frames)[3:13] == list(range(1, 11))
+    assert [f.sequence_number for f in frames[3:6]] == [0, 1, 2]
+    assert buffer.stats.played == 10
+
+
+def test_reordered_packets_within_the_depth_play_in_order():
+    buffer = JitterBuffer(decode=tagged)
+    arrivals = steady(8)
+    arrivals[2], arrivals[3] = (3 * FRAME_S + 0.002, 2), (2 * FRAME_S + 0.001, 3)
+    frames, _ = run(buffer, arrivals, ticks=12)
+    assert tags(frames)[3:11] == list(range(1, 9))
+    assert buffer.stats.lost == 0
+
+
+def test_a_lost_packet_is_concealed_with_the_last_frame_attenuated():
+    buffer = JitterBuffer(decode=tagged)
+    arrivals = [a for a in steady(8) if a[1] != 3]
+    frames, _ = run(buffer, arrivals, ticks=11)
+    assert kinds(frames)[3:11] == "AAACAAAA"
+    assert int(frames[6].samples[0]) == 3 // 2  # frame 3's tag, halved
+    assert frames[6].sequence_number is None
+    assert tags(frames)[7:11] == [5, 6, 7, 8]
+    assert buffer.stats.lost == 1
+
+
+def test_concealment_fades_to_silence():
+    buffer = JitterBuffer(JitterConfig(concealment_frames=3, concealment_gain=0.5), decode=tagged)
+    frames, _ = run(buffer, [(0.0, 0)], ticks=9)
+    assert kinds(frames) == "...ACCC.."
+
+
+def test_concealment_levels():
+    buffer = JitterBuffer(decode=tagged)
+    frames, _ = run(buffer, [(0.0, 999)], ticks=8)
+    assert tags(frames)[3:8] == [1000, 500, 250, 125, 0]
+
+
+def test_late_and_duplicate_packets_are_dropped_and_counted():
+    buffer = JitterBuffer(decode=tagged)
+    arrivals = [a for a in steady(10) if a[1] != 4]
+    arrivals += [(0.2, 4)]  # long after its turn
+    arrivals += [(0.05, 1)]  # a copy while still buffered
+    arrivals += [(0.15, 2)]  # a copy after it was played
+    frames, results = run(buffer, arrivals, ticks=14)
+    assert results.count(PutResult.LATE) == 1
+    assert results.count(PutResult.DUPLICATE) == 2
+    assert (buffer.stats.late, buffer.stats.duplicates, buffer.stats.lost) == (1, 2, 1)
+    assert tags(frames)[3:13] == [1, 2, 3, 4, 2, 6, 7, 8, 9, 10]
+
+
+def test_sequence_wrap_around():
+    buffer = JitterBuffer(decode=tagged)
+    arrivals = steady(10)
+    arrivals[3], arrivals[4] = (4 * FRAME_S, 3), (3 * FRAME_S, 4)  # reorder across the wrap
+    frames, _ = run(buffer, arrivals, ticks=13, start_seq=65533, start_ts=0xFFFFFF00)
+    assert tags(frames)[3:13] == list(range(1, 11))
+    assert [f.sequence_number for f in frames[3:8]] == [65533, 65534, 65535, 0, 1]
+    assert buffer.stats.lost == 0
+
+
+def test_ssrc_change_resets_the_stream():
+    buffer = JitterBuffer(decode=tagged)
+    frames_a, _ = run(buffer, steady(5), ticks=8, ssrc=1)
+    assert tags(frames_a)[3:8] == [1, 2, 3, 4, 5]
+    # The new source numbers from elsewhere; its packets must not count as late.
+    arrivals = [(0.16 + a, n) for a, n in steady(5)]
+    frames_b, results = run(buffer, arrivals, ticks=8, start_seq=40000, ssrc=2, t0=0.16)
+    assert set(results) == {PutResult.BUFFERED}
+    assert buffer.stats.resets == 1
+    assert [f for f in tags(frames_b) if f > 0][-5:] == [1, 2, 3, 4, 5]
+
+
+def test_silence_suppression_gap_inside_the_buffer_plays_as_silence():
+    buffer = JitterBuffer(decode=tagged)
+    # Frames 0-2 sent, then two frames not sent, then frames 5-7: sequence
+    # numbers stay consecutive, timestamps jump by the gap.
+    sent = [0, 1, 2, 5, 6, 7]
+    frames = []
+    for tick in range(12):
+        now = tick * FRAME_S
+        for i, n in enumerate(sent):
+            if tick == 0:
+                buffer.put(i, n * 160, payload(n + 1), 0.0)
+        frames.append(buffer.get(now))
+    assert tags(frames)[0:8] == [1, 2, 3, 0, 0, 6, 7, 8]
+    assert kinds(frames)[0:8] == "AAA..AAA"
+
+
+def test_underrun_waits_the_target_delay_for_the_next_talkspurt():
+    buffer = JitterBuffer(decode=tagged)
+    talk = steady(5)
+    # After 5 frames the sender stops for a second (DTX), then resumes with the
+    # next sequence number and a timestamp a second later.
+    resume = [(1.1 + k * FRAME_S, 55 + k) for k in range(5)]
+    pending = sorted(talk + resume)
+    frames = []
+    for tick in range(70):
+        now = tick * FRAME_S
+        while pending and pending[0][0] <= now:
+            arrival, n = pending.pop(0)
+            seq = n if n < 5 else 5 + (n - 55)
+            assert buffer.put(seq, n * 160, payload(n + 1), arrival) is PutResult.BUFFERED
+        frames.append(buffer.get(now))
+    played = [(i, int(f.samples[0])) for i, f in enumerate(frames) if f.kind is FrameKind.AUDIO]
+    assert [tag for _, tag in played] == [1, 2, 3, 4, 5, 56, 57, 58, 59, 60]
+    first_after = next(i for i, tag in played if tag == 56)
+    assert first_after * FRAME_S >= 1.1 + 0.040  # waited again (target at least 40 ms)
+    assert buffer.stats.lost == 0
+    assert buffer.stats.underruns == 2  # the end of each talk-spurt
+
+
+def test_target_delay_grows_with_jitter_and_shrinks_slowly():
+    config = JitterConfig(shrink_after_s=2.0)
+    buffer = JitterBuffer(config, decode=tagged)
+    rng = np.random.default_rng(7)
+    jittery = [(n * FRAME_S + float(rng.uniform(0, 0.060)), n) for n in range(250)]
+    run(buffer, jittery, ticks=260)
+    grown = buffer.target_delay_ms
+    assert grown > config.initial_delay_ms
+    assert grown <= config.max_delay_ms
+
+    # Then a clean network: the target comes down, one frame at a time, after a while.
+    targets = []
+    for n in range(250, 750):
+        buffer.put(n & 0xFFFF, n * 160, payload(1), n * FRAME_S + 0.001)
+        buffer.get(n * FRAME_S)
+        targets.append(buffer.target_delay_ms)
+    steps = [a - b for a, b in itertools.pairwise(targets) if a != b]
+    assert targets[50] == grown  # 1 s later: not yet
+    assert targets[-1] < grown
+    assert targets[-1] >= config.min_delay_ms
+    assert set(steps) == {config.frame_ms}
+
+
+def test_delay_is_bounded_when_a_stall_releases_a_burst():
+    config = JitterConfig(max_delay_ms=200)
+    buffer = JitterBuffer(config, decode=tagged)
+    arrivals = steady(5) + [(0.1 + 0.5, n) for n in range(5, 30)]  # 500 ms stall, then a burst
+    arrivals += [(n * FRAME_S + 0.001, n) for n in range(30, 60)]
+    frames, _ = run(buffer, arrivals, ticks=65)
+    assert buffer.stats.overflow_drops > 0
+    last = next(f for f in reversed(frames) if f.kind is FrameKind.AUDIO)
+    # Near the end, what plays is no more than max_delay behind what arrives.
+    assert (64 - (int(last.samples[0]) - 1)) * FRAME_S <= 0.200 + FRAME_S
+
+
+def test_capacity_bounds_memory():
+    buffer = JitterBuffer(JitterConfig(capacity_frames=10), decode=tagged)
+    for n in range(30):
+        buffer.put(n, n * 160, payload(n + 1), 0.0)
+    assert buffer.depth_frames == 10
+    assert buffer.stats.overflow_drops == 20
+    assert int(buffer.get(1.0).samples[0]) == 21
+
+
+@pytest.mark.parametrize("size", [80, 160, 240])
+def test_g711_payloads_of_other_sizes_fit_one_frame(size):
+    buffer = JitterBuffer(JitterConfig(initial_delay_ms=40, min_delay_ms=20))
+    pcm = np.full(size, 1000, dtype=np.int16)
+    buffer.put(0, 0, ulaw_encode(pcm).tobytes(), 0.0)
+    frame = buffer.get(1.0)
+    assert frame.kind is FrameKind.AUDIO
+    assert frame.samples.shape == (160,)
+    expected = ulaw_decode(ulaw_encode(pcm))[0]
+    assert int(frame.samples[min(size, 160) - 1]) == expected
+    if size < 160:
+        assert not frame.samples[size:].any()
+
+
+def test_get_before_any_packet_is_silence():
+    buffer = JitterBuffer()
+    frame = buffer.get(0.0)
+    assert frame.kind is FrameKind.SILENCE
+    assert frame.samples.shape == (160,) and not frame.samples.any()
