@@ -175,15 +175,15 @@ async def test_bulk_over_limit_is_refused_whole(client: TestClient, tenant: Tena
 async def test_bulk_is_never_half_written(client: TestClient, tenant: Tenant, pool) -> None:
     """A database failure mid-batch leaves no rows behind."""
     wf = await make_workflow(client, tenant.auth)
-    # A case_id with a NUL passes nothing: it is refused per item. Instead break the
-    # COPY itself with a trigger that fails on the 5th row.
+    # Break the COPY itself with a trigger that fails on the fifth row.
     await pool.execute(
         """CREATE OR REPLACE FUNCTION fail_fifth() RETURNS trigger AS $$
            BEGIN IF NEW.first_name = 'Boom' THEN RAISE EXCEPTION 'boom'; END IF;
            RETURN NEW; END $$ LANGUAGE plpgsql"""
     )
     await pool.execute(
-        "CREATE TRIGGER fail_fifth BEFORE INSERT ON records FOR EACH ROW EXECUTE FUNCTION fail_fifth()"
+        """CREATE TRIGGER fail_fifth BEFORE INSERT ON records
+           FOR EACH ROW EXECUTE FUNCTION fail_fifth()"""
     )
     try:
         records = [ref_record(f"212555{i:04d}") for i in range(10)]
