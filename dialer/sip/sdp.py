@@ -288,18 +288,20 @@ class SessionDescription:
     def serialize(self) -> bytes:
         """The description as bytes, lines in RFC 4566 §5 order, CRLF-terminated."""
         lines = [f"v={self.version}", f"o={self.origin.serialize()}", f"s={self.session_name}"]
-        others = sorted(self.other_lines, key=lambda line: _SESSION_RANK.get(line[0], 13))
-        lines.extend(f"{t}={v}" for t, v in others if _SESSION_RANK[t] < _SESSION_RANK["c"])
+        # Letters without a rank (only possible in a hand-built description) go last.
+        rank = {t: _SESSION_RANK.get(t, len(_SESSION_RANK)) for t, _ in self.other_lines}
+        others = sorted(self.other_lines, key=lambda line: rank[line[0]])
+        lines.extend(f"{t}={v}" for t, v in others if rank[t] < _SESSION_RANK["c"])
         if self.connection is not None:
             lines.append(f"c={self.connection.serialize()}")
         lines.extend(f"{t}={v}" for t, v in others if t == "b")
         lines.extend(f"t={t.start} {t.stop}" for t in self.timings)
-        lines.extend(f"{t}={v}" for t, v in others if _SESSION_RANK[t] > _SESSION_RANK["t"])
+        lines.extend(f"{t}={v}" for t, v in others if rank[t] > _SESSION_RANK["t"])
         lines.extend(f"a={a.serialize()}" for a in self.attributes)
         for m in self.media:
             port = f"{m.port}" if m.port_count is None else f"{m.port}/{m.port_count}"
             lines.append(" ".join((f"m={m.media}", port, m.proto, *m.formats)))
-            media_others = sorted(m.other_lines, key=lambda line: _MEDIA_RANK[line[0]])
+            media_others = sorted(m.other_lines, key=lambda line: _MEDIA_RANK.get(line[0], 9))
             lines.extend(f"{t}={v}" for t, v in media_others if t == "i")
             if m.connection is not None:
                 lines.append(f"c={m.connection.serialize()}")

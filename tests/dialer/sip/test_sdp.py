@@ -181,6 +181,23 @@ def test_unknown_attributes_are_kept_in_order() -> None:
     assert sd.serialize() == data
 
 
+def test_every_line_type_in_rfc_order_round_trips() -> None:
+    data = sdp(
+        "v=0", "o=jdoe 2890844526 2890842807 IN IP4 198.51.100.1", "s=SDP Seminar",
+        "i=A Seminar on the session description protocol", "u=http://www.example.com/seminar",
+        "e=j.doe@example.com (Jane Doe)", "p=+1 617 555-6011", "c=IN IP4 198.51.100.1",
+        "b=CT:128", "t=2873397496 2873404696", "r=7d 1h 0 25h", "z=2882844526 -1h",
+        "k=prompt", "a=recvonly",
+        "m=audio 49170 RTP/AVP 0", "i=voice", "c=IN IP4 198.51.100.2", "b=AS:64", "k=prompt",
+        "a=ptime:20",
+    )  # fmt: skip
+    parsed = SessionDescription.parse(data)
+    assert parsed.serialize() == data
+    assert parsed.direction() == "recvonly" and parsed.media_direction(0) == "recvonly"
+    assert [t for t, _ in parsed.other_lines] == list("iuepbrzk")
+    assert [t for t, _ in parsed.media[0].other_lines] == ["i", "b", "k"]
+
+
 def test_non_utf8_session_name_survives_round_trip() -> None:
     data = SIPP_DEFAULT.replace(b"s=-", b"s=\xe5\xe4\xf6")
     assert SessionDescription.parse(data).serialize() == data
