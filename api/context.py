@@ -18,9 +18,11 @@ __all__ = [
     "SETTINGS",
     "bearer_tenant",
     "body_tenant",
+    "check_query",
     "int_query",
     "parse_uuid",
     "read_json_object",
+    "uuid_query",
 ]
 
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -77,6 +79,25 @@ def parse_uuid(value: str, field: str = "id") -> uuid.UUID:
         return uuid.UUID(value)
     except ValueError:
         raise ApiError(404, f"no such {field.removesuffix('_id') or 'item'}", field=field) from None
+
+
+def check_query(request: web.Request, allowed: frozenset[str]) -> None:
+    """Refuse unknown query parameters: a misspelt filter must not match everything."""
+    for name in request.query:
+        if name not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise ApiError(422, f"unknown query parameter (known: {known})", field=name)
+
+
+def uuid_query(request: web.Request, name: str) -> uuid.UUID | None:
+    """An optional UUID query parameter; a malformed one is the caller's mistake: 422."""
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        return uuid.UUID(raw)
+    except ValueError:
+        raise ApiError(422, f"{name} must be a UUID", field=name) from None
 
 
 def int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:

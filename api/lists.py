@@ -9,7 +9,15 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from api.context import POOL, bearer_tenant, int_query, parse_uuid, read_json_object
+from api.context import (
+    POOL,
+    bearer_tenant,
+    check_query,
+    int_query,
+    parse_uuid,
+    read_json_object,
+    uuid_query,
+)
 from api.errors import ApiError, json_response
 from api.ingest import idempotent, ingest_batch
 from api.workflows import load_workflow
@@ -137,11 +145,12 @@ async def workflow_lists(request: web.Request) -> web.Response:
     tenant = await bearer_tenant(request)
     pool = request.app[POOL]
     workflow = await load_workflow(pool, tenant, request.match_info["workflow_id"])
+    check_query(request, frozenset({"limit", "cursor"}))
     limit = int_query(request, "limit", 50, 1, 500)
     args: list[Any] = [tenant, workflow["id"], limit + 1]
     where = ""
-    if "cursor" in request.query:
-        args.append(parse_uuid(request.query["cursor"], "cursor"))
+    if (cursor := uuid_query(request, "cursor")) is not None:
+        args.append(cursor)
         where = " AND l.id > $4"
     rows = await pool.fetch(
         f"""{_LIST_SELECT} WHERE l.tenant_id = $1 AND l.workflow_id = $2{where}

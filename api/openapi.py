@@ -93,13 +93,20 @@ _RECORD_FIELDS: dict[str, Any] = {
     "record_phone_number": {
         "type": "string",
         "description": "Ten digits (US, no +1); under /v1 also E.164 such as +442071838750",
+        "pattern": "^([2-9][0-9]{2}[2-9][0-9]{6}|\\+[1-9][0-9]{6,14})$",
         "examples": ["2125550123"],
     },
-    "record_first_name": {"type": "string", "minLength": 1, "maxLength": 100},
-    "record_last_name": {"type": "string", "maxLength": 100},
-    "record_zip_code": {"type": "string", "pattern": "^[0-9]{5}(-[0-9]{4})?$"},
-    "placeholders": {"type": "object", "description": "Any object; stored and returned as given"},
-    "meta": {"type": "object", "description": "Any object; returned as given in every webhook"},
+    "record_first_name": {"type": "string", "minLength": 1, "maxLength": 100, "pattern": "\\S"},
+    "record_last_name": {"type": ["string", "null"], "maxLength": 100},
+    "record_zip_code": {"type": ["string", "null"], "pattern": "^[0-9]{5}(-[0-9]{4})?$"},
+    "placeholders": {
+        "type": ["object", "null"],
+        "description": "Any object; stored and returned as given (null means {})",
+    },
+    "meta": {
+        "type": ["object", "null"],
+        "description": "Any object; returned as given in every webhook (null means {})",
+    },
 }
 
 
@@ -276,6 +283,17 @@ def _schemas() -> dict[str, Any]:
     }
 
 
+def _batch(item_schema: str) -> dict[str, Any]:
+    # Items are judged one by one: an item that breaks the record schema is
+    # rejected in errors[] while the rest are stored, so the array takes any item.
+    return {
+        "type": "array",
+        "minItems": 1,
+        "maxItems": 1000,
+        "items": {"description": f"A {item_schema}; an invalid item is rejected on its own"},
+    }
+
+
 def _page_of(schema: dict[str, Any]) -> dict[str, Any]:
     return {
         "type": "object",
@@ -364,7 +382,7 @@ def _paths() -> dict[str, Any]:
                     "required": ["api_key", "workflow_key", "records"],
                     "properties": {
                         **api_key,
-                        "records": {"type": "array", "maxItems": 1000, "items": _ref("RefRecord")},
+                        "records": _batch("RefRecord"),
                     },
                 },
                 bearer=False,
@@ -411,7 +429,7 @@ def _paths() -> dict[str, Any]:
                     "required": ["workflow_key", "records"],
                     "properties": {
                         "workflow_key": {"type": "string"},
-                        "records": {"type": "array", "maxItems": 1000, "items": _ref("V1Record")},
+                        "records": _batch("V1Record"),
                     },
                 },
                 idempotent=True,
@@ -517,7 +535,7 @@ def _paths() -> dict[str, Any]:
                     "properties": {
                         "name": {"type": "string", "minLength": 1, "maxLength": 200},
                         "settings": list_settings,
-                        "records": {"type": "array", "maxItems": 1000, "items": _ref("V1Record")},
+                        "records": _batch("V1Record"),
                     },
                     "additionalProperties": False,
                 },

@@ -7,7 +7,15 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from api.context import POOL, bearer_tenant, int_query, parse_uuid, read_json_object
+from api.context import (
+    POOL,
+    bearer_tenant,
+    check_query,
+    int_query,
+    parse_uuid,
+    read_json_object,
+    uuid_query,
+)
 from api.errors import ApiError, json_response
 from api.validation import FieldError, normalise_phone, validate_record
 
@@ -21,6 +29,10 @@ RECORD_SELECT = """SELECT r.id, r.workflow_id, w.workflow_key, r.workflow_versio
     r.status, r.current_node, r.attempts, r.next_attempt_at, r.outcome, r.created_at,
     r.updated_at, r.completed_at
     FROM records r JOIN workflows w ON w.id = r.workflow_id"""
+_SEARCH_PARAMS = frozenset(
+    {"phone", "case_id", "first_name", "last_name", "workflow_id", "list_id", "status"}
+    | {"limit", "cursor"}
+)
 _EDITABLE = {
     "record_first_name",
     "record_last_name",
@@ -85,6 +97,7 @@ def _phone_query(raw: str) -> str:
 async def search_records(request: web.Request) -> web.Response:
     """Search by phone, case_id, first or last name, workflow, list or status; paged by cursor."""
     tenant = await bearer_tenant(request)
+    check_query(request, _SEARCH_PARAMS)
     limit = int_query(request, "limit", 50, 1, 500)
     args: list[Any] = [tenant]
     where = ["r.tenant_id = $1"]
@@ -102,17 +115,16 @@ async def search_records(request: web.Request) -> web.Response:
         add("lower(r.first_name) = lower(?)", query["first_name"])
     if "last_name" in query:
         add("lower(r.last_name) = lower(?)", query["last_name"])
-    if "workflow_id" in query:
-        add("r.workflow_id = ?", parse_uuid(query["workflow_id"], "workflow_id"))
-    if "list_id" in query:
-        add("r.list_id = ?", parse_uuid(query["list_id"], "list_id"))
+    for name in ("workflow_id", "list_id"):
+        if (value := uuid_query(request, name)) is not None:
+            add(f"r.{name} = ?", value)
     if "status" in query:
         if query["status"] not in RECORD_STATUSES:
             choices = ", ".join(RECORD_STATUSES)
             raise ApiError(422, f"status must be one of {choices}", field="status")
         add("r.status = ?", query["status"])
-    if "cursor" in query:
-        add("r.id > ?", parse_uuid(query["cursor"], "cursor"))
+    if (cursor := uuid_query(request, "cursor")) is not None:
+        add("r.id > ?", cursor)
     args.append(limit + 1)
     rows = await request.app[POOL].fetch(
         f"{RECORD_SELECT} WHERE {' AND '.join(where)} ORDER BY r.id LIMIT ${len(args)}", *args
@@ -127,6 +139,7 @@ async def search_records(request: web.Request) -> web.Response:
 async def locate(request: web.Request) -> web.Response:
     """Which workflows hold a given case_id or callee number."""
     tenant = await bearer_tenant(request)
+    check_query(request, frozenset({"case_id", "phone"}))
     if "case_id" in request.query:
         where, value = "r.case_id = $2", request.query["case_id"]
     elif "phone" in request.query:
@@ -159,14 +172,14 @@ async def locate(request: web.Request) -> web.Response:
     )
 
 
-@routes.get("/v1/records/{record_id}")
+@routes.get("/v1/records/{record_id:[0-9a-fA-F-]{32,36}}")
 async def get_record(request: web.Request) -> web.Response:
     tenant = await bearer_tenant(request)
     row = await _load(request.app[POOL], tenant, request.match_info["record_id"])
     return json_response(record_json(row))
 
 
-@routes.patch("/v1/records/{record_id}")
+@routes.patch("/v1/records/{record_id:[0-9a-fA-F-]{32,36}}")
 async def edit_record(request: web.Request) -> web.Response:
     """Change names, ZIP, placeholders, meta or case_id; the number is the record's identity."""
     tenant = await bearer_tenant(request)
@@ -210,7 +223,7 @@ async def edit_record(request: web.Request) -> web.Response:
     return json_response(record_json(row))
 
 
-@routes.delete("/v1/records/{record_id}")
+@routes.delete("/v1/records/{record_id:[0-9a-fA-F-]{32,36}}")
 async def delete_record(request: web.Request) -> web.Response:
     tenant = await bearer_tenant(request)
     async with request.app[POOL].acquire() as conn, conn.transaction():

@@ -13,7 +13,15 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from api.context import POOL, bearer_tenant, int_query, parse_uuid, read_json_object
+from api.context import (
+    POOL,
+    bearer_tenant,
+    check_query,
+    int_query,
+    parse_uuid,
+    read_json_object,
+    uuid_query,
+)
 from api.errors import ApiError, json_response
 from dialer.ids import new_id, new_workflow_key
 from scheduler.definition import DefinitionError, validate_definition, validate_settings
@@ -178,12 +186,13 @@ async def create_workflow(request: web.Request) -> web.Response:
 @routes.get("/v1/workflows")
 async def list_workflows(request: web.Request) -> web.Response:
     tenant = await bearer_tenant(request)
+    check_query(request, frozenset({"limit", "cursor", "status"}))
     limit = int_query(request, "limit", 50, 1, 500)
-    after = request.query.get("cursor")
+    after = uuid_query(request, "cursor")
     args: list[Any] = [tenant, limit + 1]
     where = ""
-    if after:
-        args.append(parse_uuid(after, "cursor"))
+    if after is not None:
+        args.append(after)
         where = " AND w.id > $3"
     if (status := request.query.get("status")) is not None:
         if status not in STATUSES:
