@@ -287,7 +287,7 @@ class RtpSender:
     samples_per_frame: int = 160
     packet_count: int = 0
     octet_count: int = 0
-    _talkspurt_start: bool = field(default=True, repr=False)
+    _talkspurt_start: bool = field(default=True, init=False, repr=False)
 
     def packet(self, payload: bytes) -> bytes:
         """Return the packet for the next frame and step one frame."""

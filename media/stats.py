@@ -93,9 +93,10 @@ class ReceiveStatistics:
     jitter_units: float = 0.0  # A.8 estimate, in timestamp units
     last_sr_ntp: int | None = None
     last_sr_arrival: float | None = None
-    _seen_mask: int = field(default=0, repr=False)  # bit i: extended max - i was received
-    _last_arrival_units: float | None = field(default=None, repr=False)
-    _last_timestamp: int = field(default=0, repr=False)
+    # Bit i set: extended sequence number (highest - i) was received.
+    _seen_mask: int = field(default=0, init=False, repr=False)
+    _last_arrival_units: float | None = field(default=None, init=False, repr=False)
+    _last_timestamp: int = field(default=0, init=False, repr=False)
 
     # -- receiving ----------------------------------------------------------------
 
