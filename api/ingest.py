@@ -20,7 +20,7 @@ from api.context import POOL, bearer_tenant, body_tenant, read_json_object
 from api.errors import ApiError, json_response
 from api.validation import FieldError, ValidRecord, normalise_phone, validate_record
 from dialer import jsonutil
-from dialer.ids import new_id
+from dialer.ids import new_ids
 
 __all__ = ["MAX_BATCH", "idempotent", "ingest_batch", "insert_records", "routes"]
 
@@ -73,7 +73,7 @@ async def insert_records(
     records: Sequence[ValidRecord],
     list_id: uuid.UUID | None = None,
 ) -> list[uuid.UUID]:
-    ids = [new_id() for _ in records]
+    ids = new_ids(len(records))
     version = workflow["current_version"]
     workflow_id = workflow["id"]
     rows = [

@@ -40,6 +40,10 @@ RECORD_FIELDS = frozenset(
     }
 )
 
+_REF_FIELDS = RECORD_FIELDS - {"case_id"}
+# A single record's body also carries these; they are not record fields.
+_ENVELOPE_FIELDS = frozenset({"api_key", "workflow_key"})
+
 
 class FieldError(ValueError):
     """One field of one record is wrong."""
@@ -133,10 +137,11 @@ def validate_record(item: Any, *, allow_e164: bool, allow_case_id: bool) -> Vali
     """Validate one record of the ingestion API; raise :class:`FieldError`."""
     if not isinstance(item, dict):
         raise FieldError("record", f"must be an object, not {_json_type(item)}")
-    allowed = RECORD_FIELDS if allow_case_id else RECORD_FIELDS - {"case_id"}
-    for key in item:
-        if key not in allowed and key not in ("api_key", "workflow_key"):
-            raise FieldError(key, f"is not a known field (known: {', '.join(sorted(allowed))})")
+    allowed = RECORD_FIELDS if allow_case_id else _REF_FIELDS
+    extra = item.keys() - allowed - _ENVELOPE_FIELDS
+    if extra:
+        key = sorted(extra)[0]
+        raise FieldError(key, f"is not a known field (known: {', '.join(sorted(allowed))})")
     if "record_phone_number" not in item:
         raise FieldError("record_phone_number", "is required")
     phone = normalise_phone(item["record_phone_number"], allow_e164=allow_e164)
