@@ -1,0 +1,360 @@
+"""Pacing: how many calls to dial now so that seats stay busy and few answers wait.
+
+A *seat* is whatever takes an answered call: a voicebot slot or an agent. A
+*live answer* that finds no free seat within ``max_wait_s`` is *abandoned*; the
+FCC's telemarketing rule, 47 CFR 64.1200(a)(7)(i), caps abandoned calls at
+"three percent of all calls that are answered live by a person, as measured
+over a 30-day period for a single calling campaign", and a call is abandoned
+when not connected to a live sales representative "within two (2) seconds of
+the called person's completed greeting". Hence the defaults: a 3 % target and
+a 2 s wait.
+
+Rules of this file:
+
+1. Pacing is a pure function of observed statistics (`PacingStats`) and the
+   workflow's `PacingPolicy`: no clock, no state. The caller keeps the
+   statistics (an `AbandonmentTracker` and running means) and asks again on
+   every call event and on a periodic tick; each answer is the number of *new*
+   dials to place now, given the calls already in flight.
+2. Three modes. Progressive keeps one call in flight per free seat and never
+   abandons. Fixed ratio keeps ``ratio`` calls in flight per free seat.
+   Predictive balances the live answers expected from the calls in flight
+   and from new dials against the seats expected to be free when those
+   answers arrive, less a safety margin in standard deviations; a feedback
+   term moves the margin from the realised abandonment (see `_margin_z`).
+3. The trunk's calls-per-second and channel limits cap every mode, last.
+4. While little is known (few finished dials) the pacer assumes answers are
+   more likely than observed, which dials fewer calls: the cost of knowing
+   little is idle seats, never abandoned people.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from enum import StrEnum
+
+__all__ = [
+    "AbandonmentTracker",
+    "DurationSummary",
+    "PacingMode",
+    "PacingPolicy",
+    "PacingStats",
+    "RollingWindow",
+    "dials_to_place",
+    "risk_threshold",
+]
+
+
+class PacingMode(StrEnum):
+    """Which pacing rule a workflow uses."""
+
+    PROGRESSIVE = "progressive"
+    FIXED_RATIO = "fixed_ratio"
+    PREDICTIVE = "predictive"
+
+
+@dataclass(frozen=True, slots=True)
+class PacingPolicy:
+    """A workflow's pacing configuration.
+
+    ``max_wait_s`` is how long a live answer may wait for a seat before it
+    counts as abandoned. ``warmup_samples`` is the weight, in finished dials,
+    of the pessimistic prior that everyone answers (rule 4).
+    ``cps_limit`` caps dials started in any one second and ``channel_limit``
+    the calls held on the trunk at once (ringing, waiting or talking).
+    """
+
+    mode: PacingMode = PacingMode.PREDICTIVE
+    ratio: float = 2.0
+    max_wait_s: float = 2.0
+    warmup_samples: int = 30
+    max_dials_per_free_seat: float = 10.0
+    cps_limit: float | None = None
+    channel_limit: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.ratio <= 0:
+            raise ValueError(f"ratio must be > 0, got {self.ratio}")
+        if self.max_wait_s < 0:
+            raise ValueError(f"max_wait_s must be >= 0, got {self.max_wait_s}")
+        if self.warmup_samples < 0:
+            raise ValueError(f"warmup_samples must be >= 0, got {self.warmup_samples}")
+        if self.cps_limit is not None and self.cps_limit <= 0:
+            raise ValueError(f"cps_limit must be > 0, got {self.cps_limit}")
+        if self.channel_limit is not None and self.channel_limit < 0:
+            raise ValueError(f"channel_limit must be >= 0, got {self.channel_limit}")
+
+
+@dataclass(frozen=True, slots=True)
+class DurationSummary:
+    """Mean and standard deviation of an observed duration, with its sample size."""
+
+    mean_s: float = 0.0
+    stdev_s: float = 0.0
+    samples: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PacingStats:
+    """What the pacer sees of one workflow at one instant.
+
+    Seats: ``seats`` logged in, of which ``seats_busy`` are on a call or in
+    wrap-up (``seats_wrapping`` of those in wrap-up). Calls: ``calls_in_flight``
+    dialled and neither answered nor ended; ``calls_waiting`` answered live
+    and waiting for a seat. Observed so far: ``answer_rate`` (live answers per
+    finished dial) over ``answer_samples`` finished dials; ``ring_to_answer``
+    (dial to live answer); ``not_answered_hold`` (dial to the end of a dial
+    that reached nobody); ``handle`` (talk plus wrap-up per connected call).
+    Abandonment over the tracker's rolling window: ``window_live`` live answers
+    of which ``window_abandoned`` abandoned, held to ``target_abandon_rate``.
+    ``recent_dial_times`` are the start times of recent dials (at least those
+    of the last second) for the calls-per-second cap; ``channels_in_use``
+    defaults to the calls in flight, waiting and connected.
+    """
+
+    seats: int
+    seats_busy: int
+    calls_in_flight: int
+    answer_rate: float
+    answer_samples: int
+    ring_to_answer: DurationSummary
+    not_answered_hold: DurationSummary
+    handle: DurationSummary
+    window_live: int = 0
+    window_abandoned: int = 0
+    target_abandon_rate: float = 0.03
+    calls_waiting: int = 0
+    seats_wrapping: int = 0
+    recent_dial_times: tuple[float, ...] = ()
+    channels_in_use: int | None = None
+    in_flight_ages_s: tuple[float, ...] | None = None
+    wrap_remaining_s: tuple[float, ...] | None = None
+    wrap_mean_s: float = 0.0
+
+    @property
+    def seats_free(self) -> int:
+        """Seats neither on a call nor in wrap-up, less answers already waiting for one."""
+        return max(0, self.seats - self.seats_busy - self.calls_waiting)
+
+
+def _cap(policy: PacingPolicy, stats: PacingStats, now: float, dials: int) -> int:
+    """Apply the trunk limits, which hold whatever the pacing mode asks."""
+    if policy.cps_limit is not None:
+        started = sum(1 for t in stats.recent_dial_times if now - 1.0 < t <= now)
+        dials = min(dials, math.floor(policy.cps_limit) - started)
+    if policy.channel_limit is not None:
+        in_use = stats.channels_in_use
+        if in_use is None:
+            connected = stats.seats_busy - stats.seats_wrapping
+            in_use = stats.calls_in_flight + stats.calls_waiting + connected
+        dials = min(dials, policy.channel_limit - in_use)
+    return max(0, dials)
+
+
+def dials_to_place(policy: PacingPolicy, stats: PacingStats, now: float) -> int:
+    """How many new calls to dial now for this workflow (never negative).
+
+    ``now`` is on the clock of ``stats.recent_dial_times`` (the CPS cap).
+    """
+    free = stats.seats_free
+    match policy.mode:
+        case PacingMode.PROGRESSIVE:
+            dials = free - stats.calls_in_flight
+        case PacingMode.FIXED_RATIO:
+            dials = math.floor(policy.ratio * free + 1e-9) - stats.calls_in_flight
+        case PacingMode.PREDICTIVE:
+            dials = _predictive(policy, stats)
+    return _cap(policy, stats, now, dials)
+
+
+# The marginal-risk threshold moves within these multiples of the target.
+_THETA_MIN = 0.2
+_THETA_MAX = 5.0
+# The controller aims a little under the target so that noise over a day
+# does not carry the realised rate over it.
+_AIM = 0.95
+# Points of the ring-time law at which a new dial's risk is averaged.
+_GRID = 8
+_SQRT3 = math.sqrt(3.0)
+
+
+def risk_threshold(stats: PacingStats) -> float:
+    """The feedback controller: the abandonment risk one more dial may carry.
+
+    Starts at the target itself. The rolling window's unspent budget of
+    abandoned calls, ``target * live - abandoned``, raises the threshold
+    geometrically, an overspent budget lowers it: as the realised rate
+    approaches the target the budget falls to nothing and the pacer backs off.
+    Because the budget is a count over the window rather than a rate, the
+    controller integrates its error (leakily, as the window rolls) and the
+    realised rate settles at the target rather than short of it.
+    """
+    target = stats.target_abandon_rate
+    budget = _AIM * target * stats.window_live - stats.window_abandoned
+    scale = 2.0 + 0.5 * math.sqrt(target * stats.window_live)
+    gain = math.exp(max(-8.0, min(8.0, budget / scale)))
+    return target * min(_THETA_MAX, max(_THETA_MIN, gain))
+
+
+def _bounds(summary: DurationSummary) -> tuple[float, float]:
+    """A uniform law with the summary's mean and deviation, as ``(low, width)``."""
+    half = _SQRT3 * summary.stdev_s
+    lo = max(0.0, summary.mean_s - half)
+    return lo, max(1e-9, summary.mean_s + half - lo)
+
+
+def _predictive(policy: PacingPolicy, stats: PacingStats) -> int:
+    """Dial while one more dial's chance of being abandoned stays under the threshold.
+
+    A new dial answered live at time t (t drawn from the ring-time law) is
+    abandoned when the live answers arriving before t (those already waiting,
+    those from calls in flight, those from the other new dials) use up the
+    seats free by t + max_wait_s. Both sides are sums of independent
+    Bernoulli terms, read as a normal law; the risk is averaged over t.
+    Durations are modelled as uniform laws with the observed mean and
+    deviation, talk time as memoryless.
+    """
+    samples = stats.answer_samples
+    warm = policy.warmup_samples
+    # Rule 4: a prior that everyone answers, worth warmup_samples dials.
+    p = (stats.answer_rate * samples + warm) / (samples + warm) if samples + warm else 1.0
+    p = min(1.0, max(1e-3, p))
+    ring, hold, handle = stats.ring_to_answer, stats.not_answered_hold, stats.handle
+    ages = stats.in_flight_ages_s
+    # Rule 4 again: until the ring-time law is known, every call in flight may
+    # still answer, and at once; until the no-answer hold law is known, a call
+    # that has not answered yet may still be a no-answer holding on forever.
+    hold_lo, hold_w = _bounds(hold) if hold.samples >= max(1, warm) else (0.0, 1e18)
+    if ring.samples >= max(1, warm):
+        ring_lo, ring_w = _bounds(ring)
+    else:
+        ring_lo, ring_w = 0.0, 1e-9
+        ages = None
+    if ages is None:  # unknown: take them all as fresh dials (more answers to come)
+        ages = (0.0,) * stats.calls_in_flight
+    ring_hi = ring_lo + ring_w
+    # Each call in flight, by age a: P(live and still ringing) / P(still in flight),
+    # as (ring time already spent, weight); overdue calls are about to end unanswered.
+    alive_calls: list[tuple[float, float]] = []
+    for age in ages:
+        if age >= ring_hi:
+            continue
+        ringing = p * (1.0 - max(0.0, age - ring_lo) / ring_w)
+        holding = (1.0 - p) * (1.0 - min(1.0, max(0.0, age - hold_lo) / hold_w))
+        if ringing > 0.0:
+            alive_calls.append((age, p / (ringing + holding)))
+    grace = policy.max_wait_s
+    wrap_mean = max(0.0, stats.wrap_mean_s)
+    talk_mean = handle.mean_s - wrap_mean if handle.samples else 0.0
+    talking = max(0, stats.seats_busy - stats.seats_wrapping)
+    wraps = stats.wrap_remaining_s
+    free = stats.seats - stats.seats_busy
+    # At each grid point t: mean and variance of D(t) = (answers before t)
+    # - (seats free by t + grace); the new dial is abandoned when D(t) >= 0.
+    base_mean = [0.0] * _GRID
+    base_var = [0.0] * _GRID
+    ring_at = [0.0] * _GRID
+    for k in range(_GRID):
+        t = ring_lo + ring_w * (k + 0.5) / _GRID
+        ring_at[k] = (k + 0.5) / _GRID
+        horizon = t + grace
+        answers = float(stats.calls_waiting)
+        var = 0.0
+        for age, weight in alive_calls:
+            # P(answers live within t | still in flight at this age)
+            q = weight * (
+                min(1.0, max(0.0, age + t - ring_lo) / ring_w) - max(0.0, age - ring_lo) / ring_w
+            )
+            answers += q
+            var += q * (1.0 - q)
+        if wraps is not None:
+            seats = free + sum(1 for w in wraps if w <= horizon)
+        elif wrap_mean > 0:
+            share = min(1.0, horizon / wrap_mean)
+            seats = free + stats.seats_wrapping * share
+            var += stats.seats_wrapping * share * (1.0 - share)
+        else:
+            seats = free + stats.seats_wrapping
+        if talk_mean > 0 and horizon > wrap_mean:
+            f = -math.expm1(-(horizon - wrap_mean) / talk_mean)
+            seats += talking * f
+            var += talking * f * (1.0 - f)
+        base_mean[k] = answers - seats + 0.5  # continuity: D >= 0 is D > -0.5
+        base_var[k] = 2.0 * (var + 0.25)  # doubled once here for erfc
+    theta = risk_threshold(stats) * _GRID
+    limit = math.floor(policy.max_dials_per_free_seat * max(1, stats.seats))
+    n = 0
+    while n < limit:
+        # Risk of one more dial when n others go out with it.
+        risk = 0.0
+        for k in range(_GRID):
+            g = p * ring_at[k]
+            risk += 0.5 * math.erfc(
+                -(base_mean[k] + n * g) / math.sqrt(base_var[k] + 2.0 * n * g * (1.0 - g))
+            )
+        if risk > theta:
+            break
+        n += 1
+    return n
+
+
+class RollingWindow:
+    """A count of events over the last ``span_s`` seconds, in ``buckets`` slots.
+
+    Pure state: the time is passed in. Events older than the span drop out a
+    bucket at a time, so the span is exact to ``span_s / buckets``.
+    """
+
+    __slots__ = ("_bucket_s", "_buckets", "_total", "span_s")
+
+    def __init__(self, span_s: float, buckets: int = 60) -> None:
+        if span_s <= 0 or buckets < 1:
+            raise ValueError("span_s must be > 0 and buckets >= 1")
+        self.span_s = span_s
+        self._bucket_s = span_s / buckets
+        self._buckets: deque[list[int]] = deque()  # [bucket index, count]
+        self._total = 0
+
+    def _expire(self, now: float) -> None:
+        oldest = math.floor(now / self._bucket_s) - math.ceil(self.span_s / self._bucket_s) + 1
+        while self._buckets and self._buckets[0][0] < oldest:
+            self._total -= self._buckets.popleft()[1]
+
+    def add(self, now: float, count: int = 1) -> None:
+        """Record ``count`` events at ``now`` (times must not go backwards)."""
+        index = math.floor(now / self._bucket_s)
+        if self._buckets and self._buckets[-1][0] == index:
+            self._buckets[-1][1] += count
+        else:
+            self._buckets.append([index, count])
+        self._total += count
+        self._expire(now)
+
+    def total(self, now: float) -> int:
+        """Events within the span ending at ``now``."""
+        self._expire(now)
+        return self._total
+
+
+class AbandonmentTracker:
+    """Live answers and abandoned calls over a rolling window, for `PacingStats`."""
+
+    __slots__ = ("abandoned", "live")
+
+    def __init__(self, span_s: float = 3600.0, buckets: int = 60) -> None:
+        self.live = RollingWindow(span_s, buckets)
+        self.abandoned = RollingWindow(span_s, buckets)
+
+    def record_live(self, now: float) -> None:
+        """A dial reached a live person (connected or not)."""
+        self.live.add(now)
+
+    def record_abandoned(self, now: float) -> None:
+        """A live answer found no seat in time (already counted by `record_live`)."""
+        self.abandoned.add(now)
+
+    def counts(self, now: float) -> tuple[int, int]:
+        """``(live, abandoned)`` within the window ending at ``now``."""
+        return self.live.total(now), self.abandoned.total(now)
