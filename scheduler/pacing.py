@@ -227,7 +227,8 @@ def _predictive(policy: PacingPolicy, stats: PacingStats) -> int:
     # still answer, and at once; until the no-answer hold law is known, a call
     # that has not answered yet may still be a no-answer holding on forever.
     hold_lo, hold_w = _bounds(hold) if hold.samples >= max(1, warm) else (0.0, 1e18)
-    if ring.samples >= max(1, warm):
+    known_ring = ring.samples >= max(1, warm)
+    if known_ring:
         ring_lo, ring_w = _bounds(ring)
     else:
         ring_lo, ring_w = 0.0, 1e-9
@@ -258,7 +259,9 @@ def _predictive(policy: PacingPolicy, stats: PacingStats) -> int:
     ring_at = [0.0] * _GRID
     for k in range(_GRID):
         t = ring_lo + ring_w * (k + 0.5) / _GRID
-        ring_at[k] = (k + 0.5) / _GRID
+        # The other new dials answer before t with the ring law's probability;
+        # while that law is unknown, take them all to answer first.
+        ring_at[k] = (k + 0.5) / _GRID if known_ring else 1.0
         horizon = t + grace
         answers = float(stats.calls_waiting)
         var = 0.0

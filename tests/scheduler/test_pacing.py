@@ -1,0 +1,224 @@
+"""Pacing as a pure function of observed statistics."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from scheduler.pacing import (
+    AbandonmentTracker,
+    DurationSummary,
+    PacingMode,
+    PacingPolicy,
+    PacingStats,
+    RollingWindow,
+    dials_to_place,
+    risk_threshold,
+)
+
+PROGRESSIVE = PacingPolicy(mode=PacingMode.PROGRESSIVE)
+FIXED = PacingPolicy(mode=PacingMode.FIXED_RATIO, ratio=2.5)
+PREDICTIVE = PacingPolicy(mode=PacingMode.PREDICTIVE)
+
+
+def stats(**changes: object) -> PacingStats:
+    """A 50-seat workflow in steady state under the bench's model."""
+    base = PacingStats(
+        seats=50,
+        seats_busy=46,
+        calls_in_flight=10,
+        answer_rate=0.30,
+        answer_samples=5000,
+        ring_to_answer=DurationSummary(12.0, 4.62, 1500),
+        not_answered_hold=DurationSummary(14.0, 6.93, 3500),
+        handle=DurationSummary(130.0, 120.0, 1400),
+        window_live=1000,
+        window_abandoned=30,
+        seats_wrapping=4,
+        wrap_mean_s=10.0,
+        wrap_remaining_s=(1.0, 4.0, 7.0, 9.5),
+        in_flight_ages_s=(0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 9.0, 12.0, 15.0, 18.0),
+    )
+    return dataclasses.replace(base, **changes)
+
+
+@pytest.mark.parametrize(
+    ("seats", "busy", "waiting", "in_flight", "expected"),
+    [
+        (10, 0, 0, 0, 10),
+        (10, 4, 0, 0, 6),
+        (10, 4, 0, 2, 4),
+        (10, 4, 1, 2, 3),  # an answer waiting for a seat has claimed it
+        (10, 10, 0, 0, 0),
+        (10, 6, 0, 9, 0),  # never negative
+    ],
+)
+def test_progressive_is_one_call_per_free_seat(
+    seats: int, busy: int, waiting: int, in_flight: int, expected: int
+):
+    s = stats(seats=seats, seats_busy=busy, calls_waiting=waiting, calls_in_flight=in_flight)
+    assert dials_to_place(PROGRESSIVE, s, now=0.0) == expected
+
+
+@pytest.mark.parametrize(
+    ("busy", "in_flight", "expected"),
+    [(46, 0, 10), (46, 4, 6), (46, 11, 0), (50, 0, 0), (47, 1, 6)],
+)
+def test_fixed_ratio(busy: int, in_flight: int, expected: int):
+    s = stats(seats_busy=busy, calls_in_flight=in_flight)
+    assert dials_to_place(FIXED, s, now=0.0) == expected
+
+
+@pytest.mark.parametrize("mode", list(PacingMode))
+@pytest.mark.parametrize(
+    ("cps_limit", "recent", "channel_limit", "channels", "expected"),
+    [
+        (3.0, (), None, None, 3),
+        (3.0, (9.5, 9.9), None, None, 1),
+        (3.0, (8.9, 9.0), None, None, 3),  # older than a second: no longer counted
+        (3.0, (9.1, 9.2, 9.3, 9.4), None, None, 0),
+        (None, (), 60, 58, 2),
+        (None, (), 60, 61, 0),
+        (5.0, (9.5,), 60, 57, 3),
+    ],
+)
+def test_trunk_limits_cap_every_mode(
+    mode: PacingMode,
+    cps_limit: float | None,
+    recent: tuple[float, ...],
+    channel_limit: int | None,
+    channels: int | None,
+    expected: int,
+):
+    # 20 free seats and nothing in flight: every mode wants more than the caps allow.
+    s = stats(
+        seats_busy=30,
+        seats_wrapping=0,
+        wrap_remaining_s=(),
+        calls_in_flight=0,
+        in_flight_ages_s=(),
+        recent_dial_times=recent,
+        channels_in_use=channels,
+    )
+    policy = PacingPolicy(mode=mode, cps_limit=cps_limit, channel_limit=channel_limit)
+    assert dials_to_place(policy, s, now=10.0) == expected
+
+
+def test_channels_in_use_defaults_to_calls_held():
+    # 10 in flight + 1 waiting + (46 busy - 4 wrapping) talking = 53 channels.
+    policy = PacingPolicy(mode=PacingMode.FIXED_RATIO, ratio=5.0, channel_limit=55)
+    assert dials_to_place(policy, stats(calls_waiting=1), now=0.0) == 2
+
+
+def test_predictive_dials_ahead_of_free_seats():
+    s = stats()
+    predictive = dials_to_place(PREDICTIVE, s, now=0.0)
+    progressive = dials_to_place(PROGRESSIVE, s, now=0.0)
+    assert progressive == 0  # 4 free seats, 10 calls in flight
+    assert predictive > 0
+
+
+def test_predictive_backs_off_over_target():
+    under = dials_to_place(PREDICTIVE, stats(window_live=1000, window_abandoned=5), now=0.0)
+    at = dials_to_place(PREDICTIVE, stats(window_live=1000, window_abandoned=30), now=0.0)
+    over = dials_to_place(PREDICTIVE, stats(window_live=1000, window_abandoned=80), now=0.0)
+    assert under > at > over
+
+
+@pytest.mark.parametrize(
+    ("live", "abandoned"),
+    [(0, 0), (100, 0), (100, 3), (100, 10), (1000, 25), (1000, 40)],
+)
+def test_risk_threshold_falls_as_abandonment_rises(live: int, abandoned: int):
+    s = stats(window_live=live, window_abandoned=abandoned)
+    more = stats(window_live=live, window_abandoned=abandoned + 1)
+    assert 0.2 * 0.03 <= risk_threshold(s) <= 5.0 * 0.03
+    assert risk_threshold(more) < risk_threshold(s) or risk_threshold(s) == 0.2 * 0.03
+
+
+def test_conservative_start():
+    # Nothing observed yet: behave like progressive, one call per free seat at most.
+    cold = stats(
+        seats_busy=0,
+        seats_wrapping=0,
+        wrap_remaining_s=(),
+        calls_in_flight=0,
+        in_flight_ages_s=(),
+        answer_rate=0.0,
+        answer_samples=0,
+        ring_to_answer=DurationSummary(),
+        not_answered_hold=DurationSummary(),
+        handle=DurationSummary(),
+        window_live=0,
+        window_abandoned=0,
+    )
+    cold_dials = dials_to_place(PREDICTIVE, cold, now=0.0)
+    assert 0 < cold_dials <= 50
+    # With the same state and a day's worth of samples it dials well ahead.
+    warm = dataclasses.replace(
+        cold,
+        answer_rate=0.3,
+        answer_samples=5000,
+        ring_to_answer=DurationSummary(12.0, 4.62, 1500),
+        not_answered_hold=DurationSummary(14.0, 6.93, 3500),
+        handle=DurationSummary(130.0, 120.0, 1400),
+    )
+    assert dials_to_place(PREDICTIVE, warm, now=0.0) > 2 * cold_dials
+    # A few samples move it only part of the way.
+    early = dataclasses.replace(warm, answer_samples=20)
+    assert (
+        cold_dials
+        <= dials_to_place(PREDICTIVE, early, now=0.0)
+        < dials_to_place(PREDICTIVE, warm, now=0.0)
+    )
+
+
+def test_predictive_counts_calls_in_flight_and_waiting():
+    base = dials_to_place(PREDICTIVE, stats(), now=0.0)
+    more_in_flight = stats(
+        calls_in_flight=20, in_flight_ages_s=stats().in_flight_ages_s + (0.1,) * 10
+    )
+    assert dials_to_place(PREDICTIVE, more_in_flight, now=0.0) < base
+    assert dials_to_place(PREDICTIVE, stats(calls_waiting=3), now=0.0) < base
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"in_flight_ages_s": None}, {"wrap_remaining_s": None}, {"wrap_mean_s": 0.0}],
+)
+def test_predictive_paces_from_summaries_alone(changes: dict[str, object]):
+    # Without per-call ages or per-seat wrap-up times it falls back on counts
+    # and means, and lands near the answer it gives with them.
+    exact = dials_to_place(PREDICTIVE, stats(), now=0.0)
+    rough = dials_to_place(PREDICTIVE, stats(**{"wrap_remaining_s": None, **changes}), now=0.0)
+    assert 0.5 * exact <= rough <= 1.5 * exact
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"ratio": 0.0}, {"max_wait_s": -1.0}, {"cps_limit": 0.0}, {"channel_limit": -1}],
+)
+def test_policy_validation(changes: dict[str, float]):
+    with pytest.raises(ValueError):
+        PacingPolicy(**changes)  # type: ignore[arg-type]
+
+
+def test_rolling_window_expires_old_events():
+    window = RollingWindow(span_s=60.0, buckets=6)
+    window.add(0.0)
+    window.add(5.0, count=2)
+    window.add(30.0)
+    assert window.total(30.0) == 4
+    assert window.total(59.0) == 4
+    assert window.total(60.0) == 1  # the 0-10 s bucket has left the window
+    assert window.total(95.0) == 0
+
+
+def test_abandonment_tracker():
+    tracker = AbandonmentTracker(span_s=100.0, buckets=10)
+    for t in range(10):
+        tracker.record_live(float(t))
+    tracker.record_abandoned(9.0)
+    assert tracker.counts(9.0) == (10, 1)
+    assert tracker.counts(200.0) == (0, 0)

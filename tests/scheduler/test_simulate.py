@@ -1,0 +1,57 @@
+"""A short simulated hour: predictive pacing holds its target and beats progressive."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from scheduler.pacing import PacingMode, PacingPolicy
+from scheduler.simulate import SimConfig, simulate
+
+# Room for an hour's noise over the 3 % target: ~250 live answers.
+MARGIN = 0.02
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        SimConfig(seats=10, hours=1.0),
+        # Other parameters too: fewer answers, shorter talk, longer rings.
+        SimConfig(
+            seats=20, hours=1.0, answer_rate=0.15, talk_mean_s=60.0, ring_min_s=6, ring_max_s=30
+        ),
+    ],
+)
+def test_predictive_holds_target_and_beats_progressive(config: SimConfig):
+    predictive = simulate(PacingPolicy(mode=PacingMode.PREDICTIVE), config, random.Random(1))
+    progressive = simulate(PacingPolicy(mode=PacingMode.PROGRESSIVE), config, random.Random(1))
+    assert predictive.live_answers > 100
+    assert predictive.abandonment <= config.target_abandon_rate + MARGIN
+    assert predictive.occupancy > progressive.occupancy
+    assert progressive.abandonment == 0.0
+
+
+def test_simulation_is_deterministic_for_a_seed():
+    config = SimConfig(seats=5, hours=0.25)
+    policy = PacingPolicy()
+    assert simulate(policy, config, random.Random(7)) == simulate(policy, config, random.Random(7))
+
+
+def test_totals_are_consistent():
+    config = SimConfig(seats=5, hours=0.5)
+    result = simulate(
+        PacingPolicy(mode=PacingMode.FIXED_RATIO, ratio=3.0), config, random.Random(3)
+    )
+    assert result.connects + result.abandoned <= result.live_answers <= result.dials
+    assert 0.0 < result.occupancy <= config.occupancy_ceiling + 0.05
+    assert result.connects_per_seat_hour == pytest.approx(result.connects / 2.5)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"seats": 0}, {"answer_rate": 0.0}, {"ring_min_s": 5.0, "ring_max_s": 4.0}, {"hours": 0.0}],
+)
+def test_config_validation(changes: dict[str, float]):
+    with pytest.raises(ValueError):
+        SimConfig(**changes)  # type: ignore[arg-type]
