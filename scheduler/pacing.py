@@ -170,7 +170,7 @@ def dials_to_place(policy: PacingPolicy, stats: PacingStats, now: float) -> int:
 
 
 # The marginal-risk threshold moves within these multiples of the target.
-_THETA_MIN = 0.2
+_THETA_MIN = 0.02
 _THETA_MAX = 5.0
 # The controller aims a little under the target so that noise over a day
 # does not carry the realised rate over it.
