@@ -133,8 +133,8 @@ def test_predictive_backs_off_over_target():
 def test_risk_threshold_falls_as_abandonment_rises(live: int, abandoned: int):
     s = stats(window_live=live, window_abandoned=abandoned)
     more = stats(window_live=live, window_abandoned=abandoned + 1)
-    assert 0.2 * 0.03 <= risk_threshold(s) <= 5.0 * 0.03
-    assert risk_threshold(more) < risk_threshold(s) or risk_threshold(s) == 0.2 * 0.03
+    assert 0.02 * 0.03 <= risk_threshold(s) <= 5.0 * 0.03
+    assert risk_threshold(more) < risk_threshold(s) or risk_threshold(s) == 0.02 * 0.03
 
 
 def test_conservative_start():
