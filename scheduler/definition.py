@@ -74,6 +74,20 @@ BRANCH_OPERATORS = (
     "in",
     "not_in",
 )
+RETRYABLE = (
+    "busy",
+    "no_answer",
+    "machine",
+    "failed",
+    "rejected",
+    "worker_lost",
+    "bot_failed",
+    "congestion",
+    "unavailable",
+    "not_found",
+    "invalid_number",
+    "abandoned",
+)
 _UNARY_OPERATORS = frozenset({"is_empty", "is_not_empty"})
 _LIST_OPERATORS = frozenset({"in", "not_in"})
 BRANCH_FIELD_ROOTS = ("record", "placeholders", "meta", "call", "result")
@@ -397,8 +411,8 @@ def validate_settings(settings: Any, prefix: str = "settings") -> dict[str, Any]
         else:
             for outcome, rule in retry.items():
                 path = f".retry.{outcome}"
-                if outcome not in CALL_OUTCOMES:
-                    c.add(path, f"is not a call outcome ({', '.join(CALL_OUTCOMES)})")
+                if outcome not in RETRYABLE:
+                    c.add(path, f"is not a retryable outcome ({', '.join(RETRYABLE)})")
                     continue
                 if not isinstance(rule, dict):
                     c.add(path, "must be an object with delay_s and max_attempts")

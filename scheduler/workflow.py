@@ -1,0 +1,294 @@
+"""Walking a record through its workflow graph: pure decisions, no IO.
+
+Given a validated definition, where a record stands and how its last node
+ended, :class:`WorkflowGraph` says what happens next: place a call, wait,
+run an action node (sms, email, webhook), or finish. Branch nodes are
+decided on the spot from the record's fields, placeholders, meta, the last
+call and the bot's result, so they never wait in a queue.
+
+Templates (``{{record.first_name}}``) and branch fields use dotted paths;
+``record.firstName`` and ``record.first_name`` are the same field.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from scheduler.policy import WorkflowPolicy, retry_outcome
+from scheduler.retries import Retry, decide_retry
+
+__all__ = [
+    "Context",
+    "Finish",
+    "PlaceCall",
+    "RetryCall",
+    "RunNode",
+    "Step",
+    "WaitUntil",
+    "WorkflowGraph",
+    "WorkflowLoopError",
+    "evaluate",
+    "lookup",
+    "render",
+]
+
+_MISSING = object()
+_TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*\}\}")
+_CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
+# Outcomes that also take the edge of a broader one when they have none of their own.
+_BROADER = {"human": "answered"}
+MAX_INLINE_STEPS = 50
+
+
+class WorkflowLoopError(RuntimeError):
+    """Branch nodes lead into each other without ever reaching a real step."""
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What branch conditions and templates can see of a record."""
+
+    record: Mapping[str, Any] = field(default_factory=dict)
+    placeholders: Mapping[str, Any] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    call: Mapping[str, Any] = field(default_factory=dict)
+    result: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _snake(name: str) -> str:
+    return _CAMEL.sub("_", name).lower()
+
+
+def lookup(context: Context, path: str) -> Any:
+    """The value at a dotted path, or ``None`` when any part is missing."""
+    root, _, rest = path.partition(".")
+    value: Any = getattr(context, root, _MISSING) if root in _ROOTS else _MISSING
+    for part in rest.split(".") if rest else ():
+        if not isinstance(value, Mapping):
+            return None
+        if part in value:
+            value = value[part]
+        elif _snake(part) in value:
+            value = value[_snake(part)]
+        else:
+            return None
+    return None if value is _MISSING else value
+
+
+_ROOTS = frozenset({"record", "placeholders", "meta", "call", "result"})
+
+
+def render(template: str, context: Context) -> str:
+    """Fill ``{{path}}`` placeholders; a missing value renders as an empty string."""
+
+    def fill(match: re.Match[str]) -> str:
+        value = lookup(context, match[1])
+        return "" if value is None else str(value)
+
+    return _TEMPLATE.sub(fill, template)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _empty(value: Any) -> bool:
+    return value is None or value == "" or (isinstance(value, (list, dict)) and not value)
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _compare(op: str, actual: Any, expected: Any) -> bool:
+    left, right = _number(actual), _number(expected)
+    if left is None or right is None:
+        return False
+    if op == "greater_than":
+        return left > right
+    if op == "less_than":
+        return left < right
+    if op == "greater_or_equal":
+        return left >= right
+    return left <= right
+
+
+def _equal(actual: Any, expected: Any) -> bool:
+    if actual == expected:
+        return True
+    left, right = _number(actual), _number(expected)
+    if left is not None and right is not None:
+        return left == right
+    return _text(actual).lower() == _text(expected).lower() if isinstance(expected, str) else False
+
+
+def evaluate(condition: Mapping[str, Any], context: Context) -> bool:
+    """Evaluate a validated branch condition (a rule, or rules joined by and/or)."""
+    if "conditions" in condition:
+        results = (evaluate(c, context) for c in condition["conditions"])
+        return any(results) if condition.get("join", "and") == "or" else all(results)
+    op = condition["operator"]
+    actual = lookup(context, condition["field"])
+    expected = condition.get("value")
+    if op == "equals":
+        return _equal(actual, expected)
+    if op == "not_equals":
+        return not _equal(actual, expected)
+    if op == "is_empty":
+        return _empty(actual)
+    if op == "is_not_empty":
+        return not _empty(actual)
+    if op in ("contains", "not_contains"):
+        if isinstance(actual, (list, tuple)):
+            found = any(_equal(item, expected) for item in actual)
+        else:
+            found = _text(expected).lower() in _text(actual).lower()
+        return found if op == "contains" else not found
+    if op == "starts_with":
+        return _text(actual).lower().startswith(_text(expected).lower())
+    if op in ("in", "not_in"):
+        found = any(_equal(actual, item) for item in expected)
+        return found if op == "in" else not found
+    return _compare(op, actual, expected)
+
+
+# -- steps -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceCall:
+    node_id: str
+    node: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryCall:
+    """Call the same node again at ``at`` (the retry policy's delay)."""
+
+    node_id: str
+    at: float
+    outcome: str
+
+
+@dataclass(frozen=True, slots=True)
+class WaitUntil:
+    node_id: str  # the node to run when the wait is over
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunNode:
+    """An action node the scheduler runs itself: sms, email or webhook."""
+
+    node_id: str
+    node: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    status: str  # completed | failed
+    outcome: str
+    node_id: str | None = None
+
+
+Step = PlaceCall | RetryCall | WaitUntil | RunNode | Finish
+
+
+class WorkflowGraph:
+    """One version of a workflow, ready to answer "what next?"."""
+
+    def __init__(self, definition: Mapping[str, Any], policy: WorkflowPolicy) -> None:
+        self.start = definition["start"]
+        self.nodes: dict[str, Mapping[str, Any]] = {n["id"]: n for n in definition["nodes"]}
+        self.edges: dict[tuple[str, str], str] = {
+            (e["from"], e.get("on", "default")): e["to"] for e in definition.get("edges", [])
+        }
+        self.policy = policy
+
+    def first_step(self, context: Context, now: float, zone: str) -> Step:
+        return self.enter(self.start, context, now, zone, outcome="start")
+
+    def enter(
+        self, node_id: str, context: Context, now: float, zone: str, *, outcome: str = "next"
+    ) -> Step:
+        """The step that entering ``node_id`` amounts to (branches decided inline)."""
+        for _ in range(MAX_INLINE_STEPS):
+            node = self.nodes[node_id]
+            kind = node["type"]
+            if kind == "call":
+                return PlaceCall(node_id, node)
+            if kind in ("sms", "email", "webhook"):
+                return RunNode(node_id, node)
+            if kind == "end":
+                return Finish(node.get("status", "completed"), outcome, node_id)
+            if kind == "wait":
+                target = self.edge(node_id, "next")
+                at = self._wait_until(node, now, zone)
+                if target is None:
+                    return Finish("completed", "next", node_id)
+                return WaitUntil(target, at)
+            # branch
+            outcome = "true" if evaluate(node["condition"], context) else "false"
+            target = self.edge(node_id, outcome)
+            if target is None:
+                return Finish("completed", outcome, node_id)
+            node_id = target
+        raise WorkflowLoopError(f"branches loop without reaching a step near {node_id!r}")
+
+    def edge(self, node_id: str, outcome: str) -> str | None:
+        for key in (outcome, _BROADER.get(outcome), "default"):
+            if key is not None and (node_id, key) in self.edges:
+                return self.edges[(node_id, key)]
+        return None
+
+    def after(self, node_id: str, outcome: str, context: Context, now: float, zone: str) -> Step:
+        """The step after ``node_id`` ended with ``outcome`` (no retry considered)."""
+        target = self.edge(node_id, outcome)
+        if target is None:
+            return Finish("completed", outcome, node_id)
+        return self.enter(target, context, now, zone, outcome=outcome)
+
+    def after_call(
+        self,
+        node_id: str,
+        disposition: str,
+        attempts_at_node: int,
+        context: Context,
+        now: float,
+        zone: str,
+    ) -> Step:
+        """After a call attempt: retry per the policy, else follow the outcome's edge."""
+        outcome = retry_outcome(disposition)
+        # An edge for the very outcome overrides the retry rule: the workflow
+        # author asked for something specific to happen on it.
+        if outcome is not None and (node_id, disposition) not in self.edges:
+            decision = decide_retry(self.policy.retry, outcome, attempts_at_node, now)
+            if isinstance(decision, Retry):
+                return RetryCall(node_id, decision.at, disposition)
+        return self.after(node_id, disposition, context, now, zone)
+
+    @staticmethod
+    def _wait_until(node: Mapping[str, Any], now: float, zone: str) -> float:
+        if "duration_s" in node:
+            return now + float(node["duration_s"])
+        hour, minute = (int(x) for x in node["until_local_time"].split(":"))
+        tz = ZoneInfo(zone)
+        local = datetime.fromtimestamp(now, tz)
+        target = datetime.combine(local.date(), time(hour, minute), tz)
+        if target.timestamp() <= now:
+            target = datetime.combine(local.date() + timedelta(days=1), time(hour, minute), tz)
+        return target.timestamp()
