@@ -134,7 +134,8 @@ class StreamFramer:
 
     def _check_start_line(self) -> None:
         buffer = self._buffer
-        newline = buffer.find(b"\n")
+        # No line end can hide before _scan_from: earlier calls looked there.
+        newline = buffer.find(b"\n", self._scan_from)
         if newline < 0:
             if len(buffer) > self._limits.max_line_bytes:
                 raise FramingError("start line too long")
