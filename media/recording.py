@@ -1,0 +1,174 @@
+"""Call recording: both legs of a call into one stereo WAV, written as the call goes.
+
+Rules of this file:
+
+- Left is the callee (what we received, as played out by the jitter
+  buffer), right is our side (what we sent): ``media.wav.Leg``.
+- The session hands in one 20 ms frame at a time with its frame index on the
+  session's clock. Frames are gathered per leg into runs of consecutive
+  indexes (about ``chunk_s`` long) and a run goes to ``media.wav.StereoAligner``
+  whole, at its sample position: one aligner call per second of audio, not
+  per packet. A missing frame (loss that was not concealed, silence
+  suppression, DTMF, a leg that has not started) ends a run, and the aligner
+  fills the hole with zeros, so the two channels stay in step.
+- Memory is bounded whatever the call length: one run per leg plus what the
+  aligner holds (its lag bound), and the file is written through
+  ``media.wav.WavWriter`` a chunk at a time.
+- Disk writes are chunks of ``chunk_s`` of stereo audio (32 KiB per second)
+  into the page cache: tens of microseconds, cheaper than one packet's
+  processing, so they run on the event loop. Only ``close()``, which reads
+  the whole file back for its SHA-256, goes to a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+from numpy.typing import NDArray
+
+from media.wav import Leg, StereoAligner, WavWriter
+
+__all__ = [
+    "CallRecorder",
+    "Leg",
+    "RecordingResult",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingResult:
+    """The finished recording."""
+
+    path: Path
+    duration_s: float
+    size_bytes: int
+    sha256: str
+    frames: int  # stereo sample frames
+    dropped_samples: int  # arrived for a time already written (see StereoAligner)
+
+
+@dataclass(slots=True)
+class _Run:
+    buffer: NDArray[np.int16]
+    start: int = 0  # frame index of the first frame in the run
+    count: int = 0  # frames in the run
+
+
+class CallRecorder:
+    """Writes a two-leg call into a stereo WAV file, incrementally."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        sample_rate: int = 8000,
+        frame_samples: int = 160,
+        chunk_s: float = 1.0,
+    ) -> None:
+        self.path = Path(path)
+        self.sample_rate = sample_rate
+        self.frame_samples = frame_samples
+        self.chunk_frames = max(1, round(chunk_s * sample_rate / frame_samples))
+        chunk_ms = self.chunk_frames * frame_samples * 1000 // sample_rate
+        # Both runs are flushed together, so the legs are never more than one
+        # chunk apart when they reach the aligner; twice that is ample.
+        self._aligner = StereoAligner(sample_rate=sample_rate, max_lag_ms=2 * chunk_ms + 100)
+        self._file: BinaryIO = open(self.path, "w+b")  # noqa: SIM115 - closed in close()
+        self._writer = WavWriter(self._file, sample_rate=sample_rate, channels=2)
+        self._runs = (self._new_run(), self._new_run())
+        self._closed = False
+        self._result: RecordingResult | None = None
+        self.chunks_written = 0
+
+    def _new_run(self) -> _Run:
+        return _Run(np.empty(self.chunk_frames * self.frame_samples, dtype=np.int16))
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close`` has started."""
+        return self._closed
+
+    @property
+    def frames_written(self) -> int:
+        """Stereo sample frames written to the file so far."""
+        return self._writer.frames
+
+    def frame(self, leg: Leg | int, index: int, samples: NDArray[np.int16]) -> None:
+        """Record one frame of ``leg`` at frame index ``index`` (copied: the caller may reuse it).
+
+        Frames of a leg come in increasing index order; an index that skips
+        ahead leaves a silent hole. Must not be called after ``close``.
+        """
+        if self._closed:
+            return
+        run = self._runs[leg]
+        if run.count and index != run.start + run.count:
+            self._flush_leg(leg)
+        if not run.count:
+            run.start = index
+        n = self.frame_samples
+        offset = run.count * n
+        run.buffer[offset : offset + n] = samples
+        run.count += 1
+        if run.count == self.chunk_frames:
+            self._flush_all()
+
+    def _flush_leg(self, leg: Leg | int) -> None:
+        run = self._runs[leg]
+        if not run.count:
+            return
+        n = self.frame_samples
+        # The aligner keeps the array until it is written: hand it this run's
+        # buffer and start the next run in a fresh one.
+        ready = self._aligner.push(leg, run.start * n, run.buffer[: run.count * n])
+        run.buffer = np.empty_like(run.buffer)
+        run.count = 0
+        self._write(ready)
+
+    def _flush_all(self) -> None:
+        self._flush_leg(Leg.CALLEE)
+        self._flush_leg(Leg.OURS)
+
+    def _write(self, stereo: NDArray[np.int16]) -> None:
+        if stereo.shape[0]:
+            self._writer.write(stereo)
+            self.chunks_written += 1
+
+    def _finish(self) -> RecordingResult:
+        try:
+            summary = self._writer.close()
+        finally:
+            self._file.close()
+        return RecordingResult(
+            path=self.path,
+            duration_s=summary.duration_s,
+            size_bytes=summary.size_bytes,
+            sha256=summary.sha256,
+            frames=summary.frames,
+            dropped_samples=self._aligner.dropped_samples,
+        )
+
+    def _drain(self) -> None:
+        self._closed = True
+        self._flush_all()
+        self._write(self._aligner.flush())
+
+    def close_sync(self) -> RecordingResult:
+        """Write what is held, close the file and return its summary (blocking)."""
+        if self._result is None:
+            self._drain()
+            self._result = self._finish()
+        return self._result
+
+    async def close(self) -> RecordingResult:
+        """Like ``close_sync``; the read-back for the checksum runs in a thread."""
+        if self._result is None:
+            if not self._closed:
+                self._drain()
+            self._result = await asyncio.to_thread(self._finish)
+        return self._result

@@ -1,0 +1,692 @@
+"""An RTP session of one call over UDP: the asyncio edge of the media core.
+
+Rules of this file:
+
+- The pure core does the protocol work (``media.rtp``, ``media.rtcp``,
+  ``media.stats``, ``media.jitter``, ``media.dtmf``, ``media.clock``); this
+  file feeds it datagrams and deadlines and carries out what it returns.
+  It works the same on the default event loop and on uvloop (the
+  application chooses the loop).
+- One timer drives the call: frame ``n`` is due at ``origin + n * 20 ms``
+  (``loop.call_at``; see ``media.clock.FramePacer`` for catch-up and skip).
+  Each wake-up sends the frames due and plays out the same number of frames
+  from the jitter buffer, so both legs move on one clock.
+- Symmetric RTP (RFC 4961): we send to the address the SDP gave until the
+  peer's first valid packet arrives, then latch to the address it really
+  came from (NAT) and drop, and count, packets from anywhere else. RTCP
+  latches the same way, on its own port.
+- Callbacks (``on_audio``, ``on_dtmf``, ``on_timeout``) are plain functions
+  called from the datagram handler or the timer: they must not block and
+  cannot await. Arrays handed to them are valid only during the call.
+- The per-packet path parses only the fixed RTP header (a ``struct``
+  unpack) unless CSRCs, an extension or padding are present, logs nothing
+  and allocates little.
+- ``close()`` cancels every timer the session owns and closes its sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from media.clock import FramePacer, LatenessHistogram
+from media.dtmf import DtmfDigit, DtmfError, DtmfReceiver, dtmf_packets, event_for_digit
+from media.g711 import PCMU, G711Codec
+from media.goertzel import DtmfDetector
+from media.jitter import FrameKind, JitterBuffer, JitterConfig
+from media.ports import BoundPair
+from media.rtcp import (
+    Bye,
+    ReceiverReport,
+    RtcpError,
+    SenderReport,
+    SourceDescription,
+    ntp_from_unix,
+    parse_compound,
+    round_trip_delay,
+    serialize_compound,
+)
+from media.rtp import RtpError, RtpPacket, RtpSender
+from media.stats import PacketVerdict, ReceiveStatistics, SendStatistics, estimate_mos
+from media.wav import Leg
+
+__all__ = [
+    "MEDIA_TIMEOUT",
+    "AudioSource",
+    "FrameRecorder",
+    "MediaParams",
+    "RtpSession",
+    "SessionConfig",
+    "SessionStats",
+]
+
+MEDIA_TIMEOUT = "media_timeout"
+FRAME_S = 0.020
+SAMPLES_PER_FRAME = 160
+
+_HEADER = struct.Struct("!BBHII")
+_DROPPED_VERDICTS = frozenset(
+    {PacketVerdict.DUPLICATE, PacketVerdict.OLD_SOURCE, PacketVerdict.BAD_SEQUENCE}
+)
+
+Address = tuple[str, int]
+
+
+class AudioSource(Protocol):
+    """Where a session takes the audio it sends (``media.playback.PlaybackQueue``)."""
+
+    def read_frame(self) -> NDArray[np.int16] | None:
+        """Return the next 20 ms frame of 8 kHz int16 audio, or ``None`` for nothing."""
+        ...
+
+
+class FrameRecorder(Protocol):
+    """Where a session hands both legs' frames (``media.recording.CallRecorder``)."""
+
+    def frame(self, leg: Leg | int, index: int, samples: NDArray[np.int16]) -> None:
+        """Take one frame of ``leg`` at frame index ``index``."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """Local media policy, the same for every call of a worker."""
+
+    # With nothing to send: True sends encoded silence (comfort silence);
+    # False stops sending, and the next packet is marked as the start of a
+    # talk-spurt (RFC 3551 §4.1), which RtpSender does after skipped frames.
+    send_silence: bool = True
+    # No RTP from the peer for this long: on_timeout(MEDIA_TIMEOUT). None: never.
+    media_timeout_s: float | None = 30.0
+    rtcp: bool = True
+    rtcp_interval_s: float = 5.0
+    cname: str = "dialer"
+    socket_buffer_bytes: int = 4 * 1024 * 1024
+    # Frames sent back to back after a stall; older ones are skipped.
+    max_burst_frames: int = 3
+    dtmf_duration_ms: int = 100
+    dtmf_gap_ms: int = 60
+    dtmf_volume: int = 10
+    # Also look for DTMF tones in the received audio (off once the peer is
+    # seen sending RFC 4733 events, so a key is not reported twice).
+    inband_dtmf: bool = False
+    jitter: JitterConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MediaParams:
+    """What the SDP offer/answer settled for this call."""
+
+    remote_rtp: Address
+    codec: G711Codec = PCMU
+    dtmf_payload_type: int | None = 101
+    # Where to send RTCP; by default the RTP port + 1 (RFC 3550 §11).
+    remote_rtcp: Address | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionStats:
+    """A snapshot of a session's counters (packets and octets on the wire)."""
+
+    packets_sent: int
+    bytes_sent: int
+    packets_received: int
+    bytes_received: int
+    packets_expected: int
+    packets_lost: int
+    loss_fraction: float
+    jitter_ms: float
+    late: int  # arrived after their playout time (dropped by the jitter buffer)
+    reordered: int  # arrived after a later packet (RFC 3550 A.1), played if in time
+    duplicates: int
+    concealed_frames: int
+    dropped_foreign: int  # from an address other than the latched one
+    dropped_invalid: int  # not RTP, or an unknown payload type
+    dropped_early: int  # before start()
+    frames_sent: int
+    frames_skipped: int  # our send timer fell so far behind that frames were skipped
+    send_lateness_p99_ms: float
+    rtt_ms: float | None
+    remote_loss_fraction: float | None
+    remote_jitter_ms: float | None
+    dtmf_sent: int
+    dtmf_received: int
+    mos: float
+
+
+class _Datagrams(asyncio.DatagramProtocol):
+    """Hands datagrams to a session method, and tells it when the socket closes."""
+
+    def __init__(self, receive: Callable[[bytes, Address], None]) -> None:
+        # An instance attribute: the loop calls the session's method directly.
+        self.datagram_received = receive  # type: ignore[method-assign]
+        self.errors = 0
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and the like: the peer may not be up yet.
+        self.errors += 1
+
+
+@dataclass(slots=True)
+class _DtmfSend:
+    schedule: dict[int, list[tuple[bytes, bool]]]  # frame offset -> (payload, marker)
+    last_offset: int
+    start_index: int
+    timestamp: int
+
+
+class RtpSession:
+    """The RTP and RTCP of one call: sends 20 ms frames, receives, records, reports.
+
+    Life: ``await RtpSession.create(ports, ...)`` binds the transports (the
+    ports go into the SDP); ``start(params)`` once the answer is known begins
+    the clock; ``update(params)`` after a re-INVITE; ``close()`` at hang-up.
+    """
+
+    def __init__(
+        self,
+        ports: BoundPair,
+        config: SessionConfig | None = None,
+        *,
+        source: AudioSource | None = None,
+        recorder: FrameRecorder | None = None,
+        on_audio: Callable[[NDArray[np.int16]], None] | None = None,
+        on_dtmf: Callable[[DtmfDigit], None] | None = None,
+        on_timeout: Callable[[str], None] | None = None,
+        rng: random.Random | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ports = ports
+        self.config = config or SessionConfig()
+        self.source = source
+        self.recorder = recorder
+        self.on_audio = on_audio
+        self.on_dtmf = on_dtmf
+        self.on_timeout = on_timeout
+        self._rng = rng or random.SystemRandom()
+        self._wall_clock = wall_clock
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._rtp_transport: asyncio.DatagramTransport | None = None
+        self._rtcp_transport: asyncio.DatagramTransport | None = None
+        self._params: MediaParams | None = None
+        self._closed = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._rtcp_timer: asyncio.TimerHandle | None = None
+
+        self.sender = RtpSender(
+            ssrc=self._rng.getrandbits(32),
+            payload_type=PCMU.payload_type,
+            sequence_number=self._rng.getrandbits(16),
+            timestamp=self._rng.getrandbits(32),
+            samples_per_frame=SAMPLES_PER_FRAME,
+        )
+        self.send_stats = SendStatistics()
+        self.receive_stats = ReceiveStatistics()
+        self.lateness = LatenessHistogram()
+        self.jitter = JitterBuffer(self.config.jitter, PCMU.decode)
+        self._dtmf_receiver = DtmfReceiver()
+        self._detector = DtmfDetector() if self.config.inband_dtmf else None
+        self._pacer: FramePacer | None = None
+
+        # Addresses: where the SDP says, until the peer's packets say otherwise.
+        self._send_to: Address | None = None
+        self._rtcp_send_to: Address | None = None
+        self.latched: Address | None = None
+        self.rtcp_latched: Address | None = None
+
+        # Hot-path state, kept as plain attributes.
+        self._audio_pt = -1
+        self._dtmf_pt = -1
+        self._encode: Callable[..., NDArray[np.uint8]] = PCMU.encode
+        self._encoded = np.zeros(SAMPLES_PER_FRAME, dtype=np.uint8)
+        self._silence_payload = bytes([PCMU.silence]) * SAMPLES_PER_FRAME
+        self._last_rx = 0.0
+        self._receiving = False  # an audio packet has arrived
+        self._timed_out = False
+        self._peer_sends_events = False
+
+        self.dropped_foreign = 0
+        self.dropped_invalid = 0
+        self.dropped_early = 0
+        self.dtmf_received = 0
+        self.dtmf_sent = 0
+        self.rtt_s: float | None = None
+        self.remote_loss_fraction: float | None = None
+        self.remote_jitter_ms: float | None = None
+        self.peer_bye = False
+
+        self._dtmf_queue: deque[tuple[str, int]] = deque()
+        self._dtmf_current: _DtmfSend | None = None
+        self._dtmf_resume_index = 0
+        self._rtcp_packets_at_last_report = 0
+
+    # -- life -------------------------------------------------------------------------
+
+    @classmethod
+    async def create(
+        cls, ports: BoundPair, config: SessionConfig | None = None, **kwargs: Any
+    ) -> RtpSession:
+        """Make a session and open its transports; see ``__init__`` for the arguments."""
+        session = cls(ports, config, **kwargs)
+        await session.open()
+        return session
+
+    async def open(self) -> None:
+        """Create the datagram transports on the bound sockets (4 MiB buffers)."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        for sock in (self.ports.rtp_socket, self.ports.rtcp_socket):
+            _set_buffers(sock, self.config.socket_buffer_bytes)
+        rtp, _ = await loop.create_datagram_endpoint(
+            lambda: _Datagrams(self._on_rtp), sock=self.ports.rtp_socket
+        )
+        rtcp, _ = await loop.create_datagram_endpoint(
+            lambda: _Datagrams(self._on_rtcp), sock=self.ports.rtcp_socket
+        )
+        self._rtp_transport = rtp  # type: ignore[assignment]
+        self._rtcp_transport = rtcp  # type: ignore[assignment]
+
+    @property
+    def local_rtp_port(self) -> int:
+        """The RTP port to put in the SDP."""
+        return self.ports.rtp_port
+
+    @property
+    def local_rtcp_port(self) -> int:
+        """The RTCP port (RTP + 1)."""
+        return self.ports.rtcp_port
+
+    @property
+    def started(self) -> bool:
+        """True between ``start`` and ``close``."""
+        return self._pacer is not None and not self._closed
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close`` was called."""
+        return self._closed
+
+    @property
+    def frame_index(self) -> int:
+        """The index of the next frame on the session clock (0 before start)."""
+        return self._pacer.next_index if self._pacer is not None else 0
+
+    def start(self, params: MediaParams) -> None:
+        """Begin sending and playing out on the negotiated parameters."""
+        if self._loop is None or self._rtp_transport is None:
+            raise RuntimeError("open() the session before start()")
+        if self._closed:
+            raise RuntimeError("the session is closed")
+        if self._pacer is not None:
+            raise RuntimeError("the session is already started; use update()")
+        self._apply(params)
+        now = self._loop.time()
+        self._last_rx = now
+        self._pacer = FramePacer(origin=now, max_burst=self.config.max_burst_frames)
+        self._timer = self._loop.call_at(self._pacer.deadline(), self._tick)
+        if self.config.rtcp:
+            self._schedule_rtcp()
+
+    def update(self, params: MediaParams) -> None:
+        """New negotiated parameters (re-INVITE): new address, codec or event type.
+
+        The latch is released, so the next packets from the new address win.
+        """
+        self._apply(params)
+
+    def _apply(self, params: MediaParams) -> None:
+        codec = params.codec
+        old = self._params
+        self._params = params
+        self._send_to = params.remote_rtp
+        self._rtcp_send_to = params.remote_rtcp or (params.remote_rtp[0], params.remote_rtp[1] + 1)
+        self.latched = None
+        self.rtcp_latched = None
+        self._audio_pt = codec.payload_type
+        self._dtmf_pt = -1 if params.dtmf_payload_type is None else params.dtmf_payload_type
+        self.sender.payload_type = codec.payload_type
+        self._encode = codec.encode
+        self._silence_payload = bytes([codec.silence]) * SAMPLES_PER_FRAME
+        if old is None or old.codec is not codec:
+            self.jitter = JitterBuffer(self.config.jitter, codec.decode)
+
+    def close(self) -> None:
+        """Stop: cancel the timers, send an RTCP BYE, close the sockets (idempotent)."""
+        if self._closed:
+            return
+        if self._pacer is not None and self.config.rtcp:
+            self._send_rtcp(bye=True)
+        self._closed = True
+        for handle in (self._timer, self._rtcp_timer):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._rtcp_timer = None
+        for transport in (self._rtp_transport, self._rtcp_transport):
+            if transport is not None:
+                transport.close()
+        if self._rtp_transport is None:
+            self.ports.close()
+        else:
+            self.ports.release()
+
+    # -- sending ------------------------------------------------------------------------
+
+    def send_dtmf(self, digits: str, *, duration_ms: int | None = None) -> None:
+        """Queue DTMF digits to send as RFC 4733 events, one after another."""
+        if self._params is not None and self._params.dtmf_payload_type is None:
+            raise ValueError("the peer did not accept telephone-event: cannot send RFC 4733 DTMF")
+        duration = duration_ms or self.config.dtmf_duration_ms
+        for digit in digits:
+            event_for_digit(digit)  # raises ValueError for a non-DTMF character
+            self._dtmf_queue.append((digit, duration))
+
+    @property
+    def dtmf_pending(self) -> int:
+        """Digits queued or being sent."""
+        return len(self._dtmf_queue) + (self._dtmf_current is not None)
+
+    def _tick(self) -> None:
+        loop = self._loop
+        pacer = self._pacer
+        assert loop is not None and pacer is not None
+        now = loop.time()
+        skip, send = pacer.due(now)
+        # The next wake-up is booked before any work, so a callback that
+        # raises cannot stop the stream.
+        self._timer = loop.call_at(pacer.deadline(), self._tick)
+        first = pacer.next_index - skip - send
+        for index in range(first, first + skip):
+            self._skip_frame(index)
+            self._play_frame(index, now)
+        for index in range(first + skip, pacer.next_index):
+            self._send_frame(index, pacer.origin + index * FRAME_S)
+            self._play_frame(index, now)
+
+        for digit in self._dtmf_receiver.poll(now):
+            self._report_dtmf(digit)
+        timeout = self.config.media_timeout_s
+        if timeout is not None and not self._timed_out and now - self._last_rx >= timeout:
+            self._timed_out = True
+            if self.on_timeout is not None:
+                self.on_timeout(MEDIA_TIMEOUT)
+
+    def _skip_frame(self, index: int) -> None:
+        # Fallen too far behind: this frame's time has gone. Its audio is
+        # dropped so the prompt stays on time, and the RTP clock moves on.
+        if self._dtmf_busy() and self._dtmf_frame(index, send=False):
+            return
+        if self.source is not None:
+            self.source.read_frame()
+        self.sender.skip(1)
+
+    def _send_frame(self, index: int, deadline: float) -> None:
+        if self._dtmf_busy() and self._dtmf_frame(index, send=True):
+            return
+        pcm = self.source.read_frame() if self.source is not None else None
+        if pcm is None:
+            if not self.config.send_silence:
+                self.sender.skip(1)
+                return
+            payload = self._silence_payload
+        else:
+            payload = self._encode(pcm, out=self._encoded).tobytes()
+            if self.recorder is not None:
+                self.recorder.frame(Leg.OURS, index, pcm)
+        data = self.sender.packet(payload)
+        transport = self._rtp_transport
+        if transport is not None:
+            transport.sendto(data, self.latched or self._send_to)
+        self.send_stats.on_sent(len(data), SAMPLES_PER_FRAME)
+        self.lateness.record(time.monotonic() - deadline)
+
+    def _dtmf_busy(self) -> bool:
+        return (self._dtmf_current is not None or bool(self._dtmf_queue)) and self._dtmf_pt >= 0
+
+    def _dtmf_frame(self, index: int, *, send: bool) -> bool:
+        """Send this frame's event packets, if a digit is on; True when the frame was one."""
+        current = self._dtmf_current
+        if current is None:
+            if not self._dtmf_queue or index < self._dtmf_resume_index:
+                return False
+            digit, duration_ms = self._dtmf_queue.popleft()
+            schedule: dict[int, list[tuple[bytes, bool]]] = {}
+            for packet in dtmf_packets(
+                digit, duration_ms=duration_ms, volume=self.config.dtmf_volume
+            ):
+                offset = packet.offset_ms // 20
+                schedule.setdefault(offset, []).append((packet.payload, packet.marker))
+            current = _DtmfSend(schedule, max(schedule), index, self.sender.timestamp)
+            self._dtmf_current = current
+            self.dtmf_sent += 1
+        offset = index - current.start_index
+        if send and self._rtp_transport is not None:
+            # RFC 4733 §2.5.1: every packet of the event carries the timestamp
+            # of its start; the sequence numbers are the stream's own.
+            for payload, marker in current.schedule.get(offset, ()):
+                data = self.sender.event_packet(
+                    payload,
+                    payload_type=self._dtmf_pt,
+                    timestamp=current.timestamp,
+                    marker=marker,
+                )
+                self._rtp_transport.sendto(data, self.latched or self._send_to)
+                self.send_stats.on_sent(len(data), len(payload))
+        self.sender.skip(1)
+        if offset >= current.last_offset:
+            self._dtmf_current = None
+            self._dtmf_resume_index = index + 1 + self.config.dtmf_gap_ms // 20
+        return True
+
+    # -- receiving ----------------------------------------------------------------------
+
+    def _on_rtp(self, data: bytes, addr: Address) -> None:
+        if addr != self.latched:
+            if self.latched is not None:
+                self.dropped_foreign += 1
+                return
+            if self._pacer is None or self._closed:
+                self.dropped_early += 1
+                return
+        size = len(data)
+        if size < 12:
+            self.dropped_invalid += 1
+            return
+        first, second, sequence_number, timestamp, ssrc = _HEADER.unpack_from(data)
+        if first & 0xC0 != 0x80:
+            self.dropped_invalid += 1
+            return
+        payload_type = second & 0x7F
+        if first & 0x3F:
+            # CSRCs, an extension or padding: the full parser finds the payload.
+            try:
+                payload = RtpPacket.parse(data).payload
+            except RtpError:
+                self.dropped_invalid += 1
+                return
+        else:
+            payload = data[12:]
+        if payload_type != self._audio_pt and payload_type != self._dtmf_pt:
+            self.dropped_invalid += 1
+            return
+        if self.latched is None:
+            self.latched = addr
+        now = self._loop.time()  # type: ignore[union-attr]
+        self._last_rx = now
+        if self._timed_out:
+            self._timed_out = False
+        verdict = self.receive_stats.receive(
+            ssrc=ssrc, sequence_number=sequence_number, timestamp=timestamp, arrival=now, size=size
+        )
+        if payload_type == self._audio_pt:
+            if verdict not in _DROPPED_VERDICTS:
+                self.jitter.put(sequence_number, timestamp, payload, now, ssrc)
+                self._receiving = True
+            return
+        if verdict is PacketVerdict.OLD_SOURCE:
+            return
+        self._peer_sends_events = True
+        try:
+            digits = self._dtmf_receiver.receive(
+                timestamp=timestamp, payload=payload, now=now, marker=bool(second & 0x80)
+            )
+        except DtmfError:
+            self.dropped_invalid += 1
+            return
+        for digit in digits:
+            self._report_dtmf(digit)
+
+    def _report_dtmf(self, digit: DtmfDigit) -> None:
+        self.dtmf_received += 1
+        if self.on_dtmf is not None:
+            self.on_dtmf(digit)
+
+    def _play_frame(self, index: int, now: float) -> None:
+        if not self._receiving:
+            return
+        frame = self.jitter.get(now)
+        samples = frame.samples
+        if self.on_audio is not None:
+            self.on_audio(samples)
+        kind = frame.kind
+        if kind is FrameKind.SILENCE:
+            return  # a hole the recorder fills with zeros
+        if self.recorder is not None:
+            self.recorder.frame(Leg.CALLEE, index, samples)
+        if kind is FrameKind.AUDIO and self._detector is not None and not self._peer_sends_events:
+            for digit in self._detector.process(samples):
+                self._report_dtmf(digit)
+
+    # -- RTCP ---------------------------------------------------------------------------
+
+    def _schedule_rtcp(self) -> None:
+        assert self._loop is not None
+        # RFC 3550 §6.3.5: the interval is randomized over [0.5, 1.5] times the
+        # nominal one, so calls set up together do not report together.
+        delay = self.config.rtcp_interval_s * (0.5 + self._rng.random())
+        self._rtcp_timer = self._loop.call_later(delay, self._rtcp_tick)
+
+    def _rtcp_tick(self) -> None:
+        self._schedule_rtcp()
+        self._send_rtcp(bye=False)
+
+    def _send_rtcp(self, *, bye: bool) -> None:
+        transport = self._rtcp_transport
+        destination = self.rtcp_latched or self._rtcp_send_to
+        if transport is None or destination is None or self._loop is None:
+            return
+        now = self._loop.time()
+        block = self.receive_stats.report_block(now)
+        blocks = () if block is None else (block,)
+        sender = self.sender
+        report: SenderReport | ReceiverReport
+        if sender.packet_count != self._rtcp_packets_at_last_report:
+            # RFC 3550 §6.4: an SR when we sent since the last report. The RTP
+            # timestamp is the sending clock at this instant, not at a frame.
+            self._rtcp_packets_at_last_report = sender.packet_count
+            ahead = 0.0
+            if self._pacer is not None:
+                ahead = self._pacer.deadline() - now
+            rtp_now = (sender.timestamp - int(ahead * 8000)) & 0xFFFFFFFF
+            report = SenderReport(
+                ssrc=sender.ssrc,
+                ntp_timestamp=ntp_from_unix(self._wall_clock()),
+                rtp_timestamp=rtp_now,
+                packet_count=sender.packet_count,
+                octet_count=sender.octet_count,
+                reports=blocks,
+            )
+        else:
+            report = ReceiverReport(ssrc=sender.ssrc, reports=blocks)
+        packets: list = [report, SourceDescription.cname_only(sender.ssrc, self.config.cname)]
+        if bye:
+            packets.append(Bye((sender.ssrc,)))
+        transport.sendto(serialize_compound(packets), destination)
+
+    def _on_rtcp(self, data: bytes, addr: Address) -> None:
+        if self.rtcp_latched is not None and addr != self.rtcp_latched:
+            self.dropped_foreign += 1
+            return
+        if self._pacer is None or self._closed:
+            return
+        try:
+            packets = parse_compound(data)
+        except RtcpError:
+            self.dropped_invalid += 1
+            return
+        if self.rtcp_latched is None:
+            self.rtcp_latched = addr
+        now = self._loop.time()  # type: ignore[union-attr]
+        wall = self._wall_clock()
+        ours = self.sender.ssrc
+        for packet in packets:
+            if isinstance(packet, SenderReport):
+                self.receive_stats.on_sender_report(
+                    ssrc=packet.ssrc, ntp_timestamp=packet.ntp_timestamp, arrival=now
+                )
+            if isinstance(packet, SenderReport | ReceiverReport):
+                for block in packet.reports:
+                    if block.ssrc != ours:
+                        continue
+                    rtt = round_trip_delay(block, wall)
+                    if rtt is not None:
+                        self.rtt_s = rtt
+                    self.remote_loss_fraction = block.fraction_lost / 256
+                    self.remote_jitter_ms = block.jitter * 1000 / 8000
+            elif isinstance(packet, Bye):
+                self.peer_bye = True
+
+    # -- statistics ---------------------------------------------------------------------
+
+    def stats(self) -> SessionStats:
+        """A snapshot of the counters, with an estimated MOS of the received leg."""
+        receive = self.receive_stats
+        jitter_stats = self.jitter.stats
+        pacer = self._pacer
+        rtt_ms = None if self.rtt_s is None else self.rtt_s * 1000
+        delay_ms = (rtt_ms or 0.0) / 2 + self.jitter.target_delay_ms + FRAME_S * 1000
+        return SessionStats(
+            packets_sent=self.send_stats.packets_sent,
+            bytes_sent=self.send_stats.bytes_sent,
+            packets_received=receive.packets_received,
+            bytes_received=receive.bytes_received,
+            packets_expected=receive.expected,
+            packets_lost=max(0, receive.cumulative_lost),
+            loss_fraction=receive.loss_fraction,
+            jitter_ms=receive.jitter_ms,
+            late=jitter_stats.late,
+            reordered=receive.late,
+            duplicates=receive.duplicates,
+            concealed_frames=jitter_stats.concealed,
+            dropped_foreign=self.dropped_foreign,
+            dropped_invalid=self.dropped_invalid,
+            dropped_early=self.dropped_early,
+            frames_sent=0 if pacer is None else pacer.frames_sent,
+            frames_skipped=0 if pacer is None else pacer.frames_skipped,
+            send_lateness_p99_ms=self.lateness.percentile(0.99) * 1000,
+            rtt_ms=rtt_ms,
+            remote_loss_fraction=self.remote_loss_fraction,
+            remote_jitter_ms=self.remote_jitter_ms,
+            dtmf_sent=self.dtmf_sent,
+            dtmf_received=self.dtmf_received,
+            mos=estimate_mos(one_way_delay_ms=delay_ms, loss_fraction=receive.loss_fraction),
+        )
+
+
+def _set_buffers(sock: socket.socket, size: int) -> None:
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+        except OSError:
+            # The kernel caps the size at net.core.[rw]mem_max; what it grants
+            # is still the best we can have.
+            continue
