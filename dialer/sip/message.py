@@ -8,8 +8,10 @@ Rules of this file:
 2. Typed views of the headers routing needs (Call-ID, CSeq, From/To and their
    tags, Via, Max-Forwards, Content-Type, Contact, Route, ...) are computed on
    first use and remembered. A view of a malformed header raises
-   ``ParseError``; the parser has already checked the ones every request and
-   response must carry, so on a parsed message those never raise.
+   ``ParseError``. On a message from ``parse_message`` the views the parser
+   checked never raise: ``call_id``, ``cseq``, ``from_addr``/``from_tag``,
+   ``to_addr``/``to_tag``, ``top_via``/``branch`` and ``max_forwards``. The
+   others (``vias`` beyond the top one, ``contacts``, ``routes``, ...) may.
 3. Messages never change. ``with_header``, ``replace_header`` and friends
    return new messages; the edge serialises the one it wants to send.
 4. ``serialize`` always writes Content-Length from the body (§18.3 makes it
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import TypeAlias
+from typing import Self, TypeAlias
 
 from dialer.sip.errors import BadExtension, LocalProtocolError, ParseError
 from dialer.sip.headers import (
@@ -347,23 +349,23 @@ class Message:
 
     # --- building new messages ----------------------------------------------------
 
-    def with_header(self, name: str, value: str) -> Message:
+    def with_header(self, name: str, value: str) -> Self:
         """A copy with ``name: value`` appended after the existing headers."""
         _check_header(name, value)
-        return replace(self, headers=(*self.headers, (name, value)))  # type: ignore[type-var]
+        return replace(self, headers=(*self.headers, (name, value)))
 
-    def with_header_first(self, name: str, value: str) -> Message:
+    def with_header_first(self, name: str, value: str) -> Self:
         """A copy with ``name: value`` placed before every other header (a new top Via)."""
         _check_header(name, value)
-        return replace(self, headers=((name, value), *self.headers))  # type: ignore[type-var]
+        return replace(self, headers=((name, value), *self.headers))
 
-    def without_header(self, name: str) -> Message:
+    def without_header(self, name: str) -> Self:
         """A copy without any ``name`` header."""
         key = canonical_name(name).lower()
         kept = tuple(h for h in self.headers if canonical_name(h[0]).lower() != key)
-        return replace(self, headers=kept)  # type: ignore[type-var]
+        return replace(self, headers=kept)
 
-    def replace_header(self, name: str, value: str) -> Message:
+    def replace_header(self, name: str, value: str) -> Self:
         """A copy where ``name`` has exactly this one value, at the first one's place."""
         _check_header(name, value)
         key = canonical_name(name).lower()
@@ -378,7 +380,7 @@ class Message:
             out.append(header)
         if not placed:
             out.append((name, value))
-        return replace(self, headers=tuple(out))  # type: ignore[type-var]
+        return replace(self, headers=tuple(out))
 
     def _serialize_headers(self, out: list[str]) -> None:
         length_written = False
