@@ -881,6 +881,20 @@ class TransactionLayer:
             return []
         return self._settle(tx, tx.transport_failed(now))
 
+    def abandon(self, key: TransactionKey) -> list[Action]:
+        """Destroy a transaction its TU has given up on (§9.1: a CANCELled INVITE
+        with no final response 64*T1 later). Its timers are cancelled; no event
+        but ``TransactionTerminated`` is reported. Unknown keys are ignored."""
+        tx = self._transactions.pop(key, None)
+        if tx is None:
+            return []
+        out: list[Action] = []
+        for timer in list(tx._intervals):
+            tx._cancel(timer, out)
+        tx.state = S.TERMINATED
+        out.append(TransactionTerminated(key))
+        return out
+
     def _settle(self, tx: Transaction, actions: list[Action]) -> list[Action]:
         if tx.state is S.TERMINATED:
             self._transactions.pop(tx.key, None)
