@@ -6,9 +6,10 @@ Rules of this file:
   buffer), right is our side (what we sent): ``media.wav.Leg``.
 - The session hands in one 20 ms frame at a time with its frame index on the
   session's clock. Frames are gathered per leg into runs of consecutive
-  indexes (about ``chunk_s`` long) and a run goes to ``media.wav.StereoAligner``
-  whole, at its sample position: one aligner call per second of audio, not
-  per packet. A missing frame (loss that was not concealed, silence
+  indexes within one chunk (``chunk_s``, by frame index); at each chunk
+  boundary both runs go to ``media.wav.StereoAligner`` whole, at their sample
+  positions: a few aligner calls per second of audio, not one per packet,
+  and one file write per chunk. A missing frame (loss that was not concealed, silence
   suppression, DTMF, a leg that has not started) ends a run, and the aligner
   fills the hole with zeros, so the two channels stay in step.
 - Memory is bounded whatever the call length: one run per leg plus what the
@@ -81,6 +82,8 @@ class CallRecorder:
         self._file: BinaryIO = open(self.path, "w+b")  # noqa: SIM115 - closed in close()
         self._writer = WavWriter(self._file, sample_rate=sample_rate, channels=2)
         self._runs = (self._new_run(), self._new_run())
+        self._ready: list[NDArray[np.int16]] = []
+        self._chunk = 0  # index // chunk_frames of the latest frame
         self._closed = False
         self._result: RecordingResult | None = None
         self.chunks_written = 0
@@ -106,8 +109,13 @@ class CallRecorder:
         """
         if self._closed:
             return
+        chunk = index // self.chunk_frames
+        if chunk > self._chunk:
+            # A chunk boundary: both legs' runs go out, whatever their holes.
+            self._chunk = chunk
+            self._flush_all()
         run = self._runs[leg]
-        if run.count and index != run.start + run.count:
+        if run.count and (index != run.start + run.count or run.count == self.chunk_frames):
             self._flush_leg(leg)
         if not run.count:
             run.start = index
@@ -115,8 +123,6 @@ class CallRecorder:
         offset = run.count * n
         run.buffer[offset : offset + n] = samples
         run.count += 1
-        if run.count == self.chunk_frames:
-            self._flush_all()
 
     def _flush_leg(self, leg: Leg | int) -> None:
         run = self._runs[leg]
@@ -128,14 +134,21 @@ class CallRecorder:
         ready = self._aligner.push(leg, run.start * n, run.buffer[: run.count * n])
         run.buffer = np.empty_like(run.buffer)
         run.count = 0
-        self._write(ready)
+        if ready.shape[0]:
+            self._ready.append(ready)
 
     def _flush_all(self) -> None:
+        # Both legs go to the aligner together, and what it lets out goes to
+        # the file in one write per chunk.
         self._flush_leg(Leg.CALLEE)
         self._flush_leg(Leg.OURS)
+        self._write()
 
-    def _write(self, stereo: NDArray[np.int16]) -> None:
-        if stereo.shape[0]:
+    def _write(self) -> None:
+        if self._ready:
+            ready = self._ready
+            stereo = ready[0] if len(ready) == 1 else np.concatenate(ready)
+            ready.clear()
             self._writer.write(stereo)
             self.chunks_written += 1
 
@@ -156,7 +169,8 @@ class CallRecorder:
     def _drain(self) -> None:
         self._closed = True
         self._flush_all()
-        self._write(self._aligner.flush())
+        self._ready.append(self._aligner.flush())
+        self._write()
 
     def close_sync(self) -> RecordingResult:
         """Write what is held, close the file and return its summary (blocking)."""
