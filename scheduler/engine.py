@@ -1,0 +1,284 @@
+"""The scheduler loop: due records become dial jobs, as many as pacing allows.
+
+Each tick, for every active workflow: count its calls in flight, ask the
+pacer how many more to dial, take that many due records with
+``FOR UPDATE SKIP LOCKED`` (so several schedulers can run side by side),
+apply their next step (calling windows and the do-not-call list are checked
+here, just before the call row is created), commit, and only then publish
+the dial jobs. A job whose publish failed leaves its call ``queued``; the
+next tick republishes it, and the worker's claim on the call row makes a
+duplicate harmless. Calls of workers that stopped sending heartbeats are
+closed as ``worker_lost`` through the same path as any ended call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import asyncpg
+
+from dialer.bus import Broker
+from dialer.messages import CallEvent, DialJob
+from scheduler.pacing import DurationSummary, PacingMode, PacingStats, dials_to_place
+from scheduler.policy import WorkflowPolicy
+from scheduler.steps import RECORD_COLUMNS, GraphCache, apply_step, context_for, record_zone
+
+__all__ = ["Scheduler", "TickResult"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class TickResult:
+    published: int = 0
+    finished: int = 0
+    deferred: int = 0
+    republished: int = 0
+    lost: int = 0
+
+
+class Scheduler:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        broker: Broker,
+        *,
+        batch_size: int = 500,
+        tick_s: float = 0.5,
+        republish_after_s: float = 30.0,
+        worker_timeout_s: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.pool = pool
+        self.broker = broker
+        self.batch_size = batch_size
+        self.tick_s = tick_s
+        self.republish_after_s = republish_after_s
+        self.worker_timeout_s = worker_timeout_s
+        self.clock = clock
+        self.graphs = GraphCache()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        backoff = self.tick_s
+        while not stop.is_set():
+            try:
+                await self.tick()
+                backoff = self.tick_s
+            except (TimeoutError, asyncpg.PostgresError, OSError, ConnectionError) as exc:
+                # The database or the broker is away: keep trying, gently.
+                log.warning("scheduler tick failed: %s", exc)
+                backoff = min(backoff * 2, 10.0)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff)
+
+    async def tick(self) -> TickResult:
+        result = TickResult()
+        now = self.clock()
+        workflows = await self.pool.fetch(
+            """SELECT w.id, w.tenant_id, w.workflow_key, w.name, w.current_version, v.settings
+               FROM workflows w JOIN workflow_versions v
+                 ON v.workflow_id = w.id AND v.version = w.current_version
+               WHERE w.status = 'active' AND w.deleted_at IS NULL"""
+        )
+        for workflow in workflows:
+            await self._schedule_workflow(workflow, now, result)
+        result.republished = await self._republish_stale(now)
+        result.lost = await self._close_lost_calls(now)
+        return result
+
+    async def _budget(
+        self, conn: asyncpg.Connection, workflow: asyncpg.Record, policy: WorkflowPolicy, now: float
+    ) -> int:
+        row = await conn.fetchrow(
+            """SELECT
+                 count(*) FILTER (WHERE state IN ('queued', 'dialing', 'ringing')) AS in_flight,
+                 count(*) FILTER (WHERE state = 'answered') AS talking,
+                 count(*) FILTER (WHERE state = 'ended' AND ended_at > now() - interval '1 hour')
+                     AS finished,
+                 count(*) FILTER (WHERE state = 'ended' AND answered_at IS NOT NULL
+                                  AND ended_at > now() - interval '1 hour') AS answered,
+                 coalesce(avg(extract(epoch FROM answered_at - dialing_at))
+                     FILTER (WHERE answered_at IS NOT NULL), 0) AS ring_mean,
+                 coalesce(stddev(extract(epoch FROM answered_at - dialing_at))
+                     FILTER (WHERE answered_at IS NOT NULL), 0) AS ring_sd,
+                 coalesce(avg(extract(epoch FROM ended_at - dialing_at))
+                     FILTER (WHERE state = 'ended' AND answered_at IS NULL), 0) AS hold_mean,
+                 coalesce(avg(extract(epoch FROM ended_at - answered_at))
+                     FILTER (WHERE answered_at IS NOT NULL AND state = 'ended'), 0) AS handle_mean,
+                 count(*) FILTER (WHERE disposition = 'abandoned'
+                                  AND ended_at > now() - interval '1 hour') AS abandoned
+               FROM calls WHERE workflow_id = $1
+                 AND (state <> 'ended' OR ended_at > now() - interval '1 hour')""",
+            workflow["id"],
+        )
+        in_flight, talking = row["in_flight"], row["talking"]
+        if policy.pacing.mode is PacingMode.PROGRESSIVE:
+            budget = policy.seats - in_flight - talking
+        else:
+            finished = row["finished"]
+            stats = PacingStats(
+                seats=policy.seats,
+                seats_busy=min(policy.seats, talking),
+                calls_in_flight=in_flight,
+                answer_rate=(row["answered"] / finished) if finished else 0.0,
+                answer_samples=finished,
+                ring_to_answer=DurationSummary(
+                    float(row["ring_mean"]), float(row["ring_sd"]), row["answered"]
+                ),
+                not_answered_hold=DurationSummary(
+                    float(row["hold_mean"]), 0.0, finished - row["answered"]
+                ),
+                handle=DurationSummary(float(row["handle_mean"]), 0.0, row["answered"]),
+                window_live=row["answered"],
+                window_abandoned=row["abandoned"],
+            )
+            budget = dials_to_place(policy.pacing, stats, now)
+        return max(0, min(budget, self.batch_size))
+
+    async def _schedule_workflow(
+        self, workflow: asyncpg.Record, now: float, result: TickResult
+    ) -> None:
+        policy = WorkflowPolicy.from_settings(workflow["settings"])
+        jobs: list[DialJob] = []
+        async with self.pool.acquire() as conn, conn.transaction():
+            budget = await self._budget(conn, workflow, policy, now)
+            # With no budget, only waits that end are taken: they cost nothing
+            # unless they lead to a call, which then stays queued.
+            statuses = ["queued", "waiting"] if budget else ["waiting"]
+            records = await conn.fetch(
+                f"""SELECT {RECORD_COLUMNS} FROM records r
+                    LEFT JOIN lists l ON l.id = r.list_id
+                    WHERE r.workflow_id = $1 AND r.status = ANY($4::text[])
+                      AND r.next_attempt_at <= to_timestamp($2)
+                      AND (l.id IS NULL OR l.settings->>'start_at' IS NULL
+                           OR (l.settings->>'start_at')::timestamptz <= to_timestamp($2))
+                    ORDER BY coalesce((l.settings->>'priority')::int, 0) DESC,
+                             r.next_attempt_at
+                    LIMIT $3 FOR UPDATE OF r SKIP LOCKED""",
+                workflow["id"],
+                now,
+                budget or 50,
+                statuses,
+            )
+            if not records:
+                return
+            phones = list({r["phone_e164"] for r in records})
+            dnc = {
+                r["phone_e164"]
+                for r in await conn.fetch(
+                    "SELECT phone_e164 FROM dnc WHERE tenant_id = $1 AND phone_e164 = ANY($2)",
+                    workflow["tenant_id"],
+                    phones,
+                )
+            }
+            info = {"workflow_key": workflow["workflow_key"], "name": workflow["name"]}
+            for record in records:
+                graph = await self.graphs.get(
+                    conn, record["workflow_id"], record["workflow_version"]
+                )
+                zone = record_zone(record, graph.policy)[0]
+                context = context_for(record)
+                if record["current_node"] is None:
+                    step = graph.first_step(context, now, zone)
+                else:
+                    step = graph.enter(record["current_node"], context, now, zone)
+                outcome = await apply_step(
+                    conn,
+                    record,
+                    graph,
+                    step,
+                    now,
+                    info,
+                    dnc=record["phone_e164"] in dnc,
+                    may_dial=len(jobs) < budget,
+                )
+                jobs.extend(outcome.jobs)
+                result.finished += outcome.finished
+                result.deferred += outcome.deferred
+        if jobs:
+            await self._publish(jobs)
+            result.published += len(jobs)
+
+    async def _publish(self, jobs: list[DialJob]) -> None:
+        await self.broker.publish_jobs([(job.call_id, job.to_bytes()) for job in jobs])
+        await self.pool.execute(
+            "UPDATE calls SET published_at = now() WHERE id = ANY($1::uuid[])",
+            [uuid.UUID(job.call_id) for job in jobs],
+        )
+
+    async def _republish_stale(self, now: float) -> int:
+        """Jobs whose publish never confirmed: publish again (the claim makes it safe).
+
+        Staleness and heartbeats are judged on the database's clock, the one
+        clock every process shares.
+        """
+        rows = await self.pool.fetch(
+            f"""SELECT c.id AS call_id, c.node_id, {RECORD_COLUMNS}
+                FROM calls c JOIN records r ON r.id = c.record_id
+                WHERE c.state = 'queued'
+                  AND coalesce(c.published_at, c.created_at)
+                      < now() - $1 * interval '1 second'
+                LIMIT 500""",
+            self.republish_after_s,
+        )
+        jobs = []
+        for row in rows:
+            graph = await self.graphs.get(self.pool, row["workflow_id"], row["workflow_version"])
+            node = graph.nodes[row["node_id"]]
+            jobs.append(
+                DialJob(
+                    call_id=str(row["call_id"]),
+                    record_id=str(row["id"]),
+                    tenant_id=str(row["tenant_id"]),
+                    workflow_id=str(row["workflow_id"]),
+                    node_id=row["node_id"],
+                    phone_e164=row["phone_e164"],
+                    attempt=row["attempts"],
+                    ring_timeout_s=float(node.get("ring_timeout_s", 30)),
+                    max_duration_s=float(node.get("max_duration_s", 3600)),
+                    handler=dict(node.get("handler", {})),
+                    amd=dict(node.get("amd", {})),
+                    record=bool(node.get("record", graph.policy.recording)),
+                    context={"record": dict(context_for(row).record)},
+                    not_after=now + 300,
+                )
+            )
+        if jobs:
+            await self._publish(jobs)
+        return len(jobs)
+
+    async def _close_lost_calls(self, now: float) -> int:
+        """Calls held by a worker that stopped beating: end them as worker_lost."""
+        rows = await self.pool.fetch(
+            """SELECT c.id, c.record_id, c.tenant_id, c.workflow_id, c.worker_id
+               FROM calls c LEFT JOIN workers w ON w.id = c.worker_id
+               WHERE c.state IN ('dialing', 'ringing', 'answered')
+                 AND (w.id IS NULL OR w.last_seen_at < now() - $1 * interval '1 second'
+                      OR w.stopped_at IS NOT NULL)
+               LIMIT 500""",
+            self.worker_timeout_s,
+        )
+        events = [
+            CallEvent(
+                call_id=str(r["id"]),
+                record_id=str(r["record_id"]),
+                tenant_id=str(r["tenant_id"]),
+                workflow_id=str(r["workflow_id"]),
+                kind="ended",
+                at=now,
+                worker_id=r["worker_id"] or "",
+                data={"disposition": "worker_lost", "hangup_by": "system"},
+            )
+            for r in rows
+        ]
+        if events:
+            await self.broker.publish_events(
+                [(e.routing_key, f"{e.call_id}:lost", e.to_bytes()) for e in events]
+            )
+        return len(events)

@@ -1,0 +1,409 @@
+"""Carrying out a workflow step on a record, inside the caller's transaction.
+
+Shared by the scheduler loop (records that came due) and the event consumer
+(records whose call just ended): both hold the record's row lock, decide the
+next step with :class:`scheduler.workflow.WorkflowGraph`, and apply it here,
+writing node runs, calls and outbox rows in the same transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from dialer.ids import new_id
+from dialer.messages import DialJob
+from dialer.outbox import write_event
+from scheduler.policy import WorkflowPolicy
+from scheduler.timezones import zones_for
+from scheduler.windows import is_open, next_open
+from scheduler.workflow import (
+    Context,
+    Finish,
+    PlaceCall,
+    RetryCall,
+    RunNode,
+    Step,
+    WaitUntil,
+    WorkflowGraph,
+    render,
+)
+
+__all__ = ["GraphCache", "RecordRow", "StepResult", "apply_step", "context_for", "record_zone"]
+
+RECORD_COLUMNS = """r.id, r.tenant_id, r.workflow_id, r.workflow_version, r.list_id, r.case_id,
+    r.phone_e164, r.first_name, r.last_name, r.zip_code, r.placeholders, r.meta, r.status,
+    r.current_node, r.attempts, r.node_attempts, r.last_call_id"""
+RecordRow = asyncpg.Record
+MAX_CHAINED_STEPS = 20
+
+
+class GraphCache:
+    """Workflow graphs by (workflow id, version): versions never change once written."""
+
+    def __init__(self) -> None:
+        self._graphs: dict[tuple[uuid.UUID, int], WorkflowGraph] = {}
+
+    async def get(
+        self, conn: asyncpg.Connection | asyncpg.Pool, workflow_id: uuid.UUID, version: int
+    ) -> WorkflowGraph:
+        key = (workflow_id, version)
+        graph = self._graphs.get(key)
+        if graph is None:
+            row = await conn.fetchrow(
+                """SELECT definition, settings FROM workflow_versions
+                   WHERE workflow_id = $1 AND version = $2""",
+                workflow_id,
+                version,
+            )
+            graph = WorkflowGraph(row["definition"], WorkflowPolicy.from_settings(row["settings"]))
+            self._graphs[key] = graph
+        return graph
+
+
+def record_zone(record: Mapping[str, Any], policy: WorkflowPolicy) -> tuple[str, ...]:
+    return zones_for(record["phone_e164"], record["zip_code"], policy.default_zone)
+
+
+def context_for(
+    record: Mapping[str, Any],
+    call: Mapping[str, Any] | None = None,
+    result: Mapping[str, Any] | None = None,
+) -> Context:
+    phone = record["phone_e164"]
+    return Context(
+        record={
+            "id": str(record["id"]),
+            "first_name": record["first_name"],
+            "last_name": record["last_name"],
+            "phone": phone,
+            "phone_number": phone[2:] if phone.startswith("+1") else phone,
+            "zip_code": record["zip_code"],
+            "case_id": record["case_id"],
+            "attempts": record["attempts"],
+        },
+        placeholders=record["placeholders"] or {},
+        meta=record["meta"] or {},
+        call=call or {},
+        result=result or {},
+    )
+
+
+@dataclass(slots=True)
+class StepResult:
+    jobs: list[DialJob] = field(default_factory=list)
+    finished: bool = False
+    deferred: bool = False  # a call step left for later (window closed or no budget)
+
+
+async def _finish(
+    conn: asyncpg.Connection, record: RecordRow, step: Finish, workflow: Mapping[str, Any]
+) -> None:
+    await conn.execute(
+        """UPDATE records SET status = $2, outcome = $3, current_node = $4,
+               completed_at = now(), updated_at = now() WHERE id = $1""",
+        record["id"],
+        "failed" if step.status == "failed" else "completed",
+        step.outcome,
+        step.node_id,
+    )
+    if step.node_id is not None:
+        await _node_run(conn, record, step.node_id, "end", "completed", step.outcome)
+    await write_event(
+        conn,
+        tenant_id=record["tenant_id"],
+        event_type="record.completed",
+        record_id=record["id"],
+        workflow_id=record["workflow_id"],
+        payload={
+            "record_id": str(record["id"]),
+            "case_id": record["case_id"],
+            "phone": record["phone_e164"],
+            "workflow_id": str(record["workflow_id"]),
+            "workflow_key": workflow.get("workflow_key"),
+            "status": "failed" if step.status == "failed" else "completed",
+            "outcome": step.outcome,
+            "attempts": record["attempts"],
+            "meta": record["meta"],
+        },
+    )
+    if record["list_id"] is not None:
+        await _maybe_complete_list(conn, record, workflow)
+
+
+async def _maybe_complete_list(
+    conn: asyncpg.Connection, record: RecordRow, workflow: Mapping[str, Any]
+) -> None:
+    # The list row lock serialises the check between records finishing at once.
+    lst = await conn.fetchrow(
+        "SELECT id, name, status FROM lists WHERE id = $1 FOR UPDATE", record["list_id"]
+    )
+    if lst is None or lst["status"] == "completed":
+        return
+    still_open = await conn.fetchval(
+        """SELECT EXISTS (SELECT 1 FROM records WHERE list_id = $1
+               AND status IN ('queued', 'waiting', 'in_progress'))""",
+        lst["id"],
+    )
+    if still_open:
+        return
+    await conn.execute(
+        """UPDATE lists SET status = 'completed', completed_at = now(), updated_at = now()
+           WHERE id = $1""",
+        lst["id"],
+    )
+    rows = await conn.fetch(
+        """SELECT n.id, n.record_id, n.node_id, n.node_type, r.case_id, r.phone_e164
+           FROM node_runs n JOIN records r ON r.id = n.record_id
+           WHERE r.list_id = $1 ORDER BY n.started_at LIMIT 10000""",
+        lst["id"],
+    )
+    await write_event(
+        conn,
+        tenant_id=record["tenant_id"],
+        event_type="list.completed",
+        workflow_id=record["workflow_id"],
+        payload={
+            "list_id": str(lst["id"]),
+            "list_name": lst["name"],
+            "workflow_id": str(record["workflow_id"]),
+            "workflow_name": workflow.get("name"),
+            "case_id": record["case_id"],
+            "callee_number": record["phone_e164"],
+            "rows": [
+                {
+                    "nodetask_id": str(r["id"]),
+                    "task_id": str(r["record_id"]),
+                    "nodetask_name": r["node_id"],
+                    "node_type": r["node_type"],
+                }
+                for r in rows
+            ],
+        },
+    )
+
+
+async def _node_run(
+    conn: asyncpg.Connection,
+    record: RecordRow,
+    node_id: str,
+    node_type: str,
+    status: str,
+    outcome: str | None,
+    detail: dict[str, Any] | None = None,
+) -> uuid.UUID:
+    run_id = new_id()
+    await conn.execute(
+        """INSERT INTO node_runs (id, tenant_id, record_id, workflow_id, node_id, node_type,
+               status, outcome, detail, ended_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
+                   CASE WHEN $7 = 'running' THEN NULL ELSE now() END)""",
+        run_id,
+        record["tenant_id"],
+        record["id"],
+        record["workflow_id"],
+        node_id,
+        node_type,
+        status,
+        outcome,
+        detail or {},
+    )
+    return run_id
+
+
+async def _place_call(
+    conn: asyncpg.Connection,
+    record: RecordRow,
+    graph: WorkflowGraph,
+    node_id: str,
+    node: Mapping[str, Any],
+    now: float,
+    *,
+    node_attempts: int,
+) -> DialJob:
+    call_id = new_id()
+    run_id = await _node_run(
+        conn, record, node_id, "call", "running", None, {"call_id": str(call_id)}
+    )
+    await conn.execute(
+        """INSERT INTO calls (id, tenant_id, record_id, workflow_id, node_run_id, node_id,
+               attempt, phone_e164, state)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued')""",
+        call_id,
+        record["tenant_id"],
+        record["id"],
+        record["workflow_id"],
+        run_id,
+        node_id,
+        record["attempts"] + 1,
+        record["phone_e164"],
+    )
+    await conn.execute(
+        """UPDATE records SET status = 'in_progress', current_node = $2,
+               attempts = attempts + 1, node_attempts = $3, last_call_id = $4,
+               updated_at = now() WHERE id = $1""",
+        record["id"],
+        node_id,
+        node_attempts + 1,
+        call_id,
+    )
+    context = context_for(record)
+    handler = dict(node.get("handler", {}))
+    if handler.get("type") == "prompt" and "text" in handler:
+        handler["text"] = render(handler["text"], context)
+    return DialJob(
+        call_id=str(call_id),
+        record_id=str(record["id"]),
+        tenant_id=str(record["tenant_id"]),
+        workflow_id=str(record["workflow_id"]),
+        node_id=node_id,
+        phone_e164=record["phone_e164"],
+        attempt=record["attempts"] + 1,
+        ring_timeout_s=float(node.get("ring_timeout_s", 30)),
+        max_duration_s=float(node.get("max_duration_s", 3600)),
+        handler=handler,
+        amd=dict(node.get("amd", {})),
+        record=bool(node.get("record", graph.policy.recording)),
+        context={
+            "record": dict(context.record),
+            "placeholders": context.placeholders,
+            "meta": context.meta,
+            "script": render(node.get("script", ""), context),
+        },
+        not_after=now + 300,
+    )
+
+
+async def apply_step(
+    conn: asyncpg.Connection,
+    record: RecordRow,
+    graph: WorkflowGraph,
+    step: Step,
+    now: float,
+    workflow: Mapping[str, Any],
+    *,
+    dnc: bool = False,
+    may_dial: bool = True,
+    node_attempts: int | None = None,
+) -> StepResult:
+    """Apply ``step`` (and the steps it chains into) to a locked record row."""
+    result = StepResult()
+    attempts_here = record["node_attempts"] if node_attempts is None else node_attempts
+    for _ in range(MAX_CHAINED_STEPS):
+        if isinstance(step, Finish):
+            await _finish(conn, record, step, workflow)
+            result.finished = True
+            return result
+        if isinstance(step, WaitUntil):
+            await _node_run(
+                conn, record, step.node_id, "wait", "completed", "next", {"until": step.at}
+            )
+            await _defer(conn, record, step.node_id, step.at, "waiting", node_attempts=0)
+            return result
+        if isinstance(step, RetryCall):
+            await _defer(conn, record, step.node_id, step.at, "queued", node_attempts=attempts_here)
+            return result
+        if isinstance(step, RunNode):
+            # Action nodes (sms, email, webhook) need their gateways, which
+            # the scheduler does not have yet: the node fails, honestly, and
+            # the workflow takes its failure edge.
+            outcome = "failed" if step.node["type"] != "webhook" else "failure"
+            await _node_run(
+                conn,
+                record,
+                step.node_id,
+                step.node["type"],
+                "failed",
+                outcome,
+                {"error": f"no {step.node['type']} gateway is configured"},
+            )
+            step = graph.after(
+                step.node_id,
+                outcome,
+                context_for(record),
+                now,
+                record_zone(record, graph.policy)[0],
+            )
+            attempts_here = 0
+            continue
+        assert isinstance(step, PlaceCall)
+        if step.node_id != record["current_node"]:
+            attempts_here = 0
+        if dnc:
+            await conn.execute(
+                """UPDATE records SET status = 'dnc', outcome = 'dnc', completed_at = now(),
+                       updated_at = now() WHERE id = $1""",
+                record["id"],
+            )
+            await _node_run(conn, record, step.node_id, "call", "cancelled", "dnc")
+            await write_event(
+                conn,
+                tenant_id=record["tenant_id"],
+                event_type="record.completed",
+                record_id=record["id"],
+                workflow_id=record["workflow_id"],
+                payload={
+                    "record_id": str(record["id"]),
+                    "case_id": record["case_id"],
+                    "phone": record["phone_e164"],
+                    "workflow_id": str(record["workflow_id"]),
+                    "workflow_key": workflow.get("workflow_key"),
+                    "status": "dnc",
+                    "outcome": "dnc",
+                    "attempts": record["attempts"],
+                    "meta": record["meta"],
+                },
+            )
+            result.finished = True
+            if record["list_id"] is not None:
+                await _maybe_complete_list(conn, record, workflow)
+            return result
+        zones = record_zone(record, graph.policy)
+        country = 1 if record["phone_e164"].startswith("+1") else None
+        instant = dt.datetime.fromtimestamp(now, dt.UTC)
+        if not is_open(graph.policy.window, zones, instant, country_code=country):
+            opens = next_open(graph.policy.window, zones, instant, country_code=country)
+            at = opens.timestamp() if opens is not None else now + 86400
+            await _defer(conn, record, step.node_id, at, "queued", node_attempts=attempts_here)
+            result.deferred = True
+            return result
+        if not may_dial:
+            await _defer(conn, record, step.node_id, now, "queued", node_attempts=attempts_here)
+            result.deferred = True
+            return result
+        job = await _place_call(
+            conn, record, graph, step.node_id, step.node, now, node_attempts=attempts_here
+        )
+        result.jobs.append(job)
+        return result
+    raise RuntimeError(f"record {record['id']}: more than {MAX_CHAINED_STEPS} chained steps")
+
+
+async def _defer(
+    conn: asyncpg.Connection,
+    record: RecordRow,
+    node_id: str,
+    at: float,
+    status: str,
+    *,
+    node_attempts: int,
+) -> None:
+    await conn.execute(
+        """UPDATE records SET status = $2, current_node = $3, next_attempt_at = to_timestamp($4),
+               node_attempts = $5, updated_at = now() WHERE id = $1""",
+        record["id"],
+        status,
+        node_id,
+        at,
+        node_attempts,
+    )
+
+
+def unix_now() -> float:
+    return time.time()
