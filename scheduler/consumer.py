@@ -181,6 +181,16 @@ class EventConsumer:
         )
         if record["status"] != "in_progress" or record["last_call_id"] != call["id"]:
             return  # completed by the API or cancelled meanwhile: nothing to advance
+        if disposition == "expired":
+            # Never dialled (it waited in the queue past its window): not an attempt.
+            await conn.execute(
+                """UPDATE records SET status = 'queued', next_attempt_at = now(),
+                       attempts = greatest(attempts - 1, 0),
+                       node_attempts = greatest(node_attempts - 1, 0), updated_at = now()
+                   WHERE id = $1""",
+                record["id"],
+            )
+            return
         graph = await self.graphs.get(conn, record["workflow_id"], record["workflow_version"])
         zone = record_zone(record, graph.policy)[0]
         context = context_for(

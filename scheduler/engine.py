@@ -259,8 +259,9 @@ class Scheduler:
             """SELECT c.id, c.record_id, c.tenant_id, c.workflow_id, c.worker_id
                FROM calls c LEFT JOIN workers w ON w.id = c.worker_id
                WHERE c.state IN ('dialing', 'ringing', 'answered')
-                 AND (w.id IS NULL OR w.last_seen_at < now() - $1 * interval '1 second'
-                      OR w.stopped_at IS NOT NULL)
+                 -- Only silence counts: a worker that stopped cleanly has its
+                 -- calls' ended events in the queue, which must win.
+                 AND (w.id IS NULL OR w.last_seen_at < now() - $1 * interval '1 second')
                LIMIT 500""",
             self.worker_timeout_s,
         )

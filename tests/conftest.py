@@ -19,10 +19,12 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from dialer.bus import AmqpBroker, Broker, MemoryBroker
 from dialer.db import apply_migrations, connect_pool
 from dialer.settings import Settings
 from dialer.tenants import create_api_key, create_tenant
 
+AMQP_URL = os.environ.get("DIALER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 ADMIN_URL = os.environ.get("DIALER_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -122,3 +124,19 @@ async def client(settings: Settings, pool: asyncpg.Pool) -> AsyncIterator[TestCl
 
     async with TestClient(TestServer(create_app(settings, pool))) as client:
         yield client
+
+
+@pytest.fixture(params=["memory", "rabbitmq"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
+    """The same tests against the in-process broker and the machine's RabbitMQ."""
+    namespace = f"test-{secrets.token_hex(4)}"
+    broker: Broker = (
+        MemoryBroker(namespace) if request.param == "memory" else AmqpBroker(AMQP_URL, namespace)
+    )
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        if isinstance(broker, AmqpBroker):
+            await broker.delete_all()
+        await broker.close()

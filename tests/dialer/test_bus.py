@@ -3,30 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
-from collections.abc import AsyncIterator
 
-import pytest
-
-from dialer.bus import AmqpBroker, Broker, Delivery, MemoryBroker
-
-AMQP_URL = os.environ.get("DIALER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-
-
-@pytest.fixture(params=["memory", "rabbitmq"])
-async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
-    namespace = f"test-{secrets.token_hex(4)}"
-    broker: Broker = (
-        MemoryBroker(namespace) if request.param == "memory" else AmqpBroker(AMQP_URL, namespace)
-    )
-    await broker.start()
-    try:
-        yield broker
-    finally:
-        if isinstance(broker, AmqpBroker):
-            await broker.delete_all()
-        await broker.close()
+from dialer.bus import Broker, Delivery, MemoryBroker
 
 
 async def _until(predicate, timeout: float = 5.0) -> None:

@@ -9,10 +9,8 @@ database and the broker.
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -21,14 +19,13 @@ import pytest
 
 from api.ingest import insert_records
 from api.validation import validate_record
-from dialer.bus import AmqpBroker, Broker, Delivery, MemoryBroker
+from dialer.bus import Broker, Delivery
 from dialer.ids import new_id
 from dialer.messages import CallEvent, DialJob
 from scheduler.consumer import EventConsumer
 from scheduler.engine import Scheduler
 from tests.conftest import Tenant, make_tenant
 
-AMQP_URL = os.environ.get("DIALER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 # A Wednesday, 15:00 UTC = 10:00 in New York: inside a 09:00-20:00 window.
 NOON = datetime(2026, 11, 25, 15, 0, tzinfo=ZoneInfo("UTC")).timestamp()
 
@@ -62,21 +59,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture(params=["memory", "rabbitmq"])
-async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
-    namespace = f"test-{secrets.token_hex(4)}"
-    broker: Broker = (
-        MemoryBroker(namespace) if request.param == "memory" else AmqpBroker(AMQP_URL, namespace)
-    )
-    await broker.start()
-    try:
-        yield broker
-    finally:
-        if isinstance(broker, AmqpBroker):
-            await broker.delete_all()
-        await broker.close()
 
 
 async def _workflow(

@@ -1,0 +1,187 @@
+"""The dial worker: takes dial jobs up to its capacity, places them, reports them.
+
+A job is acknowledged only after the call has ended and its ``ended`` event
+is confirmed by the broker, so the broker holds at most ``capacity``
+unacknowledged jobs per worker: the prefetch *is* the free capacity.
+
+Nobody is called twice by accident: before dialling, the worker claims the
+call row (``queued`` -> ``dialing``) in PostgreSQL; a redelivered or
+republished job finds the call already claimed and is acknowledged without
+dialling. A worker that dies mid-call stops beating; the scheduler then
+closes its calls as ``worker_lost``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import asyncpg
+
+from dialer.bus import Broker, Delivery, Subscription
+from dialer.messages import CallEvent, DialJob, MessageError
+
+__all__ = ["CallRunner", "Emit", "Worker"]
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+class CallRunner(Protocol):
+    """Places one call and runs its handler; returns the ``ended`` event's data.
+
+    ``emit(kind, data)`` publishes progress (ringing, answered, amd, dtmf).
+    The returned mapping carries at least ``disposition``; also ``sip_status``,
+    ``sip_reason``, ``hangup_by``, ``times`` (unix seconds by phase),
+    ``ring_s``, ``talk_s``, ``amd_verdict``, ``bot_result``, ``media_stats``
+    and ``recording`` where known.
+    """
+
+    async def run(self, job: DialJob, emit: Emit) -> dict[str, Any]: ...
+
+
+class Worker:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        broker: Broker,
+        runner: CallRunner,
+        *,
+        capacity: int = 100,
+        worker_id: str | None = None,
+        heartbeat_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.pool = pool
+        self.broker = broker
+        self.runner = runner
+        self.capacity = capacity
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.heartbeat_s = heartbeat_s
+        self.clock = clock
+        self.active: set[str] = set()
+        self.dialled = 0
+        self.skipped = 0
+        self._subscription: Subscription | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def start(self) -> None:
+        await self.pool.execute(
+            """INSERT INTO workers (id, host, pid, capacity) VALUES ($1, $2, $3, $4)
+               ON CONFLICT (id) DO UPDATE SET last_seen_at = now(), stopped_at = NULL""",
+            self.worker_id,
+            socket.gethostname(),
+            os.getpid(),
+            self.capacity,
+        )
+        self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
+        self._subscription = await self.broker.consume_jobs(self._on_job, self.capacity)
+
+    async def drain(self, timeout_s: float | None = None) -> None:
+        """Take no new jobs; let the calls in progress finish; then stop."""
+        if self._subscription is not None:
+            await self._subscription.set_prefetch(0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        await self.close()
+
+    async def close(self) -> None:
+        if self._subscription is not None:
+            await self._subscription.cancel()
+            self._subscription = None
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
+        with contextlib.suppress(asyncpg.PostgresError, OSError):
+            await self.pool.execute(
+                "UPDATE workers SET stopped_at = now() WHERE id = $1", self.worker_id
+            )
+
+    async def _beat(self) -> None:
+        while True:
+            try:
+                await self.pool.execute(
+                    "UPDATE workers SET last_seen_at = now() WHERE id = $1", self.worker_id
+                )
+            except (asyncpg.PostgresError, OSError) as exc:
+                log.warning("heartbeat failed: %s", exc, extra={"worker_id": self.worker_id})
+            await asyncio.sleep(self.heartbeat_s)
+
+    async def _publish(self, job: DialJob, kind: str, data: dict[str, Any]) -> None:
+        event = CallEvent(
+            call_id=job.call_id,
+            record_id=job.record_id,
+            tenant_id=job.tenant_id,
+            workflow_id=job.workflow_id,
+            kind=kind,
+            at=self.clock(),
+            worker_id=self.worker_id,
+            data=data,
+        )
+        await self.broker.publish_events(
+            [(event.routing_key, f"{job.call_id}:{kind}", event.to_bytes())]
+        )
+
+    async def _claim(self, job: DialJob) -> bool:
+        row = await self.pool.fetchrow(
+            """UPDATE calls c SET state = 'dialing', worker_id = $2, dialing_at = now()
+               FROM records r
+               WHERE c.id = $1 AND c.state = 'queued' AND r.id = c.record_id
+                 AND r.status = 'in_progress'
+               RETURNING c.id""",
+            uuid.UUID(job.call_id),
+            self.worker_id,
+        )
+        return row is not None
+
+    async def _on_job(self, delivery: Delivery) -> None:
+        try:
+            job = DialJob.from_bytes(delivery.body)
+            uuid.UUID(job.call_id)
+        except (MessageError, ValueError) as exc:
+            log.warning("dead-lettering an unreadable dial job: %s", exc)
+            await delivery.dead_letter()
+            return
+        if not await self._claim(job):
+            # Already dialled (a redelivery), or its record was cancelled.
+            self.skipped += 1
+            await delivery.ack()
+            return
+        self.active.add(job.call_id)
+        self._idle.clear()
+        try:
+            if job.not_after is not None and self.clock() > job.not_after:
+                # The job waited in the queue past its window: not dialled.
+                data: dict[str, Any] = {"disposition": "expired", "hangup_by": "system"}
+            else:
+                self.dialled += 1
+                await self._publish(job, "dialing", {})
+
+                async def emit(kind: str, payload: dict[str, Any]) -> None:
+                    await self._publish(job, kind, payload)
+
+                try:
+                    data = await self.runner.run(job, emit)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("call failed", extra={"call_id": job.call_id})
+                    data = {"disposition": "failed", "hangup_by": "system"}
+            await self._publish(job, "ended", data)
+            await delivery.ack()
+        finally:
+            self.active.discard(job.call_id)
+            if not self.active:
+                self._idle.set()

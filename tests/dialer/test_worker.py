@@ -1,0 +1,110 @@
+"""The worker: claims before dialling, never dials a job twice, reports, drains."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+
+from dialer.bus import Broker
+from dialer.messages import DialJob
+from dialer.worker import Emit, Worker
+from scheduler.consumer import EventConsumer
+from scheduler.engine import Scheduler
+from tests.conftest import make_tenant
+from tests.scheduler.test_engine import NOON, Clock, _records, _settle, _workflow
+
+
+class ScriptedRunner:
+    """Stands in for the SIP user agent: answers every call after a short ring."""
+
+    def __init__(self, hold_s: float = 0.05) -> None:
+        self.calls: list[str] = []
+        self.hold_s = hold_s
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def run(self, job: DialJob, emit: Emit) -> dict[str, Any]:
+        self.calls.append(job.call_id)
+        await emit("ringing", {})
+        await emit("answered", {})
+        await self.release.wait()
+        await asyncio.sleep(self.hold_s)
+        return {"disposition": "answered", "sip_status": 200, "hangup_by": "caller", "talk_s": 0.05}
+
+
+async def test_pipeline_with_worker_and_redelivered_job(pool: asyncpg.Pool, broker: Broker) -> None:
+    tenant = await make_tenant(pool, "wrk")
+    workflow = await _workflow(pool, tenant)
+    ids = await _records(pool, tenant, workflow, [f"21255506{i:02d}" for i in range(3)])
+    clock = Clock(NOON)
+    runner = ScriptedRunner()
+    worker = Worker(pool, broker, runner, capacity=5, clock=lambda: clock.now)
+    consumer = EventConsumer(pool, broker)
+    await consumer.start()
+    await worker.start()
+    try:
+        assert (await Scheduler(pool, broker, clock=clock).tick()).published == 3
+        await _settle(
+            pool,
+            "SELECT bool_and(status = 'completed') FROM records WHERE id = ANY($1::uuid[])",
+            ids,
+        )
+        # The same job again (a redelivery, or a republish): claimed already, not dialled.
+        call_id = runner.calls[0]
+        row = await pool.fetchrow(
+            "SELECT record_id, workflow_id, tenant_id, phone_e164 FROM calls WHERE id = $1::uuid",
+            call_id,
+        )
+        again = DialJob(
+            call_id=call_id,
+            record_id=str(row["record_id"]),
+            tenant_id=str(row["tenant_id"]),
+            workflow_id=str(row["workflow_id"]),
+            node_id="call",
+            phone_e164=row["phone_e164"],
+        )
+        await broker.publish_jobs([(call_id, again.to_bytes())])
+        await _settle(pool, "SELECT $1::int > 0", 1)
+        for _ in range(100):
+            if worker.skipped:
+                break
+            await asyncio.sleep(0.02)
+        assert worker.skipped == 1
+        assert len(runner.calls) == 3 and worker.dialled == 3
+    finally:
+        await worker.close()
+        await consumer.close()
+    calls = await pool.fetch("SELECT * FROM calls WHERE record_id = ANY($1::uuid[])", ids)
+    assert {c["state"] for c in calls} == {"ended"} and len(calls) == 3
+    assert all(c["answered_at"] is not None and c["worker_id"] == worker.worker_id for c in calls)
+
+
+async def test_drain_finishes_calls_in_progress(pool: asyncpg.Pool, broker: Broker) -> None:
+    tenant = await make_tenant(pool, "wrk")
+    workflow = await _workflow(pool, tenant)
+    ids = await _records(pool, tenant, workflow, ["2125550701"])
+    clock = Clock(NOON)
+    runner = ScriptedRunner()
+    runner.release.clear()
+    worker = Worker(pool, broker, runner, capacity=2, clock=lambda: clock.now)
+    consumer = EventConsumer(pool, broker)
+    await consumer.start()
+    await worker.start()
+    try:
+        await Scheduler(pool, broker, clock=clock).tick()
+        for _ in range(200):
+            if runner.calls:
+                break
+            await asyncio.sleep(0.02)
+        drain = asyncio.create_task(worker.drain(timeout_s=10))
+        await asyncio.sleep(0.2)
+        assert not drain.done()  # the call is still in progress
+        runner.release.set()
+        await asyncio.wait_for(drain, 10)
+        await _settle(pool, "SELECT status = 'completed' FROM records WHERE id = $1", ids[0])
+    finally:
+        await consumer.close()
+    stopped = await pool.fetchval("SELECT stopped_at FROM workers WHERE id = $1", worker.worker_id)
+    assert stopped is not None
