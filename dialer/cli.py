@@ -103,12 +103,50 @@ async def _serve_api(settings: Settings) -> int:
     return 0
 
 
+async def _run_scheduler(settings: Settings) -> int:
+    from dialer.bus import make_broker
+    from dialer.db import apply_migrations, connect_pool
+    from scheduler.consumer import EventConsumer
+    from scheduler.engine import Scheduler
+
+    if not settings.amqp_url:
+        print(
+            "dialer scheduler: set DIALER_AMQP_URL; alone, the scheduler needs RabbitMQ to "
+            "reach the workers (dialer up runs everything in one process instead)",
+            file=sys.stderr,
+        )
+        return 2
+    async with database(settings) as url:
+        pool = await connect_pool(url, max_size=10)
+        broker = make_broker(settings.amqp_url)
+        try:
+            async with pool.acquire() as conn:
+                await apply_migrations(conn)
+            await broker.start()
+            consumer = EventConsumer(pool, broker)
+            await consumer.start()
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            print("scheduler running", file=sys.stderr, flush=True)
+            try:
+                await Scheduler(pool, broker).run(stop)
+            finally:
+                await consumer.close()
+        finally:
+            await broker.close()
+            await pool.close()
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dialer", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply database migrations")
     sub.add_parser("api", help="serve the HTTP API")
     sub.add_parser("up", help="run the whole stack (API now; more parts as they land)")
+    sub.add_parser("scheduler", help="run the scheduler and call-event consumer (needs RabbitMQ)")
     apikey = sub.add_parser("apikey", help="manage API keys")
     apikey_sub = apikey.add_subparsers(dest="apikey_command", required=True)
     create = apikey_sub.add_parser("create", help="create a tenant's API key and print it once")
@@ -140,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(_migrate(settings))
     if args.command in ("api", "up"):
         return _run(_serve_api(settings))
+    if args.command == "scheduler":
+        return _run(_run_scheduler(settings))
     if args.command == "apikey":
         return _run(_apikey_create(settings, args.tenant, args.label))
     return 2  # pragma: no cover - argparse enforces the choices

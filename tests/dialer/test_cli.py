@@ -91,3 +91,28 @@ async def test_up_on_embedded_postgres_serves_the_api(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     assert (tmp_path / "pgdata").is_dir()
+
+
+def test_scheduler_runs_on_rabbitmq_and_stops_on_sigterm(database_url: str) -> None:
+    env = _clean_env(
+        DIALER_DATABASE_URL=database_url,
+        DIALER_AMQP_URL=os.environ.get(
+            "DIALER_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"
+        ),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dialer.cli", "scheduler"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "scheduler running" in line, line
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    alone = _dialer("scheduler", env=_clean_env(DIALER_DATABASE_URL=database_url))
+    assert alone.returncode == 2 and "DIALER_AMQP_URL" in alone.stderr
