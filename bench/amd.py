@@ -24,6 +24,7 @@ import math
 import statistics
 import sys
 import tempfile
+import time
 import wave
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -161,10 +162,18 @@ def main() -> None:
     audio = [load_line_audio(out_dir / str(clip["file"])) for clip in clips]
 
     runs: dict[str, list[Result]] = {}
+    elapsed_s: dict[str, float] = {}
+    frames: dict[str, int] = {}
     for name, config in (("fast", AmdConfig.fast()), ("wait_for_beep", AmdConfig.wait_for_beep())):
+        started = time.perf_counter()
         verdicts = [run_detector(samples, config) for samples in audio]
+        elapsed_s[name] = time.perf_counter() - started
         runs[name] = [(v.answered_by.value, v.decision_ms) for v in verdicts]
+        frames[name] = sum(v.decision_ms // FRAME_MS for v in verdicts)
+    started = time.perf_counter()
     runs["baseline"] = [run_baseline(samples) for samples in audio]
+    elapsed_s["baseline"] = time.perf_counter() - started
+    frames["baseline"] = sum(ms // FRAME_MS for _, ms in runs["baseline"])
 
     print(f"{len(clips)} clips ({dict(Counter(str(c['label']) for c in clips))}), G.711 mu-law")
     for name in ("fast", "wait_for_beep", "baseline"):
@@ -176,6 +185,7 @@ def main() -> None:
         (str(clip["label"]), verdict)
         for clip, (verdict, _) in zip(clips, wait, strict=True)
         if verdict in ("machine_end_beep", "machine_end_silence")
+        and str(clip["label"]).startswith("machine")
     ]
     right = sum(
         (label, verdict)
@@ -195,6 +205,13 @@ def main() -> None:
         ours, base = errors(runs["fast"], keep), errors(runs["baseline"], keep)
         ratio = f"{ours / base:.2f}" if base else "n/a"
         print(f"errors {scope:<9}: fast {ours}, baseline {base}, ratio fast/baseline {ratio}")
+
+    cost = {name: elapsed_s[name] / frames[name] * 1e6 for name in runs}
+    print(
+        "us per 20 ms frame: "
+        + ", ".join(f"{name} {us:.1f}" for name, us in cost.items())
+        + f"; fast/baseline {cost['fast'] / cost['baseline']:.2f}"
+    )
 
     if args.errors:
         for name, results in runs.items():

@@ -39,8 +39,9 @@ Rules of this file:
   ``utterance_gap_ms`` or more are separate utterances.
 - A beep is a steady single tone: over the last 40 ms (two frames) one
   spectral peak between ``beep_min_hz`` and ``beep_max_hz`` carries
-  ``beep_min_concentration`` of the energy, at the same frequency (within
-  ``beep_tolerance_hz``) for ``beep_min_ms``. Voices spread their energy
+  ``beep_min_concentration`` of the energy (the noise floor's share left
+  out), at the same frequency (within ``beep_tolerance_hz`` of the run's
+  mean) for ``beep_min_ms``. Voices spread their energy
   over many harmonics and glide in pitch, so they do not pass. A tone is
   not speech: it neither lengthens the greeting nor, while it sounds, counts
   as the silence after it.
@@ -72,6 +73,7 @@ _BIN_HZ = SAMPLE_RATE / _FFT_SIZE
 _LOBE_BINS = math.ceil(2 * _FFT_SIZE / _ANALYSIS_SAMPLES)
 _WINDOW = np.hanning(_ANALYSIS_SAMPLES)
 _WINDOW.flags.writeable = False
+_WINDOW_ENERGY = float(np.dot(_WINDOW, _WINDOW))
 _FULL_SCALE_POWER = 32768.0**2
 _QUIET_DBFS = -100.0  # what digital silence counts as
 # Noise-floor tracking, per 20 ms frame: fall fast (a pause in speech shows
@@ -154,7 +156,9 @@ class AmdConfig:
     beep_min_ms: int = 140
     beep_max_ms: int = 2000
     beep_min_concentration: float = 0.9
-    beep_tolerance_hz: float = 15.0
+    # Beeps hold their pitch within a hertz or two; a voice's harmonics drift
+    # by 4-30 Hz over the same 100-200 ms, even a synthetic voice's.
+    beep_tolerance_hz: float = 6.0
 
     def __post_init__(self) -> None:
         positive = {
@@ -236,7 +240,6 @@ class _BeepTracker:
         self._high_bin = math.floor(config.beep_max_hz / _BIN_HZ)
         self._run_start_ms = -1
         self._run_end_ms = 0
-        self._run_hz = 0.0
         self._run_hz_sum = 0.0
         self._run_frames = 0
         self._reported = False
@@ -250,14 +253,24 @@ class _BeepTracker:
             self._history[:-n] = self._history[n:]
             self._history[-n:] = samples
 
-    def tone_hz(self) -> float | None:
-        """The frequency of the single tone the window holds, or None."""
-        np.multiply(self._history, _WINDOW, out=self._windowed)
-        power = np.abs(np.fft.rfft(self._windowed, _FFT_SIZE)) ** 2
-        # Leave out DC and what a 300 Hz line filter leaves below it.
+    def tone_hz(self, noise_power: float) -> float | None:
+        """The frequency of the single tone the window holds, or None.
+
+        ``noise_power`` is the line's noise (mean square per sample): its
+        share of the window's energy is left out of the total, so a beep in
+        broadband noise still counts as one tone.
+        """
+        windowed = self._windowed
+        np.multiply(self._history, _WINDOW, out=windowed)
+        power = np.abs(np.fft.rfft(windowed, _FFT_SIZE)) ** 2
+        # Leave out DC and the window's leakage of it.
         total = float(power[4:].sum())
         if total <= 0.0:
             return None
+        energy = float(np.dot(windowed, windowed))
+        # At most half the total is taken for noise, so a floor estimated too
+        # high cannot make any sound look like a tone.
+        total *= 1.0 - min(0.5, noise_power * _WINDOW_ENERGY / energy)
         band = power[self._low_bin : self._high_bin + 1]
         peak = int(np.argmax(band)) + self._low_bin
         lobe = float(power[peak - _LOBE_BINS : peak + _LOBE_BINS + 1].sum())
@@ -275,7 +288,7 @@ class _BeepTracker:
         if (
             tone_hz is not None
             and self._run_frames
-            and abs(tone_hz - self._run_hz) <= config.beep_tolerance_hz
+            and abs(tone_hz - self._run_hz_sum / self._run_frames) <= config.beep_tolerance_hz
         ):
             self._run_frames += 1
             self._run_hz_sum += tone_hz
@@ -293,7 +306,7 @@ class _BeepTracker:
         self._reported = False
         if tone_hz is not None:
             self._run_start_ms, self._run_end_ms = start_ms, end_ms
-            self._run_hz = self._run_hz_sum = tone_hz
+            self._run_hz_sum = tone_hz
             self._run_frames = 1
         return finished
 
@@ -385,7 +398,7 @@ class AnsweringMachineDetector:
             self._spread_db += (spread - self._spread_db) * _SPREAD_RATE
 
         self._beeps.push(samples)
-        tone_hz = self._beeps.tone_hz() if loud else None
+        tone_hz = self._beeps.tone_hz(_FULL_SCALE_POWER * 10 ** (floor_db / 10)) if loud else None
         beep = self._beeps.step(tone_hz, now_ms, end_ms)
         if beep is not None and self._beep is None:
             self._beep = beep

@@ -207,10 +207,27 @@ def test_beep_frequency_and_duration(frequency_hz, beep_s):
     assert verdict.machine_detected_ms == pytest.approx(500 + 2400, abs=60)
 
 
+@pytest.mark.parametrize("noise_rms", [0.0, 300.0, 500.0])
+def test_beep_in_noise(noise_rms):
+    # A 2000-amplitude beep (RMS 1414) over white noise of RMS 500: 9 dB above
+    # the noise, with 11 % of the energy outside the tone.
+    signal = join(silence(0.5), GREETING, silence(0.6), tone(0.3, 1000.0, 2000.0), silence(3))
+    verdict = detect(with_noise(signal, noise_rms), WAIT)
+    assert verdict.answered_by is AnsweredBy.MACHINE_END_BEEP
+    assert verdict.beep_hz == pytest.approx(1000, abs=5)
+
+
+def chirp(seconds: float, start_hz: float, end_hz: float) -> np.ndarray:
+    t = np.arange(round(seconds * RATE)) / RATE
+    sweep = start_hz * t + (end_hz - start_hz) * t**2 / (2 * seconds)
+    return 8000 * np.sin(2 * np.pi * sweep)
+
+
 @pytest.mark.parametrize(
     ("signal", "reason"),
     [
         pytest.param(tone(0.1), "too short", id="100 ms tone"),
+        pytest.param(chirp(0.4, 1000.0, 1100.0), "not steady", id="gliding tone"),
         pytest.param(tone(0.4, 200.0), "below the band", id="200 Hz tone"),
         pytest.param(tone(0.4, 1000.0) + tone(0.4, 1300.0), "two tones", id="dual tone"),
         pytest.param(syllable(0.4, 400.0), "a voice", id="high voice"),
