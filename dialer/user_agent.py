@@ -1,0 +1,1062 @@
+"""The SIP user agent: the pure call core wired to sockets and ``loop.call_at`` timers.
+
+Rules of this file:
+
+1. The core decides, this file carries out. Every message that arrives goes
+   through the ``TransactionLayer`` to the ``Call`` it belongs to; every list
+   of actions that comes back is executed in order: ``Send`` to the transport,
+   ``StartTimer``/``CancelTimer`` to ``loop.call_at`` handles (one per
+   ``(key, timer)``, replaced when restarted, cancelled when done), and call
+   events to the ``CallHandle`` the application holds. Callbacks never await.
+2. Requests that belong to no call are first judged by the ``RequestPolicy``
+   (``SourcePolicy``): scanners and floods from strangers are dropped and
+   counted before any transaction exists for them, so they cost no memory.
+   What is answered gets the answer of ``answer_out_of_dialog``: 200 to
+   OPTIONS, 603 to an INVITE (we take no calls), 481 to a BYE or CANCEL that
+   matches nothing, 405 or 501 to the rest.
+3. A malformed request is answered with the status its error hints at (400,
+   505, 513 ...) when the salvage helper can read enough of it to answer and
+   the policy would answer its source; else it is dropped. Both are counted.
+4. Every task and timer has an owner: the user agent's ``close()`` hangs up
+   the calls, cancels the pings, the registrations and every timer, and
+   closes the transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import secrets
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from dataclasses import dataclass, field, fields
+from enum import Enum
+
+from dialer.sip.actions import (
+    Action,
+    Address,
+    CancelTimer,
+    Deliver,
+    Send,
+    StartTimer,
+    TimedOut,
+    TransactionTerminated,
+    TransportFailed,
+)
+from dialer.sip.auth import Authorize, DigestClient
+from dialer.sip.call import (
+    Answered,
+    Call,
+    CallEvent,
+    CallResult,
+    CallState,
+    CallTimer,
+    CallTimerKey,
+    Dial,
+    Dtmf,
+    EarlyMedia,
+    Ended,
+    Held,
+    IdGenerators,
+    MediaUpdated,
+    Resumed,
+    Ringing,
+    UserAgentConfig,
+)
+from dialer.sip.dialog import ALLOW, LocalMedia
+from dialer.sip.errors import BadExtension, ParseError, SipError
+from dialer.sip.headers import Header, Via
+from dialer.sip.message import Request, Response, make_response, require_supported
+from dialer.sip.parser import error_response, parse_message
+from dialer.sip.sdp import MediaAnswer
+from dialer.sip.timers import DEFAULT_TIMERS, TimerConfig
+from dialer.sip.transaction import MAGIC_COOKIE, Role, TransactionKey, TransactionLayer
+from dialer.sip.uri import NameAddr, SipUri, TelUri, Uri, parse_uri
+from dialer.transport import SipTransport, TransportConfig
+from dialer.trunk import (
+    ChannelLimit,
+    RegistrationState,
+    TokenBucket,
+    TrunkConfig,
+    TrunkHealth,
+    TrunkStatus,
+    resolve,
+)
+
+__all__ = [
+    "LOOPBACK",
+    "SCANNER_AGENTS",
+    "CallHandle",
+    "RequestPolicy",
+    "SourcePolicy",
+    "Trunk",
+    "TrunkBusy",
+    "UserAgent",
+    "UserAgentOptions",
+    "UserAgentStats",
+    "Verdict",
+    "answer_out_of_dialog",
+    "target_uri",
+]
+
+#: Loopback networks: trusted in tests and on a laptop.
+LOOPBACK: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+
+#: User-Agent (or From display name) fragments of SIP scanners, lower case.
+SCANNER_AGENTS: tuple[str, ...] = (
+    "friendly-scanner",
+    "sipvicious",
+    "sipcli",
+    "sip-scan",
+    "sipscan",
+    "sundayddr",
+    "iwar",
+    "smap",
+    "pplsip",
+    "vaxsipuseragent",
+)
+
+_SUPPORTED = ("timer",)
+_ACCEPT = "application/sdp"
+_MAX_FORWARDS = "70"
+# Methods we know but do not serve outside a dialog (§8.2.1: 405, not 501).
+_NOT_ALLOWED = frozenset({"REGISTER", "SUBSCRIBE", "MESSAGE", "REFER", "PUBLISH"})
+# Methods that only make sense inside a dialog or a transaction: 481 (§12.2.2).
+_NEEDS_DIALOG = frozenset({"BYE", "CANCEL", "INFO", "UPDATE", "PRACK", "NOTIFY"})
+_SCHEMES = frozenset({"sip", "sips", "tel"})
+
+
+# --- policy -----------------------------------------------------------------------------
+
+
+class Verdict(Enum):
+    """What to do with a request that belongs to no call."""
+
+    ANSWER = "answer"
+    DROP_SCANNER = "drop_scanner"
+    DROP_FLOOD = "drop_flood"
+    DROP_STRANGER = "drop_stranger"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPolicy:
+    """Which sources get answers to requests outside our calls.
+
+    ``trusted`` (networks or addresses) and the configured trunks' addresses
+    are always answered. Anyone else (a stranger) is answered only when
+    ``answer_strangers`` is set, never when it looks like a scanner, and at
+    most ``stranger_rate_per_s`` requests a second (``stranger_burst`` saved
+    up) per source address; past that it is a flood and dropped.
+    """
+
+    trusted: tuple[str, ...] = ()
+    answer_strangers: bool = True
+    scanner_agents: tuple[str, ...] = SCANNER_AGENTS
+    stranger_rate_per_s: float = 2.0
+    stranger_burst: int = 10
+    max_tracked_sources: int = 4096
+
+
+class SourcePolicy:
+    """``RequestPolicy`` at work: pure, ``now`` handed in."""
+
+    __slots__ = ("_buckets", "_networks", "_trusted_hosts", "policy")
+
+    def __init__(self, policy: RequestPolicy) -> None:
+        self.policy = policy
+        self._networks = tuple(ipaddress.ip_network(n, strict=False) for n in policy.trusted)
+        self._trusted_hosts: set[str] = set()
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def trust(self, host: str) -> None:
+        """Trust one more address (a trunk's, once resolved)."""
+        self._trusted_hosts.add(host)
+
+    def trusted(self, host: str) -> bool:
+        """True for a configured trunk or a trusted network."""
+        if host in self._trusted_hosts:
+            return True
+        if not self._networks:
+            return False
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self._networks)
+
+    def is_scanner(self, user_agent: str | None) -> bool:
+        """True if the User-Agent names a known scanner."""
+        if not user_agent:
+            return False
+        lowered = user_agent.lower()
+        return any(agent in lowered for agent in self.policy.scanner_agents)
+
+    def verdict(self, source: Address, user_agent: str | None, now: float) -> Verdict:
+        """Whether to answer a request from ``source`` carrying ``user_agent``."""
+        host = source[0]
+        if self.trusted(host):
+            return Verdict.ANSWER
+        policy = self.policy
+        if self.is_scanner(user_agent):
+            return Verdict.DROP_SCANNER
+        if not policy.answer_strangers:
+            return Verdict.DROP_STRANGER
+        bucket = self._buckets.get(host)
+        if bucket is None:
+            bucket = TokenBucket(policy.stranger_rate_per_s, policy.stranger_burst)
+            self._buckets[host] = bucket
+            if len(self._buckets) > policy.max_tracked_sources:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(host)
+        return Verdict.ANSWER if bucket.take(now) else Verdict.DROP_FLOOD
+
+
+def answer_out_of_dialog(
+    request: Request, to_tag: str, *, cancels_found: bool = False, host: str = "dialer"
+) -> Response | None:
+    """The answer to a request that belongs to none of our calls; None for an ACK."""
+    method = request.method
+    if method == "ACK":
+        return None  # §17: an ACK is never answered
+    if request.uri.scheme not in _SCHEMES:
+        return make_response(request, 416, to_tag=to_tag)  # §8.2.2.1
+    if method == "CANCEL":
+        # §9.2: a CANCEL for a transaction we have (already answered) gets a 200.
+        return make_response(request, 200 if cancels_found else 481, to_tag=to_tag)
+    if request.to_tag is not None or method in _NEEDS_DIALOG:
+        return make_response(request, 481, to_tag=to_tag)  # §12.2.2
+    try:
+        require_supported(request, _SUPPORTED)
+    except BadExtension as error:  # §8.2.2.3
+        unsupported = ", ".join(error.unsupported)
+        return make_response(request, 420, to_tag=to_tag, headers=[("Unsupported", unsupported)])
+    except ParseError:
+        return make_response(request, 400, "Bad Require", to_tag=to_tag)
+    if method == "OPTIONS":
+        # §11.2: what we would do with an INVITE, and what we support.
+        headers = [
+            ("Allow", ALLOW),
+            ("Accept", _ACCEPT),
+            ("Accept-Language", "en"),
+            ("Supported", ", ".join(_SUPPORTED)),
+        ]
+        return make_response(request, 200, to_tag=to_tag, headers=headers)
+    if method == "INVITE":
+        # An outbound dialer takes no calls: say so plainly (§20.43 Warning 399).
+        warning = f'399 {host} "outbound-only user agent: incoming calls are not accepted"'
+        return make_response(
+            request,
+            603,
+            to_tag=to_tag,
+            headers=[("Warning", warning), ("Reason", 'SIP;cause=603;text="Decline"')],
+        )
+    if method in _NOT_ALLOWED:
+        return make_response(request, 405, to_tag=to_tag, headers=[("Allow", ALLOW)])
+    return make_response(request, 501, to_tag=to_tag, headers=[("Allow", ALLOW)])
+
+
+def target_uri(target: str, trunk: TrunkConfig) -> Uri:
+    """The Request-URI for ``target``: a SIP or tel URI as given, else a number
+    (or any user part) at the trunk's host."""
+    text = target.strip()
+    if ":" in text and text.split(":", 1)[0].lower() in ("sip", "sips", "tel"):
+        uri = parse_uri(text)
+        if isinstance(uri, TelUri):
+            return SipUri(
+                trunk.uri.host, uri.number, port=trunk.uri.port, params=(("user", "phone"),)
+            )
+        return uri
+    if not text or any(c in text for c in ' <>"@;:?'):
+        raise ValueError(f"not a number or SIP URI: {target!r}")
+    return SipUri(trunk.uri.host, text, port=trunk.uri.port, params=trunk.uri.params)
+
+
+# --- options and counters ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UserAgentOptions:
+    """How the user agent listens and presents itself.
+
+    ``advertised_host`` goes into Via and Contact; by default the listen host,
+    or, when that is a wildcard, the local address the route to each trunk uses.
+    """
+
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    policy: RequestPolicy = field(default_factory=RequestPolicy)
+    timers: TimerConfig = DEFAULT_TIMERS
+    user: str = "dialer"
+    display_name: str | None = None
+    advertised_host: str | None = None
+    user_agent: str = "dialer"
+    ring_timeout_s: float = 45.0
+    max_duration_s: float | None = 3600.0
+    session_expires_s: int | None = 1800
+
+
+@dataclass(slots=True)
+class UserAgentStats:
+    """What the user agent did with what arrived (counters, never reset)."""
+
+    calls_placed: int = 0
+    calls_ended: int = 0
+    requests_received: int = 0
+    responses_received: int = 0
+    dropped_scanner: int = 0
+    dropped_flood: int = 0
+    dropped_stranger: int = 0
+    malformed_answered: int = 0
+    malformed_dropped: int = 0
+    stray_responses: int = 0
+    send_failures: int = 0
+    answered: dict[int, int] = field(default_factory=dict)  # out-of-dialog answers by status
+
+    def as_dict(self) -> dict[str, object]:
+        """The counters by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class TrunkBusy(RuntimeError):
+    """``place_call(wait=False)`` on a trunk at its channel limit."""
+
+
+# --- trunks at run time ------------------------------------------------------------------
+
+
+class Trunk:
+    """One trunk's live state: addresses, limits, health, digest client."""
+
+    def __init__(self, config: TrunkConfig) -> None:
+        self.config = config
+        self.addresses: list[Address] = []
+        self.ua_config: UserAgentConfig | None = None
+        self.bucket = TokenBucket(config.cps, config.burst) if config.cps else None
+        self.channels = ChannelLimit(config.max_channels)
+        self.health = TrunkHealth(config.down_after_failures)
+        self.registration = (
+            RegistrationState(config.register_expires_s) if config.register_expires_s else None
+        )
+        self.digest = (
+            DigestClient(config.credentials, config.uri.host) if config.credentials else None
+        )
+        self.lock = asyncio.Lock()
+        self.freed = asyncio.Event()
+
+    @property
+    def name(self) -> str:
+        """The trunk's configured name."""
+        return self.config.name
+
+    @property
+    def status(self) -> TrunkStatus:
+        """What the pings say."""
+        return self.health.status
+
+
+# --- calls -------------------------------------------------------------------------------
+
+
+class CallHandle:
+    """One call as the application sees it.
+
+    Wait for phases with ``await handle.ringing()``, ``answered()``, ``ended()``,
+    or read every event in order with ``async for event in handle``. ``hangup()``
+    ends the call from our side (CANCEL before the answer, BYE after). Times in
+    the ``CallResult`` are loop-clock seconds; ``wall_time(t)`` turns one into
+    Unix time.
+    """
+
+    def __init__(self, agent: UserAgent, call: Call, trunk: Trunk) -> None:
+        loop = agent.loop
+        self._agent = agent
+        self.call = call
+        self.call_id = call.call_id
+        self.trunk = trunk.name
+        self.clock_offset = agent.clock_offset
+        self.media: MediaAnswer | None = None
+        self.early_media: MediaAnswer | None = None
+        self.result: CallResult | None = None
+        self.on_event: Callable[[CallEvent], None] | None = None
+        self._events: asyncio.Queue[CallEvent] = asyncio.Queue()
+        self._ringing: asyncio.Future[int | None] = loop.create_future()
+        self._answered: asyncio.Future[MediaAnswer | None] = loop.create_future()
+        self._ended: asyncio.Future[CallResult] = loop.create_future()
+
+    def __repr__(self) -> str:
+        return f"<CallHandle {self.call_id} {self.state.value}>"
+
+    @property
+    def state(self) -> CallState:
+        """The core's state of the call."""
+        return self.call.state
+
+    def wall_time(self, t: float | None) -> float | None:
+        """A loop-clock time as Unix time."""
+        return None if t is None else t + self.clock_offset
+
+    def hangup(self) -> None:
+        """End the call from our side; nothing if it is already ending."""
+        self._agent._hangup(self)
+
+    async def ringing(self) -> int | None:
+        """The status of the first 180/181/182; None if the call ended or was
+        answered without one."""
+        return await asyncio.shield(self._ringing)
+
+    async def answered(self) -> MediaAnswer | None:
+        """The negotiated media once answered; None if the call ended unanswered."""
+        return await asyncio.shield(self._answered)
+
+    async def ended(self) -> CallResult:
+        """The result, once the call is over."""
+        return await asyncio.shield(self._ended)
+
+    def __aiter__(self) -> AsyncIterator[CallEvent]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[CallEvent]:
+        while True:
+            event = await self._events.get()
+            yield event
+            if isinstance(event, Ended):
+                return
+
+    def _event(self, event: CallEvent) -> None:
+        match event:
+            case Ringing(status=status):
+                _resolve(self._ringing, status)
+            case EarlyMedia(media=media):
+                self.early_media = media
+            case Answered(media=media):
+                self.media = media
+                _resolve(self._ringing, None)
+                _resolve(self._answered, media)
+            case Held(media=media) | Resumed(media=media) | MediaUpdated(media=media):
+                self.media = media
+            case Ended(result=result):
+                self.result = result
+                _resolve(self._ringing, None)
+                _resolve(self._answered, None)
+                _resolve(self._ended, result)
+            case Dtmf():
+                pass
+        self._events.put_nowait(event)
+        if self.on_event is not None:
+            self.on_event(event)
+
+
+def _resolve(future: asyncio.Future, value: object) -> None:  # type: ignore[type-arg]
+    if not future.done():
+        future.set_result(value)
+
+
+def _new_ids() -> IdGenerators:
+    token = secrets.token_hex
+    return IdGenerators(
+        tag=lambda: token(6),
+        branch=lambda: MAGIC_COOKIE + token(8),
+        call_id=lambda: token(12),
+        cnonce=lambda: token(8),
+    )
+
+
+# --- the user agent -----------------------------------------------------------------------
+
+_TimerKey = tuple[Hashable, str]
+
+
+class UserAgent:
+    """One worker's SIP user agent: listens, places calls through trunks, answers the rest.
+
+    Use::
+
+        agent = UserAgent(options, [trunk_config])
+        await agent.start()
+        handle = await agent.place_call("+12025550123", media=LocalMedia(host, rtp_port))
+        media = await handle.answered()
+        ...
+        handle.hangup()
+        result = await handle.ended()
+        await agent.close()
+    """
+
+    def __init__(
+        self,
+        options: UserAgentOptions,
+        trunks: Sequence[TrunkConfig] = (),
+        *,
+        ids: IdGenerators | None = None,
+    ) -> None:
+        self.options = options
+        self.loop = asyncio.get_running_loop()
+        self.clock_offset = time.time() - self.loop.time()
+        self.ids = ids or _new_ids()
+        self.layer = TransactionLayer(options.timers)
+        self.policy = SourcePolicy(options.policy)
+        self.stats = UserAgentStats()
+        self.trunks: dict[str, Trunk] = {t.name: Trunk(t) for t in trunks}
+        self.transport = SipTransport(options.transport, self, self.loop)
+        self._calls: dict[str, tuple[Call, CallHandle, Trunk]] = {}
+        self._timers: dict[_TimerKey, asyncio.TimerHandle] = {}
+        self._own: dict[TransactionKey, asyncio.Future[Response | None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self._started = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # --- life ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind the transport, resolve the trunks, start their pings and registrations."""
+        await self.transport.start()
+        self._started = True
+        for trunk in self.trunks.values():
+            await self._prepare_trunk(trunk)
+            if trunk.config.options_interval_s:
+                self._spawn(self._ping_loop(trunk))
+            if trunk.registration is not None:
+                self._spawn(self._register_loop(trunk))
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until no call is tracked (BYEs answered); False on timeout."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self, grace_s: float = 0.0) -> None:
+        """Hang up every call, wait up to ``grace_s`` for them to end, then cancel
+        every task and timer and close the transport."""
+        if self._closed:
+            return
+        now = self.loop.time()
+        for call, _, _ in list(self._calls.values()):
+            if call.result is None:
+                self._execute(call.hangup(now), now)
+                self._settle(call)
+        if grace_s > 0 and self._calls:
+            await self.drain(grace_s)
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        for future in self._own.values():
+            if not future.done():
+                future.cancel()
+        self._own.clear()
+        await self.transport.close()
+
+    async def __aenter__(self) -> UserAgent:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def address(self) -> Address:
+        """The bound (host, port)."""
+        return self.transport.address
+
+    @property
+    def active_calls(self) -> int:
+        """Calls the user agent still tracks (including ones whose BYE is out)."""
+        return len(self._calls)
+
+    @property
+    def pending_timers(self) -> int:
+        """Timers scheduled on the loop (for tests and metrics)."""
+        return len(self._timers)
+
+    def _spawn(self, coro: object) -> None:
+        task = self.loop.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def add_trunk(self, config: TrunkConfig) -> Trunk:
+        """Add a trunk at run time (resolved now)."""
+        trunk = Trunk(config)
+        self.trunks[config.name] = trunk
+        if self._started:
+            await self._prepare_trunk(trunk)
+        return trunk
+
+    async def _prepare_trunk(self, trunk: Trunk) -> None:
+        config = trunk.config
+        hop = config.next_hop
+        trunk.addresses = await resolve(
+            hop.host, hop.port, config.transport, srv=config.srv, loop=self.loop
+        )
+        for address in trunk.addresses:
+            self.policy.trust(address[0])
+        options = self.options
+        host = options.advertised_host or self._local_host_for(trunk.addresses[0])
+        port = self.address[1]
+        transport = config.transport
+        contact_params = (("transport", transport.lower()),) if transport != "UDP" else ()
+        user = config.credentials.username if config.credentials else options.user
+        # From names us at the trunk's domain: what a carrier checks the
+        # credentials and the calling identity against.
+        trunk.ua_config = UserAgentConfig(
+            local_uri=SipUri(config.uri.host, user, port=config.uri.port),
+            contact=SipUri(_uri_host(host), options.user, port=port, params=contact_params),
+            via_host=_uri_host(host),
+            via_port=port,
+            proxy=trunk.addresses[0],
+            transport=transport,
+            display_name=options.display_name,
+            user_agent=options.user_agent,
+            ring_timeout_s=options.ring_timeout_s,
+            max_duration_s=options.max_duration_s,
+            session_expires_s=options.session_expires_s,
+            timers=options.timers,
+        )
+
+    def _local_host_for(self, remote: Address) -> str:
+        host = self.address[0]
+        if host not in ("0.0.0.0", "::", ""):
+            return host
+        # The source address the kernel would use towards the trunk.
+        family = socket.AF_INET6 if ":" in remote[0] else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.connect(remote)
+                return str(probe.getsockname()[0])
+            except OSError:
+                return "127.0.0.1" if family == socket.AF_INET else "::1"
+
+    # --- placing calls ------------------------------------------------------------------
+
+    async def place_call(
+        self,
+        target: str | Uri,
+        *,
+        media: LocalMedia,
+        trunk: str | None = None,
+        ring_timeout_s: float | None = None,
+        max_duration_s: float | None = None,
+        headers: Sequence[Header] = (),
+        to: NameAddr | None = None,
+        wait: bool = True,
+        on_event: Callable[[CallEvent], None] | None = None,
+    ) -> CallHandle:
+        """Send an INVITE through ``trunk`` (the only one when None) and return its handle.
+
+        Waits (in call order) for a free channel and a CPS token of the trunk;
+        with ``wait=False`` a trunk at its channel limit raises ``TrunkBusy``.
+        ``target`` is a number, a SIP URI or a tel URI (see ``target_uri``).
+        """
+        if self._closed:
+            raise RuntimeError("user agent is closed")
+        chosen = self._trunk(trunk)
+        uri = target if not isinstance(target, str) else target_uri(target, chosen.config)
+        await self._acquire(chosen, wait)
+        config = chosen.ua_config
+        assert config is not None
+        dial = Dial(
+            target=uri,
+            media=media,
+            to=to,
+            headers=tuple(headers),
+            ring_timeout_s=ring_timeout_s,
+            max_duration_s=max_duration_s,
+        )
+        now = self.loop.time()
+        call = Call(config, dial, self.ids, self.layer, digest=chosen.digest, now=now)
+        handle = CallHandle(self, call, chosen)
+        handle.on_event = on_event
+        self._calls[call.call_id] = (call, handle, chosen)
+        self._idle.clear()
+        self.stats.calls_placed += 1
+        self._execute(call.start(now), now)
+        return handle
+
+    def _trunk(self, name: str | None) -> Trunk:
+        if name is None:
+            if len(self.trunks) != 1:
+                raise ValueError(f"name a trunk: there are {len(self.trunks)}")
+            return next(iter(self.trunks.values()))
+        try:
+            return self.trunks[name]
+        except KeyError:
+            raise ValueError(f"no trunk called {name!r}") from None
+
+    async def _acquire(self, trunk: Trunk, wait: bool) -> None:
+        if not wait and not trunk.channels.free:
+            raise TrunkBusy(f"trunk {trunk.name} has all {trunk.config.max_channels} channels busy")
+        if trunk.bucket is None and trunk.channels.free and not trunk.lock.locked():
+            trunk.channels.acquire()
+            return
+        # The lock is FIFO: calls leave in the order they asked.
+        async with trunk.lock:
+            while not trunk.channels.free:
+                trunk.freed.clear()
+                await trunk.freed.wait()
+            bucket = trunk.bucket
+            if bucket is not None:
+                while not bucket.take(self.loop.time()):
+                    await asyncio.sleep(bucket.wait_s(self.loop.time()))
+            trunk.channels.acquire()
+
+    def _hangup(self, handle: CallHandle) -> None:
+        entry = self._calls.get(handle.call_id)
+        if entry is None:
+            return
+        now = self.loop.time()
+        self._execute(entry[0].hangup(now), now)
+        self._settle(entry[0])
+
+    def _settle(self, call: Call) -> None:
+        if call.finished:
+            self._calls.pop(call.call_id, None)
+            if not self._calls:
+                self._idle.set()
+
+    # --- pings and registration -----------------------------------------------------------
+
+    async def ping(self, trunk: str | None = None, timeout_s: float | None = None) -> int | None:
+        """Send OPTIONS to a trunk; its status code, None on timeout or transport error."""
+        chosen = self._trunk(trunk)
+        request = self._out_of_dialog("OPTIONS", chosen, [("Accept", _ACCEPT)])
+        response = await self._request(request, chosen, timeout_s)
+        now = self.loop.time()
+        if response is None:
+            chosen.health.failed(now)
+            return None
+        chosen.health.answered(response.status, now)
+        return response.status
+
+    async def _ping_loop(self, trunk: Trunk) -> None:
+        interval = trunk.config.options_interval_s
+        assert interval is not None
+        while True:
+            await self.ping(trunk.name)
+            await asyncio.sleep(interval)
+
+    async def register(self, trunk: str | None = None) -> int | None:
+        """REGISTER with the trunk (answering one digest challenge); the final status."""
+        chosen = self._trunk(trunk)
+        registration = chosen.registration
+        config = chosen.config
+        expires = registration.expires_s if registration else (config.register_expires_s or 3600)
+        assert config.credentials is not None
+        contact = chosen.ua_config.contact if chosen.ua_config else None
+        call_id = self.ids.call_id()
+        tag = self.ids.tag()
+        extra: list[Header] = [("Contact", f"<{contact}>"), ("Expires", str(expires))]
+        registrar = SipUri(config.uri.host, port=config.uri.port)
+        response: Response | None = None
+        auth: list[Header] = []
+        previous = None
+        for seq in (1, 2, 3):
+            request = self._out_of_dialog(
+                "REGISTER",
+                chosen,
+                extra + auth,
+                uri=registrar,
+                call_id=call_id,
+                seq=seq,
+                tag=tag,
+                to_self=True,
+            )
+            response = await self._request(request, chosen, None)
+            if response is None or response.status not in (401, 407) or chosen.digest is None:
+                break
+            proxy = response.status == 407
+            answer = chosen.digest.respond(
+                response.get_all("Proxy-Authenticate" if proxy else "WWW-Authenticate"),
+                proxy=proxy,
+                method="REGISTER",
+                uri=registrar.serialize(),
+                target_host=config.uri.host,
+                cnonce=self.ids.cnonce(),
+                previous=previous,
+            )
+            if not isinstance(answer, Authorize):
+                break
+            previous = answer.attempt
+            auth = [(answer.header_name, answer.header_value)]
+        now = self.loop.time()
+        if registration is not None:
+            if response is not None and 200 <= response.status < 300:
+                registration.accepted(_granted_expires(response, expires), now)
+            else:
+                registration.failed(now)
+        return None if response is None else response.status
+
+    async def _register_loop(self, trunk: Trunk) -> None:
+        registration = trunk.registration
+        assert registration is not None
+        while True:
+            await self.register(trunk.name)
+            await asyncio.sleep(max(0.0, registration.next_at - self.loop.time()))
+
+    def _out_of_dialog(
+        self,
+        method: str,
+        trunk: Trunk,
+        extra: Sequence[Header],
+        *,
+        uri: SipUri | None = None,
+        call_id: str | None = None,
+        seq: int = 1,
+        tag: str | None = None,
+        to_self: bool = False,
+    ) -> Request:
+        config = trunk.ua_config
+        assert config is not None
+        via = Via(
+            config.transport,
+            config.via_host,
+            config.via_port,
+            (("rport", None), ("branch", self.ids.branch())),
+        )
+        from_addr = NameAddr(config.local_uri, params=(("tag", tag or self.ids.tag()),))
+        to_uri = config.local_uri if to_self else (uri or trunk.config.uri)
+        headers: list[Header] = [
+            ("Via", via.serialize()),
+            ("Max-Forwards", _MAX_FORWARDS),
+            ("From", from_addr.serialize()),
+            ("To", NameAddr(to_uri).serialize()),
+            ("Call-ID", call_id or self.ids.call_id()),
+            ("CSeq", f"{seq} {method}"),
+            ("User-Agent", self.options.user_agent),
+            *extra,
+        ]
+        return Request(method, uri or trunk.config.uri, tuple(headers))
+
+    async def _request(
+        self, request: Request, trunk: Trunk, timeout_s: float | None
+    ) -> Response | None:
+        config = trunk.ua_config
+        assert config is not None
+        now = self.loop.time()
+        future: asyncio.Future[Response | None] = self.loop.create_future()
+        key, actions = self.layer.send_request(request, config.proxy, config.transport, now)
+        self._own[key] = future
+        self._execute(actions, now)
+        try:
+            if timeout_s is None:
+                return await future
+            try:
+                async with asyncio.timeout(timeout_s):
+                    return await future
+            except TimeoutError:
+                return None
+        finally:
+            self._own.pop(key, None)
+
+    # --- carrying out actions -----------------------------------------------------------
+
+    def _execute(self, actions: list[Action], now: float) -> None:
+        for action in actions:
+            kind = type(action)
+            if kind is Send:
+                self.transport.send(action.data, action.addr, action.transport, action.message)  # type: ignore[attr-defined]
+            elif kind is StartTimer:
+                self._start_timer(action.key, action.timer, action.at)  # type: ignore[attr-defined]
+            elif kind is CancelTimer:
+                handle = self._timers.pop((action.key, action.timer), None)  # type: ignore[attr-defined]
+                if handle is not None:
+                    handle.cancel()
+            elif kind is Deliver:
+                self._deliver(action, now)  # type: ignore[arg-type]
+            elif kind is TimedOut or kind is TransportFailed:
+                self._failed(action, now)  # type: ignore[arg-type]
+            elif kind is TransactionTerminated:
+                future = self._own.get(action.key)  # type: ignore[attr-defined, arg-type]
+                if future is not None and not future.done():
+                    future.set_result(None)
+            elif isinstance(action, CallEvent):
+                self._call_event(action)
+
+    def _start_timer(self, key: Hashable, timer: str, at: float) -> None:
+        timer_key = (key, timer)
+        old = self._timers.get(timer_key)
+        if old is not None:
+            old.cancel()
+        self._timers[timer_key] = self.loop.call_at(at, self._fire, timer_key)
+
+    def _fire(self, timer_key: _TimerKey) -> None:
+        if self._timers.pop(timer_key, None) is None:
+            return
+        key, timer = timer_key
+        now = self.loop.time()
+        if type(key) is CallTimerKey:
+            entry = self._calls.get(key.call_id)
+            if entry is not None:
+                self._execute(entry[0].timer_fired(CallTimer(timer), now), now)
+                self._settle(entry[0])
+        elif type(key) is TransactionKey:
+            self._execute(self.layer.timer_fired(key, timer, now), now)
+
+    def _deliver(self, action: Deliver, now: float) -> None:
+        message = action.message
+        key = action.key
+        if isinstance(message, Response):
+            if key is not None:
+                future = self._own.get(key)  # type: ignore[arg-type]
+                if future is not None:
+                    if message.status >= 200 and not future.done():
+                        future.set_result(message)
+                    return
+            entry = self._calls.get(message.call_id)
+            if entry is None:
+                self.stats.stray_responses += 1
+                return
+            call = entry[0]
+            self._execute(call.on_response(key, message, now), now)  # type: ignore[arg-type]
+            self._settle(call)
+            return
+        entry = self._calls.get(message.call_id)
+        if entry is not None:
+            call = entry[0]
+            self._execute(call.on_request(key, message, now), now)  # type: ignore[arg-type]
+            self._settle(call)
+            return
+        if key is None:
+            return  # an ACK for nothing of ours
+        response = answer_out_of_dialog(
+            message,
+            self.ids.tag(),
+            cancels_found=action.cancels is not None,
+            host=self._warning_host(),
+        )
+        if response is not None:
+            self.stats.answered[response.status] = self.stats.answered.get(response.status, 0) + 1
+            self._execute(self.layer.send_response(key, response, now), now)  # type: ignore[arg-type]
+
+    def _warning_host(self) -> str:
+        host = self.address[0]
+        return f"[{host}]" if ":" in host else host
+
+    def _failed(self, action: TimedOut | TransportFailed, now: float) -> None:
+        key = action.key
+        future = self._own.get(key)  # type: ignore[arg-type]
+        if future is not None:
+            if not future.done():
+                future.set_result(None)
+            return
+        entry = self._calls.get(action.request.call_id)
+        if entry is not None and isinstance(key, TransactionKey):
+            call = entry[0]
+            transport = isinstance(action, TransportFailed)
+            self._execute(call.on_timeout(key, now, transport=transport), now)
+            self._settle(call)
+
+    def _call_event(self, event: CallEvent) -> None:
+        call_id = event.call_id  # type: ignore[attr-defined]
+        entry = self._calls.get(call_id)
+        if entry is None:
+            return
+        _, handle, trunk = entry
+        if isinstance(event, Ended):
+            self.stats.calls_ended += 1
+            trunk.channels.release()
+            trunk.freed.set()
+        handle._event(event)
+
+    # --- what the transport hands us ------------------------------------------------------
+
+    def message_received(
+        self, message: Request | Response, source: Address, transport: str
+    ) -> None:
+        """A parsed message from the transport."""
+        now = self.loop.time()
+        if isinstance(message, Response):
+            self.stats.responses_received += 1
+        else:
+            self.stats.requests_received += 1
+            if message.method != "ACK" and message.call_id not in self._calls:
+                # Judge before the transaction layer sees it: a dropped request
+                # must leave no transaction (and no timers) behind.
+                verdict = self.policy.verdict(source, message.get("User-Agent"), now)
+                if verdict is not Verdict.ANSWER:
+                    self._count_drop(verdict)
+                    return
+        self._execute(self.layer.receive(message, source, transport, now), now)
+
+    def invalid_received(
+        self, data: bytes, error: SipError, source: Address, transport: str
+    ) -> None:
+        """Bytes that did not parse: answer with the error's status, or drop."""
+        if not data:
+            self.stats.malformed_dropped += 1  # a broken TCP stream: already closed
+            return
+        now = self.loop.time()
+        verdict = self.policy.verdict(source, _sniff_user_agent(data), now)
+        if verdict is not Verdict.ANSWER:
+            self._count_drop(verdict)
+            self.stats.malformed_dropped += 1
+            return
+        response = error_response(data, error, to_tag=self.ids.tag())
+        if response is None:
+            self.stats.malformed_dropped += 1
+            return
+        self.stats.malformed_answered += 1
+        self.stats.answered[response.status] = self.stats.answered.get(response.status, 0) + 1
+        # Sent back where it came from: the Via that would route it may be
+        # the very thing that is broken (RFC 3581 symmetric response).
+        self.transport.send(response.serialize(), source, transport)
+
+    def send_failed(self, data: bytes, addr: Address, transport: str) -> None:
+        """The transport could not send: a request's transaction fails as for a 503."""
+        self.stats.send_failures += 1
+        try:
+            head = data[:8]
+            if head.startswith(b"SIP/"):
+                return
+            request = parse_message(data)
+        except SipError:
+            return
+        if not isinstance(request, Request) or request.method == "ACK" or not request.branch:
+            return
+        key = TransactionKey(Role.CLIENT, request.branch, request.method)
+        now = self.loop.time()
+        self._execute(self.layer.transport_failed(key, now), now)
+
+    def _count_drop(self, verdict: Verdict) -> None:
+        stats = self.stats
+        if verdict is Verdict.DROP_SCANNER:
+            stats.dropped_scanner += 1
+        elif verdict is Verdict.DROP_FLOOD:
+            stats.dropped_flood += 1
+        else:
+            stats.dropped_stranger += 1
+
+
+def _sniff_user_agent(data: bytes) -> str | None:
+    lowered = data[:4096].lower()
+    index = lowered.find(b"\nuser-agent:")
+    if index < 0:
+        return None
+    end = lowered.find(b"\n", index + 1)
+    return lowered[index + 12 : end if end > 0 else None].decode("latin-1").strip()
+
+
+def _granted_expires(response: Response, asked: int) -> int:
+    try:
+        for contact in response.contacts:
+            value = contact.param("expires")
+            if value is not None and value.isdigit():
+                return int(value)
+        expires = response.expires
+    except ParseError:
+        return asked
+    return asked if expires is None else expires
+
+
+def _uri_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
