@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -70,6 +71,7 @@ class CallRecorder:
         sample_rate: int = 8000,
         frame_samples: int = 160,
         chunk_s: float = 1.0,
+        chunk_phase: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.sample_rate = sample_rate
@@ -83,7 +85,13 @@ class CallRecorder:
         self._writer = WavWriter(self._file, sample_rate=sample_rate, channels=2)
         self._runs = (self._new_run(), self._new_run())
         self._ready: list[NDArray[np.int16]] = []
-        self._chunk = 0  # index // chunk_frames of the latest frame
+        # Where in the frame count this recording's chunks end. Spread over the
+        # chunk (by default from the path) so that calls started together do
+        # not all flush in the same 20 ms and delay everyone's packets.
+        if chunk_phase is None:
+            chunk_phase = zlib.crc32(str(self.path).encode())
+        self._phase = chunk_phase % self.chunk_frames
+        self._chunk = 0  # (index + phase) // chunk_frames of the latest frame
         self._closed = False
         self._result: RecordingResult | None = None
         self.chunks_written = 0
@@ -109,7 +117,7 @@ class CallRecorder:
         """
         if self._closed:
             return
-        chunk = index // self.chunk_frames
+        chunk = (index + self._phase) // self.chunk_frames
         if chunk > self._chunk:
             # A chunk boundary: both legs' runs go out, whatever their holes.
             self._chunk = chunk

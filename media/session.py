@@ -41,7 +41,15 @@ from numpy.typing import NDArray
 
 from media.clock import FramePacer, LatenessHistogram
 from media.dtmf import DtmfDigit, DtmfError, DtmfReceiver, dtmf_packets, event_for_digit
-from media.g711 import PCMU, G711Codec
+from media.g711 import (
+    ALAW_DECODE_TABLE,
+    ALAW_ENCODE_TABLE,
+    PCMA,
+    PCMU,
+    ULAW_DECODE_TABLE,
+    ULAW_ENCODE_TABLE,
+    G711Codec,
+)
 from media.goertzel import DtmfDetector
 from media.jitter import FrameKind, JitterBuffer, JitterConfig
 from media.ports import BoundPair
@@ -75,6 +83,20 @@ FRAME_S = 0.020
 SAMPLES_PER_FRAME = 160
 
 _HEADER = struct.Struct("!BBHII")
+_ENCODE_TABLES = {PCMU.payload_type: ULAW_ENCODE_TABLE, PCMA.payload_type: ALAW_ENCODE_TABLE}
+_DECODE_TABLES = {PCMU.payload_type: ULAW_DECODE_TABLE, PCMA.payload_type: ALAW_DECODE_TABLE}
+
+
+def _table_decoder(table: NDArray[np.int16]) -> Callable[[bytes], NDArray[np.int16]]:
+    # The jitter buffer decodes every packet it plays: one table gather,
+    # without media.g711's argument checks (the payload is always bytes here).
+    def decode(payload: bytes) -> NDArray[np.int16]:
+        return table.take(np.frombuffer(payload, dtype=np.uint8))
+
+    return decode
+
+
+_DECODERS = {pt: _table_decoder(table) for pt, table in _DECODE_TABLES.items()}
 _DROPPED_VERDICTS = frozenset(
     {PacketVerdict.DUPLICATE, PacketVerdict.OLD_SOURCE, PacketVerdict.BAD_SEQUENCE}
 )
@@ -233,7 +255,7 @@ class RtpSession:
         self.send_stats = SendStatistics()
         self.receive_stats = ReceiveStatistics()
         self.lateness = LatenessHistogram()
-        self.jitter = JitterBuffer(self.config.jitter, PCMU.decode)
+        self.jitter = JitterBuffer(self.config.jitter, _DECODERS[PCMU.payload_type])
         self._dtmf_receiver = DtmfReceiver()
         self._detector = DtmfDetector() if self.config.inband_dtmf else None
         self._pacer: FramePacer | None = None
@@ -247,7 +269,7 @@ class RtpSession:
         # Hot-path state, kept as plain attributes.
         self._audio_pt = -1
         self._dtmf_pt = -1
-        self._encode: Callable[..., NDArray[np.uint8]] = PCMU.encode
+        self._encode_table = _ENCODE_TABLES[PCMU.payload_type]
         self._encoded = np.zeros(SAMPLES_PER_FRAME, dtype=np.uint8)
         self._silence_payload = bytes([PCMU.silence]) * SAMPLES_PER_FRAME
         self._last_rx = 0.0
@@ -346,6 +368,8 @@ class RtpSession:
 
     def _apply(self, params: MediaParams) -> None:
         codec = params.codec
+        if codec.payload_type not in _ENCODE_TABLES:
+            raise ValueError(f"codec {codec.name} is not G.711 PCMU or PCMA")
         old = self._params
         self._params = params
         self._send_to = params.remote_rtp
@@ -355,10 +379,10 @@ class RtpSession:
         self._audio_pt = codec.payload_type
         self._dtmf_pt = -1 if params.dtmf_payload_type is None else params.dtmf_payload_type
         self.sender.payload_type = codec.payload_type
-        self._encode = codec.encode
+        self._encode_table = _ENCODE_TABLES[codec.payload_type]
         self._silence_payload = bytes([codec.silence]) * SAMPLES_PER_FRAME
         if old is None or old.codec is not codec:
-            self.jitter = JitterBuffer(self.config.jitter, codec.decode)
+            self.jitter = JitterBuffer(self.config.jitter, _DECODERS[codec.payload_type])
 
     def close(self) -> None:
         """Stop: cancel the timers, send an RTCP BYE, close the sockets (idempotent)."""
@@ -403,7 +427,7 @@ class RtpSession:
         skip, send = pacer.due(now)
         # The next wake-up is booked before any work, so a callback that
         # raises cannot stop the stream.
-        self._timer = loop.call_at(pacer.deadline(), self._tick)
+        self._timer = loop.call_at(pacer.origin + pacer.next_index * FRAME_S, self._tick)
         first = pacer.next_index - skip - send
         for index in range(first, first + skip):
             self._skip_frame(index)
@@ -423,14 +447,22 @@ class RtpSession:
     def _skip_frame(self, index: int) -> None:
         # Fallen too far behind: this frame's time has gone. Its audio is
         # dropped so the prompt stays on time, and the RTP clock moves on.
-        if self._dtmf_busy() and self._dtmf_frame(index, send=False):
+        if (
+            (self._dtmf_queue or self._dtmf_current is not None)
+            and self._dtmf_pt >= 0
+            and self._dtmf_frame(index, send=False)
+        ):
             return
         if self.source is not None:
             self.source.read_frame()
         self.sender.skip(1)
 
     def _send_frame(self, index: int, deadline: float) -> None:
-        if self._dtmf_busy() and self._dtmf_frame(index, send=True):
+        if (
+            (self._dtmf_queue or self._dtmf_current is not None)
+            and self._dtmf_pt >= 0
+            and self._dtmf_frame(index, send=True)
+        ):
             return
         pcm = self.source.read_frame() if self.source is not None else None
         if pcm is None:
@@ -439,7 +471,9 @@ class RtpSession:
                 return
             payload = self._silence_payload
         else:
-            payload = self._encode(pcm, out=self._encoded).tobytes()
+            # The codec's table indexed by the samples as uint16: what
+            # media.g711 does, without its argument checks on the hot path.
+            payload = self._encode_table.take(pcm.view(np.uint16), out=self._encoded).tobytes()
             if self.recorder is not None:
                 self.recorder.frame(Leg.OURS, index, pcm)
         data = self.sender.packet(payload)
@@ -448,9 +482,6 @@ class RtpSession:
             transport.sendto(data, self.latched or self._send_to)
         self.send_stats.on_sent(len(data), SAMPLES_PER_FRAME)
         self.lateness.record(time.monotonic() - deadline)
-
-    def _dtmf_busy(self) -> bool:
-        return (self._dtmf_current is not None or bool(self._dtmf_queue)) and self._dtmf_pt >= 0
 
     def _dtmf_frame(self, index: int, *, send: bool) -> bool:
         """Send this frame's event packets, if a digit is on; True when the frame was one."""
