@@ -353,13 +353,10 @@ def search(loop_kind: str, peer_ports: list[int], args: argparse.Namespace) -> R
     while calls <= args.max:
         result = run_median(loop_kind, calls, peer_ports, args)
         print(_line(result), flush=True)
-        if result.passed:
-            best = result
-            calls += step
-            continue
-        if step > args.step // 2 or step < 10:
+        if not result.passed:
             break
-        break
+        best = result
+        calls += step
     if best is not None and best.calls + args.step // 2 < calls and args.step >= 20:
         middle = best.calls + args.step // 2
         result = run_median(loop_kind, middle, peer_ports, args)

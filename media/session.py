@@ -80,6 +80,7 @@ __all__ = [
 
 MEDIA_TIMEOUT = "media_timeout"
 FRAME_S = 0.020
+_EARLY_S = 0.001
 SAMPLES_PER_FRAME = 160
 
 _HEADER = struct.Struct("!BBHII")
@@ -424,7 +425,10 @@ class RtpSession:
         pacer = self._pacer
         assert loop is not None and pacer is not None
         now = loop.time()
-        skip, send = pacer.due(now)
+        # uvloop's clock counts whole milliseconds, so a timer may fire with
+        # the time read just short of its deadline: a frame due within
+        # _EARLY_S is sent now rather than on one more wake-up.
+        skip, send = pacer.due(now + _EARLY_S)
         # The next wake-up is booked before any work, so a callback that
         # raises cannot stop the stream.
         self._timer = loop.call_at(pacer.origin + pacer.next_index * FRAME_S, self._tick)
