@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import orjson
+from dialer import jsonutil
 
 __all__ = ["EVENT_KINDS", "CallEvent", "DialJob", "MessageError"]
 
@@ -46,14 +46,14 @@ class DialJob:
     not_after: float | None = None
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return jsonutil.dumps_bytes(asdict(self))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> DialJob:
         try:
-            raw = orjson.loads(data)
+            raw = jsonutil.loads(data)
             return cls(**raw)
-        except (orjson.JSONDecodeError, TypeError) as exc:
+        except (ValueError, TypeError) as exc:
             raise MessageError(f"not a dial job: {exc}") from None
 
 
@@ -73,14 +73,14 @@ class CallEvent:
         return f"call.{self.kind}"
 
     def to_bytes(self) -> bytes:
-        return orjson.dumps(asdict(self))
+        return jsonutil.dumps_bytes(asdict(self))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> CallEvent:
         try:
-            raw = orjson.loads(data)
+            raw = jsonutil.loads(data)
             event = cls(**raw)
-        except (orjson.JSONDecodeError, TypeError) as exc:
+        except (ValueError, TypeError) as exc:
             raise MessageError(f"not a call event: {exc}") from None
         if event.kind not in EVENT_KINDS:
             raise MessageError(f"unknown call event kind {event.kind!r}")

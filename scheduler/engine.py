@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -54,8 +54,11 @@ class Scheduler:
         republish_after_s: float = 30.0,
         worker_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.time,
+        tenant_ids: Sequence[uuid.UUID] | None = None,
     ) -> None:
         self.pool = pool
+        # A scheduler may serve some tenants only (a dedicated scheduler, or a test).
+        self.tenant_ids = list(tenant_ids) if tenant_ids is not None else None
         self.broker = broker
         self.batch_size = batch_size
         self.tick_s = tick_s
@@ -84,7 +87,9 @@ class Scheduler:
             """SELECT w.id, w.tenant_id, w.workflow_key, w.name, w.current_version, v.settings
                FROM workflows w JOIN workflow_versions v
                  ON v.workflow_id = w.id AND v.version = w.current_version
-               WHERE w.status = 'active' AND w.deleted_at IS NULL"""
+               WHERE w.status = 'active' AND w.deleted_at IS NULL
+                 AND ($1::uuid[] IS NULL OR w.tenant_id = ANY($1::uuid[]))""",
+            self.tenant_ids,
         )
         for workflow in workflows:
             await self._schedule_workflow(workflow, now, result)
@@ -222,10 +227,12 @@ class Scheduler:
             f"""SELECT c.id AS call_id, c.node_id, {RECORD_COLUMNS}
                 FROM calls c JOIN records r ON r.id = c.record_id
                 WHERE c.state = 'queued'
+                  AND ($2::uuid[] IS NULL OR c.tenant_id = ANY($2::uuid[]))
                   AND coalesce(c.published_at, c.created_at)
                       < now() - $1 * interval '1 second'
                 LIMIT 500""",
             self.republish_after_s,
+            self.tenant_ids,
         )
         jobs = []
         for row in rows:
@@ -259,11 +266,13 @@ class Scheduler:
             """SELECT c.id, c.record_id, c.tenant_id, c.workflow_id, c.worker_id
                FROM calls c LEFT JOIN workers w ON w.id = c.worker_id
                WHERE c.state IN ('dialing', 'ringing', 'answered')
+                 AND ($2::uuid[] IS NULL OR c.tenant_id = ANY($2::uuid[]))
                  -- Only silence counts: a worker that stopped cleanly has its
                  -- calls' ended events in the queue, which must win.
                  AND (w.id IS NULL OR w.last_seen_at < now() - $1 * interval '1 second')
                LIMIT 500""",
             self.worker_timeout_s,
+            self.tenant_ids,
         )
         events = [
             CallEvent(

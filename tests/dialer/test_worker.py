@@ -45,7 +45,9 @@ async def test_pipeline_with_worker_and_redelivered_job(pool: asyncpg.Pool, brok
     await consumer.start()
     await worker.start()
     try:
-        assert (await Scheduler(pool, broker, clock=clock).tick()).published == 3
+        assert (
+            await Scheduler(pool, broker, clock=clock, tenant_ids=[tenant.id]).tick()
+        ).published == 3
         await _settle(
             pool,
             "SELECT bool_and(status = 'completed') FROM records WHERE id = ANY($1::uuid[])",
@@ -93,7 +95,7 @@ async def test_drain_finishes_calls_in_progress(pool: asyncpg.Pool, broker: Brok
     await consumer.start()
     await worker.start()
     try:
-        await Scheduler(pool, broker, clock=clock).tick()
+        await Scheduler(pool, broker, clock=clock, tenant_ids=[tenant.id]).tick()
         for _ in range(200):
             if runner.calls:
                 break

@@ -150,7 +150,7 @@ async def test_retries_until_max_then_completes(pool: asyncpg.Pool, broker: Brok
     consumer = EventConsumer(pool, broker)
     await consumer.start()
     sub = await broker.consume_jobs(worker, prefetch=10)
-    scheduler = Scheduler(pool, broker, clock=clock)
+    scheduler = Scheduler(pool, broker, clock=clock, tenant_ids=[tenant.id])
     try:
         for attempt in range(3):
             result = await scheduler.tick()
@@ -191,7 +191,7 @@ async def test_window_dnc_and_pacing(pool: asyncpg.Pool, broker: Broker) -> None
     )
     # 06:00 in New York: outside the window; nothing is dialled.
     clock = Clock(NOON - 4 * 3600)
-    scheduler = Scheduler(pool, broker, clock=clock)
+    scheduler = Scheduler(pool, broker, clock=clock, tenant_ids=[tenant.id])
     result = await scheduler.tick()
     assert result.published == 0
     dnc = await pool.fetchrow("SELECT status FROM records WHERE id = $1", ids[0])
@@ -220,7 +220,7 @@ async def test_lost_worker_calls_are_closed_and_retried_by_policy(
     workflow = await _workflow(pool, tenant, settings)
     (record_id,) = await _records(pool, tenant, workflow, ["2125550301"])
     clock = Clock(NOON)
-    scheduler = Scheduler(pool, broker, clock=clock)
+    scheduler = Scheduler(pool, broker, clock=clock, tenant_ids=[tenant.id])
     consumer = EventConsumer(pool, broker)
     await consumer.start()
     try:
@@ -265,7 +265,7 @@ async def test_list_completion_writes_reference_shape(pool: asyncpg.Pool, broker
     await consumer.start()
     sub = await broker.consume_jobs(worker, prefetch=10)
     try:
-        await Scheduler(pool, broker, clock=clock).tick()
+        await Scheduler(pool, broker, clock=clock, tenant_ids=[tenant.id]).tick()
         await _settle(pool, "SELECT status = 'completed' FROM lists WHERE id = $1", list_id)
     finally:
         await sub.cancel()
