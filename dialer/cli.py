@@ -103,6 +103,76 @@ async def _serve_api(settings: Settings) -> int:
     return 0
 
 
+async def _up(settings: Settings) -> int:
+    from dialer.bus import make_broker
+    from dialer.db import apply_migrations, connect_pool
+    from dialer.stack import running_stack
+
+    async with database(settings) as url:
+        pool = await connect_pool(url, max_size=20)
+        try:
+            async with pool.acquire() as conn:
+                await apply_migrations(conn)
+            broker = make_broker(settings.amqp_url)
+            async with running_stack(settings, pool, broker) as stack:
+                print(f"API listening on http://{settings.api_listen}", file=sys.stderr, flush=True)
+                where = "RabbitMQ" if settings.amqp_url else "the in-process broker"
+                print(f"scheduler running over {where}", file=sys.stderr, flush=True)
+                if stack.trunk is not None:
+                    print(
+                        f"worker dialling through {settings.trunk_uri} "
+                        f"(SIP on {settings.sip_listen})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                else:
+                    print(
+                        "no trunk configured (DIALER_TRUNK_URI): records are scheduled "
+                        "but no worker dials them",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                await _wait_for_stop()
+        finally:
+            await pool.close()
+    return 0
+
+
+async def _run_worker(settings: Settings, capacity: int) -> int:
+    from dialer.bus import make_broker
+    from dialer.db import apply_migrations, connect_pool
+    from dialer.stack import default_trunk, start_worker
+
+    trunk = default_trunk(settings)
+    if not settings.amqp_url or trunk is None:
+        print(
+            "dialer worker: set DIALER_AMQP_URL (the queue it takes jobs from) and "
+            "DIALER_TRUNK_URI (where it dials)",
+            file=sys.stderr,
+        )
+        return 2
+    async with database(settings) as url:
+        pool = await connect_pool(url, max_size=10)
+        broker = make_broker(settings.amqp_url)
+        try:
+            async with pool.acquire() as conn:
+                await apply_migrations(conn)
+            await broker.start()
+            worker, agent = await start_worker(settings, pool, broker, trunk, capacity=capacity)
+            print(f"worker {worker.worker_id} running", file=sys.stderr, flush=True)
+            try:
+                await _wait_for_stop()
+                print("draining: no new calls; calls in progress finish", file=sys.stderr)
+                await worker.drain(timeout_s=None)
+            finally:
+                await worker.close()
+                await agent.close(grace_s=2.0)
+        finally:
+            await broker.close()
+            await pool.close()
+    return 0
+
+
 async def _run_scheduler(settings: Settings) -> int:
     from dialer.bus import make_broker
     from dialer.db import apply_migrations, connect_pool
@@ -145,8 +215,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply database migrations")
     sub.add_parser("api", help="serve the HTTP API")
-    sub.add_parser("up", help="run the whole stack (API now; more parts as they land)")
+    sub.add_parser("up", help="run the whole stack: API, scheduler, worker (with a trunk)")
     sub.add_parser("scheduler", help="run the scheduler and call-event consumer (needs RabbitMQ)")
+    worker = sub.add_parser("worker", help="take dial jobs from RabbitMQ and place the calls")
+    worker.add_argument("--capacity", type=int, default=100, help="calls at once (default 100)")
+    from dialer import call_cli
+
+    call_cli.add_parser(sub)
     apikey = sub.add_parser("apikey", help="manage API keys")
     apikey_sub = apikey.add_subparsers(dest="apikey_command", required=True)
     create = apikey_sub.add_parser("create", help="create a tenant's API key and print it once")
@@ -176,8 +251,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level, json_lines=settings.log_json)
     if args.command == "migrate":
         return _run(_migrate(settings))
-    if args.command in ("api", "up"):
+    if args.command == "api":
         return _run(_serve_api(settings))
+    if args.command == "up":
+        return _run(_up(settings))
+    if args.command == "worker":
+        return _run(_run_worker(settings, args.capacity))
+    if args.command == "call":
+        from dialer import call_cli
+
+        return _run(call_cli.run(args, settings))
     if args.command == "scheduler":
         return _run(_run_scheduler(settings))
     if args.command == "apikey":

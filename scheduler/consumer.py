@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from dialer.bus import Broker, Delivery, Subscription
+from dialer.ids import new_id
 from dialer.messages import CallEvent, MessageError
 from dialer.outbox import write_event
 from scheduler.steps import RECORD_COLUMNS, GraphCache, apply_step, context_for, record_zone
@@ -171,6 +172,34 @@ class EventConsumer:
         )
         info = {"workflow_key": workflow["workflow_key"], "name": workflow["name"]}
         ended = await conn.fetchrow("SELECT * FROM calls WHERE id = $1", call["id"])
+        recording = data.get("recording")
+        if isinstance(recording, dict) and recording.get("path"):
+            recording_id = new_id()
+            await conn.execute(
+                """INSERT INTO recordings (id, tenant_id, call_id, path, bytes, duration_s, sha256)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+                recording_id,
+                call["tenant_id"],
+                call["id"],
+                str(recording["path"]),
+                int(recording.get("bytes") or 0),
+                float(recording.get("duration_s") or 0.0),
+                recording.get("sha256"),
+            )
+            await write_event(
+                conn,
+                tenant_id=call["tenant_id"],
+                event_type="recording.available",
+                record_id=call["record_id"],
+                workflow_id=call["workflow_id"],
+                payload={
+                    "recording_id": str(recording_id),
+                    "call_id": str(call["id"]),
+                    "record_id": str(call["record_id"]),
+                    "duration_s": recording.get("duration_s"),
+                    "sha256": recording.get("sha256"),
+                },
+            )
         await write_event(
             conn,
             tenant_id=call["tenant_id"],

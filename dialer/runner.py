@@ -1,0 +1,259 @@
+"""One dial job carried out over SIP and RTP: the worker's call runner.
+
+Opens an RTP session on a port pair from the configured range, places the
+call through the user agent, and on answer runs the node: answering-machine
+detection when the node asks for it, then its handler (a prompt rendered
+with espeak-ng and played, then a polite hang-up), recording both legs when
+asked. Returns the ``ended`` event's data: disposition, SIP status, who hung
+up, every phase's time, media statistics, the AMD verdict and the recording.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from dialer.messages import DialJob
+from dialer.sip.call import Answered, CallEvent, Dtmf, Ended, MediaUpdated, Resumed, Ringing
+from dialer.sip.dialog import LocalMedia
+from dialer.user_agent import CallHandle, UserAgent
+from dialer.worker import Emit
+from media.amd import AmdConfig, AmdVerdict, AnsweringMachineDetector
+from media.g711 import PCMA, PCMU
+from media.playback import PlaybackQueue, SpeechRenderer, silence
+from media.ports import PortAllocator, bind_pair
+from media.recording import CallRecorder
+from media.session import MediaParams, RtpSession, SessionConfig
+
+__all__ = ["SipCallRunner"]
+
+log = logging.getLogger(__name__)
+
+# A prompt never plays forever, whatever its length: a bound on the wait.
+MAX_PROMPT_S = 120.0
+
+
+class SipCallRunner:
+    def __init__(
+        self,
+        agent: UserAgent,
+        *,
+        rtp_host: str,
+        ports: PortAllocator,
+        speech: SpeechRenderer,
+        recording_dir: Path,
+        session_config: SessionConfig | None = None,
+    ) -> None:
+        self.agent = agent
+        self.rtp_host = rtp_host
+        self.ports = ports
+        self.speech = speech
+        self.recording_dir = recording_dir
+        self.session_config = session_config or SessionConfig(media_timeout_s=20.0)
+
+    async def run(self, job: DialJob, emit: Emit) -> dict[str, Any]:
+        queue = PlaybackQueue()
+        recorder = None
+        recording_path = None
+        if job.record:
+            recording_path = self.recording_dir / job.tenant_id / f"{job.call_id}.wav"
+            recording_path.parent.mkdir(parents=True, exist_ok=True)
+            recorder = CallRecorder(recording_path)
+        pair = bind_pair(self.ports, self.rtp_host)
+        loop = asyncio.get_running_loop()
+        digits: list[dict[str, Any]] = []
+        media_timed_out = asyncio.Event()
+        session = await RtpSession.create(
+            pair,
+            self.session_config,
+            source=queue,
+            recorder=recorder,
+            on_dtmf=lambda d: digits.append({"digit": d.digit, "duration_ms": d.duration_ms}),
+            on_timeout=lambda _cause: media_timed_out.set(),
+        )
+        pending: set[asyncio.Task[None]] = set()
+
+        def publish(kind: str, data: dict[str, Any]) -> None:
+            task = loop.create_task(emit(kind, data))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
+        def on_event(event: CallEvent) -> None:
+            match event:
+                case Ringing(status=status):
+                    publish("ringing", {"sip_status": status})
+                case Answered(media=media) | Resumed(media=media) | MediaUpdated(media=media):
+                    params = MediaParams(
+                        (media.remote_address, media.remote_port),
+                        PCMA if media.codec.name.upper() == "PCMA" else PCMU,
+                        media.telephone_event_pt,
+                    )
+                    if session.started:
+                        session.update(params)
+                    elif not session.closed:
+                        session.start(params)
+                case Dtmf(digit=digit):
+                    digits.append({"digit": digit, "via": "info"})
+                case Ended():
+                    pass
+
+        handle: CallHandle | None = None
+        amd_verdict: AmdVerdict | None = None
+        try:
+            handle = await self.agent.place_call(
+                job.phone_e164,
+                media=LocalMedia(self.rtp_host, session.local_rtp_port),
+                ring_timeout_s=job.ring_timeout_s,
+                max_duration_s=job.max_duration_s,
+                on_event=on_event,
+            )
+            if await handle.answered() is not None:
+                publish("answered", {})
+                amd_verdict = await self._run_answered(job, handle, session, queue, media_timed_out)
+                if amd_verdict is not None:
+                    publish("amd", {"verdict": amd_verdict.answered_by.value})
+            result = await handle.ended()
+        finally:
+            if handle is not None and handle.result is None:
+                handle.hangup()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(handle.ended(), 5)
+            stats = session.stats()
+            session.close()
+            pair.close()
+            recording = await recorder.close() if recorder is not None else None
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        disposition = str(
+            result.disposition.value if hasattr(result.disposition, "value") else result.disposition
+        )
+        if result.answered_at is not None and disposition == "answered" and amd_verdict is not None:
+            disposition = "machine" if amd_verdict.answered_by.is_machine else "human"
+        if media_timed_out.is_set() and result.answered_at is not None:
+            disposition = "media_timeout" if disposition in ("answered", "human") else disposition
+        wall = handle.wall_time if handle is not None else (lambda t: t)
+        data: dict[str, Any] = {
+            "disposition": disposition,
+            "sip_status": result.sip_status,
+            "sip_reason": result.sip_reason,
+            "hangup_by": {"caller": "us"}.get(result.hangup_by or "", result.hangup_by),
+            "end_reason": result.end_reason,
+            "times": {
+                "dialing": wall(result.invite_sent_at),
+                "ringing": wall(result.ringing_at),
+                "answered": wall(result.answered_at),
+                "ended": wall(result.ended_at),
+            },
+            "ring_s": _span(result.invite_sent_at, result.answered_at or result.ended_at),
+            "talk_s": round(result.talk_time_s, 3),
+            "amd_verdict": amd_verdict.answered_by.value if amd_verdict is not None else None,
+            "dtmf": digits,
+            "media_stats": {
+                "packets_sent": stats.packets_sent,
+                "packets_received": stats.packets_received,
+                "packets_lost": stats.packets_lost,
+                "loss_fraction": round(stats.loss_fraction, 4),
+                "jitter_ms": round(stats.jitter_ms, 2),
+                "mos": round(stats.mos, 2) if stats.mos is not None else None,
+            },
+        }
+        if recording is not None and recording.frames:
+            data["recording"] = {
+                "path": str(recording.path),
+                "duration_s": round(recording.duration_s, 3),
+                "bytes": recording.size_bytes,
+                "sha256": recording.sha256,
+            }
+        return data
+
+    async def _run_answered(
+        self,
+        job: DialJob,
+        handle: CallHandle,
+        session: RtpSession,
+        queue: PlaybackQueue,
+        media_timed_out: asyncio.Event,
+    ) -> AmdVerdict | None:
+        verdict: AmdVerdict | None = None
+        amd = job.amd or {}
+        if amd.get("enabled"):
+            verdict = await self._detect(session, handle, media_timed_out)
+            if verdict is not None and verdict.answered_by.is_machine:
+                if amd.get("on_machine", "hangup") == "message" and amd.get("message"):
+                    await self._play(queue, handle, amd["message"])
+                handle.hangup()
+                return verdict
+        handler = job.handler or {}
+        if handler.get("type") == "prompt" and handler.get("text"):
+            await self._play(queue, handle, handler["text"])
+        if handle.result is None:
+            handle.hangup()
+        return verdict
+
+    async def _detect(
+        self, session: RtpSession, handle: CallHandle, media_timed_out: asyncio.Event
+    ) -> AmdVerdict | None:
+        detector = AnsweringMachineDetector(AmdConfig.fast())
+        done: asyncio.Future[AmdVerdict] = asyncio.get_running_loop().create_future()
+        elapsed_ms = 0
+
+        def on_audio(frame: Any) -> None:
+            nonlocal elapsed_ms
+            if done.done():
+                return
+            verdict = detector.feed(frame, elapsed_ms)
+            elapsed_ms += 20
+            if verdict is not None:
+                done.set_result(verdict)
+
+        session.on_audio = on_audio
+        ended = asyncio.ensure_future(handle.ended())
+        try:
+            finished, _ = await asyncio.wait(
+                {done, ended},
+                timeout=AmdConfig.fast().total_timeout_s + 1,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if done in finished:
+                return done.result()
+            return detector.finish(elapsed_ms) if not ended.done() else None
+        finally:
+            session.on_audio = None
+            if not ended.done():
+                ended.cancel()
+
+    async def _play(self, queue: PlaybackQueue, handle: CallHandle, text: str) -> None:
+        try:
+            prompt = await self.speech.render(text)
+        except Exception:  # espeak-ng missing or failing: the call goes on silent
+            log.exception("prompt could not be rendered")
+            return
+        played = asyncio.get_running_loop().create_future()
+
+        def on_mark(name: str, was_played: bool) -> None:
+            if name == "end" and not played.done():
+                played.set_result(was_played)
+
+        queue.on_mark = on_mark
+        queue.enqueue(silence(300))
+        queue.enqueue(prompt)
+        queue.mark("end")
+        ended = asyncio.ensure_future(handle.ended())
+        try:
+            await asyncio.wait(
+                {played, ended},
+                timeout=min(MAX_PROMPT_S, prompt.duration_s + 5),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            if not ended.done():
+                ended.cancel()
+
+
+def _span(start: float | None, end: float | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round(max(0.0, end - start), 3)

@@ -1,0 +1,143 @@
+"""Building and running the parts of the stack: the one place that wires them.
+
+``dialer up`` runs them all in one process (one event loop) over the
+in-process broker unless ``DIALER_AMQP_URL`` is set; ``dialer worker`` and
+``dialer scheduler`` run one part each over RabbitMQ. This module imports
+upward (``api``, ``scheduler``) inside its functions, like the command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from dialer.bus import Broker
+from dialer.settings import Settings
+from dialer.trunk import TrunkConfig
+from dialer.user_agent import UserAgent, UserAgentOptions
+from dialer.worker import Worker
+
+__all__ = ["Stack", "start_worker", "user_agent_for"]
+
+log = logging.getLogger(__name__)
+
+
+def user_agent_for(settings: Settings, trunk: TrunkConfig) -> UserAgent:
+    from dialer.transport import TransportConfig
+    from dialer.user_agent import LOOPBACK, RequestPolicy
+
+    options = UserAgentOptions(
+        transport=TransportConfig(settings.sip_listen.host, settings.sip_listen.port),
+        # The trunk is trusted by the agent itself; loopback too, for local peers.
+        policy=RequestPolicy(trusted=LOOPBACK),
+    )
+    return UserAgent(options, [trunk])
+
+
+def default_trunk(settings: Settings) -> TrunkConfig | None:
+    if not settings.trunk_uri:
+        return None
+    return TrunkConfig.from_uri(
+        settings.trunk_uri,
+        username=settings.trunk_username,
+        password=settings.trunk_password.value or None,
+    )
+
+
+async def start_worker(
+    settings: Settings,
+    pool: asyncpg.Pool,
+    broker: Broker,
+    trunk: TrunkConfig,
+    *,
+    capacity: int = 100,
+) -> tuple[Worker, UserAgent]:
+    from dialer.runner import SipCallRunner
+    from media.playback import SpeechRenderer
+    from media.ports import PortAllocator
+
+    agent = user_agent_for(settings, trunk)
+    await agent.start()
+    rtp_host = agent.trunks[trunk.name].ua_config.via_host  # type: ignore[union-attr]
+    runner = SipCallRunner(
+        agent,
+        rtp_host=rtp_host,
+        ports=PortAllocator(settings.rtp_port_min, settings.rtp_port_max),
+        speech=SpeechRenderer(settings.data_dir / "tts"),
+        recording_dir=settings.recording_dir,
+    )
+    worker = Worker(pool, broker, runner, capacity=capacity)
+    await worker.start()
+    return worker, agent
+
+
+@dataclass
+class Stack:
+    """Everything ``dialer up`` runs, with one owner that stops it all."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    broker: Broker
+    trunk: TrunkConfig | None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    closers: list[Any] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self, *, api: bool = True, scheduler: bool = True) -> None:
+        from scheduler.consumer import EventConsumer
+        from scheduler.engine import Scheduler
+
+        await self.broker.start()
+        if scheduler:
+            consumer = EventConsumer(self.pool, self.broker)
+            await consumer.start()
+            self.closers.append(consumer.close)
+            engine = Scheduler(self.pool, self.broker)
+            self.tasks.append(asyncio.get_running_loop().create_task(engine.run(self.stop)))
+        if self.trunk is not None:
+            worker, agent = await start_worker(self.settings, self.pool, self.broker, self.trunk)
+            self.closers.append(lambda: worker.drain(timeout_s=30))
+            self.closers.append(agent.close)
+        if api:
+            await self._start_api()
+
+    async def _start_api(self) -> None:
+        from aiohttp import web
+
+        from api.app import create_app
+
+        runner = web.AppRunner(create_app(self.settings, self.pool), access_log=None)
+        await runner.setup()
+        listen = self.settings.api_listen
+        await web.TCPSite(runner, listen.host, listen.port).start()
+        self.closers.insert(0, runner.cleanup)
+
+    async def close(self) -> None:
+        self.stop.set()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for close in self.closers:
+            try:
+                await close()
+            except Exception:
+                log.exception("error while stopping")
+        await self.broker.close()
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    settings: Settings, pool: asyncpg.Pool, broker: Broker, **parts: bool
+) -> AsyncIterator[Stack]:
+    stack = Stack(settings, pool, broker, default_trunk(settings))
+    try:
+        await stack.start(**parts)
+        yield stack
+    finally:
+        await stack.close()
