@@ -1,0 +1,613 @@
+"""The voicebot stream between two RTP sessions on loopback and a WebSocket bot.
+
+``ours`` is the dialer's session, streamed to the bot; ``callee`` is the
+person's phone, another ``RtpSession``. Real sockets, the real clock: tests
+wait on what callbacks report (with a timeout) or on the session's own
+frame deadlines, never on a sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestClient, TestServer
+
+from media.bots import BotServer, BotSession, EchoBot, serve_bot, tone
+from media.dtmf import DtmfDigit
+from media.g711 import ulaw_encode
+from media.playback import PlaybackQueue
+from media.ports import PortAllocator, bind_pair
+from media.session import MediaParams, RtpSession
+from media.streams import (
+    BotClear,
+    BotHangup,
+    BotMark,
+    BotMedia,
+    BotResult,
+    BotTransfer,
+    CallMark,
+    CallStop,
+    StreamError,
+    parse_call_event,
+)
+from media.voicebot import (
+    CALLS_ROUTE,
+    CallControl,
+    VoicebotCall,
+    VoicebotConfig,
+    VoicebotOutcome,
+    VoicebotStream,
+    calls_handler,
+    new_sid,
+    run_voicebot,
+)
+
+HOST = "127.0.0.1"
+WAIT_S = 5.0
+LOUD_RMS = 1000.0
+CALL = VoicebotCall(
+    call_sid="CA" + "1" * 32,
+    account_sid="AC" + "2" * 32,
+    stream_sid="MZ" + "3" * 32,
+    custom_parameters={"first_name": "Ada", "script": "Hello Ada"},
+)
+
+
+class Watch:
+    """Conditions re-checked whenever a callback reports something."""
+
+    def __init__(self) -> None:
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+
+    def poke(self, *_: object) -> None:
+        for condition, future in self._waiters:
+            if not future.done() and condition():
+                future.set_result(None)
+
+    async def until(self, condition: Callable[[], bool], timeout: float = WAIT_S) -> None:
+        if condition():
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((condition, future))
+        await asyncio.wait_for(future, timeout)
+
+
+def rms(frame: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(frame.astype(np.float64) ** 2)))
+
+
+def peak_frequency(samples: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * np.hanning(samples.shape[0])))
+    return float(np.argmax(spectrum)) * 8000 / samples.shape[0]
+
+
+class Call:
+    """Our session and the callee's, started toward each other on loopback."""
+
+    def __init__(self, ours: RtpSession, callee: RtpSession, watch: Watch) -> None:
+        self.ours = ours
+        self.callee = callee
+        self.watch = watch
+        self.playback: PlaybackQueue = ours.source  # type: ignore[assignment]
+        self.callee_playback: PlaybackQueue = callee.source  # type: ignore[assignment]
+        self.heard: list[np.ndarray] = []  # what the callee's phone played out
+        self.hangup_at: float | None = None
+
+    def on_heard(self, frame: np.ndarray) -> None:
+        self.heard.append(frame.copy())
+        self.watch.poke()
+
+    def loud_frames(self) -> list[int]:
+        return [i for i, frame in enumerate(self.heard) if rms(frame) > LOUD_RMS]
+
+    async def frames_later(self, count: int) -> None:
+        """Wait for our session's own clock to move ``count`` frames on."""
+        pacer = self.ours._pacer
+        assert pacer is not None
+        loop = asyncio.get_running_loop()
+        reached: asyncio.Future[None] = loop.create_future()
+        loop.call_at(pacer.deadline(pacer.next_index + count) + 0.001, reached.set_result, None)
+        await reached
+
+    def stream(self, url: str, **config: Any) -> VoicebotStream:
+        def on_hangup(outcome: VoicebotOutcome) -> None:
+            self.hangup_at = asyncio.get_running_loop().time()
+            self.watch.poke()
+
+        stream = VoicebotStream(
+            VoicebotConfig(url, **config), CALL, self.playback, on_hangup=on_hangup
+        )
+        stream.attach(self.ours)
+        return stream
+
+
+@pytest.fixture
+def allocator() -> PortAllocator:
+    return PortAllocator(43000, 43999)
+
+
+@pytest.fixture
+async def call(allocator: PortAllocator):
+    watch = Watch()
+    ours = await RtpSession.create(bind_pair(allocator, HOST), source=PlaybackQueue())
+    callee = await RtpSession.create(bind_pair(allocator, HOST), source=PlaybackQueue())
+    harness = Call(ours, callee, watch)
+    callee.on_audio = harness.on_heard
+    ours.start(MediaParams((HOST, callee.local_rtp_port)))
+    callee.start(MediaParams((HOST, ours.local_rtp_port)))
+    try:
+        yield harness
+    finally:
+        ours.close()
+        callee.close()
+
+
+@pytest.fixture
+async def bots():
+    servers: list[BotServer] = []
+
+    async def start(handler: Any) -> BotServer:
+        server = await serve_bot(handler)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+BotScript = Callable[[web.WebSocketResponse, BotSession], Awaitable[None]]
+
+
+def scripted(script: BotScript, watch: Watch) -> Callable[[web.Request], Awaitable[Any]]:
+    """A bot made of a coroutine: it runs once ``start`` has arrived, reading on beside it."""
+
+    async def handle(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        session = BotSession(listener=watch.poke)
+        started = asyncio.Event()
+
+        async def read() -> None:
+            async for message in ws:
+                if message.type is WSMsgType.TEXT:
+                    session.observe(message.data)
+                    if session.start is not None:
+                        started.set()
+            session.closed.set()
+
+        reader = asyncio.ensure_future(read())
+        handle.sessions.append(session)  # type: ignore[attr-defined]
+        await started.wait()
+        await script(ws, session)
+        await reader
+        return ws
+
+    handle.sessions = []  # type: ignore[attr-defined]
+    return handle
+
+
+def media_message(samples: np.ndarray, sid: str = CALL.stream_sid) -> bytes:
+    return BotMedia(ulaw_encode(samples).tobytes()).serialize(sid)
+
+
+# -- echo: the call's audio goes to the bot and comes back -------------------------------------
+
+
+async def test_echo_bot_round_trip_is_paced_and_counted(call: Call, bots) -> None:
+    bot = EchoBot(listener=call.watch.poke)
+    server = await bots(bot)
+    stream = call.stream(server.url)
+    task = asyncio.ensure_future(stream.run())
+    call.callee_playback.enqueue(tone(700, 600).samples)
+    await call.watch.until(lambda: len(call.loud_frames()) >= 28)
+    await call.frames_later(10)
+    stream.stop()
+    result = await task
+
+    assert result.outcome is VoicebotOutcome.COMPLETED
+    assert result.frames_dropped == 0 and result.invalid_frames == 0
+    seen = bot.sessions[0]
+    assert seen.start is not None
+    assert seen.start.call_sid == CALL.call_sid and seen.start.account_sid == CALL.account_sid
+    assert seen.start.custom_parameters == {"first_name": "Ada", "script": "Hello Ada"}
+    assert seen.start.media_format.encoding == "audio/x-mulaw"
+    assert seen.start.media_format.sample_rate == 8000
+    assert seen.chunk_gaps == 0 and seen.sequence_errors == 0 and seen.invalid == 0
+    assert seen.media_messages == result.frames_sent == seen.last_chunk
+    assert seen.last_timestamp_ms == (seen.media_messages - 1) * 20
+    assert seen.stopped
+
+    # The tone came back whole: one run of loud frames, no gap, at its pitch.
+    loud = call.loud_frames()
+    assert loud[-1] - loud[0] + 1 == len(loud)
+    assert 29 <= len(loud) <= 31
+    heard = np.concatenate([call.heard[i] for i in loud])
+    assert abs(peak_frequency(heard) - 700) < 10
+    # Our session sent it on its own clock: nothing skipped, nothing late.
+    stats = call.ours.stats()
+    assert stats.frames_skipped == 0
+    assert stats.send_lateness_p99_ms < 10
+    assert result.latency_to_bot.count == result.frames_sent
+    assert result.latency_from_bot.p99_ms <= 25  # at most one 20 ms frame of phase
+
+
+async def test_dtmf_reaches_the_bot_once_per_key(call: Call, bots) -> None:
+    bot = EchoBot(listener=call.watch.poke)
+    server = await bots(bot)
+    stream = call.stream(server.url)
+    task = asyncio.ensure_future(stream.run())
+    await call.watch.until(lambda: bool(bot.sessions) and bot.sessions[0].media_messages > 0)
+    call.callee.send_dtmf("159#")
+    await call.watch.until(lambda: len(bot.sessions[0].digits) >= 4)
+    await call.frames_later(20)  # room for a duplicate to show up
+    stream.stop()
+    result = await task
+    assert bot.sessions[0].digits == ["1", "5", "9", "#"]
+    assert result.dtmf_sent == 4
+
+
+# -- marks and clear ---------------------------------------------------------------------------
+
+
+async def test_mark_comes_back_after_its_audio_has_played(call: Call, bots) -> None:
+    loop = asyncio.get_running_loop()
+    sent_at: list[float] = []
+
+    async def script(ws: web.WebSocketResponse, session: BotSession) -> None:
+        sent_at.append(loop.time())
+        await ws.send_bytes(b"")  # a binary frame: counted as invalid, ignored
+        await ws.send_str(media_message(tone(500, 200).samples).decode())
+        await ws.send_str(BotMark("after-200ms").serialize(session.stream_sid).decode())
+        await call.watch.until(lambda: session.marks == ["after-200ms"])
+        sent_at.append(loop.time())
+        await ws.send_str(BotHangup().serialize(session.stream_sid).decode())
+
+    bot = scripted(script, call.watch)
+    server = await bots(bot)
+    result = await call.stream(server.url).run()
+    assert result.outcome is VoicebotOutcome.BOT_HANGUP
+    assert result.marks_echoed == 1 and result.invalid_frames == 1
+    # Ten frames were queued: the echo cannot come before nine more ticks.
+    assert sent_at[1] - sent_at[0] >= 0.180
+    assert bot.sessions[0].stopped  # stop follows the bot's hangup
+
+
+class TimedPlayback(PlaybackQueue):
+    """Remembers when it was cleared and when each frame was read."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self.loop = loop
+        self.cleared_at: float | None = None
+        self.reads: list[tuple[float, bool]] = []
+
+    def clear(self) -> list[str]:
+        self.cleared_at = self.loop.time()
+        return super().clear()
+
+    def read_frame(self) -> np.ndarray | None:
+        frame = super().read_frame()
+        self.reads.append((self.loop.time(), frame is not None))
+        return frame
+
+
+async def test_clear_stops_playback_within_one_frame(call: Call, bots) -> None:
+    loop = asyncio.get_running_loop()
+    playback = TimedPlayback(loop)
+    call.ours.source = playback
+    call.playback = playback
+
+    async def script(ws: web.WebSocketResponse, session: BotSession) -> None:
+        sid = session.stream_sid
+        # Three seconds at once, as a TTS engine returns them, then a mark.
+        await ws.send_str(media_message(tone(600, 3000).samples).decode())
+        await ws.send_str(BotMark("end-of-speech").serialize(sid).decode())
+        await call.watch.until(lambda: len(call.loud_frames()) >= 10)
+        await ws.send_str(BotClear().serialize(sid).decode())  # the callee barged in
+        await call.watch.until(lambda: "end-of-speech" in session.marks)
+        await ws.send_str(BotHangup().serialize(sid).decode())
+
+    server = await bots(scripted(script, call.watch))
+    result = await call.stream(server.url).run()
+    await call.frames_later(2)
+    assert result.clears == 1 and result.marks_echoed == 1
+    assert playback.cleared_at is not None
+    after = [(at, audio) for at, audio in playback.reads if at > playback.cleared_at]
+    # The very next frame taken after the clear is silence, and it is taken
+    # on the next tick: at most 20 ms later (plus the timer's 1 ms grain).
+    assert after and after[0][1] is False
+    assert after[0][0] - playback.cleared_at <= 0.021
+    assert not any(audio for _, audio in after)
+    assert len(call.loud_frames()) < 100  # far from the 150 frames queued
+
+
+# -- the bot ends the call ---------------------------------------------------------------------
+
+
+async def test_bot_closing_its_socket_signals_hangup_within_100_ms(call: Call, bots) -> None:
+    loop = asyncio.get_running_loop()
+    closed_at: list[float] = []
+
+    async def script(ws: web.WebSocketResponse, session: BotSession) -> None:
+        await call.watch.until(lambda: session.media_messages >= 5)
+        closed_at.append(loop.time())
+        await ws.close()
+
+    server = await bots(scripted(script, call.watch))
+    stream = call.stream(server.url)
+    task = asyncio.ensure_future(stream.run())
+    await call.watch.until(lambda: call.hangup_at is not None)
+    assert stream.hangup.is_set()
+    assert call.hangup_at is not None and call.hangup_at - closed_at[0] < 0.100
+    result = await task
+    assert result.outcome is VoicebotOutcome.BOT_DISCONNECTED
+    assert "closed" in (result.reason or "")
+
+
+async def test_result_transfer_and_hangup_are_reported(call: Call, bots) -> None:
+    transfers: list[str] = []
+
+    async def script(ws: web.WebSocketResponse, session: BotSession) -> None:
+        sid = session.stream_sid
+        for event in (
+            BotResult({"intent": "buy", "score": 1}, ("hot",)),
+            BotResult({"score": 3}, ("hot", "vip")),
+            BotTransfer("sip:closer@pbx.example.com"),
+            BotHangup("handed over"),
+        ):
+            await ws.send_str(event.serialize(sid).decode())
+
+    bot = scripted(script, call.watch)
+    server = await bots(bot)
+    stream = call.stream(server.url)
+    stream.on_transfer = transfers.append
+    result = await stream.run()
+    assert result.outcome is VoicebotOutcome.BOT_HANGUP
+    assert result.reason == "handed over"
+    assert dict(result.values) == {"intent": "buy", "score": 3}
+    assert result.tags == ("hot", "vip")
+    assert result.transfer_target == "sip:closer@pbx.example.com"
+    assert transfers == ["sip:closer@pbx.example.com"]
+    assert stream.transfer.is_set() and stream.hangup.is_set()
+    assert bot.sessions[0].stopped
+
+
+async def test_bad_frames_are_counted_and_the_call_goes_on(call: Call, bots) -> None:
+    async def script(ws: web.WebSocketResponse, session: BotSession) -> None:
+        sid = session.stream_sid
+        await ws.send_str("{not json")
+        await ws.send_str('{"event": "media", "media": {"payload": "***"}}')
+        await ws.send_str(media_message(np.zeros(160, np.int16), sid="MZsomeoneelse").decode())
+        await ws.send_str('{"event": "dance"}')
+        # Odd lengths are fine; the second one overflows max_playback_s.
+        await ws.send_str(media_message(tone(300, 1000).samples[:333]).decode())
+        await ws.send_str(media_message(tone(300, 1000).samples[:800]).decode())
+        await ws.send_str(BotHangup().serialize(sid).decode())
+
+    server = await bots(scripted(script, call.watch))
+    result = await call.stream(server.url, max_playback_s=0.1).run()
+    assert result.outcome is VoicebotOutcome.BOT_HANGUP
+    assert (result.invalid_frames, result.unknown_events) == (3, 1)
+    assert result.bot_media_messages == 2
+    assert result.bot_audio_ms == pytest.approx((333 + 800) / 8)
+    assert result.bot_audio_dropped_ms == pytest.approx(100.0)
+
+
+# -- the bot cannot be had ---------------------------------------------------------------------
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+async def silent_server() -> tuple[asyncio.Server, str]:
+    """A TCP server that accepts and never answers the HTTP upgrade."""
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(hold, HOST, 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"ws://{HOST}:{port}/"
+
+
+async def refusing_handler(request: web.Request) -> web.Response:
+    return web.Response(status=403, text="no")
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        ("closed port", "cannot reach the bot"),
+        ("silent server", "no answer from the bot within 0.2 s"),
+        ("refusing server", "HTTP 403"),
+    ],
+)
+async def test_unreachable_bot_fails_fast_and_gives_the_call_back(
+    call: Call, bots, where: str, reason: str
+) -> None:
+    loop = asyncio.get_running_loop()
+    silent = None
+    if where == "closed port":
+        url = f"ws://{HOST}:{closed_port()}/"
+    elif where == "silent server":
+        silent, url = await silent_server()
+    else:
+        url = (await bots(refusing_handler)).url
+    original = call.ours.source
+    began = loop.time()
+    try:
+        result = await run_voicebot(
+            call.ours, call.playback, VoicebotConfig(url, connect_timeout_s=0.2), CALL
+        )
+    finally:
+        if silent is not None:
+            silent.close()
+    assert loop.time() - began < 0.5
+    assert result.outcome is VoicebotOutcome.BOT_FAILED
+    assert reason in (result.reason or "")
+    # The session is ours again: the node's fallback prompt can play.
+    assert call.ours.source is original
+    assert call.playback.on_mark is None
+
+
+async def test_stop_while_connecting_ends_at_once(call: Call) -> None:
+    server, url = await silent_server()
+    try:
+        stream = call.stream(url, connect_timeout_s=5.0)
+        task = asyncio.ensure_future(stream.run())
+        await call.frames_later(2)
+        stream.stop()
+        result = await asyncio.wait_for(task, 0.5)
+    finally:
+        server.close()
+    assert result.outcome is VoicebotOutcome.COMPLETED
+    assert result.reason == "stopped before the bot answered"
+    assert not stream.hangup.is_set()
+
+
+async def test_a_bot_that_stops_reading_does_not_stall_the_rtp_clock(call: Call, bots) -> None:
+    stalled = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        sock = request.transport.get_extra_info("socket")  # type: ignore[union-attr]
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        request.transport.pause_reading()  # type: ignore[union-attr]
+        await stalled.wait()
+        request.transport.resume_reading()  # type: ignore[union-attr]
+        async for _ in ws:
+            pass
+        return ws
+
+    server = await bots(handle)
+    stream = call.stream(server.url, send_queue_frames=10, close_timeout_s=0.2)
+    task = asyncio.ensure_future(stream.run())
+    await call.watch.until(lambda: call.ours.frame_index > 0 and stream.connect_ms is not None)
+    # Far more audio than one call makes, so the socket backs up in a second,
+    # handed in between turns of the loop as the session's callback would.
+    frame = tone(400, 20).samples
+    for _ in range(400):
+        for _ in range(25):
+            stream.on_audio(frame)
+        await asyncio.sleep(0)  # one turn of the loop: the sender may write
+        if stream.frames_dropped:
+            break
+    assert stream.frames_dropped > 0
+    heard = len(call.heard)
+    call.callee_playback.enqueue(tone(700, 500).samples)
+    await call.frames_later(25)
+    stats = call.ours.stats()
+    assert stats.frames_skipped == 0
+    assert stats.send_lateness_p99_ms < 10
+    assert len(call.heard) - heard >= 20  # the callee's side kept moving
+    # Ending the call does not wait on the bot either: its socket is cut
+    # once the close timeout has passed.
+    stream.stop()
+    result = await asyncio.wait_for(task, 0.5)
+    stalled.set()
+    assert result.outcome is VoicebotOutcome.COMPLETED
+    assert result.frames_dropped >= stream.frames_dropped > 0
+
+
+# -- the Twilio-compatible hang-up endpoint ---------------------------------------------------
+
+
+def test_new_sid_is_prefix_and_32_hex_digits() -> None:
+    assert new_sid("MZ", lambda bits: 0xABC) == "MZ" + "0" * 29 + "abc"
+
+
+@pytest.mark.parametrize(
+    ("account", "call_sid", "form", "status", "hung_up"),
+    [
+        ("AC1", "CA1", {"Status": "completed"}, 200, True),
+        ("AC1", "CA1", {"Status": "canceled"}, 200, True),
+        ("AC1", "CA1", {"Status": "in-progress"}, 400, False),
+        ("AC1", "CA1", {"Url": "https://x/twiml"}, 400, False),
+        ("AC1", "CA9", {"Status": "completed"}, 404, False),
+        ("AC2", "CA1", {"Status": "completed"}, 404, False),
+    ],
+)
+def test_call_control_update(account, call_sid, form, status, hung_up) -> None:
+    control = CallControl()
+    calls: list[str] = []
+    control.register("CA1", "AC1", lambda: calls.append("CA1"))
+    answer = control.update(account, call_sid, form)
+    assert answer.status == status
+    assert calls == (["CA1"] if hung_up else [])
+    assert len(control) == (0 if hung_up else 1)
+    if status == 404:
+        assert answer.body["code"] == 20404
+    if status == 200:
+        assert answer.body == {"sid": "CA1", "account_sid": "AC1", "status": "completed"}
+        assert control.update(account, call_sid, form).status == 404  # only once
+
+
+@pytest.mark.parametrize(
+    ("auth", "status"),
+    [(("AC1", "token"), 200), (("AC1", "wrong"), 401), (None, 401)],
+)
+async def test_calls_handler_hangs_up_through_http(call: Call, bots, auth, status) -> None:
+    import aiohttp
+
+    control = CallControl()
+    app = web.Application()
+    handler = calls_handler(control, check_auth=lambda account, login, pw: pw == "token")
+    app.router.add_post("/api" + CALLS_ROUTE, handler)
+
+    server = await bots(EchoBot(listener=call.watch.poke))
+    stream = call.stream(server.url)
+    control.register(CALL.call_sid, "AC1", stream.request_hangup)
+    task = asyncio.ensure_future(stream.run())
+    async with TestClient(TestServer(app)) as client:
+        await call.watch.until(lambda: stream.connect_ms is not None)
+        response = await client.post(
+            f"/api/2010-04-01/Accounts/AC1/Calls/{CALL.call_sid}.json",
+            data={"Status": "completed"},
+            headers={"Authorization": aiohttp.encode_basic_auth(*auth)} if auth else None,
+        )
+        assert response.status == status
+        if status == 401:
+            assert (await response.json())["code"] == 20003
+            stream.stop()
+    result = await task
+    expected = VoicebotOutcome.BOT_HANGUP if status == 200 else VoicebotOutcome.COMPLETED
+    assert result.outcome is expected
+    assert stream.hangup.is_set() is (status == 200)
+
+
+def test_bot_session_reads_our_frames() -> None:
+    # The reference bots' bookkeeping, fed a stream built by our writer.
+    from media.streams import StreamWriter
+
+    writer = StreamWriter("MZ1", "CA1", "AC1")
+    session = BotSession()
+    frames = [writer.connected(), writer.start(), writer.media(b"\xff" * 160, 0)]
+    frames += [writer.dtmf("7"), writer.mark("m"), writer.media(b"\xff" * 160, 40)]
+    frames.append(writer.stop())
+    events = [session.observe(data) for data in frames]
+    assert isinstance(events[-1], CallStop) and isinstance(events[4], CallMark)
+    assert session.digits == ["7"] and session.marks == ["m"]
+    assert (session.media_messages, session.chunk_gaps, session.sequence_errors) == (2, 0, 0)
+    assert session.observe(b"junk") is None and session.invalid == 1
+    with pytest.raises(StreamError):
+        parse_call_event(b"junk")
+
+
+async def test_on_dtmf_ignores_non_keys(call: Call, bots) -> None:
+    stream = call.stream("ws://unused/")
+    stream.on_dtmf(DtmfDigit(digit=None, event=16, duration_ms=100, timestamp=0))
+    stream.on_dtmf(DtmfDigit(digit="4", event=4, duration_ms=100, timestamp=0))
+    assert list(stream._control) == [("dtmf", "4")]
+    stream.detach()
