@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
-from api import ingest, lists, records, workflows
+from api import ingest, links, lists, lookups, records, webhooks, workflows
 from api.context import POOL, SETTINGS
 from api.errors import error_middleware, json_response
+from api.notifier import AddressGuard
 from api.openapi import build_openapi
+from api.urlsafety import AllowList
 from dialer.settings import Settings
 
 __all__ = ["create_app"]
@@ -31,8 +33,10 @@ def create_app(settings: Settings, pool: asyncpg.Pool) -> web.Application:
     app[SETTINGS] = settings
     app[POOL] = pool
     app[_OPENAPI] = build_openapi(settings.public_url)
+    # Webhook URLs are checked at registration against the same rules as at delivery.
+    app[webhooks.URL_GUARD] = AddressGuard(AllowList.parse(settings.webhook_allow_hosts))
     app.router.add_get("/healthz", _health)
     app.router.add_get("/openapi.json", _openapi)
-    for module in (workflows, lists, records, ingest):
+    for module in (workflows, lists, records, ingest, webhooks, links, lookups):
         app.router.add_routes(module.routes)
     return app

@@ -272,6 +272,7 @@ def _schemas() -> dict[str, Any]:
         },
     }
     return {
+        **_webhook_schemas(),
         "Error": error,
         "RefRecord": ref_record,
         "V1Record": v1_record,
@@ -572,6 +573,8 @@ def _paths() -> dict[str, Any]:
                 {"200": _json(_ref("List"), "The list")},
             ),
         },
+        **_webhook_paths(),
+        **_lookup_paths(),
         "/healthz": {
             "get": {
                 "summary": "Liveness and database reachability",
@@ -585,13 +588,514 @@ def _paths() -> dict[str, Any]:
     }
 
 
+_EVENT_TYPES = [
+    "call.completed",
+    "record.completed",
+    "list.completed",
+    "workflow.status_changed",
+    "recording.available",
+]
+_STR = {"type": "string"}
+_NSTR = {"type": ["string", "null"]}
+_NUM = {"type": ["number", "null"]}
+_NINT = {"type": ["integer", "null"]}
+_NTIME = _nullable(_TIME)
+
+
+def _obj(required: list[str], properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": properties}
+
+
+def _webhook_schemas() -> dict[str, Any]:
+    endpoint = _obj(
+        ["id", "url", "events", "enabled"],
+        {
+            "id": _UUID,
+            "url": _STR,
+            "description": _STR,
+            "events": {"type": "array", "items": {"enum": _EVENT_TYPES}},
+            "workflow_id": _nullable(_UUID),
+            "enabled": {"type": "boolean"},
+            "disabled_reason": _NSTR,
+            "disabled_at": _NTIME,
+            "failing_since": _NTIME,
+            "last_success_at": _NTIME,
+            "last_failure_at": _NTIME,
+            "previous_secret_expires_at": _NTIME,
+            "created_at": _TIME,
+            "updated_at": _TIME,
+        },
+    )
+    with_secret = {
+        **endpoint,
+        "required": [*endpoint["required"], "secret"],
+        "properties": {
+            **endpoint["properties"],
+            "secret": {
+                "type": "string",
+                "pattern": "^whsec_[A-Za-z0-9+/=]+$",
+                "description": "Shown once; verify signatures with it (Standard Webhooks)",
+            },
+        },
+    }
+    attempt = _obj(
+        ["id", "event_id", "endpoint_id", "attempt", "outcome"],
+        {
+            "id": {"type": "integer"},
+            "event_id": _UUID,
+            "event_type": _STR,
+            "endpoint_id": _UUID,
+            "delivery_id": {"type": "integer"},
+            "attempt": {"type": "integer"},
+            "url": _STR,
+            "outcome": {
+                "enum": ["succeeded", "failed", "gone", "refused", "interrupted", None],
+                "description": "null while the attempt is in flight",
+            },
+            "status_code": _NINT,
+            "error": _NSTR,
+            "duration_ms": _NUM,
+            "response_excerpt": _NSTR,
+            "retry_after_s": _NUM,
+            "started_at": _TIME,
+            "ended_at": _NTIME,
+            "next_attempt_at": _NTIME,
+            "delivery_status": {"enum": ["pending", "succeeded", "failed", "cancelled"]},
+        },
+    )
+    event = _obj(
+        ["id", "type", "created_at", "payload"],
+        {
+            "id": _UUID,
+            "type": {"enum": _EVENT_TYPES},
+            "record_id": _nullable(_UUID),
+            "workflow_id": _nullable(_UUID),
+            "created_at": _TIME,
+            "dispatched_at": _NTIME,
+            "payload": _OBJ,
+        },
+    )
+    recording = _obj(
+        ["id", "call_id", "content_type", "download_url"],
+        {
+            "id": _UUID,
+            "call_id": _UUID,
+            "content_type": _STR,
+            "bytes": {"type": "integer"},
+            "duration_s": {"type": "number"},
+            "sha256": _NSTR,
+            "created_at": _TIME,
+            "expires_at": _NTIME,
+            "deleted_at": _NTIME,
+            "download_url": {
+                "type": ["string", "null"],
+                "description": "Signed and expiring; null without DIALER_WEBHOOK_SECRET",
+            },
+            "download_expires_at": _NTIME,
+        },
+    )
+    call = _obj(
+        ["id", "record_id", "workflow_id", "phone", "state", "recordings"],
+        {
+            "id": _UUID,
+            "call_id": _UUID,
+            "record_id": _UUID,
+            "case_id": _NSTR,
+            "workflow_id": _UUID,
+            "workflow_key": _STR,
+            "node_id": _NSTR,
+            "node_run_id": _nullable(_UUID),
+            "attempt": {"type": "integer"},
+            "phone": _STR,
+            "callee_number": _STR,
+            "meta": _OBJ,
+            "state": {"enum": ["queued", "dialing", "ringing", "answered", "ended"]},
+            "disposition": _NSTR,
+            "sip_status": _NINT,
+            "sip_reason": _NSTR,
+            "hangup_by": _NSTR,
+            "amd_verdict": _NSTR,
+            "bot_result": {"type": ["object", "null"]},
+            "media_stats": {"type": ["object", "null"]},
+            "created_at": _TIME,
+            "dialing_at": _NTIME,
+            "ringing_at": _NTIME,
+            "answered_at": _NTIME,
+            "ended_at": _NTIME,
+            "ring_s": _NUM,
+            "talk_s": _NUM,
+            "recordings": {"type": "array", "items": _ref("Recording")},
+        },
+    )
+    node_run = _obj(
+        ["id", "task_id", "node_id", "node_type", "status"],
+        {
+            "id": _UUID,
+            "nodetask_id": _UUID,
+            "task_id": _UUID,
+            "record_id": _UUID,
+            "workflow_id": _UUID,
+            "nodetask_name": _STR,
+            "node_id": _STR,
+            "node_type": _STR,
+            "status": {"enum": ["running", "completed", "failed", "cancelled"]},
+            "outcome": _NSTR,
+            "detail": _OBJ,
+            "case_id": _NSTR,
+            "callee_number": _STR,
+            "started_at": _TIME,
+            "ended_at": _NTIME,
+        },
+    )
+    notice = _obj(
+        ["id", "kind", "message", "created_at"],
+        {
+            "id": _UUID,
+            "kind": _STR,
+            "subject_id": _nullable(_UUID),
+            "message": _STR,
+            "detail": _OBJ,
+            "created_at": _TIME,
+        },
+    )
+    return {
+        "WebhookEndpoint": endpoint,
+        "WebhookEndpointWithSecret": with_secret,
+        "WebhookAttempt": attempt,
+        "WebhookEvent": event,
+        "Recording": recording,
+        "Call": call,
+        "NodeRun": node_run,
+        "Notice": notice,
+    }
+
+
+_403 = {"403": _json(_ref("Error"), "The link is expired, altered or for another recording")}
+_410 = {"410": _json(_ref("Error"), "The recording was deleted")}
+
+
+def _optional_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": False, "content": {"application/json": {"schema": schema}}}
+
+
+def _webhook_paths() -> dict[str, Any]:
+    endpoint_id = _path("endpoint_id", "Webhook endpoint id")
+    event_id = _path("event_id", "Event id (the webhook-id header and the payload's id)")
+    events = {"type": "array", "items": {"enum": _EVENT_TYPES}, "maxItems": 10}
+    fields = {
+        "url": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 2048,
+            "description": "http(s); private, loopback and metadata addresses are refused",
+        },
+        "events": {**events, "description": "Only these events; empty or absent: all"},
+        "workflow_id": {
+            "type": ["string", "null"],
+            "description": "Only this workflow's events (its id or key)",
+        },
+        "description": {"type": "string", "maxLength": 500},
+    }
+    attempts_page = {
+        "type": "object",
+        "required": ["items"],
+        "properties": {
+            "items": {"type": "array", "items": _ref("WebhookAttempt")},
+            "next_after": _NINT,
+        },
+    }
+    attempt_params = [
+        _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "Page size"),
+        _query("after", {"type": "integer", "minimum": 0}, "The next_after of the last page"),
+    ]
+    rotate = _op(
+        "Rotate the secret: a new one (shown once); the old one signs too for overlap_s",
+        {"200": _json(_ref("WebhookEndpointWithSecret"), "The endpoint and its new secret")},
+    )
+    rotate["requestBody"] = _optional_body(
+        {
+            "type": "object",
+            "properties": {
+                "overlap_s": {"type": "integer", "minimum": 0, "maximum": 604800, "default": 86400}
+            },
+            "additionalProperties": False,
+        }
+    )
+    redeliver = _op(
+        "Deliver the event again (same webhook-id) to one endpoint or every matching one",
+        {
+            "202": _json(
+                _obj(
+                    ["event_id", "deliveries"],
+                    {"event_id": _UUID, "deliveries": {"type": "array", "items": _OBJ}},
+                ),
+                "Queued",
+            )
+        },
+    )
+    redeliver["requestBody"] = _optional_body(
+        {
+            "type": "object",
+            "properties": {"endpoint_id": {"type": "string", "format": "uuid"}},
+            "additionalProperties": False,
+        }
+    )
+    return {
+        "/v1/webhook-endpoints": {
+            "post": _op(
+                "Register a webhook endpoint; the answer shows its secret once",
+                {"201": _json(_ref("WebhookEndpointWithSecret"), "Created")},
+                body={
+                    "type": "object",
+                    "required": ["url"],
+                    "properties": fields,
+                    "additionalProperties": False,
+                },
+            ),
+            "get": _op(
+                "List webhook endpoints (never their secrets)",
+                {"200": _json(_page_of(_ref("WebhookEndpoint")), "A page of endpoints")},
+                params=_PAGE,
+            ),
+        },
+        "/v1/webhook-endpoints/{endpoint_id}": {
+            "parameters": [endpoint_id],
+            "get": _op("Get an endpoint", {"200": _json(_ref("WebhookEndpoint"), "It")}),
+            "patch": _op(
+                "Change an endpoint; enabled: true revives a disabled one",
+                {"200": _json(_ref("WebhookEndpoint"), "The endpoint")},
+                body={
+                    "type": "object",
+                    "properties": {**fields, "enabled": {"type": "boolean"}},
+                    "additionalProperties": False,
+                },
+            ),
+            "delete": _op(
+                "Delete an endpoint; its pending deliveries are cancelled",
+                {"204": {"description": "Deleted"}},
+            ),
+        },
+        "/v1/webhook-endpoints/{endpoint_id}/rotate": {"parameters": [endpoint_id], "post": rotate},
+        "/v1/webhook-endpoints/{endpoint_id}/attempts": {
+            "parameters": [endpoint_id],
+            "get": _op(
+                "Every delivery attempt to this endpoint, oldest first",
+                {"200": _json(attempts_page, "A page of attempts")},
+                params=attempt_params,
+            ),
+        },
+        "/v1/webhook-events": {
+            "get": _op(
+                "The tenant's events, newest first",
+                {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["items"],
+                            "properties": {
+                                "items": {"type": "array", "items": _ref("WebhookEvent")},
+                                "next_before": _NINT,
+                            },
+                        },
+                        "A page of events",
+                    )
+                },
+                params=[
+                    _query("type", {"enum": _EVENT_TYPES}, "Only this event type"),
+                    _query("record_id", _UUID, "Only this record's events"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "Size"),
+                    _query("before", {"type": "integer", "minimum": 0}, "next_before"),
+                ],
+            )
+        },
+        "/v1/webhook-events/{event_id}": {
+            "parameters": [event_id],
+            "get": _op("An event", {"200": _json(_ref("WebhookEvent"), "The event")}),
+        },
+        "/v1/webhook-events/{event_id}/attempts": {
+            "parameters": [event_id],
+            "get": _op(
+                "Every attempt to deliver this event",
+                {"200": _json(attempts_page, "A page of attempts")},
+                params=attempt_params,
+            ),
+        },
+        "/v1/webhook-events/{event_id}/redeliver": {"parameters": [event_id], "post": redeliver},
+        "/v1/notices": {
+            "get": _op(
+                "Notices to the tenant (e.g. webhook_endpoint.disabled), newest first",
+                {"200": _json(_page_of(_ref("Notice")), "A page of notices")},
+                params=_PAGE,
+            )
+        },
+    }
+
+
+def _lookup_paths() -> dict[str, Any]:
+    recording_id = _path("recording_id", "Recording id")
+    call_id = _path("call_id", "Call id")
+    workflow_id = _path("workflow_id", "The workflow's id or its six-character workflow_key")
+    phone = _query("phone", {"type": "string"}, "Ten digits or E.164")
+    download = _op(
+        "Download the audio (Range supported): a signed link, or the API key",
+        {
+            "200": {
+                "description": "The recording",
+                "content": {"audio/*": {"schema": {"type": "string", "format": "binary"}}},
+            },
+            "206": {
+                "description": "Part of the recording",
+                "content": {"audio/*": {"schema": {"type": "string", "format": "binary"}}},
+            },
+            **_403,
+            **_410,
+        },
+        params=[
+            _query("expires", {"type": "integer", "minimum": 0}, "Unix time the link expires"),
+            _query("sig", {"type": "string"}, "The link's signature"),
+        ],
+    )
+    download["security"] = [{}, {"bearer": []}]
+    return {
+        "/v1/recordings": {
+            "get": _op(
+                "Recordings, e.g. every recording of one number, with signed links",
+                {"200": _json(_page_of(_ref("Recording")), "A page of recordings")},
+                params=[
+                    phone,
+                    _query("workflow_id", _UUID, "Workflow"),
+                    _query("call_id", _UUID, "Call"),
+                    _query("record_id", _UUID, "Record (task)"),
+                    _query("include_deleted", {"enum": ["true", "false"]}, "Deleted ones too"),
+                    *_PAGE,
+                ],
+            )
+        },
+        "/v1/recordings/{recording_id}": {
+            "parameters": [recording_id],
+            "get": _op(
+                "A recording and a fresh signed link", {"200": _json(_ref("Recording"), "It")}
+            ),
+            "patch": _op(
+                "Set when this recording is deleted (null: keep)",
+                {"200": _json(_ref("Recording"), "The recording")},
+                body={
+                    "type": "object",
+                    "required": ["expires_at"],
+                    "properties": {"expires_at": _nullable(_TIME)},
+                    "additionalProperties": False,
+                },
+            ),
+            "delete": _op("Delete the recording's audio", {"204": {"description": "Deleted"}}),
+        },
+        "/v1/recordings/{recording_id}/download": {"parameters": [recording_id], "get": download},
+        "/v1/recording-retention": {
+            "get": _op(
+                "How many days recordings are kept (null: until deleted)",
+                {"200": _json(_obj(["days"], {"days": _NINT}), "The retention")},
+            ),
+            "put": _op(
+                "Keep recordings this many days after they were made",
+                {"200": _json(_obj(["days"], {"days": _NINT}), "The retention")},
+                body={
+                    "type": "object",
+                    "required": ["days"],
+                    "properties": {
+                        "days": {"type": ["integer", "null"], "minimum": 1, "maximum": 3650}
+                    },
+                    "additionalProperties": False,
+                },
+            ),
+        },
+        "/v1/calls/{call_id}": {
+            "parameters": [call_id],
+            "get": _op("A call's information and recordings", {"200": _json(_ref("Call"), "It")}),
+        },
+        "/v1/calls/{call_id}/recording": {
+            "parameters": [call_id],
+            "get": _op(
+                "The call's recording and a signed link",
+                {"200": _json(_ref("Recording"), "The recording")},
+            ),
+        },
+        "/v1/workflows/{workflow_id}/calls": {
+            "parameters": [workflow_id],
+            "get": _op(
+                "The workflow's calls by callee, case id, task or state",
+                {"200": _json(_page_of(_ref("Call")), "A page of calls")},
+                params=[
+                    phone,
+                    _query("case_id", {"type": "string"}, "Case id"),
+                    _query("record_id", _UUID, "Task (record)"),
+                    _query(
+                        "state",
+                        {"enum": ["queued", "dialing", "ringing", "answered", "ended"]},
+                        "Call state",
+                    ),
+                    _query("disposition", {"type": "string"}, "Disposition"),
+                    *_PAGE,
+                ],
+            ),
+        },
+        "/v1/workflows/{workflow_id}/tasks": {
+            "parameters": [workflow_id],
+            "get": _op(
+                "The workflow's tasks (records)",
+                {"200": _json(_page_of(_ref("Record")), "A page of tasks")},
+                params=[
+                    _query(
+                        "status",
+                        {
+                            "enum": [
+                                "queued",
+                                "in_progress",
+                                "waiting",
+                                "completed",
+                                "cancelled",
+                                "dnc",
+                                "failed",
+                            ]
+                        },
+                        "Task status",
+                    ),
+                    phone,
+                    _query("case_id", {"type": "string"}, "Case id"),
+                    _query("list_id", _UUID, "List"),
+                    _query("current_node", {"type": "string"}, "Current node"),
+                    *_PAGE,
+                ],
+            ),
+        },
+        "/v1/workflows/{workflow_id}/subtasks": {
+            "parameters": [workflow_id],
+            "get": _op(
+                "The workflow's subtasks (node runs)",
+                {"200": _json(_page_of(_ref("NodeRun")), "A page of subtasks")},
+                params=[
+                    _query("task_id", _UUID, "Task (record)"),
+                    _query("node_id", {"type": "string"}, "Node id"),
+                    _query("node_type", {"type": "string"}, "Node type"),
+                    _query(
+                        "status",
+                        {"enum": ["running", "completed", "failed", "cancelled"]},
+                        "Subtask status",
+                    ),
+                    _query("case_id", {"type": "string"}, "Case id"),
+                    phone,
+                    *_PAGE,
+                ],
+            ),
+        },
+    }
+
+
 def build_openapi(server_url: str) -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "dialer",
             "version": "0.1.0",
-            "description": "Record ingestion, workflows and look-ups for the dialer.",
+            "description": "Record ingestion, workflows, look-ups, recordings and webhooks.",
         },
         "servers": [{"url": server_url}],
         "paths": _paths(),
