@@ -17,11 +17,13 @@ import itertools
 import random
 import struct
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from dialer.sandbox import (
@@ -37,6 +39,7 @@ from dialer.sandbox import (
 )
 from dialer.sip.dialog import LocalMedia
 from dialer.sip.timers import TimerConfig
+from dialer.sip.uri import SipUri, parse_uri
 from dialer.transport import TransportConfig
 from dialer.trunk import TrunkConfig
 from dialer.user_agent import LOOPBACK, RequestPolicy, UserAgent, UserAgentOptions
@@ -58,7 +61,7 @@ FAST = SandboxConfig(
     reject_delay_s=0.05,
     person_reply_after_s=0.5,
     person_quiet_s=0.4,
-    person_max_s=3.5,
+    person_max_s=2.8,
     voicemail_greeting_s=(1.0, 1.0),
     beep_ms=400,
     voicemail_max_s=0.6,
@@ -202,10 +205,14 @@ def sipp_binary() -> str:
 
 
 async def run_caller(
-    scenario: str, carrier: SandboxCarrier, number: str, rtp_port: int | None, workdir: Path
+    scenario: str,
+    carrier: SandboxCarrier | tuple[str, int],
+    number: str,
+    rtp_port: int | None,
+    workdir: Path,
 ) -> tuple[int, str]:
     """Run one SIPp caller scenario against the carrier; its exit status and error log."""
-    host, port = carrier.address
+    host, port = carrier if isinstance(carrier, tuple) else carrier.address
     command = [
         require("sipp"),
         "-sf",
@@ -347,7 +354,7 @@ async def test_person_presses_once_the_callers_prompt_is_over(
     speech_cache: Path, sink: RtpSink, tmp_path: Path, sipp_binary: str
 ) -> None:
     config = dataclasses.replace(
-        FAST, speech_cache_dir=speech_cache, person_reply_after_s=6.0, person_max_s=4.0
+        FAST, speech_cache_dir=speech_cache, person_reply_after_s=6.0, person_max_s=3.0
     )
     loop = asyncio.get_running_loop()
     async with SandboxCarrier(config) as sandbox:
@@ -513,3 +520,62 @@ def test_random_module_is_not_used_unseeded() -> None:
     random.random()
     second = SandboxCarrier(config)
     assert [second.behaviour_for(f"x{i}", "1") for i in range(50)] == a
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+async def test_cli_narrates_a_call_and_prints_stats(tmp_path: Path, sipp_binary: str) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "dialer.sandbox_cli",
+        "--listen",
+        "127.0.0.1:0",
+        "--no-speech",
+        "--rtp-ports",
+        "34000-34099",
+        "--duration",
+        "2.5",
+    ]
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    assert process.stdout is not None
+    try:
+        first = orjson.loads(await asyncio.wait_for(process.stdout.readline(), 10))
+        assert first["event"] == "listening" and first["behaviours"] == "by last digit"
+        uri = parse_uri(first["uri"])
+        assert isinstance(uri, SipUri) and uri.port
+        address = (uri.host, uri.port)
+        status, errors = await run_caller("sandbox_busy.xml", address, "5550007", 4000, tmp_path)
+        assert status == 0, errors
+        out, _ = await asyncio.wait_for(process.communicate(), 10)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0
+    lines = [orjson.loads(line) for line in out.splitlines()]
+    assert [line["event"] for line in lines] == ["call", "ended", "stats"]
+    assert lines[0]["behaviour"] == "busy" and lines[1]["status"] == 486
+    assert lines[-1]["calls"] == {"busy": 1}
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ("--ratios=robot=1", "unknown behaviour 'robot'"),
+        ("--rtp-ports=9-3", "expected LOW-HIGH"),
+        ("--loss=1.5", "loss is a fraction below 1"),
+        ("--listen=nowhere", "expected HOST:PORT"),
+    ],
+)
+def test_cli_refuses_bad_options(argument: str, message: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "dialer.sandbox_cli", argument],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2 and message in done.stderr
