@@ -129,14 +129,23 @@ class BotServer:
 
 
 async def serve_bot(
-    handler: web.Handler | EchoBot | ScriptedBot, host: str = "127.0.0.1", port: int = 0
+    handler: web.Handler | EchoBot | ScriptedBot,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    shutdown_timeout_s: float = 1.0,
 ) -> BotServer:
-    """Serve a bot's WebSocket handler at ``/`` on ``host:port`` (0: any free port)."""
+    """Serve a bot's WebSocket handler at ``/`` on ``host:port`` (0: any free port).
+
+    ``close()`` gives open connections ``shutdown_timeout_s`` to finish.
+    """
     app = web.Application()
     app.router.add_get(
         "/", handler.handle if isinstance(handler, EchoBot | ScriptedBot) else handler
     )
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout_s
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
