@@ -45,6 +45,7 @@ class RunResult:
     attempts: int
     failed: int
     achieved: float
+    why: str = ""
 
     @property
     def failed_fraction(self) -> float:
@@ -57,6 +58,7 @@ class RunResult:
         return (
             f"{self.side} rate={self.rate:g}/s attempts={self.attempts} failed={self.failed} "
             f"({100 * self.failed_fraction:.3f}%) achieved={self.achieved:.1f}/s"
+            + (f" failures: {self.why}" if self.why else "")
         )
 
 
@@ -126,13 +128,15 @@ async def run_ours(uas_port: int, rate: float, duration_s: float, hold_s: float)
     done = asyncio.Event()
     finished = 0
     starts: list[float] = []
+    reasons: dict[str, int] = {}
     async with UserAgent(_agent_options(), [trunk]) as agent:
 
-        def one_done(ok: bool) -> None:
+        def one_done(ok: bool, why: str = "") -> None:
             nonlocal failed, finished
             finished += 1
             if not ok:
                 failed += 1
+                reasons[why] = reasons.get(why, 0) + 1
             if finished == total:
                 done.set()
 
@@ -144,9 +148,10 @@ async def run_ours(uas_port: int, rate: float, duration_s: float, hold_s: float)
                 if media is not None:
                     loop.call_later(hold_s, handle.hangup)
                 result = await handle.ended()
-                one_done(result.disposition == "answered" and result.hangup_by == "caller")
-            except (OSError, ValueError, RuntimeError):
-                one_done(False)
+                ok = result.disposition == "answered" and result.hangup_by == "caller"
+                one_done(ok, f"{result.disposition}/{result.sip_status}/{result.end_reason}")
+            except (OSError, ValueError, RuntimeError) as error:
+                one_done(False, type(error).__name__)
 
         tasks: set[asyncio.Task[None]] = set()
         origin = loop.time() + 0.05
@@ -165,7 +170,8 @@ async def run_ours(uas_port: int, rate: float, duration_s: float, hold_s: float)
         await agent.drain(5.0)
     span = (starts[-1] - starts[0]) if len(starts) > 1 else 1.0
     achieved = (len(starts) - 1) / span if span > 0 else float(len(starts))
-    return RunResult("ours", rate, total, failed, achieved)
+    why = ", ".join(f"{k} x{v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])[:4])
+    return RunResult("ours", rate, total, failed, achieved, why)
 
 
 async def run_sipp(

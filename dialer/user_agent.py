@@ -95,6 +95,7 @@ __all__ = [
     "Trunk",
     "TrunkBusy",
     "UserAgent",
+    "UserAgentClosed",
     "UserAgentOptions",
     "UserAgentStats",
     "Verdict",
@@ -324,6 +325,10 @@ class TrunkBusy(RuntimeError):
     """``place_call(wait=False)`` on a trunk at its channel limit."""
 
 
+class UserAgentClosed(RuntimeError):
+    """The user agent closed before the call reached its end."""
+
+
 # --- trunks at run time ------------------------------------------------------------------
 
 
@@ -408,7 +413,11 @@ class CallHandle:
         return await asyncio.shield(self._ringing)
 
     async def answered(self) -> MediaAnswer | None:
-        """The negotiated media once answered; None if the call ended unanswered."""
+        """The negotiated media once answered; None if the call ended unanswered.
+
+        Raises ``UserAgentClosed`` if the agent closed before either happened
+        (likewise ``ringing`` and ``ended``).
+        """
         return await asyncio.shield(self._answered)
 
     async def ended(self) -> CallResult:
@@ -424,6 +433,13 @@ class CallHandle:
             yield event
             if isinstance(event, Ended):
                 return
+
+    def _abort(self) -> None:
+        # The agent closed first: whoever waits must not wait forever.
+        for future in (self._ringing, self._answered, self._ended):
+            if not future.done():
+                future.set_exception(UserAgentClosed(f"call {self.call_id} was cut off"))
+                future.exception()  # retrieved: no "never retrieved" warning if unawaited
 
     def _event(self, event: CallEvent) -> None:
         match event:
@@ -580,6 +596,10 @@ class UserAgent:
             if not future.done():
                 future.cancel()
         self._own.clear()
+        for _, handle, _ in self._calls.values():
+            handle._abort()
+        self._calls.clear()
+        self._idle.set()
         await self.transport.close()
 
     async def __aenter__(self) -> UserAgent:

@@ -21,6 +21,7 @@ from dialer.user_agent import (
     SourcePolicy,
     TrunkBusy,
     UserAgent,
+    UserAgentClosed,
     UserAgentOptions,
     Verdict,
     answer_out_of_dialog,
@@ -376,3 +377,19 @@ async def test_place_call_checks_its_arguments(agent: UserAgent) -> None:
     with pytest.raises(ValueError):
         await agent.place_call("1000", media=MEDIA, trunk="nope")
     assert isinstance(target_uri("1000", agent.trunks["default"].config), SipUri)
+
+
+async def test_close_cuts_off_calls_without_leaving_waiters_hanging() -> None:
+    silent = udp_peer()
+    host, port = silent.getsockname()
+    trunk = TrunkConfig.from_uri(f"sip:{host}:{port}")
+    agent = UserAgent(options(), [trunk])
+    await agent.start()
+    handle = await agent.place_call("1000", media=MEDIA)
+    await agent.close()
+    with pytest.raises(UserAgentClosed):
+        await handle.ended()
+    with pytest.raises(UserAgentClosed):
+        await handle.answered()
+    assert agent.pending_timers == 0 and agent.active_calls == 0
+    silent.close()

@@ -264,3 +264,23 @@ async def test_cli_without_a_trunk() -> None:
     )
     _, stderr = await asyncio.wait_for(process.communicate(), 20)
     assert process.returncode == 2 and "no trunk" in stderr.decode()
+
+
+async def test_register_with_digest_and_refresh_time(workdir: Path) -> None:
+    sipp = await start_sipp("uas_register.xml", workdir)
+    try:
+        trunk = TrunkConfig.from_uri(
+            sipp.uri, username="alice", password="wonderland", register_expires_s=3600
+        )
+        async with UserAgent(options(), [trunk]) as agent:
+            registration = agent.trunks["default"].registration
+            assert registration is not None
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout(10):
+                while not registration.registered(loop.time()):
+                    await asyncio.sleep(0.01)
+            # Granted 60 s (the Contact's expires): refreshed after half of it.
+            assert 29.0 < registration.next_at - loop.time() <= 30.0
+        assert await sipp.finish() == 0, sipp.errors()
+    finally:
+        sipp.kill()
