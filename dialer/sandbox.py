@@ -482,6 +482,7 @@ class _Call:
     queue: PlaybackQueue = field(default_factory=PlaybackQueue)
     listener: _Listener | None = None
     answered: bool = False
+    offered: bool = True  # the INVITE carried an SDP offer
 
 
 def _new_ids() -> IdGenerators:
@@ -748,7 +749,7 @@ class SandboxCarrier:
         number = _number_of(event.invite)
         behaviour = self.behaviour_for(event.call_id, number)
         digit = self._person_digit(number) if behaviour is Behaviour.PERSON else ""
-        call = _Call(event.call_id, number, behaviour, digit)
+        call = _Call(event.call_id, number, behaviour, digit, offered=event.offer is not None)
         self._calls[call.call_id] = call
         _bump(self.stats.calls, behaviour.value)
         self.stats.active = len(self._calls)
@@ -836,7 +837,7 @@ class SandboxCarrier:
 
     async def _ring(self, call: _Call) -> bool:
         """Send 180, or 183 with SDP and a ringback tone when early media is on."""
-        if not self.config.early_media:
+        if not self.config.early_media or not call.offered:
             return self._do(call, lambda r, now: r.ring(call.call_id, now))
         media = await self._open_media(call)
         if not self._do(call, lambda r, now: r.ring(call.call_id, now, status=183, media=media)):

@@ -323,6 +323,10 @@ class InboundCall:
             raise UasStateError(f"{status} is not a provisional status")
         body = b""
         if media is not None:
+            if self._offerless:
+                # RFC 3261 §13.2.1: the offer of an offerless INVITE goes in the
+                # first reliable non-failure message; a plain 1xx is not one.
+                raise UasStateError("no early media for an INVITE without an offer")
             body = self._answer_sdp(media)
         self._ensure_dialog(early=True)
         if self.ringing_at is None:

@@ -474,6 +474,8 @@ def test_offerless_invite_gets_our_offer_and_the_ack_answers() -> None:
     invite = raw.request("INVITE", call_id="offerless")
     incoming = next(e for e in callee.events if isinstance(e, Incoming))
     assert incoming.offer is None
+    with pytest.raises(UasStateError):
+        callee.router.ring("offerless", wire.now, status=183, media=CALLEE_MEDIA)
     callee.do(callee.router.answer("offerless", wire.now, CALLEE_MEDIA))
     ok = raw.finals()[0]
     offer = SessionDescription.parse(ok.body)
