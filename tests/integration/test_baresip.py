@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import socket
 import struct
 import subprocess
+import sys
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 import pytest
 
 from dialer.sip.dialog import LocalMedia
@@ -153,3 +156,39 @@ async def test_answered_and_phone_hangs_up(tmp_path: Path, rtp: socket.socket) -
     finally:
         phone.process.terminate()
         phone.process.wait(5)
+
+
+async def test_cli_plays_and_records_a_call(tmp_path: Path) -> None:
+    phone = await start_phone(tmp_path, tone_s=20.0)
+    prompt = tmp_path / "prompt.wav"
+    write_tone(prompt, 0.5)
+    recording = tmp_path / "call.wav"
+    env = {**os.environ, "DIALER_RTP_PORT_MIN": "32000", "DIALER_RTP_PORT_MAX": "32999"}
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "dialer.call_cli",
+            phone.uri,
+            "--trunk",
+            f"sip:127.0.0.1:{phone.port}",
+            "--listen",
+            "127.0.0.1:0",
+            "--play",
+            str(prompt),
+            "--record",
+            str(recording),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 20)
+    finally:
+        phone.process.terminate()
+        phone.process.wait(5)
+    assert process.returncode == 0, stderr.decode()
+    events = {line["event"]: line for line in map(orjson.loads, stdout.splitlines())}
+    assert events["ended"]["disposition"] == "answered"
+    # Without --duration the call lasts as long as the prompt (plus a margin).
+    assert 0.4 < events["ended"]["talk_time_s"] < 3.0
+    assert events["recording"]["duration_s"] > 0.3 and recording.stat().st_size > 8000
