@@ -518,7 +518,11 @@ class SandboxCarrier:
         self.config = config or SandboxConfig()
         self.stats = SandboxStats()
         self.on_event = on_event
-        self._rng = random.Random(self.config.seed)
+        # Two generators: the draws of behaviours and answers depend only on the
+        # order calls arrive in, not on how ring times and media interleave.
+        seed = self.config.seed
+        self._choices = random.Random(seed)
+        self._rng = random.Random(None if seed is None else f"{seed}:timing")
         self._transport: SipTransport | None = None
         self._router: InboundRouter | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -625,7 +629,7 @@ class SandboxCarrier:
         ratios = self.config.ratios
         if ratios:
             total = sum(share for _, share in ratios)
-            draw = self._rng.random() * total
+            draw = self._choices.random() * total
             behaviour = ratios[-1][0]
             for candidate, share in ratios:
                 if draw < share:
@@ -641,7 +645,7 @@ class SandboxCarrier:
 
     def _person_digit(self, number: str) -> str:
         if self.config.ratios:
-            return _YES if self._rng.random() < self.config.person_yes_share else _NO
+            return _YES if self._choices.random() < self.config.person_yes_share else _NO
         return person_digit_for_number(number)
 
     # --- what the transport hands us ---------------------------------------------------------
