@@ -27,7 +27,14 @@ from dialer.bus import Broker
 from dialer.messages import CallEvent, DialJob
 from scheduler.pacing import DurationSummary, PacingMode, PacingStats, dials_to_place
 from scheduler.policy import WorkflowPolicy
-from scheduler.steps import RECORD_COLUMNS, GraphCache, apply_step, context_for, record_zone
+from scheduler.steps import (
+    RECORD_COLUMNS,
+    GraphCache,
+    apply_step,
+    context_for,
+    dial_job,
+    record_zone,
+)
 
 __all__ = ["Scheduler", "TickResult"]
 
@@ -239,21 +246,8 @@ class Scheduler:
             graph = await self.graphs.get(self.pool, row["workflow_id"], row["workflow_version"])
             node = graph.nodes[row["node_id"]]
             jobs.append(
-                DialJob(
-                    call_id=str(row["call_id"]),
-                    record_id=str(row["id"]),
-                    tenant_id=str(row["tenant_id"]),
-                    workflow_id=str(row["workflow_id"]),
-                    node_id=row["node_id"],
-                    phone_e164=row["phone_e164"],
-                    attempt=row["attempts"],
-                    ring_timeout_s=float(node.get("ring_timeout_s", 30)),
-                    max_duration_s=float(node.get("max_duration_s", 3600)),
-                    handler=dict(node.get("handler", {})),
-                    amd=dict(node.get("amd", {})),
-                    record=bool(node.get("record", graph.policy.recording)),
-                    context={"record": dict(context_for(row).record)},
-                    not_after=now + 300,
+                dial_job(
+                    row["call_id"], row, graph, row["node_id"], node, now, attempt=row["attempts"]
                 )
             )
         if jobs:

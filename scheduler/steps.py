@@ -35,7 +35,15 @@ from scheduler.workflow import (
     render,
 )
 
-__all__ = ["GraphCache", "RecordRow", "StepResult", "apply_step", "context_for", "record_zone"]
+__all__ = [
+    "GraphCache",
+    "RecordRow",
+    "StepResult",
+    "apply_step",
+    "context_for",
+    "dial_job",
+    "record_zone",
+]
 
 RECORD_COLUMNS = """r.id, r.tenant_id, r.workflow_id, r.workflow_version, r.list_id, r.case_id,
     r.phone_e164, r.first_name, r.last_name, r.zip_code, r.placeholders, r.meta, r.status,
@@ -102,6 +110,33 @@ class StepResult:
     deferred: bool = False  # a call step left for later (window closed or no budget)
 
 
+async def _record_completed(
+    conn: asyncpg.Connection,
+    record: RecordRow,
+    workflow: Mapping[str, Any],
+    status: str,
+    outcome: str,
+) -> None:
+    await write_event(
+        conn,
+        tenant_id=record["tenant_id"],
+        event_type="record.completed",
+        record_id=record["id"],
+        workflow_id=record["workflow_id"],
+        payload={
+            "record_id": str(record["id"]),
+            "case_id": record["case_id"],
+            "phone": record["phone_e164"],
+            "workflow_id": str(record["workflow_id"]),
+            "workflow_key": workflow.get("workflow_key"),
+            "status": status,
+            "outcome": outcome,
+            "attempts": record["attempts"],
+            "meta": record["meta"],
+        },
+    )
+
+
 async def _finish(
     conn: asyncpg.Connection, record: RecordRow, step: Finish, workflow: Mapping[str, Any]
 ) -> None:
@@ -115,24 +150,8 @@ async def _finish(
     )
     if step.node_id is not None:
         await _node_run(conn, record, step.node_id, "end", "completed", step.outcome)
-    await write_event(
-        conn,
-        tenant_id=record["tenant_id"],
-        event_type="record.completed",
-        record_id=record["id"],
-        workflow_id=record["workflow_id"],
-        payload={
-            "record_id": str(record["id"]),
-            "case_id": record["case_id"],
-            "phone": record["phone_e164"],
-            "workflow_id": str(record["workflow_id"]),
-            "workflow_key": workflow.get("workflow_key"),
-            "status": "failed" if step.status == "failed" else "completed",
-            "outcome": step.outcome,
-            "attempts": record["attempts"],
-            "meta": record["meta"],
-        },
-    )
+    status = "failed" if step.status == "failed" else "completed"
+    await _record_completed(conn, record, workflow, status, step.outcome)
     if record["list_id"] is not None:
         await _maybe_complete_list(conn, record, workflow)
 
@@ -253,6 +272,20 @@ async def _place_call(
         node_attempts + 1,
         call_id,
     )
+    return dial_job(call_id, record, graph, node_id, node, now, attempt=record["attempts"] + 1)
+
+
+def dial_job(
+    call_id: uuid.UUID,
+    record: RecordRow,
+    graph: WorkflowGraph,
+    node_id: str,
+    node: Mapping[str, Any],
+    now: float,
+    *,
+    attempt: int,
+) -> DialJob:
+    """The job for one call of ``record`` at ``node_id``: all a worker needs to place it."""
     context = context_for(record)
     handler = dict(node.get("handler", {}))
     if handler.get("type") == "prompt" and "text" in handler:
@@ -264,7 +297,7 @@ async def _place_call(
         workflow_id=str(record["workflow_id"]),
         node_id=node_id,
         phone_e164=record["phone_e164"],
-        attempt=record["attempts"] + 1,
+        attempt=attempt,
         ring_timeout_s=float(node.get("ring_timeout_s", 30)),
         max_duration_s=float(node.get("max_duration_s", 3600)),
         handler=handler,
@@ -342,24 +375,7 @@ async def apply_step(
                 record["id"],
             )
             await _node_run(conn, record, step.node_id, "call", "cancelled", "dnc")
-            await write_event(
-                conn,
-                tenant_id=record["tenant_id"],
-                event_type="record.completed",
-                record_id=record["id"],
-                workflow_id=record["workflow_id"],
-                payload={
-                    "record_id": str(record["id"]),
-                    "case_id": record["case_id"],
-                    "phone": record["phone_e164"],
-                    "workflow_id": str(record["workflow_id"]),
-                    "workflow_key": workflow.get("workflow_key"),
-                    "status": "dnc",
-                    "outcome": "dnc",
-                    "attempts": record["attempts"],
-                    "meta": record["meta"],
-                },
-            )
+            await _record_completed(conn, record, workflow, "dnc", "dnc")
             result.finished = True
             if record["list_id"] is not None:
                 await _maybe_complete_list(conn, record, workflow)
