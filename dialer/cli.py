@@ -118,7 +118,13 @@ async def _up(settings: Settings) -> int:
                 print(f"API listening on http://{settings.api_listen}", file=sys.stderr, flush=True)
                 where = "RabbitMQ" if settings.amqp_url else "the in-process broker"
                 print(f"scheduler running over {where}", file=sys.stderr, flush=True)
-                if stack.trunk is not None:
+                if stack.sandbox is not None:
+                    print(
+                        f"no DIALER_TRUNK_URI: dialling the sandbox carrier at {stack.sandbox.uri}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                elif stack.trunk is not None:
                     print(
                         f"worker dialling through {settings.trunk_uri} "
                         f"(SIP on {settings.sip_listen})",
@@ -219,9 +225,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("scheduler", help="run the scheduler and call-event consumer (needs RabbitMQ)")
     worker = sub.add_parser("worker", help="take dial jobs from RabbitMQ and place the calls")
     worker.add_argument("--capacity", type=int, default=100, help="calls at once (default 100)")
-    from dialer import call_cli
+    from dialer import call_cli, sandbox_cli
 
     call_cli.add_parser(sub)
+    sandbox_cli.add_parser(sub)
     apikey = sub.add_parser("apikey", help="manage API keys")
     apikey_sub = apikey.add_subparsers(dest="apikey_command", required=True)
     create = apikey_sub.add_parser("create", help="create a tenant's API key and print it once")
@@ -257,6 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(_up(settings))
     if args.command == "worker":
         return _run(_run_worker(settings, args.capacity))
+    if args.command == "sandbox":
+        from dialer import sandbox_cli
+
+        return _run(sandbox_cli.run(args, settings))
     if args.command == "call":
         from dialer import call_cli
 

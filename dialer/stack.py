@@ -89,11 +89,26 @@ class Stack:
     closers: list[Any] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def start(self, *, api: bool = True, scheduler: bool = True) -> None:
+    sandbox: Any = None
+
+    async def start(
+        self, *, api: bool = True, scheduler: bool = True, sandbox: bool = True
+    ) -> None:
         from scheduler.consumer import EventConsumer
         from scheduler.engine import Scheduler
 
         await self.broker.start()
+        if self.trunk is None and sandbox:
+            # No carrier configured: dial the built-in sandbox, which answers
+            # like people, voicemail, busy lines and no-answers (see the README).
+            from dialer.sandbox import SandboxCarrier, SandboxConfig
+
+            self.sandbox = SandboxCarrier(
+                SandboxConfig(port=0, speech_cache_dir=self.settings.data_dir / "tts")
+            )
+            await self.sandbox.start()
+            self.closers.append(self.sandbox.close)
+            self.trunk = TrunkConfig.from_uri(self.sandbox.uri, name="sandbox")
         if scheduler:
             consumer = EventConsumer(self.pool, self.broker)
             await consumer.start()
