@@ -374,18 +374,18 @@ class Attempt:
 
 _DISPATCH_SQL = """
 WITH batch AS (
-    SELECT id FROM outbox WHERE dispatched_at IS NULL ORDER BY id LIMIT $1
+    SELECT id, tenant_id, event_id, event_type, record_id, workflow_id FROM outbox
+    WHERE dispatched_at IS NULL ORDER BY id LIMIT $1
     FOR UPDATE SKIP LOCKED
 ), fan AS (
     INSERT INTO webhook_deliveries (tenant_id, endpoint_id, outbox_id, order_key)
-    SELECT o.tenant_id, e.id, o.id, coalesce(o.record_id, o.event_id)
+    SELECT b.tenant_id, e.id, b.id, coalesce(b.record_id, b.event_id)
     FROM batch b
-    JOIN outbox o ON o.id = b.id
-    JOIN webhook_endpoints e ON e.tenant_id = o.tenant_id AND e.enabled
+    JOIN webhook_endpoints e ON e.tenant_id = b.tenant_id AND e.enabled
         AND e.deleted_at IS NULL
-        AND (e.workflow_id IS NULL OR e.workflow_id = o.workflow_id)
-        AND (cardinality(e.events) = 0 OR o.event_type = ANY (e.events))
-    ORDER BY o.id, e.id
+        AND (e.workflow_id IS NULL OR e.workflow_id = b.workflow_id)
+        AND (cardinality(e.events) = 0 OR b.event_type = ANY (e.events))
+    ORDER BY b.id, e.id
     RETURNING 1
 )
 UPDATE outbox o SET dispatched_at = now()
@@ -510,6 +510,8 @@ class Notifier:
         self.name = name or f"notifier-{os.getpid()}-{new_id().hex[-8:]}"
         self._link_key = link_key(settings.webhook_secret.value)
         self._wake = asyncio.Event()
+        # Set by NOTIFY (an outbox row committed) and by the poll: dispatch only then.
+        self._outbox_dirty = True
         self._results: list[Attempt] = []
         self._results_ready = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
@@ -583,6 +585,7 @@ class Notifier:
     # ------------------------------------------------------------------ loops
 
     def _on_notify(self, *_: object) -> None:
+        self._outbox_dirty = True
         self._wake.set()
 
     async def _wake_on(self, stop: asyncio.Event) -> None:
@@ -593,12 +596,17 @@ class Notifier:
     async def _feed_loop(self, stop: asyncio.Event) -> None:
         cfg = self.config
         next_purge = time.monotonic()
+        next_poll = 0.0
         while not stop.is_set():
             self._wake.clear()
             busy = False
             try:
-                taken = await self.dispatch()
-                busy = taken >= cfg.batch_size
+                if self._outbox_dirty or time.monotonic() >= next_poll:
+                    # Cleared before the query: a NOTIFY arriving meanwhile sets it again.
+                    self._outbox_dirty = False
+                    next_poll = time.monotonic() + cfg.poll_interval_s
+                    if await self.dispatch() >= cfg.batch_size:
+                        self._outbox_dirty = busy = True
                 free = cfg.concurrency - len(self._inflight)
                 if free >= max(1, min(cfg.batch_size, cfg.concurrency) // 4) or (
                     free > 0 and not self._inflight
