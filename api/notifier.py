@@ -354,7 +354,7 @@ class Attempt:
     """One leased delivery attempt and, once sent, its answer."""
 
     delivery_id: int
-    attempt_id: int
+    tenant_id: uuid.UUID
     attempt: int
     endpoint_id: uuid.UUID
     url: str
@@ -369,6 +369,7 @@ class Attempt:
     retry_after_s: float | None = None
     excerpt: str | None = None
     duration_ms: float = 0.0
+    started_at: float = 0.0
     ended_at: float = 0.0
 
 
@@ -396,7 +397,7 @@ RETURNING (SELECT count(*) FROM fan) AS fanned
 _UUID_RE = "'^[0-9a-fA-F-]{36}$'"
 _LEASE_SQL = f"""
 WITH due AS (
-    SELECT d.id FROM webhook_deliveries d
+    SELECT d.id, d.leased_by, d.attempts FROM webhook_deliveries d
     JOIN webhook_endpoints e ON e.id = d.endpoint_id
     WHERE d.status = 'pending' AND d.next_attempt_at <= now()
       AND e.enabled AND e.deleted_at IS NULL
@@ -414,24 +415,23 @@ WITH due AS (
     FROM due WHERE d.id = due.id
     RETURNING d.id, d.tenant_id, d.endpoint_id, d.outbox_id, d.attempts
 ), interrupted AS (
-    UPDATE webhook_attempts a
-    SET outcome = 'interrupted', ended_at = now(),
-        error = 'the notifier stopped before the answer was recorded'
-    FROM leased WHERE a.delivery_id = leased.id AND a.outcome IS NULL
-), started AS (
-    INSERT INTO webhook_attempts (tenant_id, delivery_id, endpoint_id, event_id, attempt, url)
-    SELECT l.tenant_id, l.id, l.endpoint_id, o.event_id, l.attempts, e.url
-    FROM leased l
+    -- Still leased when its lease ran out: the notifier holding it died before
+    -- recording an answer. The attempt is kept, as interrupted.
+    INSERT INTO webhook_attempts (tenant_id, delivery_id, endpoint_id, event_id, attempt, url,
+                                  outcome, error, ended_at)
+    SELECT l.tenant_id, l.id, l.endpoint_id, o.event_id, due.attempts, e.url, 'interrupted',
+           'the notifier ' || due.leased_by || ' stopped before the answer was recorded', now()
+    FROM due
+    JOIN leased l ON l.id = due.id
     JOIN outbox o ON o.id = l.outbox_id
     JOIN webhook_endpoints e ON e.id = l.endpoint_id
-    RETURNING id, delivery_id
+    WHERE due.leased_by IS NOT NULL
 )
-SELECT l.id AS delivery_id, s.id AS attempt_id, l.attempts AS attempt, l.endpoint_id,
+SELECT l.id AS delivery_id, l.tenant_id, l.attempts AS attempt, l.endpoint_id,
        e.url, e.secret,
        CASE WHEN e.previous_expires_at > now() THEN e.previous_secret END AS previous_secret,
        o.event_id, o.payload, o.created_at, rec.id AS recording_id
 FROM leased l
-JOIN started s ON s.delivery_id = l.id
 JOIN webhook_endpoints e ON e.id = l.endpoint_id
 JOIN outbox o ON o.id = l.outbox_id
 LEFT JOIN LATERAL (
@@ -448,17 +448,18 @@ LEFT JOIN LATERAL (
 """
 
 _RECORD_ATTEMPTS_SQL = """
-UPDATE webhook_attempts a
-SET outcome = x.outcome, status_code = x.status_code, error = x.error,
-    duration_ms = x.duration_ms, response_excerpt = x.excerpt,
-    retry_after_s = x.retry_after_s, ended_at = to_timestamp(x.ended_at),
-    next_attempt_at = CASE WHEN x.delay_s IS NOT NULL
-                           THEN now() + make_interval(secs => x.delay_s) END
-FROM unnest($1::bigint[], $2::text[], $3::int[], $4::text[], $5::float8[], $6::text[],
-            $7::float8[], $8::float8[], $9::float8[])
-     AS x(id, outcome, status_code, error, duration_ms, excerpt, retry_after_s, ended_at,
-          delay_s)
-WHERE a.id = x.id AND a.outcome IS NULL
+INSERT INTO webhook_attempts (tenant_id, delivery_id, endpoint_id, event_id, attempt, url,
+    started_at, ended_at, outcome, status_code, error, duration_ms, response_excerpt,
+    retry_after_s, next_attempt_at)
+SELECT x.tenant_id, x.delivery_id, x.endpoint_id, x.event_id, x.attempt, x.url,
+       to_timestamp(x.started_at), to_timestamp(x.ended_at), x.outcome, x.status_code, x.error,
+       x.duration_ms, x.excerpt, x.retry_after_s,
+       CASE WHEN x.delay_s IS NOT NULL THEN now() + make_interval(secs => x.delay_s) END
+FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::uuid[], $5::int[], $6::text[],
+            $7::float8[], $8::float8[], $9::text[], $10::int[], $11::text[], $12::float8[],
+            $13::text[], $14::float8[], $15::float8[])
+     AS x(tenant_id, delivery_id, endpoint_id, event_id, attempt, url, started_at, ended_at,
+          outcome, status_code, error, duration_ms, excerpt, retry_after_s, delay_s)
 """
 
 # The attempts guard keeps a late answer from a lease that ran out (and was
@@ -510,11 +511,13 @@ class Notifier:
         self.name = name or f"notifier-{os.getpid()}-{new_id().hex[-8:]}"
         self._link_key = link_key(settings.webhook_secret.value)
         self._wake = asyncio.Event()
-        # Set by NOTIFY (an outbox row committed) and by the poll: dispatch only then.
+        # Set by NOTIFY (an outbox row committed): dispatch at once, else on the poll.
         self._outbox_dirty = True
+        self._dispatch_wake = asyncio.Event()
         self._results: list[Attempt] = []
         self._results_ready = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        self._send_slots = asyncio.Semaphore(self.config.concurrency)
         self._signers: dict[str, Webhook] = {}
         self._urls: dict[str, WebhookUrl | UnsafeUrl] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -541,6 +544,7 @@ class Notifier:
         await listener.add_listener(_NOTIFY_CHANNEL, self._on_notify)
         stopper = asyncio.create_task(self._wake_on(stop))
         flusher = asyncio.create_task(self._flush_loop(stop))
+        dispatcher = asyncio.create_task(self._dispatch_loop(stop))
         try:
             async with aiohttp.ClientSession(
                 connector=connector,
@@ -560,13 +564,11 @@ class Notifier:
                 await flusher
         finally:
             self._session = None
-            stopper.cancel()
-            if not flusher.done():
-                flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
-            with contextlib.suppress(asyncio.CancelledError):
-                await stopper
+            for helper in (stopper, flusher, dispatcher):
+                if not helper.done():
+                    helper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await helper
             for task in list(self._inflight):
                 task.cancel()
             await asyncio.gather(*self._inflight, return_exceptions=True)
@@ -586,28 +588,24 @@ class Notifier:
 
     def _on_notify(self, *_: object) -> None:
         self._outbox_dirty = True
-        self._wake.set()
+        self._dispatch_wake.set()
 
     async def _wake_on(self, stop: asyncio.Event) -> None:
         await stop.wait()
         self._wake.set()
+        self._dispatch_wake.set()
         self._results_ready.set()
 
     async def _feed_loop(self, stop: asyncio.Event) -> None:
         cfg = self.config
         next_purge = time.monotonic()
-        next_poll = 0.0
         while not stop.is_set():
             self._wake.clear()
             busy = False
             try:
-                if self._outbox_dirty or time.monotonic() >= next_poll:
-                    # Cleared before the query: a NOTIFY arriving meanwhile sets it again.
-                    self._outbox_dirty = False
-                    next_poll = time.monotonic() + cfg.poll_interval_s
-                    if await self.dispatch() >= cfg.batch_size:
-                        self._outbox_dirty = busy = True
-                free = cfg.concurrency - len(self._inflight)
+                # Lease ahead: up to twice the sending concurrency is leased, so that
+                # the next batch is ready when a slot frees rather than a query later.
+                free = 2 * cfg.concurrency - len(self._inflight)
                 if free >= max(1, min(cfg.batch_size, cfg.concurrency) // 4) or (
                     free > 0 and not self._inflight
                 ):
@@ -627,6 +625,25 @@ class Notifier:
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), cfg.poll_interval_s)
+
+    async def _dispatch_loop(self, stop: asyncio.Event) -> None:
+        """Fan out new outbox rows when NOTIFY says there are some, and on every poll."""
+        cfg = self.config
+        while not stop.is_set():
+            self._dispatch_wake.clear()
+            # Cleared before the query: a NOTIFY arriving meanwhile sets it again.
+            self._outbox_dirty = False
+            try:
+                taken = await self.dispatch()
+            except (asyncpg.PostgresError, OSError) as exc:
+                log.warning("notifier: database error while dispatching, retrying: %s", exc)
+                taken = 0
+            if taken:
+                self._wake.set()
+            if taken >= cfg.batch_size or self._outbox_dirty:
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dispatch_wake.wait(), cfg.poll_interval_s)
 
     async def _flush_loop(self, stop: asyncio.Event) -> None:
         while True:
@@ -658,7 +675,7 @@ class Notifier:
             out.append(
                 Attempt(
                     delivery_id=r["delivery_id"],
-                    attempt_id=r["attempt_id"],
+                    tenant_id=r["tenant_id"],
                     attempt=r["attempt"],
                     endpoint_id=r["endpoint_id"],
                     url=r["url"],
@@ -703,8 +720,15 @@ class Notifier:
         return {"id": str(attempt.recording_id), **link}
 
     async def _deliver(self, attempt: Attempt) -> None:
+        async with self._send_slots:
+            await self._send(attempt)
+        self._results.append(attempt)
+        self._results_ready.set()
+
+    async def _send(self, attempt: Attempt) -> None:
         assert self._session is not None
         started = time.monotonic()
+        attempt.started_at = time.time()
         try:
             url = self._checked(attempt.url)
             now = time.time()
@@ -735,10 +759,11 @@ class Notifier:
             attempt.error = f"{type(exc).__name__}: {exc}"
         except (UnicodeError, ValueError) as exc:
             attempt.error = f"cannot send: {exc}"
+        except (OSError, RuntimeError) as exc:
+            # uvloop may raise RuntimeError where asyncio raises OSError.
+            attempt.error = f"cannot connect: {exc}"
         attempt.duration_ms = (time.monotonic() - started) * 1000.0
         attempt.ended_at = time.time()
-        self._results.append(attempt)
-        self._results_ready.set()
 
     async def _record(self, batch: list[Attempt]) -> None:
         cfg = self.config
@@ -768,14 +793,20 @@ class Notifier:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 _RECORD_ATTEMPTS_SQL,
-                [a.attempt_id for a in batch],
+                [a.tenant_id for a in batch],
+                [a.delivery_id for a in batch],
+                [a.endpoint_id for a in batch],
+                [a.event_id for a in batch],
+                [a.attempt for a in batch],
+                [a.url for a in batch],
+                [a.started_at for a in batch],
+                [a.ended_at for a in batch],
                 [v.outcome for v in verdicts],
                 [a.status_code for a in batch],
                 [a.error for a in batch],
                 [a.duration_ms for a in batch],
                 [_clean(a.excerpt) for a in batch],
                 [a.retry_after_s for a in batch],
-                [a.ended_at for a in batch],
                 [v.delay_s for v in verdicts],
             )
             await conn.execute(

@@ -649,8 +649,8 @@ def _webhook_schemas() -> dict[str, Any]:
             "attempt": {"type": "integer"},
             "url": _STR,
             "outcome": {
-                "enum": ["succeeded", "failed", "gone", "refused", "interrupted", None],
-                "description": "null while the attempt is in flight",
+                "enum": ["succeeded", "failed", "gone", "refused", "interrupted"],
+                "description": "interrupted: the notifier stopped before the answer came",
             },
             "status_code": _NINT,
             "error": _NSTR,

@@ -56,9 +56,8 @@ CREATE INDEX webhook_deliveries_outbox ON webhook_deliveries (outbox_id);
 CREATE INDEX webhook_deliveries_done ON webhook_deliveries (completed_at)
     WHERE status <> 'pending';
 
--- Every attempt, written when it starts (outcome NULL while in flight); one
--- left in flight by a notifier that died is marked 'interrupted' when the
--- delivery is leased again.
+-- Every attempt, written with its answer; one left in flight by a notifier that
+-- died is written as 'interrupted' when the delivery is leased again.
 CREATE TABLE webhook_attempts (
     id               bigserial PRIMARY KEY,
     tenant_id        uuid NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
@@ -69,7 +68,7 @@ CREATE TABLE webhook_attempts (
     url              text NOT NULL,
     started_at       timestamptz NOT NULL DEFAULT now(),
     ended_at         timestamptz,
-    outcome          text CHECK (outcome IN ('succeeded', 'failed', 'gone', 'refused',
+    outcome          text NOT NULL CHECK (outcome IN ('succeeded', 'failed', 'gone', 'refused',
                                              'interrupted')),
     status_code      integer,
     error            text,
@@ -80,7 +79,6 @@ CREATE TABLE webhook_attempts (
 );
 CREATE INDEX webhook_attempts_endpoint ON webhook_attempts (endpoint_id, id);
 CREATE INDEX webhook_attempts_event ON webhook_attempts (event_id, id);
-CREATE INDEX webhook_attempts_open ON webhook_attempts (delivery_id) WHERE outcome IS NULL;
 
 -- What the platform tells a tenant without a webhook (an endpoint disabled, ...).
 CREATE TABLE tenant_notices (
