@@ -13,8 +13,11 @@ Rules of this file:
   the loop, goes on at 20 ms.
 - The bot's audio goes into the call's ``PlaybackQueue``, which the session
   pulls one 20 ms frame per period from: never faster, and never a gap
-  while audio is queued. ``clear`` empties it on the spot, so the next
-  frame (at most 20 ms later) is silence. Marks are echoed once the audio
+  while audio is queued. A talk-spurt starts only once it has waited
+  ``playout_hold_ms`` (or two frames are queued), so a bot streaming in
+  real time with its frames landing just around our deadlines does not
+  underrun on every bit of jitter. ``clear`` empties the queue on the
+  spot, so the next frame (at most 20 ms later) is silence. Marks are echoed once the audio
   before them has been sent, or when ``clear`` drops them (as Twilio does).
 - Everything sent is a text frame built by ``media.streams``; a frame from
   the bot that cannot be used is counted and ignored, never fatal.
@@ -49,7 +52,7 @@ from numpy.typing import NDArray
 from media.clock import LatenessHistogram
 from media.dtmf import DtmfDigit
 from media.g711 import ULAW_DECODE_TABLE, ULAW_ENCODE_TABLE
-from media.playback import SAMPLE_RATE, PlaybackQueue
+from media.playback import FRAME_SAMPLES, SAMPLE_RATE, PlaybackQueue
 from media.streams import (
     BotClear,
     BotHangup,
@@ -107,6 +110,9 @@ class VoicebotConfig:
     close_timeout_s: float = 1.0
     # Callee frames waiting for the socket; past this the oldest are dropped.
     send_queue_frames: int = 25
+    # A talk-spurt from the bot waits at least this long before its first
+    # frame plays (unless two frames are queued): cushion against jitter.
+    playout_hold_ms: float = 10.0
     # Bot audio queued for playback beyond this is dropped (a runaway bot).
     max_playback_s: float = 300.0
     heartbeat_s: float | None = None  # WebSocket pings, to notice a dead peer
@@ -189,38 +195,78 @@ def new_sid(prefix: str, randbits: Callable[[int], int]) -> str:
 
 
 class _TimedSource:
-    """The session's audio source: the playback queue, timing when bot audio starts playing."""
+    """The session's audio source: the playback queue, with a playout hold and timing.
 
-    __slots__ = ("_arrivals", "_enqueued", "_histogram", "_loop", "playback")
+    A talk-spurt (audio arriving while nothing is queued) starts playing at
+    the first frame deadline at least ``hold_s`` after it arrived, or at
+    once when two frames are already queued. Without the hold, a bot that
+    streams in real time with its frames arriving just around our frame
+    deadlines would underrun on every small jitter: the hold keeps
+    ``hold_s`` of cushion, at a cost of at most one frame of delay.
+    """
 
-    def __init__(self, playback: PlaybackQueue, histogram: LatenessHistogram) -> None:
+    __slots__ = (
+        "_arrivals",
+        "_enqueued",
+        "_histogram",
+        "_hold_until",
+        "_holding",
+        "_loop",
+        "hold_s",
+        "playback",
+    )
+
+    def __init__(
+        self, playback: PlaybackQueue, histogram: LatenessHistogram, hold_s: float
+    ) -> None:
         self.playback = playback
+        self.hold_s = hold_s
         self._histogram = histogram
         # (position of the chunk's first sample, the time it is due to play)
         self._arrivals: deque[tuple[int, float]] = deque()
         self._enqueued = 0
+        self._holding = True
+        self._hold_until = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def enqueue(self, samples: NDArray[np.int16], now: float) -> None:
         playback = self.playback
+        queued = playback.queued_samples
+        if self._holding and not queued:
+            self._hold_until = now + self.hold_s
         # Audio already queued ahead plays first: that wait is the bot's
         # doing, not ours, so it is taken out of the latency.
-        self._arrivals.append((self._enqueued, now + playback.queued_samples / SAMPLE_RATE))
+        self._arrivals.append((self._enqueued, now + queued / SAMPLE_RATE))
         self._enqueued += samples.shape[0]
         playback.enqueue(samples)
 
     def cleared(self) -> None:
         self._arrivals.clear()
         self._enqueued = 0
+        self._holding = True
 
     def read_frame(self) -> NDArray[np.int16] | None:
-        frame = self.playback.read_frame()
+        playback = self.playback
+        loop = self._loop
+        if self._holding:
+            queued = playback.queued_samples
+            if queued:
+                if (
+                    queued < 2 * FRAME_SAMPLES
+                    and loop is not None
+                    and loop.time() < self._hold_until
+                ):
+                    return None
+                self._holding = False
+        frame = playback.read_frame()
         arrivals = self._arrivals
-        if arrivals and self._loop is not None:
-            played = self._enqueued - self.playback.queued_samples
-            now = self._loop.time()
+        if arrivals and loop is not None:
+            played = self._enqueued - playback.queued_samples
+            now = loop.time()
             while arrivals and arrivals[0][0] < played:
                 self._histogram.record(now - arrivals.popleft()[1])
+        if not playback.queued_samples:
+            self._holding = True
         return frame
 
 
@@ -270,7 +316,7 @@ class VoicebotStream:
         self._max_playback_samples = int(config.max_playback_s * SAMPLE_RATE)
         self._latency_to_bot = LatenessHistogram()
         self._latency_from_bot = LatenessHistogram()
-        self._source = _TimedSource(playback, self._latency_from_bot)
+        self._source = _TimedSource(playback, self._latency_from_bot, config.playout_hold_ms / 1000)
         self._saved_on_mark = playback.on_mark
         playback.on_mark = self._on_mark
         self._attached: RtpSession | None = None

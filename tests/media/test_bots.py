@@ -39,7 +39,9 @@ async def test_scripted_bot_speaks_waits_for_a_key_reports_it_and_hangs_up(
     await call.watch.until(lambda: bool(bot.sessions) and PROMPT_MARK in bot.sessions[0].marks)
     await call.frames_later(10)  # the last frames cross the wire and the callee's jitter buffer
     loud = call.loud_frames()
-    assert 14 <= len(loud) <= 15 and loud[-1] - loud[0] + 1 == len(loud)
+    skipped = call.ours.stats().frames_skipped  # only when the machine stalls the loop
+    assert 14 - skipped <= len(loud) <= 15
+    assert loud[-1] - loud[0] + 1 - len(loud) <= skipped
     heard = np.concatenate([call.heard[i] for i in loud])
     assert abs(peak_frequency(heard) - 440) < 15
     call.callee.send_dtmf("5")
