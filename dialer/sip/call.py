@@ -76,7 +76,7 @@ from dialer.sip.dialog import (
     OfferAnswered,
 )
 from dialer.sip.errors import LocalProtocolError, ParseError, SipError
-from dialer.sip.headers import Header, Via, get_param, parse_params
+from dialer.sip.headers import CSeq, Header, Via, canonical_name, get_param, parse_params
 from dialer.sip.message import Request, Response, make_response
 from dialer.sip.sdp import MediaAnswer, SdpError
 from dialer.sip.timers import DEFAULT_TIMERS, TimerConfig
@@ -669,14 +669,17 @@ class Call:
         self._cseq += 1
         from_addr = NameAddr(config.local_uri, config.display_name, (("tag", self.local_tag),))
         to_addr = self.dial.to or NameAddr(self.dial.target)
+        contact = NameAddr(config.contact)
+        via = self._via()
+        cseq = CSeq(self._cseq, "INVITE")
         headers: list[Header] = [
-            ("Via", self._via().serialize()),
+            ("Via", via.serialize()),
             ("Max-Forwards", "70"),
             ("From", from_addr.serialize()),
             ("To", to_addr.serialize()),
             ("Call-ID", self.call_id),
-            ("CSeq", f"{self._cseq} INVITE"),
-            ("Contact", NameAddr(config.contact).serialize()),
+            ("CSeq", cseq.serialize()),
+            ("Contact", contact.serialize()),
             ("Allow", ALLOW),
             ("Supported", "timer"),
         ]
@@ -690,6 +693,15 @@ class Call:
         headers.append(("Content-Type", "application/sdp"))
         body = self.media.offer_sdp or b""
         invite = Request("INVITE", self.dial.target, tuple(headers), body)
+        # The dialog and the transaction read these back: no need to parse our own text.
+        extra_contact = any(canonical_name(name) == "Contact" for name, _ in self.dial.headers)
+        invite.prime(
+            top_via=via,
+            from_addr=from_addr,
+            to_addr=to_addr,
+            cseq=cseq,
+            contacts=None if extra_contact else (contact,),
+        )
         self._invite = invite
         self._invite_key, actions = self.layer.send_request(
             invite, config.proxy, config.transport, now

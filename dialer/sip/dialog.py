@@ -25,13 +25,14 @@ from dataclasses import dataclass
 from enum import Enum
 
 from dialer.sip.errors import LocalProtocolError, ParseError, RemoteProtocolError
-from dialer.sip.headers import Header, Via
+from dialer.sip.headers import CSeq, Header, Via, canonical_name
 from dialer.sip.message import Request, Response, make_response
 from dialer.sip.sdp import (
     MediaAnswer,
     SdpError,
+    SessionDescription,
     build_answer,
-    build_offer,
+    build_offer_description,
     negotiate_answer,
     negotiate_offer,
 )
@@ -62,6 +63,9 @@ _KNOWN_NOT_ALLOWED = frozenset(
     {"REFER", "SUBSCRIBE", "NOTIFY", "MESSAGE", "PRACK", "PUBLISH", "REGISTER"}
 )
 _SDP = "application/sdp"
+# Header fields whose views a request we build is primed with (unless the
+# caller's extra headers add a copy of one).
+_PRIMED = frozenset({"Via", "From", "To", "CSeq"})
 
 
 class DialogError(RemoteProtocolError):
@@ -102,7 +106,15 @@ class LocalMedia:
 class MediaSession:
     """Our half of the offer/answer exchanges of one call (RFC 3264)."""
 
-    __slots__ = ("current", "local", "local_sdp", "offer_sdp", "session_id", "session_version")
+    __slots__ = (
+        "_offer",
+        "current",
+        "local",
+        "local_sdp",
+        "offer_sdp",
+        "session_id",
+        "session_version",
+    )
 
     def __init__(self, local: LocalMedia, session_id: int, session_version: int = 0) -> None:
         self.local = local
@@ -111,6 +123,9 @@ class MediaSession:
         self.local_sdp: bytes | None = None  # the last description we sent
         self.offer_sdp: bytes | None = None  # our last offer (answers are read against it)
         self.current: MediaAnswer | None = None  # the agreement in force
+        # Our offer as built, beside its bytes: answers are read against it
+        # without parsing our own offer back (valid while offer_sdp is those bytes).
+        self._offer: tuple[bytes, SessionDescription] | None = None
 
     @property
     def on_hold(self) -> bool:
@@ -130,9 +145,10 @@ class MediaSession:
     def make_offer(self, direction: str = "sendrecv") -> bytes:
         """Our offer (the INVITE's body, or a re-offer); remembered for the answer."""
         local = self.local
+        built: dict[bytes, SessionDescription] = {}
 
         def build(version: int) -> bytes:
-            return build_offer(
+            description, sdp = build_offer_description(
                 local.address,
                 local.port,
                 self.session_id,
@@ -142,15 +158,22 @@ class MediaSession:
                 ptime_ms=local.ptime_ms,
                 direction=direction,
             )
+            built[sdp] = description
+            return sdp
 
-        self.offer_sdp = self._versioned(build)
-        return self.offer_sdp
+        sdp = self._versioned(build)
+        self.offer_sdp = sdp
+        self._offer = (sdp, built[sdp])
+        return sdp
 
     def take_answer(self, answer: bytes) -> MediaAnswer:
         """Read the peer's answer to our last offer; ``SdpError`` if it cannot carry media."""
-        if self.offer_sdp is None:
+        offer = self.offer_sdp
+        if offer is None:
             raise LocalProtocolError("an answer without an offer")
-        self.current = negotiate_answer(self.offer_sdp, answer)
+        kept = self._offer
+        ours = kept[1] if kept is not None and kept[0] is offer else offer
+        self.current = negotiate_answer(ours, answer)
         return self.current
 
     def answer_offer(self, offer: bytes) -> tuple[bytes, MediaAnswer]:
@@ -288,6 +311,8 @@ class Dialog:
     """One dialog's state (§12.1) and the requests and answers it produces."""
 
     __slots__ = (
+        "_from",
+        "_to",
         "call_id",
         "local_contact",
         "local_seq",
@@ -330,6 +355,9 @@ class Dialog:
         self.local_contact = local_contact
         self.state = state
         self.secure = secure
+        # From and To of our requests, built once: (uri, tag, value, text).
+        self._from: tuple[NameAddr, str, NameAddr, str] | None = None
+        self._to: tuple[NameAddr, str, NameAddr, str] | None = None
 
     def __repr__(self) -> str:
         return f"<Dialog {self.call_id} {self.local_tag}/{self.remote_tag} {self.state.value}>"
@@ -442,18 +470,41 @@ class Dialog:
         routes.append(NameAddr(self.remote_target).serialize())
         return _strip_for_request_uri(first), routes
 
+    def _local_party(self) -> tuple[NameAddr, str, NameAddr, str]:
+        cached = self._from
+        if cached is None or cached[0] is not self.local_uri or cached[1] != self.local_tag:
+            value = self.local_uri.with_tag(self.local_tag)
+            cached = self._from = (self.local_uri, self.local_tag, value, value.serialize())
+        return cached
+
+    def _remote_party(self) -> tuple[NameAddr, str, NameAddr, str]:
+        cached = self._to
+        if cached is None or cached[0] is not self.remote_uri or cached[1] != self.remote_tag:
+            value = self.remote_uri.with_tag(self.remote_tag)
+            cached = self._to = (self.remote_uri, self.remote_tag, value, value.serialize())
+        return cached
+
     def _headers(self, via: Via, seq: int, method: str, max_forwards: int) -> list[Header]:
         uri_routes = self._target_and_routes()[1]
         headers: list[Header] = [("Via", via.serialize())]
         headers += [("Route", route) for route in uri_routes]
         headers += [
             ("Max-Forwards", str(max_forwards)),
-            ("From", self.local_uri.with_tag(self.local_tag).serialize()),
-            ("To", self.remote_uri.with_tag(self.remote_tag).serialize()),
+            ("From", self._local_party()[3]),
+            ("To", self._remote_party()[3]),
             ("Call-ID", self.call_id),
             ("CSeq", f"{seq} {method}"),
         ]
         return headers
+
+    def _prime(self, request: Request, via: Via, seq: int, method: str) -> Request:
+        # The views of a request we built are the values we built it from.
+        return request.prime(
+            top_via=via,
+            from_addr=self._local_party()[2],
+            to_addr=self._remote_party()[2],
+            cseq=CSeq(seq, method),
+        )
 
     def create_request(
         self,
@@ -483,7 +534,10 @@ class Dialog:
         out += headers
         if body:
             out.append(("Content-Type", content_type or _SDP))
-        return Request(method, uri, tuple(out), body)
+        request = Request(method, uri, tuple(out), body)
+        if not any(canonical_name(name) in _PRIMED for name, _ in headers):
+            self._prime(request, via, self.local_seq, method)
+        return request
 
     def create_ack(
         self, invite: Request, via: Via, *, body: bytes = b"", content_type: str | None = None
@@ -499,7 +553,7 @@ class Dialog:
             out += [(name, value) for value in invite.get_all(name)]
         if body:
             out.append(("Content-Type", content_type or _SDP))
-        return Request("ACK", uri, tuple(out), body)
+        return self._prime(Request("ACK", uri, tuple(out), body), via, invite.cseq.seq, "ACK")
 
     # --- requests we receive (§12.2.2) ----------------------------------------------------
 

@@ -347,6 +347,37 @@ class Message:
             out.append(item)
         return tuple(out)
 
+    # --- views known in advance ---------------------------------------------------
+
+    def prime(
+        self,
+        *,
+        top_via: Via | None = None,
+        from_addr: NameAddr | None = None,
+        to_addr: NameAddr | None = None,
+        cseq: CSeq | None = None,
+        contacts: tuple[NameAddr, ...] | None = None,
+    ) -> Self:
+        """Remember typed views the builder already holds; returns the message itself.
+
+        For a message built in code from these very values (the first Via, From,
+        To, CSeq and Contact header fields are their ``serialize()``), so that
+        reading them back never parses our own text again. Whoever passes a value
+        that does not match its header field gets that value from the view.
+        """
+        views = self._views
+        if top_via is not None:
+            views["top_via"] = top_via
+        if from_addr is not None:
+            views["from"] = from_addr
+        if to_addr is not None:
+            views["to"] = to_addr
+        if cseq is not None:
+            views["cseq"] = cseq
+        if contacts is not None:
+            views["contacts"] = contacts
+        return self
+
     # --- building new messages ----------------------------------------------------
 
     def with_header(self, name: str, value: str) -> Self:

@@ -18,7 +18,7 @@ Rules of this file:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TypeAlias
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
@@ -114,9 +114,19 @@ class SipUri:
     params: Params = ()
     headers: tuple[tuple[str, str], ...] = ()
     scheme: str = "sip"
+    # serialize(), written once: our own URIs (Contact, From, the trunk) go
+    # into every request, and the fields never change.
+    _text: str | None = field(default=None, init=False, repr=False, compare=False, hash=False)
 
     def serialize(self) -> str:
         """The URI text, e.g. ``"sip:alice@example.com:5060;transport=tcp"``."""
+        text = self._text
+        if text is None:
+            text = self._write()
+            object.__setattr__(self, "_text", text)
+        return text
+
+    def _write(self) -> str:
         out = [self.scheme, ":"]
         if self.user is not None:
             out.append(self.user)
@@ -132,7 +142,8 @@ class SipUri:
             out.append("?" + "&".join(f"{name}={value}" for name, value in self.headers))
         return "".join(out)
 
-    __str__ = serialize
+    def __str__(self) -> str:
+        return self.serialize()
 
     def param(self, name: str) -> str | None:
         """A URI parameter's value (case-insensitive name); None if absent or bare."""
