@@ -623,8 +623,7 @@ class Notifier:
                 busy = False
             if busy:
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), cfg.poll_interval_s)
+            await _wait(self._wake, cfg.poll_interval_s)
 
     async def _dispatch_loop(self, stop: asyncio.Event) -> None:
         """Fan out new outbox rows when NOTIFY says there are some, and on every poll."""
@@ -642,8 +641,7 @@ class Notifier:
                 self._wake.set()
             if taken >= cfg.batch_size or self._outbox_dirty:
                 continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dispatch_wake.wait(), cfg.poll_interval_s)
+            await _wait(self._dispatch_wake, cfg.poll_interval_s)
 
     async def _flush_loop(self, stop: asyncio.Event) -> None:
         while True:
@@ -846,6 +844,17 @@ class Notifier:
                AND completed_at < now() - make_interval(secs => $1)""",
             self.config.delivery_retention_s,
         )
+
+
+async def _wait(event: asyncio.Event, timeout_s: float) -> None:
+    """Wait for ``event`` at most ``timeout_s``.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it can swallow a cancellation that
+    arrives as the event is set, and a notifier that cannot be stopped is a bug.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
 
 
 def _clean(text: str | None) -> str | None:

@@ -313,7 +313,8 @@ async def restart_run(
         await asyncio.sleep(0.005)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
-        await task
+        async with asyncio.timeout(10):  # a notifier that ignores its kill is a bug
+            await task
     started = time.perf_counter()
     stop = asyncio.Event()
     second = asyncio.create_task(Notifier(pool, settings, config, name="second").run(stop))
