@@ -894,7 +894,7 @@ def _webhook_paths() -> dict[str, Any]:
                             "required": ["items"],
                             "properties": {
                                 "items": {"type": "array", "items": _ref("WebhookEvent")},
-                                "next_before": _NINT,
+                                "next_cursor": _nullable(_UUID),
                             },
                         },
                         "A page of events",
@@ -903,8 +903,7 @@ def _webhook_paths() -> dict[str, Any]:
                 params=[
                     _query("type", {"enum": _EVENT_TYPES}, "Only this event type"),
                     _query("record_id", _UUID, "Only this record's events"),
-                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "Size"),
-                    _query("before", {"type": "integer", "minimum": 0}, "next_before"),
+                    *_PAGE,
                 ],
             )
         },

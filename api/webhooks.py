@@ -414,7 +414,7 @@ def _event_json(row: asyncpg.Record) -> dict[str, Any]:
 async def list_events(request: web.Request) -> web.Response:
     """The tenant's events, newest first; filter by ``type`` or ``record_id``."""
     tenant = await bearer_tenant(request)
-    check_query(request, frozenset({"type", "record_id", "limit", "before"}))
+    check_query(request, frozenset({"type", "record_id", "limit", "cursor"}))
     limit = int_query(request, "limit", 50, 1, 500)
     args: list[Any] = [tenant]
     where = ["tenant_id = $1"]
@@ -426,19 +426,20 @@ async def list_events(request: web.Request) -> web.Response:
     if (record_id := uuid_query(request, "record_id")) is not None:
         args.append(record_id)
         where.append(f"record_id = ${len(args)}")
-    if "before" in request.query:
-        args.append(int_query(request, "before", 0, 0, 2**62))
-        where.append(f"id < ${len(args)}")
+    if (cursor := uuid_query(request, "cursor")) is not None:
+        args.append(cursor)
+        where.append(f"event_id < ${len(args)}")
     args.append(limit + 1)
+    # Event ids are time-ordered (UUIDv7), so newest first is descending id.
     rows = await request.app[POOL].fetch(
         f"""SELECT id, event_id, event_type, record_id, workflow_id, payload, created_at,
                    dispatched_at FROM outbox WHERE {" AND ".join(where)}
-            ORDER BY id DESC LIMIT ${len(args)}""",
+            ORDER BY event_id DESC LIMIT ${len(args)}""",
         *args,
     )
     items = [_event_json(r) for r in rows[:limit]]
     return json_response(
-        {"items": items, "next_before": rows[limit - 1]["id"] if len(rows) > limit else None}
+        {"items": items, "next_cursor": items[-1]["id"] if len(rows) > limit else None}
     )
 
 

@@ -153,6 +153,17 @@ async def test_events_attempts_and_notices_listing(
     assert resp.status == 202
     assert [d["endpoint_id"] for d in (await resp.json())["deliveries"]] == [created["id"]]
     assert (await client.get("/v1/webhook-events?type=x", headers=tenant.auth)).status == 422
+    async with pool.acquire() as conn:
+        newer = [
+            await write_event(conn, tenant_id=tenant.id, event_type="list.completed", payload={})
+            for _ in range(2)
+        ]
+    first = await (await client.get("/v1/webhook-events?limit=2", headers=tenant.auth)).json()
+    assert [e["id"] for e in first["items"]] == [str(newer[1]), str(newer[0])]
+    rest = await client.get(
+        f"/v1/webhook-events?limit=2&cursor={first['next_cursor']}", headers=tenant.auth
+    )
+    assert [e["id"] for e in (await rest.json())["items"]] == [str(event)]
     await pool.execute(
         "UPDATE webhook_endpoints SET enabled = false WHERE tenant_id = $1", tenant.id
     )
