@@ -26,14 +26,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import ipaddress
+import math
 import secrets
 import socket
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from dataclasses import dataclass, field, fields
 from enum import Enum
+from typing import Generic, TypeVar
 
 from dialer.sip.actions import (
     Action,
@@ -89,6 +92,7 @@ from dialer.trunk import (
 __all__ = [
     "LOOPBACK",
     "SCANNER_AGENTS",
+    "Admission",
     "CallHandle",
     "RequestPolicy",
     "SourcePolicy",
@@ -280,11 +284,36 @@ def target_uri(target: str, trunk: TrunkConfig) -> Uri:
 
 
 @dataclass(frozen=True, slots=True)
+class Admission:
+    """When ``place_call`` holds a new call back instead of sending its INVITE at once.
+
+    Past what one process can carry, sending more INVITEs only makes every
+    call worse: responses queue behind them, retransmissions (Timer A, the
+    peer's 2xx) add load, ring timeouts fire on calls that were answered. So a
+    new call waits while ``max_unanswered`` of our requests have heard nothing
+    yet (``TransactionLayer.unanswered``), or while the event loop runs its
+    timers more than ``max_loop_lag_s`` late; it is let through, oldest first,
+    once both are back under their bound (checked every ``check_interval_s``,
+    at most ``max_released`` calls per check). None disables a bound.
+    """
+
+    max_unanswered: int | None = 500
+    max_loop_lag_s: float | None = 0.1
+    check_interval_s: float = 0.01
+    max_released: int = 64
+
+    def __post_init__(self) -> None:
+        if self.check_interval_s <= 0 or self.max_released < 1:
+            raise ValueError("check_interval_s must be positive and max_released at least 1")
+
+
+@dataclass(frozen=True, slots=True)
 class UserAgentOptions:
     """How the user agent listens and presents itself.
 
     ``advertised_host`` goes into Via and Contact; by default the listen host,
     or, when that is a wildcard, the local address the route to each trunk uses.
+    ``admission`` bounds the load new calls may add (see ``Admission``).
     """
 
     transport: TransportConfig = field(default_factory=TransportConfig)
@@ -297,6 +326,7 @@ class UserAgentOptions:
     ring_timeout_s: float = 45.0
     max_duration_s: float | None = 3600.0
     session_expires_s: int | None = 1800
+    admission: Admission = field(default_factory=Admission)
 
 
 @dataclass(slots=True)
@@ -314,6 +344,7 @@ class UserAgentStats:
     malformed_dropped: int = 0
     stray_responses: int = 0
     send_failures: int = 0
+    calls_held_back: int = 0  # place_call waited for admission (see ``Admission``)
     answered: dict[int, int] = field(default_factory=dict)  # out-of-dialog answers by status
 
     def as_dict(self) -> dict[str, object]:
@@ -375,8 +406,24 @@ class CallHandle:
     Unix time.
     """
 
+    __slots__ = (
+        "_agent",
+        "_answered",
+        "_ended",
+        "_events",
+        "_reader",
+        "_ringing",
+        "call",
+        "call_id",
+        "clock_offset",
+        "early_media",
+        "media",
+        "on_event",
+        "result",
+        "trunk",
+    )
+
     def __init__(self, agent: UserAgent, call: Call, trunk: Trunk) -> None:
-        loop = agent.loop
         self._agent = agent
         self.call = call
         self.call_id = call.call_id
@@ -386,10 +433,13 @@ class CallHandle:
         self.early_media: MediaAnswer | None = None
         self.result: CallResult | None = None
         self.on_event: Callable[[CallEvent], None] | None = None
-        self._events: asyncio.Queue[CallEvent] = asyncio.Queue()
-        self._ringing: asyncio.Future[int | None] = loop.create_future()
-        self._answered: asyncio.Future[MediaAnswer | None] = loop.create_future()
-        self._ended: asyncio.Future[CallResult] = loop.create_future()
+        # Plain values until someone waits: a future costs only the waiters that
+        # exist (at 1,000 calls a second, three futures and a Queue per call showed).
+        self._events: deque[CallEvent] = deque()
+        self._reader: asyncio.Future[None] | None = None
+        self._ringing: _Outcome[int | None] = _Outcome()
+        self._answered: _Outcome[MediaAnswer | None] = _Outcome()
+        self._ended: _Outcome[CallResult] = _Outcome()
 
     def __repr__(self) -> str:
         return f"<CallHandle {self.call_id} {self.state.value}>"
@@ -410,7 +460,7 @@ class CallHandle:
     async def ringing(self) -> int | None:
         """The status of the first 180/181/182; None if the call ended or was
         answered without one."""
-        return await asyncio.shield(self._ringing)
+        return await self._ringing.wait(self._agent.loop)
 
     async def answered(self) -> MediaAnswer | None:
         """The negotiated media once answered; None if the call ended unanswered.
@@ -418,56 +468,121 @@ class CallHandle:
         Raises ``UserAgentClosed`` if the agent closed before either happened
         (likewise ``ringing`` and ``ended``).
         """
-        return await asyncio.shield(self._answered)
+        return await self._answered.wait(self._agent.loop)
 
     async def ended(self) -> CallResult:
         """The result, once the call is over."""
-        return await asyncio.shield(self._ended)
+        return await self._ended.wait(self._agent.loop)
 
     def __aiter__(self) -> AsyncIterator[CallEvent]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[CallEvent]:
+        events = self._events
         while True:
-            event = await self._events.get()
+            while not events:
+                if self._ended.error is not None:
+                    raise self._ended.error
+                self._reader = self._agent.loop.create_future()
+                try:
+                    await self._reader
+                finally:
+                    self._reader = None
+            event = events.popleft()
             yield event
             if isinstance(event, Ended):
                 return
 
     def _abort(self) -> None:
         # The agent closed first: whoever waits must not wait forever.
-        for future in (self._ringing, self._answered, self._ended):
-            if not future.done():
-                future.set_exception(UserAgentClosed(f"call {self.call_id} was cut off"))
-                future.exception()  # retrieved: no "never retrieved" warning if unawaited
+        error = UserAgentClosed(f"call {self.call_id} was cut off")
+        for outcome in (self._ringing, self._answered, self._ended):
+            outcome.fail(error)
+        self._wake_reader()
+
+    def _wake_reader(self) -> None:
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
 
     def _event(self, event: CallEvent) -> None:
         match event:
             case Ringing(status=status):
-                _resolve(self._ringing, status)
+                self._ringing.resolve(status)
             case EarlyMedia(media=media):
                 self.early_media = media
             case Answered(media=media):
                 self.media = media
-                _resolve(self._ringing, None)
-                _resolve(self._answered, media)
+                self._ringing.resolve(None)
+                self._answered.resolve(media)
             case Held(media=media) | Resumed(media=media) | MediaUpdated(media=media):
                 self.media = media
             case Ended(result=result):
                 self.result = result
-                _resolve(self._ringing, None)
-                _resolve(self._answered, None)
-                _resolve(self._ended, result)
+                self._ringing.resolve(None)
+                self._answered.resolve(None)
+                self._ended.resolve(result)
             case Dtmf():
                 pass
-        self._events.put_nowait(event)
+        self._events.append(event)
+        self._wake_reader()
         if self.on_event is not None:
             self.on_event(event)
 
 
-def _resolve(future: asyncio.Future, value: object) -> None:  # type: ignore[type-arg]
-    if not future.done():
-        future.set_result(value)
+_T = TypeVar("_T")
+
+
+class _Outcome(Generic[_T]):
+    """A value that arrives once, for any number of waiters (a cheap shielded future).
+
+    Each waiter awaits a future of its own, so cancelling one waiter never
+    cancels the outcome for the others (what ``asyncio.shield`` gave, without
+    two futures per wait); once the value is in, waiting costs no future at all.
+    """
+
+    __slots__ = ("done", "error", "value", "waiters")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.value: _T | None = None
+        self.error: BaseException | None = None
+        self.waiters: list[asyncio.Future[_T]] | None = None
+
+    async def wait(self, loop: asyncio.AbstractEventLoop) -> _T:
+        if self.done:
+            if self.error is not None:
+                raise self.error
+            return self.value  # type: ignore[return-value]
+        future: asyncio.Future[_T] = loop.create_future()
+        if self.waiters is None:
+            self.waiters = []
+        self.waiters.append(future)
+        try:
+            return await future
+        finally:
+            if not self.done and self.waiters is not None:
+                self.waiters.remove(future)
+
+    def resolve(self, value: _T) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.value = value
+        for future in self.waiters or ():
+            if not future.done():
+                future.set_result(value)
+        self.waiters = None
+
+    def fail(self, error: BaseException) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.error = error
+        for future in self.waiters or ():
+            if not future.done():
+                future.set_exception(error)
+        self.waiters = None
 
 
 class _RandomHex:
@@ -504,9 +619,199 @@ def _new_ids() -> IdGenerators:
     )
 
 
-# --- the user agent -----------------------------------------------------------------------
+# --- admission ----------------------------------------------------------------------------
+
+
+class _AdmissionGate:
+    """``Admission`` at work: a FIFO of held-back calls and a check that runs while any wait.
+
+    The check is a loop timer; how late it fires is the loop lag. It runs while
+    the agent has calls or calls are held back (an idle agent schedules
+    nothing), and stops with ``close()``, which also releases every waiter
+    (``place_call`` then raises).
+    """
+
+    __slots__ = (
+        "_busy",
+        "_handle",
+        "_layer",
+        "_loop",
+        "_policy",
+        "_scheduled_at",
+        "_waiters",
+        "lag_s",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        policy: Admission,
+        layer: TransactionLayer,
+        busy: Callable[[], bool],
+    ) -> None:
+        self._loop = loop
+        self._policy = policy
+        self._layer = layer
+        self._busy = busy
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._handle: asyncio.TimerHandle | None = None
+        self._scheduled_at = 0.0
+        self.lag_s = 0.0
+
+    def open(self) -> bool:
+        """True when a new call may go now (nobody waits before it and load is under
+        bounds); starts the lag check if it is not running."""
+        if self._handle is None and self._policy.max_loop_lag_s is not None:
+            self._schedule()
+        return not self._waiters and self._headroom() > 0
+
+    def _headroom(self) -> int:
+        policy = self._policy
+        if policy.max_loop_lag_s is not None and self.lag_s > policy.max_loop_lag_s:
+            return 0
+        if policy.max_unanswered is None:
+            return policy.max_released
+        return min(policy.max_released, policy.max_unanswered - self._layer.unanswered)
+
+    async def wait(self) -> None:
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._waiters.append(future)
+        if self._handle is None:
+            self._schedule()
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future in self._waiters:
+                self._waiters.remove(future)
+            raise
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        while self._waiters:
+            future = self._waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+
+    def _schedule(self) -> None:
+        self._scheduled_at = self._loop.time() + self._policy.check_interval_s
+        self._handle = self._loop.call_at(self._scheduled_at, self._check)
+
+    def _check(self) -> None:
+        self._handle = None
+        self.lag_s = max(0.0, self._loop.time() - self._scheduled_at)
+        for _ in range(max(0, self._headroom())):
+            if not self._waiters:
+                break
+            future = self._waiters.popleft()
+            if not future.done():
+                future.set_result(None)
+        if self._waiters or self._busy():
+            self._schedule()
+        else:
+            self.lag_s = 0.0  # an idle agent measures nothing
+
+
+# --- timers -------------------------------------------------------------------------------
 
 _TimerKey = tuple[Hashable, str]
+# Compact the heap once this many cancelled entries wait in it (and they
+# outnumber the live ones two to one): a cancelled max-duration timer would
+# otherwise sit there for an hour.
+_COMPACT_AFTER = 4096
+# uvloop's clock counts whole milliseconds and may wake a timer a little
+# early: what is due within this much is due now.
+_EARLY_S = 0.001
+
+
+class _TimerQueue:
+    """Every SIP timer of the agent in one heap, behind a single loop timer.
+
+    A call runs nine timers or so (A, B, ring timeout, M, max duration, E, F,
+    K ...), most of them cancelled; a ``loop.call_at`` each cost a handle, a
+    context and a bound method, and at 1,000 calls a second the live ones (M
+    and K wait 32 s and 5 s) were a large part of what the garbage collector
+    walked. Here a timer is one heap entry; cancelling it forgets its sequence
+    number, and its stale entry is skipped when it comes up (or compacted away).
+    Starting a timer that is running replaces it (``actions.py`` rule 2).
+    """
+
+    __slots__ = ("_armed", "_armed_at", "_dead", "_fire", "_heap", "_live", "_loop", "_seq")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, fire: Callable[[_TimerKey, float], None]
+    ) -> None:
+        self._loop = loop
+        self._fire = fire
+        self._heap: list[tuple[float, int, _TimerKey]] = []
+        self._live: dict[_TimerKey, int] = {}  # timer -> sequence number of its live entry
+        self._seq = 0
+        self._dead = 0
+        self._armed: asyncio.TimerHandle | None = None
+        self._armed_at = math.inf
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def start(self, timer: _TimerKey, at: float) -> None:
+        self._seq = seq = self._seq + 1
+        if self._live.get(timer) is not None:
+            self._dead += 1
+        self._live[timer] = seq
+        heapq.heappush(self._heap, (at, seq, timer))
+        if at < self._armed_at:
+            self._arm(at)
+        elif self._dead > _COMPACT_AFTER and self._dead > 2 * len(self._live):
+            self._compact()
+
+    def cancel(self, timer: _TimerKey) -> None:
+        if self._live.pop(timer, None) is not None:
+            self._dead += 1
+
+    def clear(self) -> None:
+        if self._armed is not None:
+            self._armed.cancel()
+        self._armed = None
+        self._armed_at = math.inf
+        self._heap.clear()
+        self._live.clear()
+        self._dead = 0
+
+    def _arm(self, at: float) -> None:
+        if self._armed is not None:
+            self._armed.cancel()
+        self._armed = self._loop.call_at(at, self._run)
+        self._armed_at = at
+
+    def _compact(self) -> None:
+        live = self._live
+        self._heap = [entry for entry in self._heap if live.get(entry[2]) == entry[1]]
+        heapq.heapify(self._heap)
+        self._dead = 0
+
+    def _run(self) -> None:
+        self._armed = None
+        self._armed_at = math.inf
+        heap = self._heap
+        live = self._live
+        now = self._loop.time()
+        try:
+            while heap and heap[0][0] <= now + _EARLY_S:
+                _, seq, timer = heapq.heappop(heap)
+                if live.get(timer) != seq:
+                    self._dead -= 1  # cancelled or replaced
+                    continue
+                del live[timer]
+                self._fire(timer, now)
+        finally:
+            # Re-armed even if a callback raised (the loop reports that one):
+            # the other timers must still fire.
+            if heap and heap[0][0] < self._armed_at:
+                self._arm(heap[0][0])
+
+
+# --- the user agent -----------------------------------------------------------------------
 
 
 class UserAgent:
@@ -541,13 +846,16 @@ class UserAgent:
         self.trunks: dict[str, Trunk] = {t.name: Trunk(t) for t in trunks}
         self.transport = SipTransport(options.transport, self, self.loop)
         self._calls: dict[str, tuple[Call, CallHandle, Trunk]] = {}
-        self._timers: dict[_TimerKey, asyncio.TimerHandle] = {}
+        self._timers = _TimerQueue(self.loop, self._fire)
         self._own: dict[TransactionKey, asyncio.Future[Response | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._started = False
         self._idle = asyncio.Event()
         self._idle.set()
+        self._admission = _AdmissionGate(
+            self.loop, options.admission, self.layer, lambda: bool(self._calls)
+        )
 
     # --- life ---------------------------------------------------------------------------
 
@@ -584,13 +892,12 @@ class UserAgent:
         if grace_s > 0 and self._calls:
             await self.drain(grace_s)
         self._closed = True
+        self._admission.close()
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for handle in self._timers.values():
-            handle.cancel()
         self._timers.clear()
         for future in self._own.values():
             if not future.done():
@@ -618,6 +925,11 @@ class UserAgent:
     def active_calls(self) -> int:
         """Calls the user agent still tracks (including ones whose BYE is out)."""
         return len(self._calls)
+
+    @property
+    def loop_lag_s(self) -> float:
+        """How late the loop ran the admission check last time (0 when idle)."""
+        return self._admission.lag_s
 
     @property
     def pending_timers(self) -> int:
@@ -706,6 +1018,11 @@ class UserAgent:
             raise RuntimeError("user agent is closed")
         chosen = self._trunk(trunk)
         uri = target if not isinstance(target, str) else target_uri(target, chosen.config)
+        if not self._admission.open():
+            self.stats.calls_held_back += 1
+            await self._admission.wait()
+            if self._closed:
+                raise RuntimeError("user agent is closed")
         await self._acquire(chosen, wait)
         config = chosen.ua_config
         assert config is not None
@@ -764,7 +1081,8 @@ class UserAgent:
 
     def _settle(self, call: Call) -> None:
         if call.finished:
-            self._calls.pop(call.call_id, None)
+            if self._calls.pop(call.call_id, None) is not None:
+                call.release()
             if not self._calls:
                 self._idle.set()
 
@@ -910,11 +1228,9 @@ class UserAgent:
             if kind is Send:
                 self.transport.send(action.data, action.addr, action.transport, action.message)  # type: ignore[attr-defined]
             elif kind is StartTimer:
-                self._start_timer(action.key, action.timer, action.at)  # type: ignore[attr-defined]
+                self._timers.start((action.key, action.timer), action.at)  # type: ignore[attr-defined]
             elif kind is CancelTimer:
-                handle = self._timers.pop((action.key, action.timer), None)  # type: ignore[attr-defined]
-                if handle is not None:
-                    handle.cancel()
+                self._timers.cancel((action.key, action.timer))  # type: ignore[attr-defined]
             elif kind is Deliver:
                 self._deliver(action, now)  # type: ignore[arg-type]
             elif kind is TimedOut or kind is TransportFailed:
@@ -926,18 +1242,8 @@ class UserAgent:
             elif isinstance(action, CallEvent):
                 self._call_event(action)
 
-    def _start_timer(self, key: Hashable, timer: str, at: float) -> None:
-        timer_key = (key, timer)
-        old = self._timers.get(timer_key)
-        if old is not None:
-            old.cancel()
-        self._timers[timer_key] = self.loop.call_at(at, self._fire, timer_key)
-
-    def _fire(self, timer_key: _TimerKey) -> None:
-        if self._timers.pop(timer_key, None) is None:
-            return
+    def _fire(self, timer_key: _TimerKey, now: float) -> None:
         key, timer = timer_key
-        now = self.loop.time()
         if type(key) is CallTimerKey:
             entry = self._calls.get(key.call_id)
             if entry is not None:

@@ -378,6 +378,15 @@ class Message:
             views["contacts"] = contacts
         return self
 
+    def forget_views(self) -> None:
+        """Drop the remembered typed views; they are worked out again if asked for.
+
+        For a message kept long after anyone reads it (a transaction waiting out
+        Timer M or K): the views are most of what it holds, and every object
+        kept is one more for the garbage collector to walk.
+        """
+        self._views.clear()
+
     # --- building new messages ----------------------------------------------------
 
     def with_header(self, name: str, value: str) -> Self:

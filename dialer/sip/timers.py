@@ -24,6 +24,9 @@ __all__ = ["DEFAULT_TIMERS", "TimerConfig", "TimerName"]
 class TimerName(StrEnum):
     """The transaction timers, by their RFC 3261 / RFC 6026 letters."""
 
+    # Equal to their values as strings, so hashed as those strings (in C).
+    __hash__ = str.__hash__
+
     A = "A"  # client INVITE: request retransmission (unreliable only)
     B = "B"  # client INVITE: transaction timeout
     D = "D"  # client INVITE: wait for response retransmissions in Completed

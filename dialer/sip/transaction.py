@@ -81,6 +81,10 @@ def is_reliable(transport: str) -> bool:
 class TransactionState(Enum):
     """The states of RFC 3261 §17 figures 5-8 and RFC 6026 (Accepted)."""
 
+    # Members are singletons: hash by identity, in C (Enum's own hash is Python
+    # code, and every table look-up and transaction key hashes these).
+    __hash__ = object.__hash__
+
     CALLING = "Calling"
     TRYING = "Trying"
     PROCEEDING = "Proceeding"
@@ -92,6 +96,10 @@ class TransactionState(Enum):
 
 class Input(Enum):
     """What can happen to a transaction, apart from its timers."""
+
+    # Members are singletons: hash by identity, in C (Enum's own hash is Python
+    # code, and every table look-up and transaction key hashes these).
+    __hash__ = object.__hash__
 
     RESPONSE_1XX = "1xx received"
     RESPONSE_2XX = "2xx received"
@@ -129,6 +137,10 @@ class UnknownTransaction(LocalProtocolError):
 
 class Role(Enum):
     """Which side of the transaction we are."""
+
+    # Members are singletons: hash by identity, in C (Enum's own hash is Python
+    # code, and every table look-up and transaction key hashes these).
+    __hash__ = object.__hash__
 
     CLIENT = "client"
     SERVER = "server"
@@ -564,6 +576,7 @@ class ClientInviteTransaction(_ClientTransaction):
                 self._cancel(TimerName.A, out)
                 self._cancel(TimerName.B, out)
                 self._pass_up(message, out)
+                self._data = b""  # never retransmitted again: do not hold it for Timer M
                 if old is not S.ACCEPTED:
                     # RFC 6026 §7.2: Timer M keeps the transaction for the 2xx
                     # retransmissions of other forks.
@@ -639,6 +652,7 @@ class ClientNonInviteTransaction(_ClientTransaction):
                 self._cancel(TimerName.E, out)
                 self._cancel(TimerName.F, out)
                 self._pass_up(message, out)
+                self._data = b""  # never retransmitted again: do not hold it for Timer K
                 if not self._start_initial(TimerName.K, now, out):
                     return S.TERMINATED
         return self.state
@@ -775,14 +789,23 @@ class TransactionLayer:
     its ``TransactionTerminated`` action.
     """
 
-    __slots__ = ("_transactions", "config")
+    __slots__ = ("_transactions", "_unanswered", "config")
 
     def __init__(self, config: TimerConfig = DEFAULT_TIMERS) -> None:
         self.config = config
         self._transactions: dict[TransactionKey, Transaction] = {}
+        # Client transactions still in Calling or Trying: sent, nothing heard yet.
+        self._unanswered: set[TransactionKey] = set()
 
     def __len__(self) -> int:
         return len(self._transactions)
+
+    @property
+    def unanswered(self) -> int:
+        """Our requests that have heard nothing yet (client transactions in Calling
+        or Trying): the first number to grow when the peer, or our own event loop,
+        falls behind."""
+        return len(self._unanswered)
 
     def __contains__(self, key: object) -> bool:
         return key in self._transactions
@@ -811,6 +834,7 @@ class TransactionLayer:
         if tx.key in self._transactions:
             raise LocalProtocolError(f"branch {tx.key.branch} is already in use")
         self._transactions[tx.key] = tx
+        self._unanswered.add(tx.key)
         return tx.key, self._settle(tx, tx.start(now))
 
     def send_stateless(self, message: Request | Response, addr: Address, transport: str) -> Send:
@@ -886,6 +910,7 @@ class TransactionLayer:
         with no final response 64*T1 later). Its timers are cancelled; no event
         but ``TransactionTerminated`` is reported. Unknown keys are ignored."""
         tx = self._transactions.pop(key, None)
+        self._unanswered.discard(key)
         if tx is None:
             return []
         out: list[Action] = []
@@ -896,6 +921,9 @@ class TransactionLayer:
         return out
 
     def _settle(self, tx: Transaction, actions: list[Action]) -> list[Action]:
-        if tx.state is S.TERMINATED:
+        state = tx.state
+        if state is not S.CALLING and state is not S.TRYING:
+            self._unanswered.discard(tx.key)
+        if state is S.TERMINATED:
             self._transactions.pop(tx.key, None)
         return actions
