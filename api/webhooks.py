@@ -430,7 +430,8 @@ async def list_events(request: web.Request) -> web.Response:
         args.append(cursor)
         where.append(f"event_id < ${len(args)}")
     args.append(limit + 1)
-    # Event ids are time-ordered (UUIDv7), so newest first is descending id.
+    # Event ids are UUIDv7, ordered to the millisecond: descending id is newest
+    # first, and a total order, so pages neither overlap nor skip.
     rows = await request.app[POOL].fetch(
         f"""SELECT id, event_id, event_type, record_id, workflow_id, payload, created_at,
                    dispatched_at FROM outbox WHERE {" AND ".join(where)}
