@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 from collections.abc import AsyncIterator, Callable
 
@@ -16,7 +17,9 @@ from dialer.sip.uri import SipUri
 from dialer.transport import TransportConfig
 from dialer.trunk import TrunkConfig
 from dialer.user_agent import (
+    _COMPACT_AFTER,
     LOOPBACK,
+    Admission,
     RequestPolicy,
     SourcePolicy,
     TrunkBusy,
@@ -24,6 +27,7 @@ from dialer.user_agent import (
     UserAgentClosed,
     UserAgentOptions,
     Verdict,
+    _TimerQueue,
     answer_out_of_dialog,
     target_uri,
 )
@@ -393,3 +397,100 @@ async def test_close_cuts_off_calls_without_leaving_waiters_hanging() -> None:
         await handle.answered()
     assert agent.pending_timers == 0 and agent.active_calls == 0
     silent.close()
+
+
+# --- admission control -------------------------------------------------------------------
+
+
+async def test_admission_holds_calls_while_too_many_invites_are_unanswered() -> None:
+    silent = udp_peer()
+    loop = asyncio.get_running_loop()
+    host, port = silent.getsockname()
+    trunk = TrunkConfig.from_uri(f"sip:{host}:{port}")
+    admission = Admission(max_unanswered=2, max_loop_lag_s=None, check_interval_s=0.005)
+    slow = dataclasses.replace(options(), timers=TimerConfig(t1_s=1.0), admission=admission)
+    async with UserAgent(slow, [trunk]) as ua:
+        first = await ua.place_call("1", media=MEDIA)
+        await ua.place_call("2", media=MEDIA)
+        assert ua.layer.unanswered == 2
+        third = asyncio.create_task(ua.place_call("3", media=MEDIA))
+        fourth = asyncio.create_task(ua.place_call("4", media=MEDIA))
+        invites = [parse_message(await recv(silent)) for _ in range(2)]
+        await asyncio.sleep(0.05)  # ten checks: still over the bound
+        assert not third.done() and not fourth.done()
+        assert ua.stats.calls_held_back == 2
+        # A 180 to the first INVITE: one request less without an answer, one call goes.
+        ringing = make_response(invites[0], 180, to_tag="callee")  # type: ignore[arg-type]
+        await loop.sock_sendto(silent, ringing.serialize(), ua.address)
+        await asyncio.wait_for(first.ringing(), 2)
+        await asyncio.wait_for(third, 2)
+        assert not fourth.done()  # the oldest waiter first, and only as many as fit
+        third_invite = parse_message(await recv(silent))
+        assert isinstance(third_invite, Request) and third_invite.uri.user == "3"  # type: ignore[union-attr]
+        assert ua.layer.unanswered == 2
+    with pytest.raises(RuntimeError):
+        await fourth  # the agent closed while it waited
+    silent.close()
+
+
+async def test_admission_bounds_can_be_lifted() -> None:
+    silent = udp_peer()
+    host, port = silent.getsockname()
+    trunk = TrunkConfig.from_uri(f"sip:{host}:{port}")
+    open_gate = Admission(max_unanswered=None, max_loop_lag_s=None)
+    async with UserAgent(dataclasses.replace(options(), admission=open_gate), [trunk]) as ua:
+        for n in range(20):
+            await asyncio.wait_for(ua.place_call(str(n), media=MEDIA), 1)
+        assert ua.layer.unanswered == 20 and ua.stats.calls_held_back == 0
+    silent.close()
+
+
+@pytest.mark.parametrize(
+    ("fields", "error"),
+    [({"check_interval_s": 0.0}, ValueError), ({"max_released": 0}, ValueError)],
+)
+def test_admission_checks_its_fields(fields: dict, error: type[Exception]) -> None:
+    with pytest.raises(error):
+        Admission(**fields)
+
+
+# --- the timer heap ------------------------------------------------------------------------
+
+
+async def test_timer_queue_fires_in_deadline_order_and_honours_cancel_and_replace() -> None:
+    loop = asyncio.get_running_loop()
+    fired: list[tuple[object, str]] = []
+    done = asyncio.Event()
+
+    def fire(timer: tuple[object, str], now: float) -> None:
+        fired.append(timer)
+        if timer == ("k", "last"):
+            done.set()
+
+    queue = _TimerQueue(loop, fire)
+    now = loop.time()
+    queue.start(("k", "b"), now + 0.03)
+    queue.start(("k", "a"), now + 0.01)
+    queue.start(("k", "gone"), now + 0.02)
+    queue.cancel(("k", "gone"))
+    queue.start(("k", "moved"), now + 0.001)
+    queue.start(("k", "moved"), now + 0.04)  # replaced: fires once, at the new time
+    queue.start(("k", "last"), now + 0.05)
+    assert len(queue) == 4
+    await asyncio.wait_for(done.wait(), 2)
+    assert fired == [("k", "a"), ("k", "b"), ("k", "moved"), ("k", "last")]
+    assert len(queue) == 0
+
+
+async def test_timer_queue_compacts_cancelled_entries() -> None:
+    loop = asyncio.get_running_loop()
+    queue = _TimerQueue(loop, lambda timer, now: None)
+    far = loop.time() + 3600  # a max-duration timer, cancelled when the call ends
+    for n in range(3 * _COMPACT_AFTER):
+        queue.start((n, "max_duration"), far)
+        queue.cancel((n, "max_duration"))
+    queue.start(("live", "K"), far)
+    assert len(queue) == 1
+    assert len(queue._heap) < 2 * _COMPACT_AFTER  # the dead ones did not pile up
+    queue.clear()
+    assert len(queue) == 0 and queue._heap == []

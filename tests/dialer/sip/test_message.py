@@ -293,3 +293,19 @@ def test_require_supported(invite: Request) -> None:
 def test_response_classes() -> None:
     assert Response(183, "Session Progress").is_provisional
     assert Response(200, "OK").is_final and not Response(200, "OK").is_provisional
+
+
+# --- views known in advance, and forgotten ------------------------------------------------
+
+
+def test_primed_views_are_returned_and_forgotten_views_come_back(invite: Request) -> None:
+    built = Request(invite.method, invite.uri, invite.headers, invite.body)
+    cseq, from_addr = CSeq(314159, "INVITE"), invite.from_addr
+    assert built.prime(cseq=cseq, from_addr=from_addr) is built
+    assert built.cseq is cseq and built.from_addr is from_addr  # not parsed again
+    built.forget_views()
+    assert built.cseq == cseq and built.cseq is not cseq  # worked out again from the text
+    assert built.from_addr == from_addr and built.branch == "z9hG4bKnashds8"
+    # A copy with another header starts with no views of its own.
+    copy = built.prime(cseq=CSeq(1, "INVITE")).with_header("Subject", "hi")
+    assert copy.cseq == cseq

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -17,8 +18,10 @@ from dialer.sip.sdp import (
     MediaAnswer,
     SdpError,
     SessionDescription,
+    _ipv4_first_octet,  # the fast path checked against ipaddress
     build_answer,
     build_offer,
+    build_offer_description,
     negotiate_answer,
     negotiate_offer,
 )
@@ -686,3 +689,67 @@ def test_protos_sdp_group_answers_or_sdp_error() -> None:
     for broken in (2437, 2453, 2428):  # "=0" first line, non-ASCII type, NUL after rtpmap
         assert broken in outcomes["rejected"]
     assert len(outcomes["accepted"]) + len(outcomes["rejected"]) == len(PROTOS_SDP_GROUP)
+
+
+# --- the fast paths agree with the slow ones --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "192.0.2.10",
+        "0.0.0.0",
+        "255.255.255.255",
+        "224.0.0.1",
+        "239.255.255.255",
+        "01.2.3.4",  # leading zeros are refused by ipaddress too
+        "1.2.3.04",
+        "256.1.1.1",
+        "1.2.3",
+        "1.2.3.4.5",
+        "1..3.4",
+        " 1.2.3.4",
+        "1.2.3.4 ",
+        "+1.2.3.4",
+        "\u0661.2.3.4",  # an Arabic-Indic digit: isdigit() but not ASCII
+        "::1",
+        "example.com",
+        "",
+    ],
+)
+def test_dotted_quad_fast_path_agrees_with_ipaddress(host: str) -> None:
+    try:
+        parsed = ipaddress.ip_address(host)
+    except ValueError:
+        parsed = None
+    first = _ipv4_first_octet(host)
+    if parsed is not None and parsed.version == 4:
+        assert first == int(host.split(".")[0])
+    else:
+        assert first is None
+
+
+@pytest.mark.parametrize(
+    ("address", "kwargs"),
+    [
+        ("192.0.2.10", {}),
+        ("2001:db8::10", {}),
+        ("192.0.2.10", {"codecs": ["pcma"], "telephone_event_pt": None, "ptime_ms": None}),
+        ("192.0.2.10", {"direction": "sendonly", "ptime_ms": 30}),
+    ],
+)
+def test_offer_description_is_the_offer(address: str, kwargs: dict) -> None:
+    description, data = build_offer_description(address, 40000, 7000, 3, **kwargs)
+    assert data == build_offer(address, 40000, 7000, 3, **kwargs)
+    assert data == description.serialize()
+    assert SessionDescription.parse(data).serialize() == data
+    answer = build_answer(data, "192.0.2.20", 30000, 1, 1)
+    # Read against the description or against the bytes: the same agreement.
+    assert negotiate_answer(description, answer) == negotiate_answer(data, answer)
+
+
+def test_rtpmaps_hands_out_copies() -> None:
+    description, _ = build_offer_description("192.0.2.10", 40000, 1, 1)
+    maps = description.media[0].rtpmaps()
+    maps.clear()
+    assert set(description.media[0].rtpmaps()) == {0, 8, 101}

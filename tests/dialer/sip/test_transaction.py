@@ -470,3 +470,41 @@ def test_deliver_is_what_the_server_sees() -> None:
     deliver = pair.server.delivered[0]
     assert isinstance(deliver, Deliver) and deliver.source == UAC_ADDR
     assert deliver.message.top_via.rport == 5060  # type: ignore[union-attr]
+
+
+# --- requests that heard nothing yet -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "unanswered_after"),
+    [
+        ("INVITE", 180, 0),  # Calling -> Proceeding: heard
+        ("INVITE", 200, 0),  # -> Accepted
+        ("INVITE", 486, 0),  # -> Completed
+        ("BYE", 100, 0),  # Trying -> Proceeding
+        ("BYE", 200, 0),  # -> Completed
+    ],
+)
+def test_unanswered_counts_requests_until_their_first_response(
+    method: str, status: int, unanswered_after: int
+) -> None:
+    pair = Pair()
+    assert pair.client.layer.unanswered == 0
+    pair.send(request(method))
+    assert pair.client.layer.unanswered == 1
+    assert pair.server.layer.unanswered == 0  # server transactions never count
+    pair.answer(status)
+    assert pair.client.layer.unanswered == unanswered_after
+
+
+@pytest.mark.parametrize("method", ["INVITE", "OPTIONS"])
+def test_unanswered_forgets_a_timed_out_or_abandoned_request(method: str) -> None:
+    pair = Pair()
+    pair.wire.drop = lambda message, source, to: True  # nothing gets through
+    key = pair.send(request(method))
+    assert pair.client.layer.unanswered == 1
+    pair.wire.advance(64 * T1 + 1)  # Timer B / F
+    assert pair.client.layer.unanswered == 0 and len(pair.client.timeouts) == 1
+    key = pair.send(request(method, branch="z9hG4bKother"))
+    pair.client.layer.abandon(key)
+    assert pair.client.layer.unanswered == 0

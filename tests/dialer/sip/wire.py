@@ -27,6 +27,7 @@ from dialer.sip.actions import (
     TransportFailed,
 )
 from dialer.sip.dialog import Dialog, LocalMedia, MediaSession
+from dialer.sip.errors import SipError
 from dialer.sip.headers import Via
 from dialer.sip.message import Request, Response, make_response
 from dialer.sip.parser import parse_message
@@ -113,6 +114,10 @@ class Wire:
         self.queue: deque[tuple[Address, Address, bytes]] = deque()
         self.drop: Callable[[Request | Response, Address, Address], bool] | None = None
         self.dropped: list[Request | Response] = []
+        # Bytes that do not parse: an error by default; set drop_malformed to have
+        # them dropped and kept here instead, as the real transport does.
+        self.drop_malformed = False
+        self.malformed: list[bytes] = []
 
     @property
     def now(self) -> float:
@@ -144,7 +149,13 @@ class Wire:
             if not self.queue:
                 return
             source, to, data = self.queue.popleft()
-            message = parse_message(data)
+            try:
+                message = parse_message(data)
+            except SipError:
+                if not self.drop_malformed:
+                    raise
+                self.malformed.append(data)
+                continue
             if self.drop is not None and self.drop(message, source, to):
                 self.dropped.append(message)
                 continue
