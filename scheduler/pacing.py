@@ -35,6 +35,8 @@ from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
 
+import numpy as np
+
 __all__ = [
     "AbandonmentTracker",
     "DurationSummary",
@@ -175,21 +177,24 @@ _THETA_MAX = 5.0
 # The controller aims a little under the target so that noise over a day
 # does not carry the realised rate over it.
 _AIM = 0.95
-# Points of the ring-time law at which a new dial's risk is averaged.
-_GRID = 8
+# A new dial's answer time is read at this many equally likely quantiles of
+# the ring-time law; each is a slot at which its risk is computed exactly.
+_SLOTS = 12
+_SLOT_SHARE = (np.arange(_SLOTS) + 0.5) / _SLOTS
 _SQRT3 = math.sqrt(3.0)
+# Keeps logarithms of probabilities finite; exp() of the results is exact enough.
+_TINY = 1e-300
 
 
 def risk_threshold(stats: PacingStats) -> float:
     """The feedback controller: the abandonment risk one more dial may carry.
 
-    Starts at the target itself. The rolling window's unspent budget of
-    abandoned calls, ``target * live - abandoned``, raises the threshold
-    geometrically, an overspent budget lowers it: as the realised rate
-    approaches the target the budget falls to nothing and the pacer backs off.
-    Because the budget is a count over the window rather than a rate, the
-    controller integrates its error (leakily, as the window rolls) and the
-    realised rate settles at the target rather than short of it.
+    Starts at the target itself. The window's unspent budget of abandoned
+    calls, ``target * live - abandoned``, raises the threshold geometrically,
+    an overspent budget lowers it: as the realised rate approaches the target
+    the budget falls to nothing and the pacer backs off. Because the budget is
+    a count over the window rather than a rate, the controller integrates its
+    error and the realised rate settles at the target rather than short of it.
     """
     target = stats.target_abandon_rate
     budget = _AIM * target * stats.window_live - stats.window_abandoned
@@ -205,16 +210,62 @@ def _bounds(summary: DurationSummary) -> tuple[float, float]:
     return lo, max(1e-9, summary.mean_s + half - lo)
 
 
+def _uniform_cdf(x: np.ndarray, lo: float, width: float) -> np.ndarray:
+    return np.clip((x - lo) / width, 0.0, 1.0)
+
+
+def _binomial_pmf(n: int, f: np.ndarray) -> np.ndarray:
+    """Rows of Binomial(n, f[k]) probabilities, shape ``(len(f), n + 1)``."""
+    i = np.arange(n + 1)
+    log_fact = np.concatenate(([0.0], np.cumsum(np.log(np.arange(1, n + 1)))))
+    log_comb = log_fact[n] - log_fact - log_fact[::-1]
+    f = np.clip(f, _TINY, 1.0 - 1e-16)[:, None]
+    return np.exp(log_comb + i * np.log(f) + (n - i) * np.log1p(-f))
+
+
+def _shift_in(pmf: np.ndarray, q: np.ndarray) -> None:
+    """Add one Bernoulli(q[k]) to row k of a count law, in place (last cell absorbs)."""
+    moved = pmf * q[:, None]
+    pmf -= moved
+    pmf[:, 1:] += moved[:, :-1]
+    pmf[:, -1] += moved[:, -1]
+
+
+def _answers_law(waiting: int, q: np.ndarray, size: int) -> np.ndarray:
+    """Law of ``waiting`` plus a sum of independent Bernoulli(q[i, k]), per column k.
+
+    Computed through the generating function at roots of unity (one product
+    and one FFT instead of a loop over calls); counts of ``size - 1`` and more
+    share the last cell.
+    """
+    calls, slots = q.shape
+    span = 1 << max(1, (waiting + calls).bit_length())
+    if calls:
+        z = np.exp(-2j * np.pi * np.arange(span) / span)
+        factors = 1.0 - q[:, :, None] + q[:, :, None] * z
+        pgf = np.prod(factors, axis=0) * z**waiting
+        full = np.clip(np.fft.ifft(pgf, axis=1).real, 0.0, None)
+    else:
+        full = np.zeros((slots, span))
+        full[:, waiting] = 1.0
+    pmf = np.zeros((slots, size))
+    keep = min(size - 1, span)
+    pmf[:, :keep] = full[:, :keep]
+    pmf[:, size - 1] += full[:, keep:].sum(axis=1) if keep < span else 0.0
+    return pmf
+
+
 def _predictive(policy: PacingPolicy, stats: PacingStats) -> int:
     """Dial while one more dial's chance of being abandoned stays under the threshold.
 
-    A new dial answered live at time t (t drawn from the ring-time law) is
-    abandoned when the live answers arriving before t (those already waiting,
-    those from calls in flight, those from the other new dials) use up the
-    seats free by t + max_wait_s. Both sides are sums of independent
-    Bernoulli terms, read as a normal law; the risk is averaged over t.
-    Durations are modelled as uniform laws with the observed mean and
-    deviation, talk time as memoryless.
+    A new dial answered live at time t (a quantile of the ring-time law) is
+    abandoned when the live answers arriving before it (those already
+    waiting, those from calls in flight, those from the other new dials) use
+    up every seat free by t + max_wait_s. Both counts are sums of independent
+    Bernoulli terms and are computed exactly: answers from each call in
+    flight with its chance of answering given its age, seats from each busy
+    seat with its chance of being free in time (talk time memoryless, wrap-up
+    remaining known or uniform). The risk is averaged over t.
     """
     samples = stats.answer_samples
     warm = policy.warmup_samples
@@ -230,75 +281,65 @@ def _predictive(policy: PacingPolicy, stats: PacingStats) -> int:
     known_ring = ring.samples >= max(1, warm)
     if known_ring:
         ring_lo, ring_w = _bounds(ring)
+        share = _SLOT_SHARE
     else:
         ring_lo, ring_w = 0.0, 1e-9
+        share = np.ones(_SLOTS)
         ages = None
     if ages is None:  # unknown: take them all as fresh dials (more answers to come)
         ages = (0.0,) * stats.calls_in_flight
-    ring_hi = ring_lo + ring_w
-    # Each call in flight, by age a: P(live and still ringing) / P(still in flight),
-    # as (ring time already spent, weight); overdue calls are about to end unanswered.
-    alive_calls: list[tuple[float, float]] = []
-    for age in ages:
-        if age >= ring_hi:
-            continue
-        ringing = p * (1.0 - max(0.0, age - ring_lo) / ring_w)
-        holding = (1.0 - p) * (1.0 - min(1.0, max(0.0, age - hold_lo) / hold_w))
-        if ringing > 0.0:
-            alive_calls.append((age, p / (ringing + holding)))
-    grace = policy.max_wait_s
+    seats = stats.seats
+    size = seats + 1  # X >= seats finds no seat whatever happens: one cell
+    slot_t = ring_lo + ring_w * _SLOT_SHARE
+    # Each call in flight, by age a: P(answers live before slot t | still in flight).
+    age = np.asarray(ages, dtype=float)
+    ringing = p * (1.0 - _uniform_cdf(age, ring_lo, ring_w))
+    holding = (1.0 - p) * (1.0 - _uniform_cdf(age, hold_lo, hold_w))
+    live = ringing > 0.0
+    age = age[live]
+    spent = _uniform_cdf(age, ring_lo, ring_w)[:, None]
+    q = (p / (ringing[live] + holding[live]))[:, None] * (
+        _uniform_cdf(age[:, None] + slot_t, ring_lo, ring_w) - spent
+    )
+    pmf = _answers_law(min(stats.calls_waiting, seats), np.clip(q, 0.0, 1.0), size)
+    # Seats free by t + grace: free now, wrap-ups ending, talks ending then wrapping up.
+    horizon = slot_t + policy.max_wait_s
     wrap_mean = max(0.0, stats.wrap_mean_s)
     talk_mean = handle.mean_s - wrap_mean if handle.samples else 0.0
     talking = max(0, stats.seats_busy - stats.seats_wrapping)
     wraps = stats.wrap_remaining_s
-    free = stats.seats - stats.seats_busy
-    # At each grid point t: mean and variance of D(t) = (answers before t)
-    # - (seats free by t + grace); the new dial is abandoned when D(t) >= 0.
-    base_mean = [0.0] * _GRID
-    base_var = [0.0] * _GRID
-    ring_at = [0.0] * _GRID
-    for k in range(_GRID):
-        t = ring_lo + ring_w * (k + 0.5) / _GRID
-        # The other new dials answer before t with the ring law's probability;
-        # while that law is unknown, take them all to answer first.
-        ring_at[k] = (k + 0.5) / _GRID if known_ring else 1.0
-        horizon = t + grace
-        answers = float(stats.calls_waiting)
-        var = 0.0
-        for age, weight in alive_calls:
-            # P(answers live within t | still in flight at this age)
-            q = weight * (
-                min(1.0, max(0.0, age + t - ring_lo) / ring_w) - max(0.0, age - ring_lo) / ring_w
-            )
-            answers += q
-            var += q * (1.0 - q)
-        if wraps is not None:
-            seats = free + sum(1 for w in wraps if w <= horizon)
-        elif wrap_mean > 0:
-            share = min(1.0, horizon / wrap_mean)
-            seats = free + stats.seats_wrapping * share
-            var += stats.seats_wrapping * share * (1.0 - share)
-        else:
-            seats = free + stats.seats_wrapping
-        if talk_mean > 0 and horizon > wrap_mean:
-            f = -math.expm1(-(horizon - wrap_mean) / talk_mean)
-            seats += talking * f
-            var += talking * f * (1.0 - f)
-        base_mean[k] = answers - seats + 0.5  # continuity: D >= 0 is D > -0.5
-        base_var[k] = 2.0 * (var + 0.25)  # doubled once here for erfc
-    theta = risk_threshold(stats) * _GRID
-    limit = math.floor(policy.max_dials_per_free_seat * max(1, stats.seats))
+    sure = np.full(_SLOTS, max(0, stats.seats - stats.seats_busy))
+    if talk_mean > 0.0:
+        f = np.where(horizon > wrap_mean, -np.expm1(-(horizon - wrap_mean) / talk_mean), 0.0)
+    else:
+        f = np.zeros(_SLOTS)
+    seat_law = _binomial_pmf(talking, f)
+    if wraps is not None:
+        sure += np.searchsorted(np.sort(np.asarray(wraps, dtype=float)), horizon, side="right")
+    elif wrap_mean > 0.0 and stats.seats_wrapping:
+        # Remaining wrap-up unknown: uniform over the mean wrap-up time.
+        ending = _binomial_pmf(stats.seats_wrapping, np.minimum(1.0, horizon / wrap_mean))
+        seat_law = np.array([np.convolve(a, b) for a, b in zip(seat_law, ending, strict=True)])
+    else:
+        sure += stats.seats_wrapping
+    # P(S <= x) for x = 0 .. seats, S = sure + the random part.
+    seat_cdf = np.ones((_SLOTS, size))
+    cum = np.cumsum(seat_law, axis=1)
+    for k in range(_SLOTS):
+        s0 = int(sure[k])
+        if s0 < size:
+            seat_cdf[k, :s0] = 0.0
+            width = min(size - s0, cum.shape[1])
+            seat_cdf[k, s0 : s0 + width] = cum[k, :width]
+    seat_cdf[:, -1] = 1.0
+    theta = risk_threshold(stats) * _SLOTS
+    limit = math.floor(policy.max_dials_per_free_seat * max(1, seats))
+    # The other new dials answer before slot t with the ring law's share;
+    # while that law is unknown, take them all to answer first.
+    other = p * share
     n = 0
-    while n < limit:
-        # Risk of one more dial when n others go out with it.
-        risk = 0.0
-        for k in range(_GRID):
-            g = p * ring_at[k]
-            risk += 0.5 * math.erfc(
-                -(base_mean[k] + n * g) / math.sqrt(base_var[k] + 2.0 * n * g * (1.0 - g))
-            )
-        if risk > theta:
-            break
+    while n < limit and float((pmf * seat_cdf).sum()) <= theta:
+        _shift_in(pmf, other)
         n += 1
     return n
 

@@ -48,7 +48,9 @@ class SimConfig:
     hours: float = 8.0
     tick_s: float = 1.0
     target_abandon_rate: float = 0.03
-    window_s: float = 3600.0
+    # The rule measures abandonment over 30 days (47 CFR 64.1200(a)(7)(i)):
+    # the tracker's window, and so the controller's memory, is as long.
+    window_s: float = 30 * 86400.0
 
     def __post_init__(self) -> None:
         if self.seats < 1:
