@@ -113,6 +113,9 @@ class VoicebotConfig:
     # A talk-spurt from the bot waits at least this long before its first
     # frame plays (unless two frames are queued): cushion against jitter.
     playout_hold_ms: float = 10.0
+    # The hold grows by 10 ms steps up to this while the bot's audio keeps
+    # arriving late, and shrinks back after 10 s without.
+    max_playout_hold_ms: float = 40.0
     # Bot audio queued for playback beyond this is dropped (a runaway bot).
     max_playback_s: float = 300.0
     heartbeat_s: float | None = None  # WebSocket pings, to notice a dead peer
@@ -167,6 +170,9 @@ class VoicebotResult:
     bot_media_messages: int = 0
     bot_audio_ms: float = 0.0  # audio received from the bot
     bot_audio_dropped_ms: float = 0.0  # over max_playback_s
+    # Frames sent to the callee with no bot audio to play, after the bot's
+    # first audio: its pauses, and any gap (its audio arriving late).
+    underrun_frames: int = 0
     marks_echoed: int = 0
     clears: int = 0
     dtmf_sent: int = 0
@@ -194,6 +200,11 @@ def new_sid(prefix: str, randbits: Callable[[int], int]) -> str:
     return f"{prefix}{randbits(128):032x}"
 
 
+_LATE_S = 0.060
+_STEP_S = 0.010
+_CALM_FRAMES = 500  # 10 s
+
+
 class _TimedSource:
     """The session's audio source: the playback queue, with a playout hold and timing.
 
@@ -203,24 +214,43 @@ class _TimedSource:
     streams in real time with its frames arriving just around our frame
     deadlines would underrun on every small jitter: the hold keeps
     ``hold_s`` of cushion, at a cost of at most one frame of delay.
+
+    A stream that keeps its queue fed is never held again: only a frame
+    deadline that finds nothing to play ends a talk-spurt. The hold adapts,
+    as a jitter buffer's delay does: audio arriving within ``_LATE_S`` of
+    such an empty deadline was late, not a pause, and raises the hold by
+    ``_STEP_S`` (up to ``max_hold_s``); ``_CALM_FRAMES`` frames played
+    without that lower it again.
     """
 
     __slots__ = (
         "_arrivals",
+        "_calm",
+        "_dry_at",
         "_enqueued",
         "_histogram",
         "_hold_until",
         "_holding",
         "_loop",
+        "base_hold_s",
         "hold_s",
+        "max_hold_s",
         "playback",
+        "underruns",
     )
 
     def __init__(
-        self, playback: PlaybackQueue, histogram: LatenessHistogram, hold_s: float
+        self,
+        playback: PlaybackQueue,
+        histogram: LatenessHistogram,
+        hold_s: float,
+        max_hold_s: float | None = None,
     ) -> None:
         self.playback = playback
-        self.hold_s = hold_s
+        self.base_hold_s = self.hold_s = hold_s
+        self.max_hold_s = hold_s if max_hold_s is None else max(hold_s, max_hold_s)
+        self._dry_at = float("-inf")  # when the queue last ran dry after playing
+        self._calm = 0  # frames played since the hold was last raised or lowered
         self._histogram = histogram
         # (position of the chunk's first sample, the time it is due to play)
         self._arrivals: deque[tuple[int, float]] = deque()
@@ -228,11 +258,17 @@ class _TimedSource:
         self._holding = True
         self._hold_until = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Frames sent with nothing of the bot's to play, once its audio began:
+        # the bot's pauses, or its audio arriving late (a gap).
+        self.underruns = 0
 
     def enqueue(self, samples: NDArray[np.int16], now: float) -> None:
         playback = self.playback
         queued = playback.queued_samples
         if self._holding and not queued:
+            if now - self._dry_at < _LATE_S and self.hold_s < self.max_hold_s:
+                self.hold_s = min(self.max_hold_s, self.hold_s + _STEP_S)
+                self._calm = 0
             self._hold_until = now + self.hold_s
         # Audio already queued ahead plays first: that wait is the bot's
         # doing, not ours, so it is taken out of the latency.
@@ -248,25 +284,34 @@ class _TimedSource:
     def read_frame(self) -> NDArray[np.int16] | None:
         playback = self.playback
         loop = self._loop
-        if self._holding:
-            queued = playback.queued_samples
-            if queued:
-                if (
-                    queued < 2 * FRAME_SAMPLES
-                    and loop is not None
-                    and loop.time() < self._hold_until
-                ):
-                    return None
-                self._holding = False
+        queued = playback.queued_samples
+        if self._holding and queued:
+            if queued < 2 * FRAME_SAMPLES and loop is not None and loop.time() < self._hold_until:
+                # A talk-spurt's start, held for cushion (a gap if one played before).
+                self.underruns += self._enqueued > queued
+                return None
+            self._holding = False
         frame = playback.read_frame()
+        if frame is None:
+            if self._enqueued:
+                self.underruns += 1
+            if not self._holding:
+                # Nothing at this deadline after playing: the next audio
+                # starts a new talk-spurt, and if it comes soon it was late.
+                self._holding = True
+                if loop is not None:
+                    self._dry_at = loop.time()
+        elif self.hold_s > self.base_hold_s:
+            self._calm += 1
+            if self._calm >= _CALM_FRAMES:
+                self.hold_s = max(self.base_hold_s, self.hold_s - _STEP_S)
+                self._calm = 0
         arrivals = self._arrivals
         if arrivals and loop is not None:
             played = self._enqueued - playback.queued_samples
             now = loop.time()
             while arrivals and arrivals[0][0] < played:
                 self._histogram.record(now - arrivals.popleft()[1])
-        if not playback.queued_samples:
-            self._holding = True
         return frame
 
 
@@ -657,6 +702,7 @@ class VoicebotStream:
             bot_media_messages=self.bot_media_messages,
             bot_audio_ms=self.bot_audio_samples * 1000 / SAMPLE_RATE,
             bot_audio_dropped_ms=self.bot_audio_dropped_samples * 1000 / SAMPLE_RATE,
+            underrun_frames=self._source.underruns,
             marks_echoed=self.marks_echoed,
             clears=self.clears,
             dtmf_sent=self.dtmf_sent,

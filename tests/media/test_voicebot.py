@@ -565,6 +565,33 @@ def test_playout_hold_starts_a_talk_spurt_with_cushion(
     assert histogram.total == 1
 
 
+def test_a_fed_stream_is_held_once_and_late_audio_raises_the_hold() -> None:
+    from media.clock import LatenessHistogram
+    from media.voicebot import _TimedSource
+
+    loop = FakeLoop()
+    source = _TimedSource(PlaybackQueue(), LatenessHistogram(), hold_s=0.010, max_hold_s=0.040)
+    source._loop = loop  # type: ignore[assignment]
+    frame = tone(500, 20).samples
+    # Frame k lands 2 ms before deadline k, until the bot stalls for 32 ms
+    # before frame 12: longer than the one frame of cushion the start's hold gave.
+    arrivals = [(k * 0.020 - 0.002 + (0.032 if k >= 12 else 0.0), "audio") for k in range(20)]
+    deadlines = [(n * 0.020, "read") for n in range(22)]
+    reads = []
+    for at, what in sorted(arrivals + deadlines):
+        loop.now = 100.0 + at
+        if what == "audio":
+            source.enqueue(frame, loop.now)
+        else:
+            reads.append(source.read_frame() is not None)
+    # Held once at the start (2 ms of cushion is under the 10 ms hold), then
+    # fed and never held, until the stall left deadline 13 empty; the late
+    # audio then starts a talk-spurt with a hold one step longer.
+    assert reads == [False] + [True] * 12 + [False, False] + [True] * 7
+    assert source.hold_s == pytest.approx(0.020)
+    assert source.underruns == 2
+
+
 def test_playout_hold_rearms_after_a_clear() -> None:
     from media.clock import LatenessHistogram
     from media.voicebot import _TimedSource
