@@ -24,6 +24,7 @@ from api.context import (
 )
 from api.errors import ApiError, json_response
 from dialer.ids import new_id, new_workflow_key
+from dialer.outbox import write_event
 from scheduler.definition import DefinitionError, validate_definition, validate_settings
 from scheduler.templates import TEMPLATES, get_template
 
@@ -277,6 +278,19 @@ async def change_status(
         )
     await conn.execute(
         "UPDATE workflows SET status = $2, updated_at = now() WHERE id = $1", row["id"], target
+    )
+    await write_event(
+        conn,
+        tenant_id=tenant,
+        event_type="workflow.status_changed",
+        workflow_id=row["id"],
+        payload={
+            "workflow_id": str(row["id"]),
+            "workflow_key": row["workflow_key"],
+            "name": row["name"],
+            "status": target,
+            "previous_status": current,
+        },
     )
     if target == "stopped":
         # Queued records will never be called now; anything dialling finishes.

@@ -118,6 +118,7 @@ async def _up(settings: Settings) -> int:
                 print(f"API listening on http://{settings.api_listen}", file=sys.stderr, flush=True)
                 where = "RabbitMQ" if settings.amqp_url else "the in-process broker"
                 print(f"scheduler running over {where}", file=sys.stderr, flush=True)
+                print("notifier delivering webhooks", file=sys.stderr, flush=True)
                 if stack.sandbox is not None:
                     print(
                         f"no DIALER_TRUNK_URI: dialling the sandbox carrier at {stack.sandbox.uri}",
@@ -223,6 +224,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("api", help="serve the HTTP API")
     sub.add_parser("up", help="run the whole stack: API, scheduler, worker (with a trunk)")
     sub.add_parser("scheduler", help="run the scheduler and call-event consumer (needs RabbitMQ)")
+    sub.add_parser("notifier", help="deliver the outbox as signed webhooks")
     worker = sub.add_parser("worker", help="take dial jobs from RabbitMQ and place the calls")
     worker.add_argument("--capacity", type=int, default=100, help="calls at once (default 100)")
     from dialer import call_cli, sandbox_cli
@@ -264,6 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(_up(settings))
     if args.command == "worker":
         return _run(_run_worker(settings, args.capacity))
+    if args.command == "notifier":
+        from dialer.notifier_cli import run_notifier
+
+        return _run(run_notifier(settings))
     if args.command == "sandbox":
         from dialer import sandbox_cli
 

@@ -92,7 +92,12 @@ class Stack:
     sandbox: Any = None
 
     async def start(
-        self, *, api: bool = True, scheduler: bool = True, sandbox: bool = True
+        self,
+        *,
+        api: bool = True,
+        scheduler: bool = True,
+        sandbox: bool = True,
+        notifier: bool = True,
     ) -> None:
         from scheduler.consumer import EventConsumer
         from scheduler.engine import Scheduler
@@ -119,6 +124,11 @@ class Stack:
             worker, agent = await start_worker(self.settings, self.pool, self.broker, self.trunk)
             self.closers.append(lambda: worker.drain(timeout_s=30))
             self.closers.append(agent.close)
+        if notifier:
+            from api.notifier import Notifier
+
+            deliver = Notifier(self.pool, self.settings)
+            self.tasks.append(asyncio.get_running_loop().create_task(deliver.run(self.stop)))
         if api:
             await self._start_api()
 

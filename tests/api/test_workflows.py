@@ -204,6 +204,22 @@ async def test_status_transitions_and_toggle(client: TestClient, tenant: Tenant)
     assert bad.status == 422
 
 
+async def test_status_change_writes_outbox_event(client: TestClient, tenant: Tenant, pool) -> None:
+    wf = await make_workflow(client, tenant.auth, status="draft")
+    await client.post(f"/v1/workflows/{wf['id']}/toggle", headers=tenant.auth)
+    await client.post(f"/v1/workflows/{wf['id']}/toggle", headers=tenant.auth)
+    rows = await pool.fetch(
+        """SELECT payload FROM outbox WHERE tenant_id = $1
+           AND event_type = 'workflow.status_changed' ORDER BY id""",
+        tenant.id,
+    )
+    changes = [
+        (r["payload"]["data"]["previous_status"], r["payload"]["data"]["status"]) for r in rows
+    ]
+    assert changes == [("draft", "active"), ("active", "paused")]
+    assert rows[0]["payload"]["data"]["workflow_key"] == wf["workflow_key"]
+
+
 async def test_delete_workflow(client: TestClient, tenant: Tenant) -> None:
     wf = await make_workflow(client, tenant.auth)
     assert (await client.delete(f"/v1/workflows/{wf['id']}", headers=tenant.auth)).status == 204

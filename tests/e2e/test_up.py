@@ -1,4 +1,8 @@
-"""`dialer up` with no trunk configured dials its built-in sandbox carrier."""
+"""`dialer up` with no trunk configured dials its built-in sandbox carrier.
+
+The whole path in one command: records in over HTTP, SIP calls out to the
+sandbox, and signed webhooks back to a receiver that verifies every one.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
+from aiohttp import web
+from standardwebhooks.webhooks import Webhook
 
 from tests.integration.peers import free_port
 
@@ -38,7 +44,24 @@ async def test_up_places_calls_through_the_sandbox(database_url: str, tmp_path: 
         "DIALER_API_LISTEN": f"127.0.0.1:{api_port}",
         "DIALER_SIP_LISTEN": f"127.0.0.1:{free_port()}",
         "DIALER_DATA_DIR": str(tmp_path),
+        "DIALER_WEBHOOK_ALLOW_HOSTS": "127.0.0.0/8",
+        "DIALER_WEBHOOK_SECRET": "link-signing-secret",
     }
+    received: list[dict] = []
+    secret: dict[str, str] = {}
+
+    async def receive(request: web.Request) -> web.Response:
+        body = await request.read()
+        # Raises on a bad signature: the receiver then answers 500 and the test fails.
+        received.append(Webhook(secret["value"]).verify(body, dict(request.headers)))
+        return web.Response(status=204)
+
+    hook_app = web.Application()
+    hook_app.router.add_post("/hooks", receive)
+    hook_runner = web.AppRunner(hook_app)
+    await hook_runner.setup()
+    hook_port = free_port(socket.SOCK_STREAM, both=False)
+    await web.TCPSite(hook_runner, "127.0.0.1", hook_port).start()
     created = subprocess.run(
         [sys.executable, "-m", "dialer.cli", "apikey", "create", "--tenant", f"up-{api_port}"],
         env=env,
@@ -70,6 +93,13 @@ async def test_up_places_calls_through_the_sandbox(database_url: str, tmp_path: 
                 assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.2)
+            async with http.post(
+                f"{base}/v1/webhook-endpoints",
+                json={"url": f"http://127.0.0.1:{hook_port}/hooks"},
+                headers=auth,
+            ) as resp:
+                assert resp.status == 201, await resp.text()
+                secret["value"] = (await resp.json())["secret"]
             definition = {
                 "start": "call",
                 "nodes": [
@@ -129,10 +159,32 @@ async def test_up_places_calls_through_the_sandbox(database_url: str, tmp_path: 
                    WHERE c.workflow_id = $1::uuid AND r.duration_s > 0.5""",
                 workflow["id"],
             )
+            deadline = time.monotonic() + 30
+            completed_hooks = 0
+            while completed_hooks < len(NUMBERS):
+                completed_hooks = sum(e["type"] == "call.completed" for e in received)
+                assert time.monotonic() < deadline, f"{completed_hooks} call.completed webhooks"
+                await asyncio.sleep(0.2)
+            hooks = {
+                e["data"]["phone"]: e["data"] for e in received if e["type"] == "call.completed"
+            }
+            answered = hooks["+442071838750"]
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(answered["recording_url"]) as resp,
+            ):
+                assert resp.status == 200
+                assert resp.content_type == "audio/wav"
+                assert len(await resp.read()) > 8000
         finally:
             await pool.close()
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
+        await hook_runner.cleanup()
     assert {r["phone_e164"]: r["disposition"] for r in rows} == NUMBERS
     assert recordings == 2  # the two answered calls
+    assert {phone: data["disposition"] for phone, data in hooks.items()} == NUMBERS
+    assert answered["sip_status"] == 200 and answered["hangup_by"]
+    kinds = {e["type"] for e in received}
+    assert {"call.completed", "record.completed", "recording.available"} <= kinds
