@@ -176,12 +176,17 @@ _THETA_MIN = 0.02
 _THETA_MAX = 5.0
 # The controller aims a little under the target so that noise over a day
 # does not carry the realised rate over it.
-_AIM = 0.95
+_AIM = 0.98
 # A new dial's answer time is read at this many equally likely quantiles of
 # the ring-time law; each is a slot at which its risk is computed exactly.
 _SLOTS = 12
 _SLOT_SHARE = (np.arange(_SLOTS) + 0.5) / _SLOTS
 _SQRT3 = math.sqrt(3.0)
+# Roots of unity minus one, per power-of-two length, for the answers' generating
+# function; lengths past the table are computed when met.
+_ROOTS_MINUS_ONE = {
+    1 << b: np.exp(-2j * np.pi * np.arange(1 << b) / (1 << b)) - 1.0 for b in range(1, 11)
+}
 # Keeps logarithms of probabilities finite; exp() of the results is exact enough.
 _TINY = 1e-300
 
@@ -241,9 +246,12 @@ def _answers_law(waiting: int, q: np.ndarray, size: int) -> np.ndarray:
     calls, slots = q.shape
     span = 1 << max(1, (waiting + calls).bit_length())
     if calls:
-        z = np.exp(-2j * np.pi * np.arange(span) / span)
-        factors = 1.0 - q[:, :, None] + q[:, :, None] * z
-        pgf = np.prod(factors, axis=0) * z**waiting
+        z1 = _ROOTS_MINUS_ONE.get(span)
+        if z1 is None:
+            z1 = np.exp(-2j * np.pi * np.arange(span) / span) - 1.0
+        pgf = np.prod(1.0 + q[:, :, None] * z1, axis=0)
+        if waiting:
+            pgf *= (z1 + 1.0) ** waiting
         full = np.clip(np.fft.ifft(pgf, axis=1).real, 0.0, None)
     else:
         full = np.zeros((slots, span))

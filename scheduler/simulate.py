@@ -51,6 +51,9 @@ class SimConfig:
     # The rule measures abandonment over 30 days (47 CFR 64.1200(a)(7)(i)):
     # the tracker's window, and so the controller's memory, is as long.
     window_s: float = 30 * 86400.0
+    # A bound, not a pacer: show the pacer when every seat will be free again
+    # (talk end plus wrap-up), as if talk times were known at connect.
+    reveal_seat_times: bool = False
 
     def __post_init__(self) -> None:
         if self.seats < 1:
@@ -152,6 +155,8 @@ def simulate(policy: PacingPolicy, config: SimConfig, rng: random.Random) -> Sim
     wrap_stats = RunningMean()
     dialled_at: dict[int, float] = {}  # calls in flight: event seq -> dial time
     wrap_ends: dict[int, float] = {}  # seats in wrap-up: event seq -> end of wrap-up
+    free_at: dict[int, float] = {}  # seats talking, when revealed: event seq -> free again
+    reveal = config.reveal_seat_times
     tracker = AbandonmentTracker(config.window_s)
     recent: deque[float] = deque()
     uniform = rng.uniform
@@ -168,6 +173,8 @@ def simulate(policy: PacingPolicy, config: SimConfig, rng: random.Random) -> Sim
         talk_s += max(0.0, min(now + talk, end) - now)
         seq += 1
         push(events, (now + talk, _TALK_END, seq, talk))
+        if reveal:
+            free_at[seq] = now + talk + config.wrap_s
 
     push(events, (0.0, _TICK, 0, 0.0))
     while events:
@@ -184,6 +191,7 @@ def simulate(policy: PacingPolicy, config: SimConfig, rng: random.Random) -> Sim
                 waiting.popleft()
                 connect(now)
         elif kind == _TALK_END:
+            free_at.pop(key, None)
             seq += 1
             wrap_ends[seq] = now + config.wrap_s
             push(events, (now + config.wrap_s, _WRAP_END, seq, value + config.wrap_s))
@@ -228,10 +236,11 @@ def simulate(policy: PacingPolicy, config: SimConfig, rng: random.Random) -> Sim
             window_abandoned=window_abandoned,
             target_abandon_rate=config.target_abandon_rate,
             calls_waiting=len(waiting),
-            seats_wrapping=len(wrap_ends),
+            # Revealed talking seats pass for seats in wrap-up with a known end.
+            seats_wrapping=len(wrap_ends) + len(free_at),
             recent_dial_times=tuple(recent),
             in_flight_ages_s=tuple(now - t for t in dialled_at.values()),
-            wrap_remaining_s=tuple(t - now for t in wrap_ends.values()),
+            wrap_remaining_s=tuple(t - now for t in (*wrap_ends.values(), *free_at.values())),
             wrap_mean_s=wrap_stats.mean,
         )
         for _ in range(dials_to_place(policy, stats, now)):

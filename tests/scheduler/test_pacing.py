@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scheduler.pacing import (
     AbandonmentTracker,
@@ -13,6 +16,7 @@ from scheduler.pacing import (
     PacingPolicy,
     PacingStats,
     RollingWindow,
+    _answers_law,
     dials_to_place,
     risk_threshold,
 )
@@ -193,6 +197,56 @@ def test_predictive_paces_from_summaries_alone(changes: dict[str, object]):
     exact = dials_to_place(PREDICTIVE, stats(), now=0.0)
     rough = dials_to_place(PREDICTIVE, stats(**{"wrap_remaining_s": None, **changes}), now=0.0)
     assert 0.5 * exact <= rough <= 1.5 * exact
+
+
+@pytest.mark.parametrize(
+    ("seats", "answer_rate", "waiting", "wrapping", "expected"),
+    [
+        # One free seat: a second dial is abandoned if the first answers before
+        # it, p / 2 on average, far over a 3 % threshold.
+        (1, 1.0, 0, 0, 1),
+        (1, 0.3, 0, 0, 1),
+        # Three free seats, everyone answers: a fourth dial is last of four a
+        # quarter of the time.
+        (3, 1.0, 0, 0, 3),
+        # Answers already waiting hold every seat: nothing to dial.
+        (2, 0.3, 2, 0, 0),
+        # Seats whose wrap-up ends before any new answer count as free.
+        (3, 1.0, 0, 3, 3),
+    ],
+)
+def test_predictive_small_cases_by_hand(
+    seats: int, answer_rate: float, waiting: int, wrapping: int, expected: int
+):
+    s = stats(
+        seats=seats,
+        seats_busy=wrapping,
+        seats_wrapping=wrapping,
+        wrap_remaining_s=(0.5,) * wrapping,
+        calls_waiting=waiting,
+        calls_in_flight=0,
+        in_flight_ages_s=(),
+        answer_rate=answer_rate,
+    )
+    assert dials_to_place(PREDICTIVE, s, now=0.0) == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    q=st.lists(st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3), min_size=0, max_size=12),
+    waiting=st.integers(0, 3),
+    size=st.integers(2, 20),
+)
+def test_answers_law_is_the_convolution_of_its_calls(q: list[list[float]], waiting: int, size: int):
+    # Reference: add the calls one at a time to the law of the count.
+    expected = np.zeros((3, size + 20))
+    expected[:, waiting] = 1.0
+    for row in q:
+        p = np.asarray(row)[:, None]
+        expected = expected * (1.0 - p) + np.pad(expected, ((0, 0), (1, 0)))[:, :-1] * p
+    expected[:, size - 1] += expected[:, size:].sum(axis=1)
+    law = _answers_law(waiting, np.asarray(q, dtype=float).reshape(-1, 3), size)
+    assert law == pytest.approx(expected[:, :size], abs=1e-9)
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,12 @@ MARGIN = 0.02
         SimConfig(
             seats=20, hours=1.0, answer_rate=0.15, talk_mean_s=60.0, ring_min_s=6, ring_max_s=30
         ),
+        # Many answers, a wide ring, no wrap-up: every seat frees unannounced.
+        SimConfig(
+            seats=20, hours=1.0, answer_rate=0.6, ring_min_s=2.0, ring_max_s=30.0, wrap_s=0.0
+        ),
+        # The bound with every seat's free time revealed holds the target too.
+        SimConfig(seats=10, hours=1.0, reveal_seat_times=True),
     ],
 )
 def test_predictive_holds_target_and_beats_progressive(config: SimConfig):
