@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,14 @@ from media.playback import PlaybackQueue, SpeechRenderer, silence
 from media.ports import PortAllocator, bind_pair
 from media.recording import CallRecorder
 from media.session import MediaParams, RtpSession, SessionConfig
+from media.voicebot import (
+    VoicebotCall,
+    VoicebotConfig,
+    VoicebotResult,
+    VoicebotStream,
+    new_sid,
+    run_voicebot,
+)
 
 __all__ = ["SipCallRunner"]
 
@@ -53,6 +62,8 @@ class SipCallRunner:
         self.speech = speech
         self.recording_dir = recording_dir
         self.session_config = session_config or SessionConfig(media_timeout_s=20.0)
+        # Voicebot results by call id, taken by run() once the call has ended.
+        self.bot_results: dict[str, VoicebotResult] = {}
 
     async def run(self, job: DialJob, emit: Emit) -> dict[str, Any]:
         queue = PlaybackQueue()
@@ -134,6 +145,9 @@ class SipCallRunner:
             disposition = "machine" if amd_verdict.answered_by.is_machine else "human"
         if media_timed_out.is_set() and result.answered_at is not None:
             disposition = "media_timeout" if disposition in ("answered", "human") else disposition
+        bot = self.bot_results.pop(job.call_id, None)
+        if bot is not None and result.answered_at is not None and bot.outcome == "bot_failed":
+            disposition = "bot_failed"
         wall = handle.wall_time if handle is not None else (lambda t: t)
         data: dict[str, Any] = {
             "disposition": disposition,
@@ -151,6 +165,17 @@ class SipCallRunner:
             "talk_s": round(result.talk_time_s, 3),
             "amd_verdict": amd_verdict.answered_by.value if amd_verdict is not None else None,
             "dtmf": digits,
+            "bot_result": None
+            if bot is None
+            else {
+                "outcome": str(bot.outcome),
+                "reason": bot.reason,
+                "values": dict(bot.values),
+                "tags": list(bot.tags),
+                "transfer_target": bot.transfer_target,
+                "latency_to_bot_p99_ms": bot.latency_to_bot.p99_ms,
+                "latency_from_bot_p99_ms": bot.latency_from_bot.p99_ms,
+            },
             "media_stats": {
                 "packets_sent": stats.packets_sent,
                 "packets_received": stats.packets_received,
@@ -189,9 +214,60 @@ class SipCallRunner:
         handler = job.handler or {}
         if handler.get("type") == "prompt" and handler.get("text"):
             await self._play(queue, handle, handler["text"])
+        elif handler.get("type") == "voicebot" and handler.get("url"):
+            await self._voicebot(job, handler, handle, session, queue)
         if handle.result is None:
             handle.hangup()
         return verdict
+
+    async def _voicebot(
+        self,
+        job: DialJob,
+        handler: dict[str, Any],
+        handle: CallHandle,
+        session: RtpSession,
+        queue: PlaybackQueue,
+    ) -> None:
+        """Hand the call to the bot; on failure, play the fallback prompt."""
+        config = VoicebotConfig(
+            url=handler["url"],
+            headers=dict(handler.get("headers", {})),
+            connect_timeout_s=float(handler.get("connect_timeout_s", 3.0)),
+        )
+        context = job.context or {}
+        call = VoicebotCall(
+            call_sid=new_sid("CA", secrets.randbits),
+            account_sid=new_sid("AC", secrets.randbits),
+            stream_sid=new_sid("MZ", secrets.randbits),
+            custom_parameters={
+                "call_id": job.call_id,
+                "record_id": job.record_id,
+                **{f"record_{k}": v for k, v in context.get("record", {}).items()},
+                "placeholders": context.get("placeholders", {}),
+                "meta": context.get("meta", {}),
+                "script": context.get("script", ""),
+            },
+        )
+        ended = asyncio.ensure_future(handle.ended())
+        streams: list[VoicebotStream] = []
+        ended.add_done_callback(lambda _f: [s.stop() for s in streams])
+        try:
+            result = await run_voicebot(
+                session,
+                queue,
+                config,
+                call,
+                on_hangup=lambda _outcome: handle.hangup(),
+                started=streams.append,
+            )
+        finally:
+            if not ended.done():
+                ended.cancel()
+        self.bot_results[job.call_id] = result
+        if result.outcome == "bot_failed" and handle.result is None:
+            fallback = handler.get("fallback_prompt")
+            if fallback:
+                await self._play(queue, handle, fallback)
 
     async def _detect(
         self, session: RtpSession, handle: CallHandle, media_timed_out: asyncio.Event

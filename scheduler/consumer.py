@@ -225,7 +225,7 @@ class EventConsumer:
         context = context_for(
             record,
             call={"outcome": disposition, "disposition": disposition, **_call_fields(ended)},
-            result=data.get("bot_result") or {},
+            result=_bot_context(data.get("bot_result")),
         )
         step = graph.after_call(
             call["node_id"], disposition, record["node_attempts"], context, event.at, zone
@@ -241,3 +241,11 @@ def _call_fields(call: Mapping[str, Any]) -> dict[str, Any]:
         "talk_s": call["talk_s"],
         "ring_s": call["ring_s"],
     }
+
+
+def _bot_context(bot: Any) -> dict[str, Any]:
+    """The bot's result as branch conditions see it: ``result.<key>``, ``result.tags``."""
+    if not isinstance(bot, dict):
+        return {}
+    values = bot.get("values") if isinstance(bot.get("values"), dict) else {}
+    return {**values, "tags": bot.get("tags") or [], "bot_outcome": bot.get("outcome")}
