@@ -378,12 +378,19 @@ class CallStateError(LocalProtocolError):
 class CallTimer(StrEnum):
     """A call's own timers (the transaction timers live in the layer)."""
 
+    # Equal to their values as strings, so hashed as those strings (in C).
+    __hash__ = str.__hash__
+
     RING_TIMEOUT = "ring_timeout"
     CANCEL_GUARD = "cancel_guard"  # §9.1: give up on a 487 after 64*T1
     MAX_DURATION = "max_duration"
     SESSION_REFRESH = "session_refresh"  # RFC 4028: we refresh at half the interval
     SESSION_EXPIRY = "session_expiry"  # RFC 4028 §10: BYE if nobody refreshed
     RETRANSMIT_2XX = "retransmit_2xx"  # §13.3.1.4: our 2xx to a re-INVITE, until ACK
+
+
+# Timer names as plain strings (``.value`` on a member is a Python-level property).
+_CALL_TIMER_NAMES: dict[CallTimer, str] = {timer: timer.value for timer in CallTimer}
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,6 +474,7 @@ class Call:
         self.layer = layer
         self.digest = digest
         self.call_id = call_id or ids.call_id()
+        self._timer_key = CallTimerKey(self.call_id)  # one per call, for all its timers
         self.local_tag = ids.tag()
         self.state = CallState.IDLE
         self.dialog: Dialog | None = None
@@ -1088,12 +1096,12 @@ class Call:
 
     def _start_timer(self, timer: CallTimer, at: float, out: list[Action]) -> None:
         self._timers.add(timer)
-        out.append(StartTimer(CallTimerKey(self.call_id), timer.value, at))
+        out.append(StartTimer(self._timer_key, _CALL_TIMER_NAMES[timer], at))
 
     def _cancel_timer(self, timer: CallTimer, out: list[Action]) -> None:
         if timer in self._timers:
             self._timers.discard(timer)
-            out.append(CancelTimer(CallTimerKey(self.call_id), timer.value))
+            out.append(CancelTimer(self._timer_key, _CALL_TIMER_NAMES[timer]))
 
     def _cancel_all_timers(self, out: list[Action]) -> None:
         for timer in sorted(self._timers):

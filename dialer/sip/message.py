@@ -135,6 +135,10 @@ def reason_phrase(status: int) -> str:
     return REASON_PHRASES.get(status) or _CLASS_PHRASES.get(status // 100, "Global Failure")
 
 
+# Content-Length as written: its long and compact (§7.3.3) names, lower-cased.
+_LENGTH_NAMES = frozenset({"content-length", "l"})
+_LENGTH_NAME_SIZES = frozenset(len(name) for name in _LENGTH_NAMES)
+
 # Cache keys. A message's typed views live in its private dict under these.
 _INDEX = "index"
 
@@ -425,7 +429,9 @@ class Message:
     def _serialize_headers(self, out: list[str]) -> None:
         length_written = False
         for name, value in self.headers:
-            if name == "Content-Length" or canonical_name(name) == "Content-Length":
+            # Only "l" and "Content-Length" (any case) name it: test the length
+            # before folding the case of every header name.
+            if len(name) in _LENGTH_NAME_SIZES and name.lower() in _LENGTH_NAMES:
                 if not length_written:
                     out.append(f"Content-Length: {len(self.body)}\r\n")
                     length_written = True

@@ -112,6 +112,10 @@ class Input(Enum):
     TRANSPORT_ERROR = "transport error"
 
 
+# Timer names as plain strings for StartTimer/CancelTimer (``.value`` on an
+# enum member is a Python-level property: a dict is cheaper on every step).
+_TIMER_NAMES: dict[TimerName, str] = {timer: timer.value for timer in TimerName}
+
 # Inputs that come from the network: without a row they are dropped, not errors.
 _FROM_NETWORK = frozenset(
     {Input.RESPONSE_1XX, Input.RESPONSE_2XX, Input.RESPONSE_FINAL, Input.REQUEST, Input.ACK}
@@ -474,7 +478,7 @@ class Transaction:
 
     def _start(self, timer: TimerName, now: float, out: list[Action], interval: float) -> None:
         self._intervals[timer] = interval
-        out.append(StartTimer(self.key, timer.value, now + interval))
+        out.append(StartTimer(self.key, _TIMER_NAMES[timer], now + interval))
 
     def _start_initial(self, timer: TimerName, now: float, out: list[Action]) -> bool:
         """Start ``timer`` at its initial value; False when it is zero (end now)."""
@@ -488,7 +492,7 @@ class Transaction:
 
     def _cancel(self, timer: TimerName, out: list[Action]) -> None:
         if self._intervals.pop(timer, None) is not None:
-            out.append(CancelTimer(self.key, timer.value))
+            out.append(CancelTimer(self.key, _TIMER_NAMES[timer]))
 
     def _send(self, data: bytes, message: Request | Response, out: list[Action]) -> None:
         out.append(Send(data, self.addr, self.transport, message))
