@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from media.ports import PortAllocator, bind_pair
 from media.recording import CallRecorder
 from media.session import MediaParams, RtpSession, SessionConfig
 from media.voicebot import (
+    CallControl,
     VoicebotCall,
     VoicebotConfig,
     VoicebotResult,
@@ -55,8 +57,11 @@ class SipCallRunner:
         speech: SpeechRenderer,
         recording_dir: Path,
         session_config: SessionConfig | None = None,
+        control: CallControl | None = None,
     ) -> None:
         self.agent = agent
+        # Calls a bot may end through the Twilio-compatible REST endpoint.
+        self.control = control
         self.rtp_host = rtp_host
         self.ports = ports
         self.speech = speech
@@ -237,7 +242,7 @@ class SipCallRunner:
         context = job.context or {}
         call = VoicebotCall(
             call_sid=new_sid("CA", secrets.randbits),
-            account_sid=new_sid("AC", secrets.randbits),
+            account_sid=f"AC{uuid.UUID(job.tenant_id).hex}",
             stream_sid=new_sid("MZ", secrets.randbits),
             custom_parameters={
                 "call_id": job.call_id,
@@ -248,6 +253,8 @@ class SipCallRunner:
                 "script": context.get("script", ""),
             },
         )
+        if self.control is not None:
+            self.control.register(call.call_sid, call.account_sid, handle.hangup)
         ended = asyncio.ensure_future(handle.ended())
         streams: list[VoicebotStream] = []
         ended.add_done_callback(lambda _f: [s.stop() for s in streams])
@@ -263,6 +270,8 @@ class SipCallRunner:
         finally:
             if not ended.done():
                 ended.cancel()
+            if self.control is not None:
+                self.control.unregister(call.call_sid)
         self.bot_results[job.call_id] = result
         if result.outcome == "bot_failed" and handle.result is None:
             fallback = handler.get("fallback_prompt")

@@ -57,6 +57,7 @@ async def start_worker(
     trunk: TrunkConfig,
     *,
     capacity: int = 100,
+    control: Any = None,
 ) -> tuple[Worker, UserAgent]:
     from dialer.runner import SipCallRunner
     from media.playback import SpeechRenderer
@@ -71,6 +72,7 @@ async def start_worker(
         ports=PortAllocator(settings.rtp_port_min, settings.rtp_port_max),
         speech=SpeechRenderer(settings.data_dir / "tts"),
         recording_dir=settings.recording_dir,
+        control=control,
     )
     worker = Worker(pool, broker, runner, capacity=capacity)
     await worker.start()
@@ -90,6 +92,7 @@ class Stack:
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     sandbox: Any = None
+    control: Any = None
 
     async def start(
         self,
@@ -121,7 +124,12 @@ class Stack:
             engine = Scheduler(self.pool, self.broker)
             self.tasks.append(asyncio.get_running_loop().create_task(engine.run(self.stop)))
         if self.trunk is not None:
-            worker, agent = await start_worker(self.settings, self.pool, self.broker, self.trunk)
+            from media.voicebot import CallControl
+
+            self.control = CallControl()
+            worker, agent = await start_worker(
+                self.settings, self.pool, self.broker, self.trunk, control=self.control
+            )
             self.closers.append(lambda: worker.drain(timeout_s=30))
             self.closers.append(agent.close)
         if notifier:
@@ -137,11 +145,29 @@ class Stack:
 
         from api.app import create_app
 
-        runner = web.AppRunner(create_app(self.settings, self.pool), access_log=None)
+        app = create_app(self.settings, self.pool)
+        if self.control is not None:
+            self._mount_call_control(app)
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         listen = self.settings.api_listen
         await web.TCPSite(runner, listen.host, listen.port).start()
         self.closers.insert(0, runner.cleanup)
+
+    def _mount_call_control(self, app: Any) -> None:
+        """Twilio's hang-up call for bots that end calls through the REST API.
+
+        HTTP Basic: the account SID (``AC`` + the tenant id in hex, as the
+        stream's ``start`` gives it) and the tenant's API key as password.
+        """
+        from dialer.tenants import resolve_api_key
+        from media.voicebot import CALLS_ROUTE, calls_handler
+
+        async def check_auth(account_sid: str, login: str, password: str) -> bool:
+            tenant = await resolve_api_key(self.pool, password)
+            return tenant is not None and login == account_sid == f"AC{tenant.hex}"
+
+        app.router.add_post(CALLS_ROUTE, calls_handler(self.control, check_auth=check_auth))
 
     async def close(self) -> None:
         self.stop.set()
