@@ -18,10 +18,11 @@ Rules of this file:
    dials to place now, given the calls already in flight.
 2. Three modes. Progressive keeps one call in flight per free seat and never
    abandons. Fixed ratio keeps ``ratio`` calls in flight per free seat.
-   Predictive balances the live answers expected from the calls in flight
-   and from new dials against the seats expected to be free when those
-   answers arrive, less a safety margin in standard deviations; a feedback
-   term moves the margin from the realised abandonment (see `_margin_z`).
+   Predictive adds dials while the chance that one more dial's live answer
+   finds no seat stays under a threshold; the counts behind that chance
+   (answers to come, seats to free) are computed exactly, not approximated,
+   and a feedback controller moves the threshold from the realised
+   abandonment (see `risk_threshold`).
 3. The trunk's calls-per-second and channel limits cap every mode, last.
 4. While little is known (few finished dials) the pacer assumes answers are
    more likely than observed, which dials fewer calls: the cost of knowing
@@ -110,10 +111,17 @@ class PacingStats:
     (dial to live answer); ``not_answered_hold`` (dial to the end of a dial
     that reached nobody); ``handle`` (talk plus wrap-up per connected call).
     Abandonment over the tracker's rolling window: ``window_live`` live answers
-    of which ``window_abandoned`` abandoned, held to ``target_abandon_rate``.
+    of which ``window_abandoned`` abandoned, held to ``target_abandon_rate``;
+    the rule measures it over 30 days, and a window that long lets the
+    controller hold the realised rate at the target rather than near it.
     ``recent_dial_times`` are the start times of recent dials (at least those
     of the last second) for the calls-per-second cap; ``channels_in_use``
     defaults to the calls in flight, waiting and connected.
+    Optional detail sharpens the prediction: ``in_flight_ages_s`` the age of
+    each call in flight (else all are taken as just dialled),
+    ``wrap_remaining_s`` the wrap-up left on each seat in wrap-up (else
+    uniform over ``wrap_mean_s``), ``wrap_mean_s`` the part of ``handle``
+    spent in wrap-up (talk time is the rest, taken as memoryless).
     """
 
     seats: int
