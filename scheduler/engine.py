@@ -111,6 +111,9 @@ class Scheduler:
             """SELECT
                  count(*) FILTER (WHERE state IN ('queued', 'dialing', 'ringing')) AS in_flight,
                  count(*) FILTER (WHERE state = 'answered') AS talking,
+                 coalesce(array_agg(extract(epoch FROM now() - coalesce(dialing_at, created_at)))
+                     FILTER (WHERE state IN ('queued', 'dialing', 'ringing')), '{}')
+                     AS in_flight_ages,
                  count(*) FILTER (WHERE state = 'ended' AND ended_at > now() - interval '1 hour')
                      AS finished,
                  count(*) FILTER (WHERE state = 'ended' AND answered_at IS NOT NULL
@@ -121,12 +124,20 @@ class Scheduler:
                      FILTER (WHERE answered_at IS NOT NULL), 0) AS ring_sd,
                  coalesce(avg(extract(epoch FROM ended_at - dialing_at))
                      FILTER (WHERE state = 'ended' AND answered_at IS NULL), 0) AS hold_mean,
+                 coalesce(stddev(extract(epoch FROM ended_at - dialing_at))
+                     FILTER (WHERE state = 'ended' AND answered_at IS NULL), 0) AS hold_sd,
                  coalesce(avg(extract(epoch FROM ended_at - answered_at))
-                     FILTER (WHERE answered_at IS NOT NULL AND state = 'ended'), 0) AS handle_mean,
-                 count(*) FILTER (WHERE disposition = 'abandoned'
-                                  AND ended_at > now() - interval '1 hour') AS abandoned
+                     FILTER (WHERE answered_at IS NOT NULL AND state = 'ended'), 0) AS handle_mean
                FROM calls WHERE workflow_id = $1
                  AND (state <> 'ended' OR ended_at > now() - interval '1 hour')""",
+            workflow["id"],
+        )
+        # Abandonment is measured as the FCC rule measures it: over 30 days.
+        window = await conn.fetchrow(
+            """SELECT count(*) FILTER (WHERE answered_at IS NOT NULL) AS live,
+                      count(*) FILTER (WHERE disposition = 'abandoned') AS abandoned
+               FROM calls WHERE workflow_id = $1 AND state = 'ended'
+                 AND ended_at > now() - interval '30 days'""",
             workflow["id"],
         )
         in_flight, talking = row["in_flight"], row["talking"]
@@ -144,11 +155,12 @@ class Scheduler:
                     float(row["ring_mean"]), float(row["ring_sd"]), row["answered"]
                 ),
                 not_answered_hold=DurationSummary(
-                    float(row["hold_mean"]), 0.0, finished - row["answered"]
+                    float(row["hold_mean"]), float(row["hold_sd"]), finished - row["answered"]
                 ),
                 handle=DurationSummary(float(row["handle_mean"]), 0.0, row["answered"]),
-                window_live=row["answered"],
-                window_abandoned=row["abandoned"],
+                window_live=window["live"],
+                window_abandoned=window["abandoned"],
+                in_flight_ages_s=tuple(float(a) for a in row["in_flight_ages"]),
             )
             budget = dials_to_place(policy.pacing, stats, now)
         return max(0, min(budget, self.batch_size))

@@ -278,3 +278,18 @@ async def test_list_completion_writes_reference_shape(pool: asyncpg.Pool, broker
     assert data["workflow_id"] == str(workflow["id"]) and data["workflow_name"] == "engine test"
     assert {row["node_type"] for row in data["rows"]} == {"call", "end"}
     assert {"nodetask_id", "task_id", "nodetask_name", "node_type"} == set(data["rows"][0])
+
+
+async def test_predictive_budget_from_database_statistics(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    tenant = await make_tenant(pool, "eng")
+    settings = {**SETTINGS, "pacing": {"mode": "predictive", "seats": 2}}
+    workflow = await _workflow(pool, tenant, settings)
+    await _records(pool, tenant, workflow, [f"21255509{i:02d}" for i in range(40)])
+    scheduler = Scheduler(pool, broker, clock=Clock(NOON), tenant_ids=[tenant.id])
+    first = await scheduler.tick()
+    # Knowing nothing yet, the pacer assumes everyone answers: no more than the seats.
+    assert 1 <= first.published <= 2
+    second = await scheduler.tick()
+    assert second.published == 0  # the calls in flight already cover the seats
