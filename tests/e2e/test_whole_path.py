@@ -82,7 +82,11 @@ async def test_records_in_calls_out_results_back(
         json={
             "workflow_key": workflow["workflow_key"],
             "records": [
-                {"record_phone_number": p, "record_first_name": f"Ada{i}", "meta": {"crm": i}}
+                {
+                    "record_phone_number": p,
+                    "record_first_name": f"Ada{i}",
+                    "meta": {"zeta": True, "crm": i, "alpha": [1, {"b": 2, "a": 1}]},
+                }
                 for i, p in enumerate(PHONES)
             ],
         },
@@ -141,4 +145,7 @@ async def test_records_in_calls_out_results_back(
     assert kinds.count("recording.available") == len(PHONES)
     completed = [e["payload"]["data"] for e in events if e["event_type"] == "call.completed"]
     assert sorted(c["meta"]["crm"] for c in completed) == [0, 1, 2]
+    # meta exactly as given, key order included, down to nested objects
+    assert all(list(c["meta"]) == ["zeta", "crm", "alpha"] for c in completed)
+    assert all(list(c["meta"]["alpha"][1]) == ["b", "a"] for c in completed)
     assert {c["phone"] for c in completed} == set(PHONES)
