@@ -71,9 +71,22 @@ def write_tone(path: Path, seconds: float) -> None:
 
 
 async def start_phone(tmp_path: Path, tone_s: float) -> Phone:
+    # baresip also binds its TLS transport on the port above its SIP port, which a
+    # free-port probe cannot reserve: another process may take it first. Retry.
+    for attempt in range(3):
+        try:
+            return await _start_phone(tmp_path / f"try{attempt}", tone_s)
+        except RuntimeError as error:
+            if "Address already in use" not in str(error) or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _start_phone(tmp_path: Path, tone_s: float) -> Phone:
     binary = require("baresip")
     if not (MODULES / "aubridge.so").exists():
         pytest.skip("baresip's modules (g711, aufile, aubridge) are not installed")
+    tmp_path.mkdir(parents=True)
     port = free_port()
     config = tmp_path / "baresip"
     config.mkdir()
