@@ -19,7 +19,12 @@ Rules of this file:
    the policy would answer its source; else it is dropped. Both are counted.
 4. Every task and timer has an owner: the user agent's ``close()`` hangs up
    the calls, cancels the pings, the registrations and every timer, and
-   closes the transport.
+   closes the transport. The core's timers live in one heap behind a single
+   loop timer (``_TimerQueue``); a call starts nine or so of them.
+5. Past its ceiling the agent slows down instead of falling over: while too
+   many of our requests have heard nothing, or the loop runs late,
+   ``place_call`` waits its turn (``Admission``) rather than sending one more
+   INVITE into a queue that is already too long.
 """
 
 from __future__ import annotations

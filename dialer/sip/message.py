@@ -12,6 +12,9 @@ Rules of this file:
    checked never raise: ``call_id``, ``cseq``, ``from_addr``/``from_tag``,
    ``to_addr``/``to_tag``, ``top_via``/``branch`` and ``max_forwards``. The
    others (``vias`` beyond the top one, ``contacts``, ``routes``, ...) may.
+   A message built in code is ``prime``d with the values it was built from,
+   so our own text is never parsed back; the views are only a cache, and
+   ``forget_views`` drops them from a message kept long after use.
 3. Messages never change. ``with_header``, ``replace_header`` and friends
    return new messages; the edge serialises the one it wants to send.
 4. ``serialize`` always writes Content-Length from the body (§18.3 makes it

@@ -15,6 +15,10 @@ Rules of this file:
    package can play. Anything else in a peer's offer is declined, never an error.
 4. Directions are bit sets (``SEND`` | ``RECV``) seen from the side that wrote the
    description; ``_mirror`` turns the peer's view into ours.
+5. Hot path (one offer and one answer per call): an offer is built from a cached
+   template and kept as a description beside its bytes, so the answer is read
+   against it without parsing our own offer back; a plain dotted quad never goes
+   through ``ipaddress``.
 """
 
 from __future__ import annotations
