@@ -574,6 +574,7 @@ def _paths() -> dict[str, Any]:
             ),
         },
         **_webhook_paths(),
+        **_dnc_paths(),
         **_lookup_paths(),
         "/healthz": {
             "get": {
@@ -1084,6 +1085,75 @@ def _lookup_paths() -> dict[str, Any]:
                     *_PAGE,
                 ],
             ),
+        },
+    }
+
+
+def _dnc_paths() -> dict[str, Any]:
+    phone = {"type": "string", "description": "Ten digits (US) or E.164"}
+    entry = {
+        "type": "object",
+        "required": ["phone_e164", "on_list"],
+        "properties": {
+            "phone_e164": _STR,
+            "on_list": {"type": "boolean"},
+            "reason": _nullable(_STR),
+            "added_at": _nullable(_TIME),
+        },
+    }
+    listed = {
+        "type": "object",
+        "required": ["items"],
+        "properties": {
+            "items": {"type": "array", "items": _OBJ},
+            "next_after": _nullable(_STR),
+        },
+    }
+    reason = {"type": "string", "maxLength": 500}
+    return {
+        "/v1/dnc": {
+            "post": _op(
+                "Put a number on the do-not-call list",
+                {"201": _json(entry, "On the list")},
+                body={
+                    "type": "object",
+                    "required": ["phone_number"],
+                    "properties": {"phone_number": phone, "reason": reason},
+                    "additionalProperties": False,
+                },
+            ),
+            "get": _op(
+                "Check a number (?phone=) or list the numbers, paged by number (?after=)",
+                {"200": _json({"anyOf": [entry, listed]}, "The check, or a page")},
+                params=[
+                    _query("phone", phone, "The number to check"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "Page"),
+                    _query("after", _STR, "The next_after of the previous page"),
+                ],
+            ),
+        },
+        "/v1/dnc/import": {
+            "post": _op(
+                "Import up to 10,000 numbers; each accepted or rejected on its own",
+                {"200": _json({"type": "object", "required": ["accepted", "errors"]}, "Results")},
+                body={
+                    "type": "object",
+                    "required": ["phone_numbers"],
+                    "properties": {
+                        "phone_numbers": {
+                            "type": "array",
+                            "minItems": 1,
+                            "maxItems": 10000,
+                            "items": {"description": "A number; an invalid one is rejected alone"},
+                        },
+                        "reason": reason,
+                    },
+                },
+            )
+        },
+        "/v1/dnc/{phone}": {
+            "parameters": [_path("phone", "The number (ten digits or E.164)")],
+            "delete": _op("Take a number off the list", {"204": {"description": "Removed"}}),
         },
     }
 
