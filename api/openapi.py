@@ -575,6 +575,7 @@ def _paths() -> dict[str, Any]:
         },
         **_webhook_paths(),
         **_dnc_paths(),
+        **_trunk_paths(),
         **_lookup_paths(),
         "/healthz": {
             "get": {
@@ -1154,6 +1155,70 @@ def _dnc_paths() -> dict[str, Any]:
         "/v1/dnc/{phone}": {
             "parameters": [_path("phone", "The number (ten digits or E.164)")],
             "delete": _op("Take a number off the list", {"204": {"description": "Removed"}}),
+        },
+    }
+
+
+def _trunk_paths() -> dict[str, Any]:
+    number = {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 10000}
+    count = {"type": ["integer", "null"], "minimum": 1, "maximum": 1000000}
+    secret = {"type": ["string", "null"], "minLength": 1, "maxLength": 256}
+    fields = {
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+        "uri": {"type": "string", "description": "sip: or sips: URI of the carrier"},
+        "outbound_proxy": {"type": ["string", "null"]},
+        "username": secret,
+        "password": {**secret, "description": "Write-only"},
+        "cps": number,
+        "max_channels": count,
+        "options_interval_s": number,
+        "register_expires_s": count,
+    }
+    trunk = {
+        "type": "object",
+        "required": ["id", "name", "uri", "has_password"],
+        "properties": {
+            "id": _UUID,
+            "name": _STR,
+            "uri": _STR,
+            "outbound_proxy": _nullable(_STR),
+            "username": _nullable(_STR),
+            "has_password": {"type": "boolean"},
+            "cps": _nullable({"type": "number"}),
+            "max_channels": _nullable({"type": "integer"}),
+            "options_interval_s": _nullable({"type": "number"}),
+            "register_expires_s": _nullable({"type": "integer"}),
+            "created_at": _TIME,
+            "updated_at": _TIME,
+        },
+    }
+    trunk_id = _path("trunk_id", "Trunk id")
+    return {
+        "/v1/trunks": {
+            "post": _op(
+                "Add a SIP trunk (a workflow dials through it with settings.trunk = its name)",
+                {"201": _json(trunk, "Created")},
+                body={
+                    "type": "object",
+                    "required": ["name", "uri"],
+                    "properties": fields,
+                    "additionalProperties": False,
+                },
+            ),
+            "get": _op(
+                "The tenant's trunks (passwords never shown)",
+                {"200": _json({"type": "object", "required": ["items"]}, "Trunks")},
+            ),
+        },
+        "/v1/trunks/{trunk_id}": {
+            "parameters": [trunk_id],
+            "get": _op("A trunk", {"200": _json(trunk, "The trunk")}),
+            "patch": _op(
+                "Change a trunk; the next call uses the new settings",
+                {"200": _json(trunk, "The trunk")},
+                body={"type": "object", "properties": fields, "additionalProperties": False},
+            ),
+            "delete": _op("Remove a trunk", {"204": {"description": "Removed"}}),
         },
     }
 

@@ -44,6 +44,8 @@ class DialJob:
     context: dict[str, Any] = field(default_factory=dict)
     # Unix time after which the job must not dial (the calling window closed).
     not_after: float | None = None
+    # The tenant's trunk to dial through (by name); None: the worker's default.
+    trunk: str | None = None
 
     def to_bytes(self) -> bytes:
         return jsonutil.dumps_bytes(asdict(self))

@@ -21,6 +21,7 @@ from typing import Any
 from dialer.messages import DialJob
 from dialer.sip.call import Answered, CallEvent, Dtmf, Ended, MediaUpdated, Resumed, Ringing
 from dialer.sip.dialog import LocalMedia
+from dialer.trunk import TrunkConfig, parse_trunk_uri
 from dialer.user_agent import CallHandle, UserAgent
 from dialer.worker import Emit
 from media.amd import AmdConfig, AmdVerdict, AnsweringMachineDetector
@@ -39,12 +40,51 @@ from media.voicebot import (
     run_voicebot,
 )
 
-__all__ = ["SipCallRunner"]
+__all__ = ["SipCallRunner", "TrunkDirectory", "UnknownTrunk"]
 
 log = logging.getLogger(__name__)
 
 # A prompt never plays forever, whatever its length: a bound on the wait.
 MAX_PROMPT_S = 120.0
+
+
+class UnknownTrunk(LookupError):
+    """A workflow names a trunk its tenant does not have."""
+
+
+class TrunkDirectory:
+    """Tenants' trunks from the database, added to the user agent on first use.
+
+    A trunk edited through the API is picked up by the next call (its
+    ``updated_at`` is part of the agent's trunk name).
+    """
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+
+    async def ensure(self, agent: UserAgent, tenant_id: str, name: str) -> str:
+        row = await self.pool.fetchrow(
+            """SELECT * FROM trunks WHERE tenant_id = $1::uuid AND name = $2""", tenant_id, name
+        )
+        if row is None:
+            raise UnknownTrunk(f"tenant has no trunk named {name!r}")
+        key = f"{tenant_id}:{name}:{row['updated_at'].timestamp()}"
+        if key not in agent.trunks:
+            options: dict[str, Any] = {}
+            if row["outbound_proxy"]:
+                options["outbound_proxy"] = parse_trunk_uri(row["outbound_proxy"])
+            for field in ("cps", "max_channels", "options_interval_s", "register_expires_s"):
+                if row[field] is not None:
+                    options[field] = row[field]
+            config = TrunkConfig.from_uri(
+                row["uri"],
+                name=key,
+                username=row["username"],
+                password=row["password"],
+                **options,
+            )
+            await agent.add_trunk(config)
+        return key
 
 
 class SipCallRunner:
@@ -58,8 +98,12 @@ class SipCallRunner:
         recording_dir: Path,
         session_config: SessionConfig | None = None,
         control: CallControl | None = None,
+        default_trunk: str | None = None,
+        trunks: TrunkDirectory | None = None,
     ) -> None:
         self.agent = agent
+        self.default_trunk = default_trunk
+        self.trunks = trunks
         # Calls a bot may end through the Twilio-compatible REST endpoint.
         self.control = control
         self.rtp_host = rtp_host
@@ -119,8 +163,12 @@ class SipCallRunner:
         handle: CallHandle | None = None
         amd_verdict: AmdVerdict | None = None
         try:
+            trunk = self.default_trunk
+            if job.trunk is not None and self.trunks is not None:
+                trunk = await self.trunks.ensure(self.agent, job.tenant_id, job.trunk)
             handle = await self.agent.place_call(
                 job.phone_e164,
+                trunk=trunk,
                 media=LocalMedia(self.rtp_host, session.local_rtp_port),
                 ring_timeout_s=job.ring_timeout_s,
                 max_duration_s=job.max_duration_s,

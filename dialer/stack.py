@@ -59,7 +59,7 @@ async def start_worker(
     capacity: int = 100,
     control: Any = None,
 ) -> tuple[Worker, UserAgent]:
-    from dialer.runner import SipCallRunner
+    from dialer.runner import SipCallRunner, TrunkDirectory
     from media.playback import SpeechRenderer
     from media.ports import PortAllocator
 
@@ -73,6 +73,8 @@ async def start_worker(
         speech=SpeechRenderer(settings.data_dir / "tts"),
         recording_dir=settings.recording_dir,
         control=control,
+        default_trunk=trunk.name,
+        trunks=TrunkDirectory(pool),
     )
     worker = Worker(pool, broker, runner, capacity=capacity)
     await worker.start()

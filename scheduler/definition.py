@@ -386,6 +386,9 @@ def validate_settings(settings: Any, prefix: str = "settings") -> dict[str, Any]
         except (ValueError, zoneinfo.ZoneInfoNotFoundError):
             c.add(".default_timezone", f"is not a known IANA time zone ({zone!r})")
     c.boolean(settings, "recording", "", None)
+    trunk = settings.get("trunk")
+    if trunk is not None and (not isinstance(trunk, str) or not _NODE_ID.match(trunk)):
+        c.add(".trunk", "must name one of the tenant's trunks (see /v1/trunks)")
     window = settings.get("calling_window")
     if window is not None:
         if not isinstance(window, dict):

@@ -46,6 +46,7 @@ class WorkflowPolicy:
     pacing: PacingPolicy
     seats: int
     recording: bool
+    trunk: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None) -> WorkflowPolicy:
@@ -86,4 +87,5 @@ class WorkflowPolicy:
             pacing=pacing,
             seats=int(raw_pacing.get("seats", 10)),
             recording=bool(settings.get("recording", True)),
+            trunk=settings.get("trunk"),
         )

@@ -310,6 +310,7 @@ def dial_job(
             "script": render(node.get("script", ""), context),
         },
         not_after=now + 300,
+        trunk=graph.policy.trunk,
     )
 
 

@@ -149,3 +149,76 @@ async def test_records_in_calls_out_results_back(
     assert all(list(c["meta"]) == ["zeta", "crm", "alpha"] for c in completed)
     assert all(list(c["meta"]["alpha"][1]) == ["b", "a"] for c in completed)
     assert {c["phone"] for c in completed} == set(PHONES)
+
+
+async def test_workflow_dials_through_its_named_trunk(
+    client: TestClient, tenant: Tenant, pool: asyncpg.Pool, tmp_path: Path, database_url: str
+) -> None:
+    """The worker's default trunk leads nowhere; the workflow's own trunk reaches SIPp."""
+    from dialer.bus import MemoryBroker
+
+    broker = MemoryBroker("trunk-test")
+    sipp = await start_sipp("uas_answer_callee_bye.xml", tmp_path, calls=1, timeout_s=60)
+    resp = await client.post(
+        "/v1/trunks", json={"name": "sipp", "uri": sipp.uri, "max_channels": 5}, headers=tenant.auth
+    )
+    assert resp.status == 201, await resp.text()
+    resp = await client.post(
+        "/v1/workflows",
+        json={
+            "name": "via trunk",
+            "definition": DEFINITION,
+            "status": "active",
+            "settings": {"trunk": "sipp", "retry": {}},
+        },
+        headers=tenant.auth,
+    )
+    workflow = await resp.json()
+    await client.post(
+        "/v1/records",
+        json={
+            "workflow_key": workflow["workflow_key"],
+            "record_phone_number": PHONES[0],
+            "record_first_name": "Ada",
+        },
+        headers=tenant.auth,
+    )
+    rtp_base = 20000 + (free_port() % 20000) // 2 * 2
+    settings = Settings(
+        database_url=database_url,
+        sip_listen=HostPort("127.0.0.1", free_port()),
+        trunk_uri="sip:127.0.0.1:9",  # the discard port: nobody answers there
+        rtp_port_min=rtp_base,
+        rtp_port_max=rtp_base + 50,
+        data_dir=tmp_path,
+        recording_dir=tmp_path / "recordings",
+    )
+    await broker.start()
+    consumer = EventConsumer(pool, broker)
+    await consumer.start()
+    trunk = default_trunk(settings)
+    assert trunk is not None
+    worker, agent = await start_worker(settings, pool, broker, trunk, capacity=2)
+    stop = asyncio.Event()
+    loop_task = asyncio.create_task(
+        Scheduler(pool, broker, tick_s=0.2, tenant_ids=[tenant.id]).run(stop)
+    )
+    try:
+        await _wait(
+            pool,
+            "SELECT bool_and(status = 'completed') FROM records WHERE workflow_id = $1::uuid",
+            workflow["id"],
+        )
+        assert await sipp.finish() == 0, sipp.errors()
+    finally:
+        stop.set()
+        await loop_task
+        await worker.drain(timeout_s=10)
+        await agent.close()
+        await consumer.close()
+        await broker.close()
+        sipp.kill()
+    call = await pool.fetchrow(
+        "SELECT disposition, sip_status FROM calls WHERE workflow_id = $1::uuid", workflow["id"]
+    )
+    assert (call["disposition"], call["sip_status"]) == ("answered", 200)
