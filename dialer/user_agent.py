@@ -61,6 +61,7 @@ from dialer.sip.call import (
     CallEvent,
     CallResult,
     CallState,
+    CallStateError,
     CallTimer,
     CallTimerKey,
     Dial,
@@ -461,6 +462,21 @@ class CallHandle:
     def hangup(self) -> None:
         """End the call from our side; nothing if it is already ending."""
         self._agent._hangup(self)
+
+    def send_info(self, body: bytes, content_type: str = "application/dtmf-relay") -> None:
+        """An in-dialog INFO (e.g. ``Signal=5\r\nDuration=160\r\n``); answered calls only."""
+        self._agent._in_dialog(
+            self,
+            lambda call, now: call.send_request("INFO", now, body=body, content_type=content_type),
+        )
+
+    def send_options(self) -> None:
+        """An in-dialog OPTIONS (a keep-alive); answered calls only."""
+        self._agent._in_dialog(self, lambda call, now: call.send_request("OPTIONS", now))
+
+    def hold(self, on_hold: bool = True) -> None:
+        """Put the callee on hold (re-INVITE, a=sendonly), or take it off."""
+        self._agent._in_dialog(self, lambda call, now: call.hold(now, on_hold=on_hold))
 
     async def ringing(self) -> int | None:
         """The status of the first 180/181/182; None if the call ended or was
@@ -1075,6 +1091,13 @@ class UserAgent:
                 while not bucket.take(self.loop.time()):
                     await asyncio.sleep(bucket.wait_s(self.loop.time()))
             trunk.channels.acquire()
+
+    def _in_dialog(self, handle: CallHandle, step: Callable[[Call, float], list[Action]]) -> None:
+        entry = self._calls.get(handle.call_id)
+        if entry is None:
+            raise CallStateError(f"call {handle.call_id} is over")
+        now = self.loop.time()
+        self._execute(step(entry[0], now), now)
 
     def _hangup(self, handle: CallHandle) -> None:
         entry = self._calls.get(handle.call_id)

@@ -534,6 +534,47 @@ class Call:
         self.state = CallState.CALLING
         return out
 
+    def send_request(
+        self,
+        method: str,
+        now: float,
+        *,
+        body: bytes = b"",
+        content_type: str | None = None,
+    ) -> list[Action]:
+        """An in-dialog OPTIONS or INFO from our side (answered calls only).
+
+        Its final response needs no action from us (§12.2.1.2 aside: a 481 or
+        408 to it says the dialog is gone, which the BYE path then finds).
+        """
+        if method not in ("OPTIONS", "INFO"):
+            raise ValueError(f"send_request sends OPTIONS or INFO, not {method}")
+        if self.state is not CallState.CONFIRMED or self.dialog is None:
+            raise CallStateError(f"{method} needs an answered call (state {self.state.value})")
+        request = self.dialog.create_request(
+            method, self._via(), headers=self._user_agent(), body=body, content_type=content_type
+        )
+        _key, actions = self.layer.send_request(request, self._next_hop(), self._tp, now)
+        return actions
+
+    def hold(self, now: float, *, on_hold: bool = True) -> list[Action]:
+        """Put the callee on hold (a=sendonly re-offer) or take it off (a=sendrecv).
+
+        The re-INVITE rides the refresh slot, so its answer is ACKed and read
+        like a session refresh's (a MediaUpdated event follows).
+        """
+        if self.state is not CallState.CONFIRMED or self.dialog is None:
+            raise CallStateError(f"hold needs an answered call (state {self.state.value})")
+        if self._refresh is not None:
+            raise CallStateError("a re-INVITE or UPDATE of ours is still pending")
+        body = self.media.make_offer("sendonly" if on_hold else "sendrecv")
+        request = self.dialog.create_request(
+            "INVITE", self._via(), headers=self._user_agent(), body=body
+        )
+        key, actions = self.layer.send_request(request, self._next_hop(), self._tp, now)
+        self._refresh = (key, request)
+        return actions
+
     def hangup(self, now: float) -> list[Action]:
         """End the call from our side: CANCEL before the answer, BYE after.
 
@@ -1022,11 +1063,13 @@ class Call:
                 out.append(self.layer.send_stateless(ack, self._next_hop(), self._tp))
                 dialog.target_refresh(response)
                 if response.body:
+                    # take_answer makes the answer current: compare with the one before.
+                    previous = self.media.current
                     try:
                         media = self.media.take_answer(response.body)
                     except SdpError:
                         media = None
-                    if media is not None and media != self.media.current:
+                    if media is not None and media != previous:
                         out.append(MediaUpdated(self.call_id, media))
             if self.state is CallState.CONFIRMED:
                 if "Session-Expires" in response:

@@ -17,7 +17,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from dialer.sip.call import CallResult, Held
+from dialer.sip.call import CallResult, CallStateError, Held, MediaUpdated
 from dialer.sip.dialog import LocalMedia
 from dialer.sip.timers import TimerConfig
 from dialer.transport import TransportConfig
@@ -284,3 +284,35 @@ async def test_register_with_digest_and_refresh_time(workdir: Path) -> None:
         assert await sipp.finish() == 0, sipp.errors()
     finally:
         sipp.kill()
+
+
+async def test_in_dialog_info_options_and_hold_from_our_side(workdir: Path) -> None:
+    """SIPp checks our INFO carries the digit and our re-INVITE offers a=sendonly."""
+    sipp = await start_sipp("uas_in_dialog_requests.xml", workdir)
+    try:
+        trunk = TrunkConfig.from_uri(sipp.uri)
+        async with UserAgent(options(), [trunk]) as agent:
+            handle = await agent.place_call("1000", media=MEDIA)
+            assert await handle.answered() is not None
+            handle.send_info(b"Signal=5\r\nDuration=160\r\n")
+            handle.send_options()
+            await asyncio.sleep(0.2)
+            handle.hold()
+            events: list[str] = []
+            async with asyncio.timeout(10):
+                async for event in handle:
+                    events.append(type(event).__name__)
+                    if isinstance(event, MediaUpdated):
+                        # We hold: the callee answers recvonly; we send, it does not.
+                        assert event.media.direction == "recvonly"
+                        assert event.media.send and not event.media.receive
+                        handle.hangup()
+            result = await handle.ended()
+            assert agent.stats.stray_responses == 0
+            with pytest.raises(CallStateError):
+                handle.hold(False)  # the call is over
+        assert await sipp.finish() == 0, sipp.errors()
+    finally:
+        sipp.kill()
+    assert "MediaUpdated" in events
+    assert (result.disposition, result.hangup_by) == ("answered", "caller")
