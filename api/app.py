@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
-from api import dnc, ingest, links, lists, lookups, records, trunks, webhooks, workflows
+from api import dnc, ingest, links, lists, lookups, metrics, records, trunks, webhooks, workflows
 from api.context import POOL, SETTINGS
 from api.errors import error_middleware, json_response
 from api.notifier import AddressGuard
@@ -37,6 +37,17 @@ def create_app(settings: Settings, pool: asyncpg.Pool) -> web.Application:
     app[webhooks.URL_GUARD] = AddressGuard(AllowList.parse(settings.webhook_allow_hosts))
     app.router.add_get("/healthz", _health)
     app.router.add_get("/openapi.json", _openapi)
-    for module in (workflows, lists, records, ingest, webhooks, links, lookups, dnc, trunks):
+    for module in (
+        workflows,
+        lists,
+        records,
+        ingest,
+        webhooks,
+        links,
+        lookups,
+        dnc,
+        trunks,
+        metrics,
+    ):
         app.router.add_routes(module.routes)
     return app

@@ -577,6 +577,19 @@ def _paths() -> dict[str, Any]:
         **_dnc_paths(),
         **_trunk_paths(),
         **_lookup_paths(),
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (calls, attempts, webhooks, abandonment)",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "500": _json(_ref("Error"), "Unhealthy"),
+                },
+            }
+        },
         "/healthz": {
             "get": {
                 "summary": "Liveness and database reachability",

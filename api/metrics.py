@@ -1,0 +1,121 @@
+"""Prometheus metrics at ``/metrics``, read from PostgreSQL at scrape time.
+
+The state that matters lives in the database, shared by every process, so a
+scrape of any API process tells the whole story: calls by state and outcome,
+attempts in the last minute, active calls, webhook backlog and lag, queue
+depth of due records, and each workflow's abandonment rate over 30 days.
+Per-process RTP statistics travel on each call's ``media_stats`` and are
+summarised here from the last hour's calls.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from api.context import POOL
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+
+
+class _Snapshot:
+    """A collector over values fetched before the scrape is rendered."""
+
+    def __init__(self, families: list[GaugeMetricFamily]) -> None:
+        self.families = families
+
+    def collect(self):
+        yield from self.families
+
+
+@routes.get("/metrics")
+async def metrics(request: web.Request) -> web.Response:
+    pool = request.app[POOL]
+    async with pool.acquire() as conn:
+        calls = await conn.fetch(
+            """SELECT workflow_id::text, state, coalesce(disposition, '') AS disposition,
+                      count(*) AS n
+               FROM calls WHERE state <> 'ended' OR ended_at > now() - interval '1 day'
+               GROUP BY 1, 2, 3"""
+        )
+        attempts = await conn.fetchval(
+            "SELECT count(*) FROM calls WHERE dialing_at > now() - interval '1 minute'"
+        )
+        due = await conn.fetch(
+            """SELECT workflow_id::text, count(*) AS n FROM records
+               WHERE status IN ('queued', 'waiting') AND next_attempt_at <= now()
+               GROUP BY 1"""
+        )
+        abandonment = await conn.fetch(
+            """SELECT workflow_id::text,
+                      count(*) FILTER (WHERE answered_at IS NOT NULL) AS live,
+                      count(*) FILTER (WHERE disposition = 'abandoned') AS abandoned
+               FROM calls WHERE state = 'ended' AND ended_at > now() - interval '30 days'
+               GROUP BY 1"""
+        )
+        media = await conn.fetchrow(
+            """SELECT coalesce(avg((media_stats->>'loss_fraction')::float8), 0) AS loss,
+                      coalesce(avg((media_stats->>'jitter_ms')::float8), 0) AS jitter
+               FROM calls WHERE state = 'ended' AND media_stats IS NOT NULL
+                 AND ended_at > now() - interval '1 hour'"""
+        )
+        webhooks = await conn.fetchrow(
+            """SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
+                      coalesce(extract(epoch FROM now() - min(created_at)
+                          FILTER (WHERE status = 'pending')), 0) AS oldest_s,
+                      coalesce(percentile_cont(0.5) WITHIN GROUP (
+                          ORDER BY extract(epoch FROM completed_at - created_at))
+                          FILTER (WHERE status = 'succeeded'
+                                  AND completed_at > now() - interval '1 hour'), 0) AS lag_s
+               FROM webhook_deliveries"""
+        )
+    by_state = GaugeMetricFamily(
+        "dialer_calls",
+        "Calls by workflow, state and outcome (open, or ended in the last day)",
+        labels=["workflow_id", "state", "disposition"],
+    )
+    active = GaugeMetricFamily("dialer_active_calls", "Calls dialling, ringing or answered")
+    active_count = 0
+    for row in calls:
+        by_state.add_metric([row["workflow_id"], row["state"], row["disposition"]], row["n"])
+        if row["state"] in ("dialing", "ringing", "answered"):
+            active_count += row["n"]
+    active.add_metric([], active_count)
+    rate = GaugeMetricFamily("dialer_attempts_per_second", "Call attempts over the last minute")
+    rate.add_metric([], attempts / 60.0)
+    depth = GaugeMetricFamily(
+        "dialer_due_records", "Records due for their next step, by workflow", labels=["workflow_id"]
+    )
+    for row in due:
+        depth.add_metric([row["workflow_id"]], row["n"])
+    abandon = GaugeMetricFamily(
+        "dialer_abandonment_rate",
+        "Abandoned / live answers over 30 days, by workflow",
+        labels=["workflow_id"],
+    )
+    for row in abandonment:
+        abandon.add_metric(
+            [row["workflow_id"]], row["abandoned"] / row["live"] if row["live"] else 0.0
+        )
+    loss = GaugeMetricFamily("dialer_rtp_loss_fraction", "Mean RTP loss of last hour's calls")
+    loss.add_metric([], float(media["loss"]))
+    jitter = GaugeMetricFamily("dialer_rtp_jitter_ms", "Mean RTP jitter of last hour's calls")
+    jitter.add_metric([], float(media["jitter"]))
+    pending = GaugeMetricFamily("dialer_webhooks_pending", "Webhook deliveries not yet done")
+    pending.add_metric([], webhooks["pending"])
+    oldest = GaugeMetricFamily(
+        "dialer_webhook_backlog_age_seconds", "Age of the oldest pending one"
+    )
+    oldest.add_metric([], float(webhooks["oldest_s"]))
+    lag = GaugeMetricFamily("dialer_webhook_lag_seconds", "Median event-to-delivery, last hour")
+    lag.add_metric([], float(webhooks["lag_s"]))
+    registry = CollectorRegistry()
+    registry.register(
+        _Snapshot([by_state, active, rate, depth, abandon, loss, jitter, pending, oldest, lag])
+    )
+    return web.Response(
+        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
