@@ -5,7 +5,19 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
-from api import dnc, ingest, links, lists, lookups, metrics, records, trunks, webhooks, workflows
+from api import (
+    dnc,
+    ingest,
+    links,
+    lists,
+    live,
+    lookups,
+    metrics,
+    records,
+    trunks,
+    webhooks,
+    workflows,
+)
 from api.context import POOL, SETTINGS
 from api.errors import error_middleware, json_response
 from api.notifier import AddressGuard
@@ -48,6 +60,7 @@ def create_app(settings: Settings, pool: asyncpg.Pool) -> web.Application:
         dnc,
         trunks,
         metrics,
+        live,
     ):
         app.router.add_routes(module.routes)
     return app

@@ -577,6 +577,22 @@ def _paths() -> dict[str, Any]:
         **_dnc_paths(),
         **_trunk_paths(),
         **_lookup_paths(),
+        "/v1/live": {
+            "get": {
+                "summary": "The tenant's events as Server-Sent Events (resume with Last-Event-ID)",
+                "security": [{"bearer": []}],
+                "parameters": [
+                    _query("after", {"type": "integer", "minimum": 0}, "Resume after this event"),
+                ],
+                "responses": {
+                    "200": {
+                        "description": "An endless event stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **_ERRORS,
+                },
+            }
+        },
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics (calls, attempts, webhooks, abandonment)",
