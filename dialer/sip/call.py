@@ -86,7 +86,7 @@ from dialer.sip.transaction import (
     TransactionLayer,
     build_cancel,
 )
-from dialer.sip.uri import NameAddr, SipUri, Uri
+from dialer.sip.uri import NameAddr, SipUri, Uri, ip_literal_address
 
 __all__ = [
     "Answered",
@@ -441,17 +441,6 @@ def _parse_session_expires(value: str | None) -> tuple[int, str | None] | None:
     except ParseError:
         refresher = None
     return int(number), (refresher.lower() if refresher else None)
-
-
-def _host_address(uri: Uri) -> Address | None:
-    """An IP-literal SIP URI as an address; None when the edge would need DNS."""
-    if not isinstance(uri, SipUri):
-        return None
-    host = uri.maddr or uri.host
-    bare = host[1:-1] if host.startswith("[") else host
-    if not (bare.replace(".", "").isdigit() or ":" in bare):
-        return None
-    return (bare, uri.port or (5061 if uri.secure else 5060))
 
 
 class Call:
@@ -1131,7 +1120,7 @@ class Call:
         dialog = dialog or self.dialog
         if dialog is None:
             return self.config.proxy
-        return _host_address(dialog.next_hop) or self.config.proxy
+        return ip_literal_address(dialog.next_hop) or self.config.proxy
 
     def _set_status(self, response: Response) -> None:
         self.record.sip_status = response.status

@@ -73,7 +73,7 @@ from dialer.sip.message import Request, Response, make_response, require_support
 from dialer.sip.sdp import MediaAnswer, SdpError, negotiate_offer
 from dialer.sip.timers import DEFAULT_TIMERS, TimerConfig
 from dialer.sip.transaction import MAGIC_COOKIE, TransactionKey, TransactionLayer
-from dialer.sip.uri import NameAddr, SipUri, Uri
+from dialer.sip.uri import NameAddr, SipUri, ip_literal_address
 
 __all__ = [
     "Confirmed",
@@ -236,17 +236,6 @@ class _Retransmit2xx:
     cseq: int
     interval_s: float
     give_up_at: float
-
-
-def _host_address(uri: Uri) -> Address | None:
-    """An IP-literal SIP URI as an address; None when it would need DNS."""
-    if not isinstance(uri, SipUri):
-        return None
-    host = uri.maddr or uri.host
-    bare = host[1:-1] if host.startswith("[") else host
-    if not (bare.replace(".", "").isdigit() or ":" in bare):
-        return None
-    return (bare, uri.port or (5061 if uri.secure else 5060))
 
 
 class InboundCall:
@@ -613,7 +602,7 @@ class InboundCall:
         dialog = self.dialog
         if dialog is None:
             return self.source
-        return _host_address(dialog.next_hop) or self.source
+        return ip_literal_address(dialog.next_hop) or self.source
 
     def _user_agent(self, *, server: bool = False) -> list[Header]:
         agent = self.config.user_agent

@@ -42,6 +42,7 @@ __all__ = [
     "TelUri",
     "Uri",
     "escape",
+    "ip_literal_address",
     "parse_name_addr",
     "parse_uri",
     "unescape",
@@ -450,3 +451,14 @@ def _parse_addr_spec(text: str) -> NameAddr:
         raise ParseError(f"addr-spec needs <> around {uri_text[:60]!r}")
     uri = parse_uri(uri_text)
     return NameAddr(uri, None, parse_params(text[semi:]) if semi >= 0 else ())
+
+
+def ip_literal_address(uri: Uri) -> tuple[str, int] | None:
+    """An IP-literal SIP URI (``maddr`` first) as ``(host, port)``; None when it needs DNS."""
+    if not isinstance(uri, SipUri):
+        return None
+    host = uri.maddr or uri.host
+    bare = host[1:-1] if host.startswith("[") else host
+    if not (bare.replace(".", "").isdigit() or ":" in bare):
+        return None
+    return (bare, uri.port or (5061 if uri.secure else 5060))

@@ -11,6 +11,7 @@ from dialer.sip.uri import (
     SipUri,
     TelUri,
     escape,
+    ip_literal_address,
     parse_name_addr,
     parse_uri,
     unescape,
@@ -253,3 +254,19 @@ def test_with_tag_replaces_an_existing_tag() -> None:
     assert value.tag == "old"
     assert value.with_tag("new").serialize() == "<sip:a@h>;TAG=new;x=1"
     assert NameAddr(SipUri("h")).with_tag("t").tag == "t"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("sip:10.0.0.1", ("10.0.0.1", 5060)),
+        ("sips:10.0.0.1", ("10.0.0.1", 5061)),
+        ("sip:a@10.0.0.1:5080", ("10.0.0.1", 5080)),
+        ("sip:[::1]:5070", ("::1", 5070)),
+        ("sip:proxy.example.com;maddr=192.0.2.7", ("192.0.2.7", 5060)),
+        ("sip:proxy.example.com", None),
+        ("tel:+12125550123", None),
+    ],
+)
+def test_ip_literal_address(text: str, expected: tuple[str, int] | None) -> None:
+    assert ip_literal_address(parse_uri(text)) == expected
