@@ -228,9 +228,11 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="take dial jobs from RabbitMQ and place the calls")
     worker.add_argument("--capacity", type=int, default=100, help="calls at once (default 100)")
     from dialer import call_cli, sandbox_cli
+    from dialer.demo import cli as demo_cli
 
     call_cli.add_parser(sub)
     sandbox_cli.add_parser(sub)
+    demo_cli.add_parser(sub)
     apikey = sub.add_parser("apikey", help="manage API keys")
     apikey_sub = apikey.add_subparsers(dest="apikey_command", required=True)
     create = apikey_sub.add_parser("create", help="create a tenant's API key and print it once")
@@ -280,6 +282,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(call_cli.run(args, settings))
     if args.command == "scheduler":
         return _run(_run_scheduler(settings))
+    if args.command == "demo":
+        from dialer.demo import cli as demo_cli
+
+        return _run(demo_cli.run(args, settings))
     if args.command == "apikey":
         return _run(_apikey_create(settings, args.tenant, args.label))
     return 2  # pragma: no cover - argparse enforces the choices

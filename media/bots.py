@@ -232,7 +232,8 @@ class ScriptedBot:
         self.listener = listener
         self.sessions: list[BotSession] = []
 
-    async def _prompt(self) -> Prompt:
+    async def _prompt(self, session: BotSession) -> Prompt:
+        """What to say to this call (subclasses may use its ``start``)."""
         script = self.script
         if script.text is not None and self.renderer is not None:
             return await self.renderer.render(script.text)
@@ -278,12 +279,16 @@ class ScriptedBot:
             session.closed.set()
         return ws
 
+    def _result(self, digit: str | None) -> BotResult:
+        tags = ("dtmf",) if digit is not None else ("no_input",)
+        return BotResult({self.script.result_key: digit}, tags)
+
     async def _converse(
         self, ws: web.WebSocketResponse, session: BotSession, digits: asyncio.Queue[str]
     ) -> None:
         loop = asyncio.get_running_loop()
         sid = session.stream_sid
-        prompt = await self._prompt()
+        prompt = await self._prompt(session)
         pacer = AudioPacer()
         pacer.push(ulaw_encode(prompt.samples).tobytes(), loop.time())
         pacer.flush()
@@ -305,7 +310,5 @@ class ScriptedBot:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.script.wait_digit_s):
                     digit = await digits.get()
-        tags = ("dtmf",) if digit is not None else ("no_input",)
-        result = BotResult({self.script.result_key: digit}, tags)
-        await ws.send_frame(result.serialize(sid), _TEXT)
+        await ws.send_frame(self._result(digit).serialize(sid), _TEXT)
         await ws.send_frame(BotHangup("script done").serialize(sid), _TEXT)

@@ -1,0 +1,1 @@
+"""``dialer demo``: the whole stack against the sandbox carrier and the demo bot, shown live."""
