@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dialer.messages import DialJob
+from dialer.seats import SEAT_ERRORS, SeatBook
 from dialer.sip.call import Answered, CallEvent, Dtmf, Ended, MediaUpdated, Resumed, Ringing
 from dialer.sip.dialog import LocalMedia
 from dialer.trunk import TrunkConfig, parse_trunk_uri
@@ -100,8 +101,11 @@ class SipCallRunner:
         control: CallControl | None = None,
         default_trunk: str | None = None,
         trunks: TrunkDirectory | None = None,
+        seats: SeatBook | None = None,
     ) -> None:
         self.agent = agent
+        # Without a seat book every live answer is served (one call tools, tests).
+        self.seats = seats
         self.default_trunk = default_trunk
         self.trunks = trunks
         # Calls a bot may end through the Twilio-compatible REST endpoint.
@@ -162,6 +166,7 @@ class SipCallRunner:
 
         handle: CallHandle | None = None
         amd_verdict: AmdVerdict | None = None
+        seat = _Seat()
         try:
             trunk = self.default_trunk
             if job.trunk is not None and self.trunks is not None:
@@ -176,7 +181,9 @@ class SipCallRunner:
             )
             if await handle.answered() is not None:
                 publish("answered", {})
-                amd_verdict = await self._run_answered(job, handle, session, queue, media_timed_out)
+                amd_verdict = await self._run_answered(
+                    job, handle, session, queue, media_timed_out, seat
+                )
                 if amd_verdict is not None:
                     publish("amd", {"verdict": amd_verdict.answered_by.value})
             result = await handle.ended()
@@ -185,6 +192,12 @@ class SipCallRunner:
                 handle.hangup()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(handle.ended(), 5)
+            if seat.held and self.seats is not None:
+                try:
+                    await self.seats.release(job.call_id)
+                except SEAT_ERRORS as exc:
+                    # The seat stops counting once the call is ended in the database.
+                    log.warning("seat release failed: %s", exc, extra={"call_id": job.call_id})
             stats = session.stats()
             session.close()
             pair.close()
@@ -196,6 +209,8 @@ class SipCallRunner:
         )
         if result.answered_at is not None and disposition == "answered" and amd_verdict is not None:
             disposition = "machine" if amd_verdict.answered_by.is_machine else "human"
+        if seat.abandoned and disposition in ("answered", "human"):
+            disposition = "abandoned"
         if media_timed_out.is_set() and result.answered_at is not None:
             disposition = "media_timeout" if disposition in ("answered", "human") else disposition
         bot = self.bot_results.pop(job.call_id, None)
@@ -254,6 +269,7 @@ class SipCallRunner:
         session: RtpSession,
         queue: PlaybackQueue,
         media_timed_out: asyncio.Event,
+        seat: _Seat,
     ) -> AmdVerdict | None:
         verdict: AmdVerdict | None = None
         amd = job.amd or {}
@@ -264,6 +280,8 @@ class SipCallRunner:
                     await self._play(queue, handle, amd["message"])
                 handle.hangup()
                 return verdict
+        if self.seats is not None and not await self._take_seat(job, handle, queue, seat):
+            return verdict
         handler = job.handler or {}
         if handler.get("type") == "prompt" and handler.get("text"):
             await self._play(queue, handle, handler["text"])
@@ -272,6 +290,30 @@ class SipCallRunner:
         if handle.result is None:
             handle.hangup()
         return verdict
+
+    async def _take_seat(
+        self, job: DialJob, handle: CallHandle, queue: PlaybackQueue, seat: _Seat
+    ) -> bool:
+        """Claim a seat for a live answer; with none free in time, abandon the call."""
+        assert self.seats is not None
+        try:
+            rules = await self.seats.rules(job.workflow_id)
+            seat.held = await self.seats.claim(
+                job.call_id, job.workflow_id, rules, gone=lambda: handle.result is not None
+            )
+        except SEAT_ERRORS as exc:
+            # The seat count is unknown while the database is away: a person
+            # who answered is served rather than abandoned for our outage.
+            log.warning(
+                "seat claim failed, serving anyway: %s", exc, extra={"call_id": job.call_id}
+            )
+            return True
+        if seat.held or handle.result is not None:
+            return seat.held
+        seat.abandoned = True
+        await self._play(queue, handle, rules.abandon_message)
+        handle.hangup()
+        return False
 
     async def _voicebot(
         self,
@@ -384,6 +426,16 @@ class SipCallRunner:
         finally:
             if not ended.done():
                 ended.cancel()
+
+
+class _Seat:
+    """What became of one call's seat: held (to release at the end), or abandoned."""
+
+    __slots__ = ("abandoned", "held")
+
+    def __init__(self) -> None:
+        self.held = False
+        self.abandoned = False
 
 
 def _span(start: float | None, end: float | None) -> float | None:

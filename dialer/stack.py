@@ -60,6 +60,7 @@ async def start_worker(
     control: Any = None,
 ) -> tuple[Worker, UserAgent]:
     from dialer.runner import SipCallRunner, TrunkDirectory
+    from dialer.seats import SeatBook
     from media.playback import SpeechRenderer
     from media.ports import PortAllocator
 
@@ -75,6 +76,7 @@ async def start_worker(
         control=control,
         default_trunk=trunk.name,
         trunks=TrunkDirectory(pool),
+        seats=SeatBook(pool),
     )
     worker = Worker(pool, broker, runner, capacity=capacity)
     await worker.start()

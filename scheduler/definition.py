@@ -433,6 +433,12 @@ def validate_settings(settings: Any, prefix: str = "settings") -> dict[str, Any]
             c.number(pacing, "seats", ".pacing", 1, 10_000, None, integer=True)
             c.number(pacing, "ratio", ".pacing", 1, 10, None)
             c.number(pacing, "abandon_target", ".pacing", 0, 0.2, None)
+            # How long a live answer waits for a free seat before it is abandoned.
+            c.number(pacing, "max_wait_s", ".pacing", 0, 10, None)
+    # What an abandoned call hears ({company}: company_name, else the tenant's name):
+    # spoken whole before the hang-up, so it is kept short.
+    c.text(settings, "abandon_message", "", None, max_len=300)
+    c.text(settings, "company_name", "", None, max_len=100)
     c.number(settings, "max_attempts", "", 1, 100, None, integer=True)
     if c.problems:
         raise DefinitionError(c.problems)

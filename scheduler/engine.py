@@ -19,7 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import asyncpg
 
@@ -132,15 +132,19 @@ class Scheduler:
                  AND (state <> 'ended' OR ended_at > now() - interval '1 hour')""",
             workflow["id"],
         )
-        # Abandonment is measured as the FCC rule measures it: over 30 days.
+        # Abandonment is measured as the FCC rule measures it: over 30 days, as a
+        # share of live answers (a machine is not a person waiting for a seat). The
+        # runner ends a live answer that found no seat in time as 'abandoned'.
         window = await conn.fetchrow(
-            """SELECT count(*) FILTER (WHERE answered_at IS NOT NULL) AS live,
+            """SELECT count(*) FILTER (WHERE answered_at IS NOT NULL
+                                        AND disposition IS DISTINCT FROM 'machine') AS live,
                       count(*) FILTER (WHERE disposition = 'abandoned') AS abandoned
                FROM calls WHERE workflow_id = $1 AND state = 'ended'
                  AND ended_at > now() - interval '30 days'""",
             workflow["id"],
         )
         in_flight, talking = row["in_flight"], row["talking"]
+        raw_pacing = (workflow["settings"] or {}).get("pacing") or {}
         if policy.pacing.mode is PacingMode.PROGRESSIVE:
             budget = policy.seats - in_flight - talking
         else:
@@ -160,9 +164,15 @@ class Scheduler:
                 handle=DurationSummary(float(row["handle_mean"]), 0.0, row["answered"]),
                 window_live=window["live"],
                 window_abandoned=window["abandoned"],
+                target_abandon_rate=float(raw_pacing.get("abandon_target", 0.03)),
                 in_flight_ages_s=tuple(float(a) for a in row["in_flight_ages"]),
             )
-            budget = dials_to_place(policy.pacing, stats, now)
+            # The wait the pacer plans for is the one the runner grants (seats.py).
+            pacing = replace(
+                policy.pacing,
+                max_wait_s=float(raw_pacing.get("max_wait_s", policy.pacing.max_wait_s)),
+            )
+            budget = dials_to_place(pacing, stats, now)
         return max(0, min(budget, self.batch_size))
 
     async def _schedule_workflow(
@@ -296,5 +306,9 @@ class Scheduler:
         if events:
             await self.broker.publish_events(
                 [(e.routing_key, f"{e.call_id}:lost", e.to_bytes()) for e in events]
+            )
+            # A lost worker never releases its seats; free them for the living.
+            await self.pool.execute(
+                "DELETE FROM seats WHERE call_id = ANY($1::uuid[])", [r["id"] for r in rows]
             )
         return len(events)

@@ -1,0 +1,168 @@
+"""Seats: how many answered calls a workflow serves at once, shared by every worker.
+
+A seat is a voicebot slot now (a human agent later). Pacing dials more calls
+than there are seats; a live answer (AMD said human, or AMD is off) then
+claims a seat. One that finds none free within ``pacing.max_wait_s`` (2 s by
+default, the FCC's figure) is *abandoned*: it hears a short identification
+message, is hung up, and ends with disposition ``abandoned``, which the
+scheduler counts against the workflow's abandonment target.
+
+A claim is a row in ``seats`` keyed by call id. It is inserted under a
+per-workflow advisory transaction lock, and only while fewer than the
+workflow's ``pacing.seats`` rows of calls not yet ended exist, so workers on
+any number of machines never hand out more seats than there are. The runner
+deletes the row when the call ends; the scheduler deletes the rows of a lost
+worker's calls. A row whose call has ended counts for nothing even if its
+delete was lost (the database was away), so a seat never leaks.
+
+:class:`SeatRules` (from a workflow's settings) and :func:`abandon_text` are
+pure; :class:`SeatBook` is the database edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+__all__ = [
+    "DEFAULT_ABANDON_MESSAGE",
+    "DEFAULT_MAX_WAIT_S",
+    "DEFAULT_SEATS",
+    "SEAT_ERRORS",
+    "SeatBook",
+    "SeatRules",
+    "abandon_text",
+]
+
+DEFAULT_SEATS = 10
+# 47 CFR 64.1200(a)(7)(i): a call is abandoned when it is not connected to a
+# live agent within two seconds of the person's completed greeting.
+DEFAULT_MAX_WAIT_S = 2.0
+# Short on purpose: who is calling and that we will call back, then the line is freed.
+DEFAULT_ABANDON_MESSAGE = (
+    "This is an automated call from {company}. We will call you back. Goodbye."
+)
+# The advisory lock's first key: seats of one workflow (its second key) are claimed one at a time.
+SEAT_LOCK_CLASS = 0x5EA7
+# How often a waiting answer asks again for a seat.
+POLL_S = 0.1
+# What a claim or a release raises while the database is away (a lost
+# connection is an InterfaceError, not a PostgresError, in asyncpg).
+SEAT_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+
+
+def abandon_text(template: str, company: str) -> str:
+    """The message an abandoned call hears, ``{company}`` filled in."""
+    return template.replace("{company}", company).strip()
+
+
+@dataclass(frozen=True, slots=True)
+class SeatRules:
+    """A workflow's seats, how long an answer may wait for one, and what it hears if none."""
+
+    seats: int = DEFAULT_SEATS
+    max_wait_s: float = DEFAULT_MAX_WAIT_S
+    abandon_message: str = abandon_text(DEFAULT_ABANDON_MESSAGE, "us")
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any] | None, company: str) -> SeatRules:
+        """Read validated workflow settings (``pacing.seats``, ``pacing.max_wait_s``,
+        ``abandon_message``)."""
+        settings = settings or {}
+        pacing = settings.get("pacing") or {}
+        return cls(
+            seats=int(pacing.get("seats", DEFAULT_SEATS)),
+            max_wait_s=float(pacing.get("max_wait_s", DEFAULT_MAX_WAIT_S)),
+            abandon_message=abandon_text(
+                settings.get("abandon_message") or DEFAULT_ABANDON_MESSAGE, company
+            ),
+        )
+
+
+class SeatBook:
+    """Seats in PostgreSQL: claimed on a live answer, released when the call ends."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        poll_s: float = POLL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.pool = pool
+        self.poll_s = poll_s
+        self.clock = clock
+
+    async def rules(self, workflow_id: str) -> SeatRules:
+        """The workflow's current seat rules (an edit applies to the next answer)."""
+        row = await self.pool.fetchrow(
+            """SELECT v.settings, coalesce(v.settings->>'company_name', t.name) AS company
+               FROM workflows w
+               JOIN workflow_versions v ON v.workflow_id = w.id AND v.version = w.current_version
+               JOIN tenants t ON t.id = w.tenant_id
+               WHERE w.id = $1""",
+            uuid.UUID(workflow_id),
+        )
+        if row is None:
+            return SeatRules()
+        return SeatRules.from_settings(row["settings"], row["company"])
+
+    async def try_claim(self, call_id: str, workflow_id: str, seats: int) -> bool:
+        """Take a seat for ``call_id`` if one is free now; True if it holds one."""
+        workflow = uuid.UUID(workflow_id)
+        async with self.pool.acquire() as conn, conn.transaction():
+            # The lock comes first, in its own statement: the count below then
+            # sees every claim committed before ours (READ COMMITTED takes a
+            # snapshot per statement).
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2::text))", SEAT_LOCK_CLASS, workflow_id
+            )
+            row = await conn.fetchrow(
+                """INSERT INTO seats (call_id, workflow_id)
+                   SELECT $1, $2
+                   WHERE (SELECT count(*) FROM seats s JOIN calls c ON c.id = s.call_id
+                          WHERE s.workflow_id = $2 AND c.state <> 'ended'
+                            AND s.call_id <> $1) < $3
+                   ON CONFLICT (call_id) DO UPDATE SET claimed_at = seats.claimed_at
+                   RETURNING call_id""",
+                uuid.UUID(call_id),
+                workflow,
+                seats,
+            )
+        return row is not None
+
+    async def claim(
+        self,
+        call_id: str,
+        workflow_id: str,
+        rules: SeatRules,
+        gone: Callable[[], bool] = lambda: False,
+    ) -> bool:
+        """Ask for a seat until one is free or ``rules.max_wait_s`` has passed.
+
+        ``gone()`` says the callee hung up meanwhile: stop asking. Database
+        errors propagate: the caller decides what an unknown answer means.
+        """
+        deadline = self.clock() + rules.max_wait_s
+        while True:
+            if await self.try_claim(call_id, workflow_id, rules.seats):
+                return True
+            left = deadline - self.clock()
+            if left <= 0 or gone():
+                return False
+            await asyncio.sleep(min(self.poll_s, left))
+
+    async def release(self, call_id: str) -> None:
+        """Free the call's seat (safe to call twice, or for a call that held none)."""
+        await self.pool.execute("DELETE FROM seats WHERE call_id = $1", uuid.UUID(call_id))
+
+    async def release_many(self, call_ids: list[str]) -> None:
+        await self.pool.execute(
+            "DELETE FROM seats WHERE call_id = ANY($1::uuid[])", [uuid.UUID(c) for c in call_ids]
+        )
