@@ -11,13 +11,15 @@ than a traceback. Secrets are wrapped in :class:`Secret`, whose ``repr`` and
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, parse_qsl, urlsplit, urlunsplit
 
 __all__ = [
+    "DEFAULT_SMS_BODY",
     "HostPort",
     "Secret",
     "Settings",
@@ -26,6 +28,9 @@ __all__ = [
 ]
 
 PREFIX = "DIALER_"
+# The SMS gateway's request body: a JSON document or a form (``a={{x}}&b=...``)
+# whose values are templates; {{to}} is the E.164 number, {{text}} the node's text.
+DEFAULT_SMS_BODY = '{"to": "{{to}}", "from": "{{sender}}", "text": "{{text}}"}'
 
 
 class SettingsError(ValueError):
@@ -127,6 +132,38 @@ def _parse_allow_hosts(variable: str, raw: str) -> tuple[str, ...]:
     return items
 
 
+def _check_sms_body(variable: str, raw: str) -> str:
+    """A JSON object or array, or a form whose values are templates."""
+    try:
+        if isinstance(json.loads(raw), (dict, list)):
+            return raw
+    except ValueError:
+        pass
+    try:
+        if parse_qsl(raw.strip(), keep_blank_values=True, strict_parsing=True):
+            return raw.strip()
+    except ValueError:
+        pass
+    raise SettingsError(
+        variable, "expected a JSON object or a form (to={{to}}&text={{text}}) of templates"
+    )
+
+
+def _check_smtp_url(variable: str, raw: str) -> str:
+    url = _check_url(variable, raw, ("smtp", "smtps"))
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - a bad port raises here
+    except ValueError:
+        raise SettingsError(variable, f"bad port in {mask_url(url)!r}") from None
+    starttls = parse_qs(parts.query).get("starttls", ["auto"])
+    if len(starttls) != 1 or starttls[0] not in ("auto", "require", "off"):
+        raise SettingsError(variable, "starttls must be auto, require or off")
+    if parts.scheme == "smtps" and starttls[0] != "auto":
+        raise SettingsError(variable, "smtps:// is TLS from the start; starttls does not apply")
+    return url
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything a process needs to know, read once at start-up."""
@@ -148,6 +185,11 @@ class Settings:
     max_body_bytes: int = 8 * 1024 * 1024
     log_level: str = "INFO"
     log_json: bool = False
+    sms_url: str | None = None
+    sms_body: str = DEFAULT_SMS_BODY
+    sms_auth: Secret = Secret("")
+    smtp_url: str | None = None
+    email_from: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -215,6 +257,18 @@ class Settings:
             values["log_level"] = level
         if (raw := get("LOG_JSON")) is not None:
             values["log_json"] = _parse_bool("DIALER_LOG_JSON", raw)
+        if (raw := get("SMS_URL")) is not None:
+            values["sms_url"] = _check_url("DIALER_SMS_URL", raw, ("http", "https"))
+        if (raw := get("SMS_BODY")) is not None:
+            values["sms_body"] = _check_sms_body("DIALER_SMS_BODY", raw)
+        if (raw := get("SMS_AUTH")) is not None:
+            values["sms_auth"] = Secret(raw.strip())
+        if (raw := get("SMTP_URL")) is not None:
+            values["smtp_url"] = _check_smtp_url("DIALER_SMTP_URL", raw)
+        if (raw := get("EMAIL_FROM")) is not None:
+            if "@" not in raw or any(ch in raw for ch in "\r\n"):
+                raise SettingsError("DIALER_EMAIL_FROM", f"expected an email address, got {raw!r}")
+            values["email_from"] = raw.strip()
 
         settings = cls(**values)  # type: ignore[arg-type]
         if settings.rtp_port_min >= settings.rtp_port_max:
@@ -224,6 +278,8 @@ class Settings:
             )
         if settings.trunk_password and not settings.trunk_username:
             raise SettingsError("DIALER_TRUNK_USERNAME", "required when a trunk password is set")
+        if settings.smtp_url and not settings.email_from:
+            raise SettingsError("DIALER_EMAIL_FROM", "required when DIALER_SMTP_URL is set")
         return settings
 
     def describe(self) -> dict[str, str]:
@@ -231,7 +287,7 @@ class Settings:
         shown: dict[str, str] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in {"database_url", "amqp_url"}:
+            if f.name in {"database_url", "amqp_url", "sms_url", "smtp_url"}:
                 value = mask_url(value)
             shown[f.name] = "" if value is None else str(value)
         return shown
