@@ -6,20 +6,38 @@ seconds since the command started::
     {"event": "invite_sent", "t": 0.0, "call_id": "...", "target": "sip:1000@..."}
     {"event": "ringing", "t": 0.41, "status": 180}
     {"event": "answered", "t": 2.03, "codec": "PCMU", "remote": "192.0.2.9:40002"}
-    {"event": "hangup_sent", "t": 12.03}
+    {"event": "hangup_sent", "t": 12.03, "by": "duration"}
     {"event": "ended", "t": 12.03, "disposition": "answered", "sip_status": 200, ...}
 
-Exit status: 0 when the call was answered, 1 when it was not, 2 for a bad
-option or configuration (with a message on stderr).
+With ``--bot ws://...`` the answered call is streamed to that voicebot (the
+Twilio Media Streams format, as a workflow's voicebot handler does) until
+the bot or the callee hangs up; the lines then also say when the bot is
+being reached, each key the callee pressed, who asked for the hang-up, and
+the bot's outcome and result::
+
+    {"event": "bot_connecting", "t": 2.03, "url": "ws://127.0.0.1:8765/"}
+    {"event": "dtmf", "t": 5.12, "digit": "1", "via": "rtp"}
+    {"event": "hangup_sent", "t": 5.31, "by": "bot", "outcome": "bot_hangup"}
+    {"event": "bot_ended", "t": 5.32, "outcome": "bot_hangup", "values": {"digit": "1"}, ...}
+    {"event": "ended", "t": 5.33, "disposition": "answered", "hangup_by": "caller", ...}
+
+Exit status: 0 when the call was answered (and, with ``--bot``, the bot
+was reached), 1 when it was not, 2 for a bad option or configuration (with
+a message on stderr). SIGINT or SIGTERM during an answered call hangs it
+up first.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import importlib
+import secrets
+import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -42,7 +60,10 @@ from dialer.sip.sdp import MediaAnswer
 from dialer.sip.timers import DEFAULT_TIMERS, TimerConfig
 from dialer.transport import TransportConfig
 from dialer.trunk import TrunkConfig, parse_trunk_uri
-from dialer.user_agent import LOOPBACK, RequestPolicy, UserAgent, UserAgentOptions
+from dialer.user_agent import LOOPBACK, CallHandle, RequestPolicy, UserAgent, UserAgentOptions
+
+if TYPE_CHECKING:
+    from media.voicebot import VoicebotResult
 
 __all__ = ["add_parser", "main", "run"]
 
@@ -86,6 +107,19 @@ def _wav_out(text: str) -> Path:
     return path
 
 
+def _bot_url(text: str) -> str:
+    if not text.lower().startswith(("ws://", "wss://")):
+        raise argparse.ArgumentTypeError(f"expected a ws:// or wss:// URL, got {text!r}")
+    return text
+
+
+def _bot_header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip() or any(c.isspace() for c in name.strip()):
+        raise argparse.ArgumentTypeError(f"expected 'Name: value', got {text!r}")
+    return name.strip(), value.strip()
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``call`` subcommand to a ``subparsers`` object of argparse."""
     parser = subparsers.add_parser(
@@ -111,7 +145,8 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--duration",
         type=_positive,
-        help="seconds to stay on the line after the answer (default 30, or the --play length)",
+        help="seconds to stay on the line after the answer (default 30, or the --play "
+        "length; with --bot, until the bot or the callee hangs up)",
     )
     parser.add_argument("--play", type=_wav_in, metavar="WAV", help="play this WAV file")
     parser.add_argument(
@@ -120,15 +155,41 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-media", action="store_true", help="signalling only: no RTP (offers a dummy port)"
     )
+    parser.add_argument(
+        "--bot",
+        type=_bot_url,
+        metavar="URL",
+        help="stream the answered call to this voicebot (ws:// or wss://, Twilio Media "
+        "Streams format) until either side hangs up",
+    )
+    parser.add_argument(
+        "--bot-header",
+        type=_bot_header,
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'",
+        help="a header for the bot's WebSocket handshake, e.g. 'Authorization: Bearer ...' "
+        "(repeatable)",
+    )
+    parser.add_argument(
+        "--bot-connect-timeout",
+        type=_positive,
+        default=3.0,
+        metavar="S",
+        help="seconds to reach the bot before the call ends as bot_failed (default 3)",
+    )
     parser.add_argument("--t1", type=_positive, help=argparse.SUPPRESS)  # tests: short timers
 
 
 class _Narrator:
     """Prints events as JSON lines, times relative to the start."""
 
-    def __init__(self, origin: float, out: Any = None) -> None:
+    def __init__(self, origin: float, out: Any = None, *, hold_end: bool = False) -> None:
         self.origin = origin
         self.out = out or sys.stdout
+        # With a bot, the end is printed once the bot's result is in (``end``).
+        self.hold_end = hold_end
+        self.printed_end = False
 
     def emit(self, event: str, t: float, **fields: object) -> None:
         record = {"event": event, "t": round(t - self.origin, 4), **fields}
@@ -151,8 +212,14 @@ class _Narrator:
                 self.emit("media_updated", now, **_media(media))
             case Dtmf(digit=digit, duration_ms=duration_ms):
                 self.emit("dtmf", now, digit=digit, duration_ms=duration_ms)
-            case Ended(result=result):
-                self.emit("ended", result.ended_at, **_result(result, self.origin))
+            case Ended(result=result) if not self.hold_end:
+                self.end(result)
+
+    def end(self, result: CallResult, **extra: object) -> None:
+        """Print the ``ended`` line (once), ``extra`` fields added or replacing."""
+        if not self.printed_end:
+            self.printed_end = True
+            self.emit("ended", result.ended_at, **{**_result(result, self.origin), **extra})
 
 
 def _media(media: MediaAnswer) -> dict[str, object]:
@@ -206,6 +273,10 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         trunk = TrunkConfig("cli", parse_trunk_uri(trunk_text), credentials=credentials)
     except ValueError as error:
         return _fail(str(error))
+    if args.bot is not None and (args.no_media or args.play is not None):
+        return _fail("--bot streams the call's audio: it goes with neither --no-media nor --play")
+    if args.bot_header and args.bot is None:
+        return _fail("--bot-header needs a --bot")
     listen: HostPort = args.listen or settings.sip_listen
     timers = TimerConfig(t1_s=args.t1, t2_s=max(args.t1, 4.0)) if args.t1 else DEFAULT_TIMERS
     options = UserAgentOptions(
@@ -215,7 +286,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         ring_timeout_s=args.ring_timeout,
     )
     loop = asyncio.get_running_loop()
-    narrator = _Narrator(loop.time())
+    narrator = _Narrator(loop.time(), hold_end=args.bot is not None)
     try:
         agent = UserAgent(options, [trunk])
         await agent.start()
@@ -232,6 +303,9 @@ async def _call(
 ) -> int:
     loop = asyncio.get_running_loop()
     media = _Media(args, settings) if not args.no_media else None
+    if args.bot is not None:
+        # Imported before the call, not on its answer: aiohttp takes a while to load.
+        importlib.import_module("media.voicebot")
     host = agent.trunks["cli"].ua_config.via_host  # type: ignore[union-attr]
     try:
         local = await media.open(host) if media else LocalMedia(host, 9)
@@ -255,26 +329,159 @@ async def _call(
             target=handle.call.dial.target.serialize(),
         )
         answered = await handle.answered()
+        bot: Any = None
         if answered is not None:
-            hold = args.duration
-            ended = asyncio.ensure_future(handle.ended())
-            try:
-                if hold is None and media is not None and media.play_s is not None:
-                    hold = media.play_s + 0.3
-                try:
-                    await asyncio.wait_for(asyncio.shield(ended), hold or 30.0)
-                except TimeoutError:
-                    narrator.emit("hangup_sent", loop.time())
-                    handle.hangup()
-            finally:
-                await ended
+            with _on_signals(lambda: _hang_up(handle, narrator, "signal")):
+                if args.bot is not None and media is not None:
+                    bot = await _converse(handle, media, args, narrator)
+                else:
+                    await _stay(handle, media, args, narrator)
         result = await handle.ended()
-        return 0 if result.answered_at is not None else 1
+        failed = bot is not None and bot.outcome == "bot_failed"
+        extra: dict[str, object] = {}
+        if args.bot is not None:
+            extra["bot_result"] = None if bot is None else _bot_result(bot)
+            if failed and result.answered_at is not None:
+                # As a workflow's call node reports it.
+                extra["disposition"] = "bot_failed"
+        narrator.end(result, **extra)
+        return 0 if result.answered_at is not None and not failed else 1
     finally:
         if media is not None:
             recording = await media.close()
             if recording is not None:
                 narrator.emit("recording", loop.time(), **recording)
+
+
+@contextlib.contextmanager
+def _on_signals(action: Any) -> Any:
+    """Run ``action`` on SIGINT or SIGTERM while the block runs (where the loop allows)."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, action)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def _hang_up(handle: CallHandle, narrator: _Narrator, by: str, **fields: object) -> None:
+    if handle.result is None:
+        narrator.emit("hangup_sent", asyncio.get_running_loop().time(), by=by, **fields)
+        handle.hangup()
+
+
+async def _stay(
+    handle: CallHandle, media: _Media | None, args: argparse.Namespace, narrator: _Narrator
+) -> None:
+    """Hold the line for ``--duration`` (or the prompt), then hang up."""
+    hold = args.duration
+    if hold is None and media is not None and media.play_s is not None:
+        hold = media.play_s + 0.3
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(handle.ended(), hold or 30.0)
+        return
+    _hang_up(handle, narrator, "duration")
+    await handle.ended()
+
+
+async def _converse(
+    handle: CallHandle, media: _Media, args: argparse.Namespace, narrator: _Narrator
+) -> VoicebotResult:
+    """Stream the answered call to ``--bot`` until the bot, the callee or ``--duration`` ends it."""
+    from media.voicebot import VoicebotCall, VoicebotConfig, VoicebotStream, new_sid, run_voicebot
+
+    loop = asyncio.get_running_loop()
+    config = VoicebotConfig(
+        url=args.bot,
+        headers=dict(args.bot_header),
+        connect_timeout_s=args.bot_connect_timeout,
+    )
+    call = VoicebotCall(
+        call_sid=new_sid("CA", secrets.randbits),
+        account_sid=new_sid("AC", secrets.randbits),
+        stream_sid=new_sid("MZ", secrets.randbits),
+        custom_parameters={"call_id": handle.call_id, "to": handle.call.dial.target.serialize()},
+    )
+    streams: list[VoicebotStream] = []
+
+    def started(stream: VoicebotStream) -> None:
+        streams.append(stream)
+        # The stream now owns the session's key callback: narrate each key on its way.
+        session = media.session
+        to_bot = session.on_dtmf
+
+        def on_dtmf(digit: Any) -> None:
+            if digit.digit is not None:
+                narrator.emit("dtmf", loop.time(), digit=digit.digit, via="rtp")
+            to_bot(digit)
+
+        session.on_dtmf = on_dtmf
+
+    def on_hangup(outcome: str) -> None:
+        # Called from the stream's receive loop: the BYE leaves in this turn.
+        _hang_up(handle, narrator, "bot", outcome=str(outcome))
+
+    ended = asyncio.ensure_future(handle.ended())
+    ended.add_done_callback(lambda _f: [stream.stop() for stream in streams])
+    narrator.emit("bot_connecting", loop.time(), url=_redacted(args.bot))
+    bot = asyncio.ensure_future(
+        run_voicebot(
+            media.session,
+            media.playback,
+            config,
+            call,
+            on_hangup=on_hangup,
+            started=started,
+        )
+    )
+    try:
+        if args.duration is not None:
+            done, _ = await asyncio.wait({bot}, timeout=args.duration)
+            if not done:
+                _hang_up(handle, narrator, "duration")
+        result = await bot
+    finally:
+        if not bot.done():
+            bot.cancel()
+        if not ended.done():
+            ended.cancel()
+    narrator.emit("bot_ended", loop.time(), **_bot_result(result))
+    if handle.result is None:
+        # The bot could not be reached, or its stream ended without a hang-up.
+        _hang_up(handle, narrator, "us", outcome=str(result.outcome))
+    return result
+
+
+def _redacted(url: str) -> str:
+    # A URL's userinfo may carry a password: never print it.
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    host = authority.rpartition("@")[2]
+    return f"{scheme}{sep}{host}{slash}{path}"
+
+
+def _bot_result(result: VoicebotResult) -> dict[str, object]:
+    return {
+        "outcome": str(result.outcome),
+        "reason": result.reason,
+        "values": dict(result.values),
+        "tags": list(result.tags),
+        "transfer_target": result.transfer_target,
+        "connect_ms": None if result.connect_ms is None else round(result.connect_ms, 1),
+        "frames_to_bot": result.frames_sent,
+        "frames_dropped": result.frames_dropped,
+        "bot_audio_ms": round(result.bot_audio_ms, 1),
+        "dtmf_to_bot": result.dtmf_sent,
+        "marks_echoed": result.marks_echoed,
+        "clears": result.clears,
+        "latency_to_bot_p99_ms": round(result.latency_to_bot.p99_ms, 2),
+        "latency_from_bot_p99_ms": round(result.latency_from_bot.p99_ms, 2),
+    }
 
 
 class _Media:
@@ -285,6 +492,7 @@ class _Media:
         self.settings = settings
         self.session: Any = None
         self.recorder: Any = None
+        self.playback: Any = None  # the bot's audio, with --bot
         self.play_s: float | None = None
 
     async def open(self, host: str) -> LocalMedia:
@@ -299,6 +507,8 @@ class _Media:
             source = PlaybackQueue()
             source.enqueue(prompt)
             self.play_s = prompt.duration_s
+        elif self.args.bot is not None:
+            source = self.playback = PlaybackQueue()
         if self.args.record is not None:
             self.recorder = CallRecorder(self.args.record)
         allocator = PortAllocator(self.settings.rtp_port_min, self.settings.rtp_port_max)
