@@ -1,0 +1,166 @@
+"""One seat, two live answers at once: one call is served, the other is abandoned.
+
+Real parts: PostgreSQL, the in-process broker, the scheduler (fixed-ratio
+pacing dials two calls for the one seat), the event consumer, a worker with
+our SIP user agent and RTP, SIPp answering both calls at once. The abandoned
+call waits for the seat for ``max_wait_s``, hears the identification message
+(checked in its recording: silence on our side while it waits, speech after),
+is hung up by us, and counts as ``abandoned``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import wave
+from pathlib import Path
+
+import asyncpg
+import numpy as np
+import pytest
+
+from api.ingest import insert_records
+from api.validation import validate_record
+from dialer.bus import MemoryBroker
+from dialer.ids import new_id
+from dialer.settings import HostPort, Settings
+from dialer.stack import default_trunk, start_worker
+from scheduler.consumer import EventConsumer
+from scheduler.engine import Scheduler
+from tests.conftest import Tenant
+from tests.integration.peers import free_port, require, start_sipp
+
+pytestmark = pytest.mark.integration
+
+TALK = (
+    "Hello, this is a reminder about your appointment on Tuesday at three in the "
+    "afternoon. Please bring your card and arrive ten minutes early. Goodbye."
+)
+DEFINITION = {
+    "start": "call",
+    "nodes": [
+        {
+            "id": "call",
+            "type": "call",
+            "handler": {"type": "prompt", "text": TALK},
+            "record": True,
+            "ring_timeout_s": 10,
+        },
+        {"id": "done", "type": "end"},
+    ],
+    "edges": [{"from": "call", "on": "default", "to": "done"}],
+}
+SETTINGS = {
+    "pacing": {"mode": "ratio", "ratio": 2, "seats": 1, "max_wait_s": 2.0},
+    "company_name": "Acme",
+    "retry": {},
+}
+
+
+def _rms(samples: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(samples.astype(np.float64) ** 2))) if samples.size else 0.0
+
+
+async def test_second_live_answer_without_a_seat_is_abandoned(
+    pool: asyncpg.Pool, tenant: Tenant, tmp_path: Path, database_url: str
+) -> None:
+    require("espeak-ng")
+    sipp = await start_sipp("uas_answer_wait_bye.xml", tmp_path, calls=2, timeout_s=60)
+    workflow_id = new_id()
+    await pool.execute(
+        """INSERT INTO workflows (id, tenant_id, workflow_key, name, status)
+           VALUES ($1, $2, $3, 'seats', 'active')""",
+        workflow_id,
+        tenant.id,
+        workflow_id.hex[:6],
+    )
+    await pool.execute(
+        """INSERT INTO workflow_versions (workflow_id, version, definition, settings)
+           VALUES ($1, 1, $2, $3)""",
+        workflow_id,
+        DEFINITION,
+        SETTINGS,
+    )
+    workflow = await pool.fetchrow(
+        "SELECT id, current_version, workflow_key FROM workflows WHERE id = $1", workflow_id
+    )
+    # UK numbers: US ones are only called 08:00-21:00 in New York, and tests run at any hour.
+    records = [
+        validate_record(
+            {"record_phone_number": phone, "record_first_name": "Ada"},
+            allow_e164=True,
+            allow_case_id=False,
+        )
+        for phone in ("+442071838811", "+442071838812")
+    ]
+    async with pool.acquire() as conn:
+        await insert_records(conn, tenant.id, workflow, records, None)
+    rtp_base = 20000 + (free_port() % 20000) // 2 * 2
+    settings = Settings(
+        database_url=database_url,
+        sip_listen=HostPort("127.0.0.1", free_port()),
+        trunk_uri=sipp.uri,
+        rtp_port_min=rtp_base,
+        rtp_port_max=rtp_base + 50,
+        data_dir=tmp_path,
+        recording_dir=tmp_path / "recordings",
+    )
+    broker = MemoryBroker("seats-test")
+    await broker.start()
+    consumer = EventConsumer(pool, broker)
+    await consumer.start()
+    trunk = default_trunk(settings)
+    assert trunk is not None
+    worker, agent = await start_worker(settings, pool, broker, trunk, capacity=4)
+    stop = asyncio.Event()
+    loop_task = asyncio.create_task(
+        Scheduler(pool, broker, tick_s=0.2, tenant_ids=[tenant.id]).run(stop)
+    )
+    try:
+        deadline = asyncio.get_running_loop().time() + 45
+        while await pool.fetchval(
+            "SELECT count(*) FILTER (WHERE status = 'completed') < 2 FROM records "
+            "WHERE workflow_id = $1",
+            workflow_id,
+        ):
+            assert asyncio.get_running_loop().time() < deadline, "records did not complete"
+            await asyncio.sleep(0.1)
+        assert await sipp.finish() == 0, sipp.errors()
+    finally:
+        stop.set()
+        await loop_task
+        await worker.drain(timeout_s=10)
+        await agent.close()
+        await consumer.close()
+        await broker.close()
+        sipp.kill()
+
+    calls = await pool.fetch(
+        """SELECT c.*, r.path FROM calls c LEFT JOIN recordings r ON r.call_id = c.id
+           WHERE c.workflow_id = $1 ORDER BY c.answered_at""",
+        workflow_id,
+    )
+    assert len(calls) == 2
+    by_outcome = {c["disposition"]: c for c in calls}
+    assert set(by_outcome) == {"answered", "abandoned"}, [c["disposition"] for c in calls]
+    served, abandoned = by_outcome["answered"], by_outcome["abandoned"]
+    # Both were answered together: the abandoned one was live, and it waited.
+    assert abs((served["answered_at"] - abandoned["answered_at"]).total_seconds()) < 1.0
+    assert abandoned["hangup_by"] == "us" and served["hangup_by"] == "us"
+    assert abandoned["media_stats"]["packets_sent"] > 100
+    assert 2.0 + 1.0 < abandoned["talk_s"] < served["talk_s"] + 2.0
+    # Our leg (right channel) of the abandoned call: silence while it waited, then speech.
+    with wave.open(abandoned["path"]) as wav:
+        frames = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").reshape(-1, 2)
+    ours = frames[:, 1]
+    assert _rms(ours[: int(1.8 * 8000)]) < 50
+    assert _rms(ours[int(2.3 * 8000) :]) > 300
+    # No seat is left claimed once the calls are over.
+    assert not await pool.fetchval("SELECT count(*) FROM seats WHERE workflow_id = $1", workflow_id)
+    outbox = await pool.fetch(
+        "SELECT payload FROM outbox WHERE workflow_id = $1 AND event_type = 'call.completed'",
+        workflow_id,
+    )
+    assert sorted(e["payload"]["data"]["disposition"] for e in outbox) == [
+        "abandoned",
+        "answered",
+    ]
