@@ -8,6 +8,11 @@ Rules of this file:
    every output is a ``list[Action]``: wire work through the shared
    ``TransactionLayer``, call timers as ``StartTimer(CallTimerKey(call_id), ...)``,
    and application events (``Ringing``, ``Answered``, ``Ended`` ...).
+   A blind transfer (``transfer``) is a REFER in the dialog (RFC 3515) whose
+   verdict comes in the transferee's NOTIFYs (``dialer.sip.refer``): a 2xx
+   sipfrag ends the call with our BYE as ``transferred``; a rejected REFER,
+   a failure sipfrag or no verdict in time is a ``TransferFailed`` that
+   leaves the call up, for the application to fall back.
 2. Nothing a peer sends raises. A broken answer, an SDP without a common
    codec, a 2xx after our CANCEL, a second 2xx from another fork: each is
    ACKed as the RFC asks and then hung up, with a disposition that says why.
@@ -45,6 +50,8 @@ How a failed INVITE maps to a disposition (first match wins)::
       ring timeout                      no_answer (likewise)
       2xx whose SDP we cannot use       media_negotiation_failed (ACK, then BYE)
       answered, then either side BYEs   answered
+      REFER accepted, then a 2xx sipfrag  transferred (our BYE; ``transferred_to``)
+      REFER accepted, then the callee BYEs  transferred (the transferee took it over)
 """
 
 from __future__ import annotations
@@ -71,6 +78,7 @@ from dialer.sip.dialog import (
     Dialog,
     DialogError,
     DtmfReceived,
+    InDialogResult,
     LocalMedia,
     MediaSession,
     OfferAnswered,
@@ -78,6 +86,7 @@ from dialer.sip.dialog import (
 from dialer.sip.errors import LocalProtocolError, ParseError, SipError
 from dialer.sip.headers import CSeq, Header, Via, canonical_name, get_param, parse_params
 from dialer.sip.message import Request, Response, make_response
+from dialer.sip.refer import ReferNotified, answer_notify, refer_headers
 from dialer.sip.sdp import MediaAnswer, SdpError
 from dialer.sip.timers import DEFAULT_TIMERS, TimerConfig
 from dialer.sip.transaction import (
@@ -108,6 +117,11 @@ __all__ = [
     "MediaUpdated",
     "Resumed",
     "Ringing",
+    "TransferAccepted",
+    "TransferFailed",
+    "TransferProgress",
+    "TransferState",
+    "TransferSucceeded",
     "UserAgentConfig",
     "disposition_for",
 ]
@@ -132,6 +146,7 @@ class Disposition(StrEnum):
     AUTH_REFUSED = "auth_refused"
     AUTH_UNSUPPORTED = "auth_unsupported"
     FAILED = "failed"
+    TRANSFERRED = "transferred"
 
 
 _BY_STATUS: dict[int, Disposition] = {
@@ -278,6 +293,7 @@ class CallResult:
     answered_at: float | None
     ended_at: float
     detail: str | None = None
+    transferred_to: str | None = None  # the REFER's target, when it took the call over
 
     @property
     def talk_time_s(self) -> float:
@@ -349,6 +365,50 @@ class Dtmf(CallEvent):
 
 
 @dataclass(frozen=True, slots=True)
+class TransferAccepted(CallEvent):
+    """The callee accepted our REFER (a 2xx, usually 202): the verdict comes by NOTIFY."""
+
+    call_id: str
+    status: int
+
+
+@dataclass(frozen=True, slots=True)
+class TransferProgress(CallEvent):
+    """A NOTIFY reported a provisional status of the transferee's INVITE (a 1xx sipfrag)."""
+
+    call_id: str
+    status: int
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TransferSucceeded(CallEvent):
+    """The transfer took: a 2xx sipfrag (``status``), or the callee left after accepting it
+    (``status`` None). Our BYE follows, if the callee's has not come."""
+
+    call_id: str
+    target: str
+    status: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TransferFailed(CallEvent):
+    """The transfer did not take; the call is still up unless ``Ended`` follows.
+
+    ``reason``: ``refer_not_allowed`` (the callee's Allow lacks REFER),
+    ``refer_rejected`` (a 3xx-6xx to the REFER, ``status``), ``refer_timeout``,
+    ``transport_error``, ``notify_failure`` (a 3xx-6xx sipfrag, ``status``),
+    ``subscription_terminated`` (ended without a final status),
+    ``no_final_notify`` (no verdict in time), ``call_ended``.
+    """
+
+    call_id: str
+    target: str
+    status: int | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Ended(CallEvent):
     """The call is over (reported once)."""
 
@@ -387,6 +447,7 @@ class CallTimer(StrEnum):
     SESSION_REFRESH = "session_refresh"  # RFC 4028: we refresh at half the interval
     SESSION_EXPIRY = "session_expiry"  # RFC 4028 §10: BYE if nobody refreshed
     RETRANSMIT_2XX = "retransmit_2xx"  # §13.3.1.4: our 2xx to a re-INVITE, until ACK
+    TRANSFER_GUARD = "transfer_guard"  # how long a REFER may wait for its verdict
 
 
 # Timer names as plain strings (``.value`` on a member is a Python-level property).
@@ -420,6 +481,28 @@ class _Retransmit2xx:
     cseq: int
     interval_s: float
     give_up_at: float
+
+
+class TransferState(Enum):
+    """Where our REFER stands."""
+
+    REFERRING = "Referring"  # REFER sent, no final response yet
+    ACCEPTED = "Accepted"  # 2xx to the REFER (or a NOTIFY came first): awaiting the verdict
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+@dataclass(slots=True)
+class _Transfer:
+    target: str
+    key: TransactionKey | None
+    seq: int
+    state: TransferState
+    progress: int | None = None  # the last 1xx sipfrag reported
+
+    @property
+    def pending(self) -> bool:
+        return self.state in (TransferState.REFERRING, TransferState.ACCEPTED)
 
 
 @dataclass(slots=True)
@@ -488,9 +571,16 @@ class Call:
         self._ringing_reported = False
         self._early_sdp: bytes | None = None
         self._peer_allow: tuple[str, ...] = ()
+        self._transfer: _Transfer | None = None
+        self._refer_seqs: list[int] = []  # every REFER of the dialog, first first
 
     def __repr__(self) -> str:
         return f"<Call {self.call_id} {self.state.value}>"
+
+    @property
+    def transfer_state(self) -> TransferState | None:
+        """Where the last transfer stands; None before any."""
+        return None if self._transfer is None else self._transfer.state
 
     @property
     def finished(self) -> bool:
@@ -564,6 +654,41 @@ class Call:
         self._refresh = (key, request)
         return actions
 
+    def transfer(self, target: Uri, now: float, *, timeout_s: float | None = None) -> list[Action]:
+        """Blind transfer: send a REFER to ``target`` in the dialog (RFC 3515).
+
+        The verdict arrives as ``TransferSucceeded`` (our BYE follows, the
+        call ends ``transferred``) or ``TransferFailed`` (the call stays up).
+        Without a verdict within ``timeout_s`` (by default the ring timeout
+        plus 64*T1: the transferee's INVITE may ring that long) it failed.
+        A callee whose Allow leaves REFER out fails at once, without a REFER.
+        """
+        dialog = self.dialog
+        if self.state is not CallState.CONFIRMED or dialog is None:
+            raise CallStateError(f"transfer needs an answered call (state {self.state.value})")
+        if self._transfer is not None and self._transfer.pending:
+            raise CallStateError("a transfer is already under way")
+        out: list[Action] = []
+        text = target.serialize()
+        if self._peer_allow and "REFER" not in self._peer_allow:
+            self._transfer = _Transfer(text, None, 0, TransferState.FAILED)
+            out.append(TransferFailed(self.call_id, text, None, "refer_not_allowed"))
+            return out
+        config = self.config
+        headers = refer_headers(
+            target, NameAddr(config.local_uri, config.display_name), dialog.local_contact
+        )
+        request = dialog.create_request("REFER", self._via(), headers=headers + self._user_agent())
+        key, actions = self.layer.send_request(request, self._next_hop(), self._tp, now)
+        seq = request.cseq.seq
+        self._refer_seqs.append(seq)
+        self._transfer = _Transfer(text, key, seq, TransferState.REFERRING)
+        out += actions
+        if timeout_s is None:
+            timeout_s = config.ring_timeout_s + config.timers.transaction_timeout_s
+        self._start_timer(CallTimer.TRANSFER_GUARD, now + timeout_s, out)
+        return out
+
     def hangup(self, now: float) -> list[Action]:
         """End the call from our side: CANCEL before the answer, BYE after.
 
@@ -595,6 +720,8 @@ class Call:
                 self._invite_response(response, now, out)
         elif self._refresh is not None and key == self._refresh[0]:
             self._refresh_response(response, now, out)
+        elif self._transfer is not None and key is not None and key == self._transfer.key:
+            self._refer_response(response, now, out)
         elif key is not None and key == self._bye_key and response.status >= 200:
             self.state = CallState.TERMINATED
         return out
@@ -614,7 +741,12 @@ class Call:
             out += self.layer.send_response(key, make_response(request, 491), now)
             return out
         extra = self._session_headers_for(request, now, out)
-        result = dialog.handle_request(request, self.media, extra_headers=extra)
+        result = dialog.handle_request(
+            request,
+            self.media,
+            extra_headers=extra,
+            on_notify=self._answer_notify if self._refer_seqs else None,
+        )
         if result.response is not None and key is not None:
             out += self.layer.send_response(key, result.response, now)
             if request.method == "INVITE" and result.response.status // 100 == 2:
@@ -624,8 +756,11 @@ class Call:
             case ByeReceived():
                 if self.state is CallState.CONFIRMED:
                     self._cancel_all_timers(out)
-                    self._finish(now, Disposition.ANSWERED, "remote_bye", out, "callee")
+                    disposition = self._bye_during_transfer(out)
+                    self._finish(now, disposition, "remote_bye", out, "callee")
                 self.state = CallState.TERMINATED
+            case ReferNotified():
+                self._notified(event, now, out)
             case OfferAnswered(media=media, previous=previous):
                 self._media_changed(media, previous, out)
             case DtmfReceived(digit=digit, duration_ms=duration_ms):
@@ -661,6 +796,14 @@ class Call:
             self.state = CallState.TERMINATED
         elif key == self._bye_key:
             self.state = CallState.TERMINATED
+        elif self._transfer is not None and key == self._transfer.key:
+            if self._transfer.state is TransferState.REFERRING:
+                # No answer to the REFER at all. §12.2.1.2 would end the dialog;
+                # the callee may simply ignore REFER, so the call stays up for
+                # the application's fallback (its media says whether it lives).
+                status = 503 if transport else 408
+                reason = "transport_error" if transport else "refer_timeout"
+                self._transfer_failed(status, reason, out)
         elif self._refresh is not None and key == self._refresh[0]:
             self._refresh = None
             if self.state is CallState.CONFIRMED:
@@ -699,6 +842,9 @@ class Call:
                     self._send_bye(now, Disposition.ANSWERED, "session_expired", out)
             case CallTimer.RETRANSMIT_2XX:
                 self._retransmit_2xx(now, out)
+            case CallTimer.TRANSFER_GUARD:
+                if self._transfer is not None and self._transfer.pending:
+                    self._transfer_failed(None, "no_final_notify", out)
         return out
 
     # --- the INVITE and its responses ----------------------------------------------------------
@@ -968,6 +1114,80 @@ class Call:
         self.state = CallState.TERMINATING
         self._finish(now, disposition, end_reason, out, hangup_by, detail=detail)
 
+    # --- transfer: the REFER's answer and the NOTIFYs --------------------------------------------
+
+    def _refer_response(self, response: Response, now: float, out: list[Action]) -> None:
+        transfer = self._transfer
+        assert transfer is not None
+        status = response.status
+        if status < 200 or transfer.state is not TransferState.REFERRING:
+            return  # a provisional, or a NOTIFY got here first
+        if status < 300:
+            transfer.state = TransferState.ACCEPTED
+            out.append(TransferAccepted(self.call_id, status))
+            return
+        self._transfer_failed(status, "refer_rejected", out)
+        if status == 481 and self.state is CallState.CONFIRMED:
+            # §12.2.1.2: the callee has no such dialog: it is gone.
+            self._send_bye(now, Disposition.ANSWERED, "refer_failed", out)
+
+    def _answer_notify(self, request: Request) -> InDialogResult:
+        return answer_notify(request, self._refer_seqs)
+
+    def _notified(self, event: ReferNotified, now: float, out: list[Action]) -> None:
+        transfer = self._transfer
+        if transfer is None or not transfer.pending:
+            return  # answered (200) and nothing more: the verdict is in
+        # §2.4.6: a NOTIFY without id reports on the dialog's first REFER.
+        seq = event.refer_seq if event.refer_seq is not None else self._refer_seqs[0]
+        if seq != transfer.seq:
+            return  # about an earlier REFER whose verdict is in
+        if transfer.state is TransferState.REFERRING:
+            # The NOTIFY overtook the 2xx (RFC 3515 §2.4.4 allows either order).
+            transfer.state = TransferState.ACCEPTED
+        status = event.status
+        if status is None:
+            if event.terminated:
+                self._transfer_failed(None, "subscription_terminated", out)
+        elif status < 200:
+            if status != transfer.progress:
+                transfer.progress = status
+                out.append(TransferProgress(self.call_id, status, event.reason))
+            if event.terminated:
+                self._transfer_failed(status, "subscription_terminated", out)
+        elif status < 300:
+            transfer.state = TransferState.SUCCEEDED
+            self._cancel_timer(CallTimer.TRANSFER_GUARD, out)
+            out.append(TransferSucceeded(self.call_id, transfer.target, status))
+            if self.state is CallState.CONFIRMED:
+                # RFC 5589 §6.1: the transferor ends its leg once the transfer took.
+                self._send_bye(now, Disposition.TRANSFERRED, "transferred", out)
+        else:
+            self._transfer_failed(status, "notify_failure", out)
+
+    def _transfer_failed(self, status: int | None, reason: str, out: list[Action]) -> None:
+        transfer = self._transfer
+        assert transfer is not None
+        transfer.state = TransferState.FAILED
+        self._cancel_timer(CallTimer.TRANSFER_GUARD, out)
+        out.append(TransferFailed(self.call_id, transfer.target, status, reason))
+
+    def _bye_during_transfer(self, out: list[Action]) -> Disposition:
+        """The disposition when the callee BYEs: transferred once it accepted our REFER."""
+        transfer = self._transfer
+        if transfer is None:
+            return Disposition.ANSWERED
+        if transfer.state is TransferState.ACCEPTED:
+            # It took the transfer on and left without the final NOTIFY (some
+            # gateways do): the call is the target's now, as far as we can tell.
+            transfer.state = TransferState.SUCCEEDED
+            out.append(TransferSucceeded(self.call_id, transfer.target, None))
+        elif transfer.state is TransferState.REFERRING:
+            self._transfer_failed(None, "call_ended", out)
+        if transfer.state is TransferState.SUCCEEDED:
+            return Disposition.TRANSFERRED
+        return Disposition.ANSWERED
+
     # --- in-dialog work: session timers, 2xx retransmission ------------------------------------
 
     def _arm_session_timer(
@@ -1168,6 +1388,9 @@ class Call:
             answered_at=record.answered_at,
             ended_at=now,
             detail=detail,
+            transferred_to=self._transfer.target
+            if self._transfer is not None and disposition is Disposition.TRANSFERRED
+            else None,
         )
         out.append(Ended(self.call_id, self.result))
 
@@ -1221,6 +1444,15 @@ class CallRouter:
         """Hang up a call (CANCEL or BYE); nothing if it is unknown or already over."""
         call = self.calls.get(call_id)
         return [] if call is None else self._run(call, call.hangup(now))
+
+    def transfer(
+        self, call_id: str, target: Uri, now: float, *, timeout_s: float | None = None
+    ) -> list[Action]:
+        """Blind-transfer an answered call by REFER (see ``Call.transfer``)."""
+        call = self.calls.get(call_id)
+        if call is None:
+            raise CallStateError(f"no call {call_id}")
+        return self._run(call, call.transfer(target, now, timeout_s=timeout_s))
 
     def receive(
         self, message: Request | Response, source: Address, transport: str, now: float

@@ -563,12 +563,15 @@ class Dialog:
         media: MediaSession | None,
         *,
         extra_headers: Sequence[Header] = (),
+        on_notify: Callable[[Request], InDialogResult] | None = None,
     ) -> InDialogResult:
         """Answer a request from the peer in this dialog.
 
         ``media`` answers offers (None: offers get 488). ``extra_headers`` go
         into a 2xx for INVITE and UPDATE (session-timer headers, RFC 4028).
-        Never raises on the peer's account.
+        ``on_notify`` answers a NOTIFY once it passed the dialog's checks
+        (whoever subscribed, e.g. our REFER: ``dialer.sip.refer``); without
+        it a NOTIFY gets 405. Never raises on the peer's account.
         """
         if not self.matches(request):
             # §12.2.2: a request with a To tag that matches no dialog gets 481.
@@ -601,6 +604,8 @@ class Dialog:
                 )
             case "INFO":
                 return self._info(request)
+            case "NOTIFY" if on_notify is not None:
+                return on_notify(request)
         if method in _KNOWN_NOT_ALLOWED:
             return InDialogResult(make_response(request, 405, headers=[("Allow", ALLOW)]))
         return InDialogResult(make_response(request, 501, headers=[("Allow", ALLOW)]))
