@@ -300,6 +300,8 @@ class MemoryBroker(Broker):
         return await self._consume(queue, handler, prefetch)
 
     async def queue_depth(self, queue: str) -> int:
+        if queue == self.dead_queue:  # dead letters are parked in a list, not a queue
+            return len(self.dead)
         return len(self._queue(queue).messages)
 
 

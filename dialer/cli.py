@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -70,12 +71,20 @@ async def _apikey_create(settings: Settings, tenant_name: str, label: str) -> in
     return 0
 
 
-async def _wait_for_stop() -> None:
+async def _wait_for_stop(lost: asyncio.Event | None = None) -> None:
+    """Until SIGINT or SIGTERM, or until ``lost`` is set (the broker's owner has gone)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    waits = [asyncio.ensure_future(stop.wait())]
+    if lost is not None:
+        waits.append(asyncio.ensure_future(lost.wait()))
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiting in waits:
+            waiting.cancel()
 
 
 async def _serve_api(settings: Settings) -> int:
@@ -109,16 +118,23 @@ async def _up(settings: Settings) -> int:
     from dialer.stack import running_stack
 
     async with database(settings) as url:
+        settings = dataclasses.replace(settings, database_url=url)  # for worker processes
         pool = await connect_pool(url, max_size=20)
         try:
             async with pool.acquire() as conn:
                 await apply_migrations(conn)
             broker = make_broker(settings.amqp_url)
-            async with running_stack(settings, pool, broker) as stack:
+            async with running_stack(settings, pool, broker, worker_processes=True) as stack:
                 print(f"API listening on http://{settings.api_listen}", file=sys.stderr, flush=True)
                 where = "RabbitMQ" if settings.amqp_url else "the in-process broker"
                 print(f"scheduler running over {where}", file=sys.stderr, flush=True)
                 print("notifier delivering webhooks", file=sys.stderr, flush=True)
+                if stack.worker_processes is not None:
+                    print(
+                        f"worker processes: this one and {len(stack.worker_processes.pids)} more",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 if stack.sandbox is not None:
                     print(
                         f"no DIALER_TRUNK_URI: dialling the sandbox carrier at {stack.sandbox.uri}",
@@ -146,12 +162,12 @@ async def _up(settings: Settings) -> int:
 
 
 async def _run_worker(settings: Settings, capacity: int) -> int:
-    from dialer.bus import make_broker
+    from dialer.bus import Broker, make_broker
     from dialer.db import apply_migrations, connect_pool
     from dialer.stack import default_trunk, start_worker
 
     trunk = default_trunk(settings)
-    if not settings.amqp_url or trunk is None:
+    if not (settings.amqp_url or settings.broker_socket) or trunk is None:
         print(
             "dialer worker: set DIALER_AMQP_URL (the queue it takes jobs from) and "
             "DIALER_TRUNK_URI (where it dials)",
@@ -160,7 +176,16 @@ async def _run_worker(settings: Settings, capacity: int) -> int:
         return 2
     async with database(settings) as url:
         pool = await connect_pool(url, max_size=10)
-        broker = make_broker(settings.amqp_url)
+        lost: asyncio.Event | None = None
+        if settings.broker_socket:
+            from dialer.local_broker import SocketBroker
+
+            # A worker process of `dialer up`: its queues are in the parent.
+            socket_broker = SocketBroker(settings.broker_socket)
+            lost = socket_broker.lost
+            broker: Broker = socket_broker
+        else:
+            broker = make_broker(settings.amqp_url)
         try:
             async with pool.acquire() as conn:
                 await apply_migrations(conn)
@@ -168,7 +193,7 @@ async def _run_worker(settings: Settings, capacity: int) -> int:
             worker, agent = await start_worker(settings, pool, broker, trunk, capacity=capacity)
             print(f"worker {worker.worker_id} running", file=sys.stderr, flush=True)
             try:
-                await _wait_for_stop()
+                await _wait_for_stop(lost)
                 print("draining: no new calls; calls in progress finish", file=sys.stderr)
                 await worker.drain(timeout_s=None)
             finally:

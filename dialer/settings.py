@@ -190,6 +190,11 @@ class Settings:
     sms_auth: Secret = Secret("")
     smtp_url: str | None = None
     email_from: str | None = None
+    # Worker processes `dialer up` runs (one in its own process, the rest as
+    # children); 0 means one per core.
+    workers: int = 0
+    # Set by `dialer up` for its worker processes: its in-process broker's socket.
+    broker_socket: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -269,6 +274,10 @@ class Settings:
             if "@" not in raw or any(ch in raw for ch in "\r\n"):
                 raise SettingsError("DIALER_EMAIL_FROM", f"expected an email address, got {raw!r}")
             values["email_from"] = raw.strip()
+        if (raw := get("WORKERS")) is not None:
+            values["workers"] = _parse_int("DIALER_WORKERS", raw, 0, 256)
+        if (raw := get("BROKER_SOCKET")) is not None:
+            values["broker_socket"] = raw
 
         settings = cls(**values)  # type: ignore[arg-type]
         if settings.rtp_port_min >= settings.rtp_port_max:

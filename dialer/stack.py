@@ -97,6 +97,7 @@ class Stack:
 
     sandbox: Any = None
     control: Any = None
+    worker_processes: Any = None
 
     async def start(
         self,
@@ -105,7 +106,9 @@ class Stack:
         scheduler: bool = True,
         sandbox: bool = True,
         notifier: bool = True,
+        worker_processes: bool = False,
     ) -> None:
+        """Start the parts asked for; ``worker_processes``: one worker per core (``up``)."""
         from scheduler.consumer import EventConsumer
         from scheduler.engine import Scheduler
 
@@ -130,9 +133,12 @@ class Stack:
         if self.trunk is not None:
             from media.voicebot import CallControl
 
+            own_settings = self.settings
+            if worker_processes:
+                own_settings = await self._start_worker_processes()
             self.control = CallControl()
             worker, agent = await start_worker(
-                self.settings, self.pool, self.broker, self.trunk, control=self.control
+                own_settings, self.pool, self.broker, self.trunk, control=self.control
             )
             self.closers.append(lambda: worker.drain(timeout_s=30))
             self.closers.append(agent.close)
@@ -143,6 +149,50 @@ class Stack:
             self.tasks.append(asyncio.get_running_loop().create_task(deliver.run(self.stop)))
         if api:
             await self._start_api()
+
+    async def _start_worker_processes(self) -> Settings:
+        """Start the child workers; the settings left for the worker in this process."""
+        import dataclasses
+        import os
+        import tempfile
+
+        from dialer.worker_processes import (
+            WorkerProcesses,
+            child_environments,
+            parent_rtp_range,
+            worker_count,
+        )
+
+        children = worker_count(self.settings) - 1
+        if children < 1 or self.trunk is None:
+            return self.settings
+        if not self.settings.database_url:
+            raise RuntimeError("worker processes need the database URL in the settings")
+        socket_path = None
+        if not self.settings.amqp_url:
+            from dialer.local_broker import BrokerServer
+
+            # A short path: Unix socket paths are limited to about 100 bytes.
+            socket_path = os.path.join(tempfile.mkdtemp(prefix="dialer-"), "broker.sock")
+            server = BrokerServer(self.broker, socket_path)
+            await server.start()
+            self.closers.append(server.close)
+        trunk_uri = self.sandbox.uri if self.sandbox is not None else self.settings.trunk_uri
+        assert trunk_uri is not None
+        envs = child_environments(
+            self.settings,
+            children,
+            database_url=self.settings.database_url,
+            trunk_uri=trunk_uri,
+            broker_socket=socket_path,
+        )
+        processes = WorkerProcesses(envs, os.environ)
+        await processes.start()
+        # Closers run in order: the children drain before the broker server goes.
+        self.closers.insert(0, processes.close)
+        self.worker_processes = processes
+        low, high = parent_rtp_range(self.settings, children)
+        return dataclasses.replace(self.settings, rtp_port_min=low, rtp_port_max=high)
 
     async def _start_api(self) -> None:
         from aiohttp import web

@@ -289,6 +289,7 @@ async def execute_demo(settings: Settings, options: DemoOptions, console: Consol
     settings = demo_settings(settings, sinks)
     try:
         async with database(settings) as url:
+            settings = dataclasses.replace(settings, database_url=url)  # for worker processes
             pool = await connect_pool(url, max_size=20)
             try:
                 async with pool.acquire() as conn:
@@ -297,7 +298,7 @@ async def execute_demo(settings: Settings, options: DemoOptions, console: Consol
                         tenant_id = await create_tenant(conn, f"demo-{secrets.token_hex(4)}")
                         key = await create_api_key(conn, tenant_id, "dialer demo")
                 broker = make_broker(settings.amqp_url)
-                async with running_stack(settings, pool, broker) as stack:
+                async with running_stack(settings, pool, broker, worker_processes=True) as stack:
                     api = f"http://{settings.api_listen}"
                     console.print(
                         f"API on {api} (tenant key {key.key}); sandbox carrier at "

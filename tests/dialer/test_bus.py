@@ -1,10 +1,48 @@
-"""The broker interface, run against both RabbitMQ and the in-process twin."""
+"""The broker interface, run against RabbitMQ, the in-process twin, and that twin over a socket."""
 
 from __future__ import annotations
 
 import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
 
-from dialer.bus import Broker, Delivery, MemoryBroker
+import pytest
+
+from dialer.bus import AmqpBroker, Broker, Delivery, MemoryBroker
+from dialer.local_broker import BrokerServer, SocketBroker
+from tests.conftest import AMQP_URL
+
+
+@pytest.fixture(params=["memory", "rabbitmq", "socket"])
+async def broker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Broker]:
+    """Here also through ``SocketBroker``: how ``dialer up``'s worker processes see it."""
+    namespace = f"test-{secrets.token_hex(4)}"
+    if request.param == "rabbitmq":
+        amqp = AmqpBroker(AMQP_URL, namespace)
+        await amqp.start()
+        try:
+            yield amqp
+        finally:
+            await amqp.delete_all()
+            await amqp.close()
+        return
+    memory = MemoryBroker(namespace)
+    await memory.start()
+    if request.param == "memory":
+        yield memory
+        await memory.close()
+        return
+    server = BrokerServer(memory, tmp_path / "broker.sock")
+    await server.start()
+    client = SocketBroker(tmp_path / "broker.sock")
+    await client.start()
+    try:
+        yield client
+    finally:
+        await client.close()
+        await server.close()
+        await memory.close()
 
 
 async def _until(predicate, timeout: float = 5.0) -> None:
