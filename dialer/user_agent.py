@@ -65,6 +65,7 @@ from dialer.sip.call import (
     CallTimer,
     CallTimerKey,
     Dial,
+    Disposition,
     Dtmf,
     EarlyMedia,
     Ended,
@@ -73,6 +74,8 @@ from dialer.sip.call import (
     MediaUpdated,
     Resumed,
     Ringing,
+    TransferFailed,
+    TransferSucceeded,
     UserAgentConfig,
 )
 from dialer.sip.dialog import ALLOW, LocalMedia
@@ -407,7 +410,8 @@ class CallHandle:
 
     Wait for phases with ``await handle.ringing()``, ``answered()``, ``ended()``,
     or read every event in order with ``async for event in handle``. ``hangup()``
-    ends the call from our side (CANCEL before the answer, BYE after). Times in
+    ends the call from our side (CANCEL before the answer, BYE after);
+    ``await transfer(uri)`` hands an answered call on by REFER. Times in
     the ``CallResult`` are loop-clock seconds; ``wall_time(t)`` turns one into
     Unix time.
     """
@@ -419,6 +423,7 @@ class CallHandle:
         "_events",
         "_reader",
         "_ringing",
+        "_transfer",
         "call",
         "call_id",
         "clock_offset",
@@ -446,6 +451,7 @@ class CallHandle:
         self._ringing: _Outcome[int | None] = _Outcome()
         self._answered: _Outcome[MediaAnswer | None] = _Outcome()
         self._ended: _Outcome[CallResult] = _Outcome()
+        self._transfer: tuple[str, _Outcome[TransferSucceeded | TransferFailed]] | None = None
 
     def __repr__(self) -> str:
         return f"<CallHandle {self.call_id} {self.state.value}>"
@@ -477,6 +483,33 @@ class CallHandle:
     def hold(self, on_hold: bool = True) -> None:
         """Put the callee on hold (re-INVITE, a=sendonly), or take it off."""
         self._agent._in_dialog(self, lambda call, now: call.hold(now, on_hold=on_hold))
+
+    async def transfer(
+        self, target: str | Uri, *, timeout_s: float | None = None
+    ) -> TransferSucceeded | TransferFailed:
+        """Blind-transfer the answered call to ``target`` by REFER; the verdict.
+
+        On ``TransferSucceeded`` the call is ending (our BYE is out, or the
+        callee's came) as ``transferred``; on ``TransferFailed`` it is still up
+        unless it ended meanwhile (``reason`` ``call_ended``), for a fallback.
+        Raises ``CallStateError`` if the call is not answered, is over, or a
+        transfer is already under way; ``ValueError`` for a target that is not
+        a SIP URI.
+        """
+        uri = parse_uri(target) if isinstance(target, str) else target
+        if not isinstance(uri, SipUri):
+            raise ValueError(f"a transfer target must be a sip: or sips: URI, not {target!r}")
+        previous = self._transfer
+        outcome: _Outcome[TransferSucceeded | TransferFailed] = _Outcome()
+        self._transfer = (uri.serialize(), outcome)
+        try:
+            self._agent._in_dialog(
+                self, lambda call, now: call.transfer(uri, now, timeout_s=timeout_s)
+            )
+        except Exception:
+            self._transfer = previous
+            raise
+        return await outcome.wait(self._agent.loop)
 
     async def ringing(self) -> int | None:
         """The status of the first 180/181/182; None if the call ended or was
@@ -519,6 +552,8 @@ class CallHandle:
         error = UserAgentClosed(f"call {self.call_id} was cut off")
         for outcome in (self._ringing, self._answered, self._ended):
             outcome.fail(error)
+        if self._transfer is not None:
+            self._transfer[1].fail(error)
         self._wake_reader()
 
     def _wake_reader(self) -> None:
@@ -538,11 +573,22 @@ class CallHandle:
                 self._answered.resolve(media)
             case Held(media=media) | Resumed(media=media) | MediaUpdated(media=media):
                 self.media = media
+            case TransferSucceeded() | TransferFailed():
+                if self._transfer is not None:
+                    self._transfer[1].resolve(event)
             case Ended(result=result):
                 self.result = result
                 self._ringing.resolve(None)
                 self._answered.resolve(None)
                 self._ended.resolve(result)
+                if self._transfer is not None:
+                    # Ended with no verdict (we hung up meanwhile, or it went
+                    # over to the target without saying): the result tells.
+                    target, outcome = self._transfer
+                    if result.disposition is Disposition.TRANSFERRED:
+                        outcome.resolve(TransferSucceeded(self.call_id, target, None))
+                    else:
+                        outcome.resolve(TransferFailed(self.call_id, target, None, "call_ended"))
             case Dtmf():
                 pass
         self._events.append(event)

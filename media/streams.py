@@ -21,7 +21,9 @@ Rules of this file:
   ``WrongStream``. All three are ``StreamError`` (blame: remote): the edge
   counts the frame and carries on, it never ends the call over one.
 - Our extensions (``hangup``, ``transfer``, ``result``) are bot-to-us events
-  a Twilio bot never sends, so a bot written for Twilio is unaffected.
+  a Twilio bot never sends, so a bot written for Twilio is unaffected. A
+  ``transfer`` whose target is not a ``sip:``/``sips:`` URI raises
+  ``InvalidTransfer`` (an ``InvalidFrame``), so the edge can log it apart.
 - The bot's audio may come in any length; ``AudioPacer`` cuts it into 20 ms
   frames and releases them on deadlines counted from an origin (frame ``n``
   at ``origin + n * 20 ms``), never faster than real time.
@@ -60,6 +62,7 @@ __all__ = [
     "CallStart",
     "CallStop",
     "InvalidFrame",
+    "InvalidTransfer",
     "MediaFormat",
     "StreamEncodeError",
     "StreamError",
@@ -102,6 +105,10 @@ class StreamError(ValueError):
 
 class InvalidFrame(StreamError):
     """Not a JSON object, or a field missing or of the wrong type."""
+
+
+class InvalidTransfer(InvalidFrame):
+    """A ``transfer`` without a usable target (not a sip: or sips: URI)."""
 
 
 class UnknownEvent(StreamError):
@@ -486,9 +493,18 @@ def _parse_result(message: Mapping[str, Any]) -> BotResult:
 
 
 def _parse_transfer(message: Mapping[str, Any]) -> BotTransfer:
-    target = _text(_member(message, "transfer"), "target", MAX_URI_CHARS)
-    if not target.lower().startswith(_URI_SCHEMES) or any(c.isspace() for c in target):
-        raise InvalidFrame(f"transfer target must be a sip: or sips: URI, got {target!r}")
+    try:
+        target = _text(_member(message, "transfer"), "target", MAX_URI_CHARS)
+    except InvalidFrame as error:
+        raise InvalidTransfer(str(error)) from error
+    scheme, colon, rest = target.partition(":")
+    if (
+        not colon
+        or f"{scheme.lower()}:" not in _URI_SCHEMES
+        or not rest
+        or any(c.isspace() or ord(c) < 0x20 or c in '<>"' for c in target)
+    ):
+        raise InvalidTransfer(f"transfer target must be a sip: or sips: URI, got {target[:80]!r}")
     return BotTransfer(target)
 
 

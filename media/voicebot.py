@@ -25,6 +25,12 @@ Rules of this file:
   socket. Either sets ``VoicebotStream.hangup`` and calls ``on_hangup`` at
   once, from the receive loop, so the caller can send its BYE in the same
   turn of the event loop.
+- A ``transfer`` message hands the call on: the stream ends at once
+  (``stop``, outcome ``transferred``, ``transfer_target`` set) and
+  ``on_transfer(target)`` is called; carrying it out is the caller's
+  (``dialer.transfer``). Audio the bot sent before it stays queued and
+  plays out ("transferring you now"). A transfer without a sip:/sips:
+  target is logged and ignored, and the stream goes on.
 - Nothing here retries: a bot that cannot be reached within
   ``connect_timeout_s`` ends the stream as ``bot_failed``, and the caller
   plays the node's fallback prompt.
@@ -37,6 +43,7 @@ import base64
 import binascii
 import contextlib
 import enum
+import logging
 import socket
 import ssl
 from collections import deque
@@ -60,6 +67,7 @@ from media.streams import (
     BotMedia,
     BotResult,
     BotTransfer,
+    InvalidTransfer,
     ResultValue,
     StreamError,
     StreamWriter,
@@ -87,6 +95,8 @@ __all__ = [
 
 _TEXT = WSMsgType.TEXT
 
+log = logging.getLogger(__name__)
+
 
 class VoicebotOutcome(enum.StrEnum):
     """How a voicebot stream ended."""
@@ -95,6 +105,7 @@ class VoicebotOutcome(enum.StrEnum):
     BOT_HANGUP = "bot_hangup"  # the bot sent ``hangup`` (or hung up through the REST API)
     BOT_DISCONNECTED = "bot_disconnected"  # the bot's socket closed mid-call
     BOT_FAILED = "bot_failed"  # the bot could not be reached, or refused the stream
+    TRANSFERRED = "transferred"  # the bot sent ``transfer``: the call goes on without it
 
 
 @dataclass(frozen=True, slots=True)
@@ -647,6 +658,12 @@ class VoicebotStream:
         except UnknownEvent:
             self.unknown_events += 1
             return False
+        except InvalidTransfer as error:
+            # Worth a line in the log, unlike a garbled media frame: the bot
+            # meant to hand the call on, and the callee stays with it.
+            self.invalid_frames += 1
+            log.warning("stream %s: transfer ignored: %s", self.call.stream_sid, error)
+            return False
         except StreamError:
             self.invalid_frames += 1
             return False
@@ -665,11 +682,18 @@ class VoicebotStream:
                 if tag not in self.tags:
                     self.tags.append(tag)
         elif kind is BotTransfer:
+            if self._ended or self._stopping:
+                return False
             target = event.target  # type: ignore[union-attr]
+            self._ended = True
+            self.outcome = VoicebotOutcome.TRANSFERRED
+            self.reason = f"transfer to {target}"
             self.transfer_target = target
             self.transfer.set()
             if self.on_transfer is not None:
                 self.on_transfer(target)
+            self.stop()
+            return True
         elif kind is BotHangup:
             self._bot_ended(VoicebotOutcome.BOT_HANGUP, event.reason)  # type: ignore[union-attr]
             self.stop()

@@ -355,7 +355,9 @@ async def test_bot_closing_its_socket_signals_hangup_within_100_ms(call: Call, b
     assert "closed" in (result.reason or "")
 
 
-async def test_result_transfer_and_hangup_are_reported(call: Call, bots) -> None:
+async def test_result_and_transfer_are_reported_and_transfer_ends_the_stream(
+    call: Call, bots
+) -> None:
     transfers: list[str] = []
 
     async def script(ws: web.WebSocketResponse, session: BotSession) -> None:
@@ -363,8 +365,8 @@ async def test_result_transfer_and_hangup_are_reported(call: Call, bots) -> None
         for event in (
             BotResult({"intent": "buy", "score": 1}, ("hot",)),
             BotResult({"score": 3}, ("hot", "vip")),
+            BotTransfer("tel:+15551234567"),  # not a SIP URI: logged and ignored
             BotTransfer("sip:closer@pbx.example.com"),
-            BotHangup("handed over"),
         ):
             await ws.send_str(event.serialize(sid).decode())
 
@@ -373,13 +375,15 @@ async def test_result_transfer_and_hangup_are_reported(call: Call, bots) -> None
     stream = call.stream(server.url)
     stream.on_transfer = transfers.append
     result = await stream.run()
-    assert result.outcome is VoicebotOutcome.BOT_HANGUP
-    assert result.reason == "handed over"
+    assert result.outcome is VoicebotOutcome.TRANSFERRED
+    assert result.reason == "transfer to sip:closer@pbx.example.com"
     assert dict(result.values) == {"intent": "buy", "score": 3}
     assert result.tags == ("hot", "vip")
     assert result.transfer_target == "sip:closer@pbx.example.com"
+    assert result.invalid_frames == 1
     assert transfers == ["sip:closer@pbx.example.com"]
-    assert stream.transfer.is_set() and stream.hangup.is_set()
+    assert stream.transfer.is_set() and not stream.hangup.is_set()
+    assert call.hangup_at is None  # a transfer is not a hang-up
     assert bot.sessions[0].stopped
 
 
