@@ -20,6 +20,7 @@ import asyncpg
 from dialer.ids import new_id
 from dialer.messages import DialJob
 from dialer.outbox import write_event
+from scheduler.actions import ActionError, outcome_for, render_action
 from scheduler.policy import WorkflowPolicy
 from scheduler.timezones import zones_for
 from scheduler.windows import is_open, next_open
@@ -39,6 +40,7 @@ __all__ = [
     "GraphCache",
     "RecordRow",
     "StepResult",
+    "action_context",
     "apply_step",
     "context_for",
     "dial_job",
@@ -236,6 +238,88 @@ async def _node_run(
     return run_id
 
 
+async def action_context(conn: asyncpg.Connection, record: RecordRow) -> Context:
+    """The record's context with its last call and the bot's result, as templates see them."""
+    call = None
+    if record["last_call_id"] is not None:
+        call = await conn.fetchrow(
+            """SELECT disposition, sip_status, hangup_by, amd_verdict, talk_s, ring_s, bot_result
+               FROM calls WHERE id = $1""",
+            record["last_call_id"],
+        )
+    if call is None:
+        return context_for(record)
+    fields = dict(call)
+    bot = fields.pop("bot_result")
+    result: dict[str, Any] = {}
+    if isinstance(bot, dict):
+        values = bot.get("values") if isinstance(bot.get("values"), dict) else {}
+        result = {**values, "tags": bot.get("tags") or [], "bot_outcome": bot.get("outcome")}
+    return context_for(record, call={"outcome": fields["disposition"], **fields}, result=result)
+
+
+async def _park_for_action(
+    conn: asyncpg.Connection, record: RecordRow, step: RunNode, context: Context
+) -> bool:
+    """Store the action node's rendered request and park the record until it is done.
+
+    The network is never touched here, inside the record's transaction: the
+    action runner performs the request and advances the record. Parked, the
+    record is ``in_progress`` at the action node, which the scheduler's due
+    query never takes and a list counts as still open. False when the node
+    failed at once (nothing the network could change).
+    """
+    kind = step.node["type"]
+    action_id = new_id()
+    try:
+        request = render_action(
+            step.node,
+            context,
+            phone_e164=record["phone_e164"],
+            extra={
+                "action_id": str(action_id),
+                "node_id": step.node_id,
+                "workflow_id": str(record["workflow_id"]),
+                "record_id": str(record["id"]),
+                "case_id": record["case_id"],
+            },
+        )
+    except ActionError as exc:
+        await _node_run(
+            conn,
+            record,
+            step.node_id,
+            kind,
+            "failed",
+            outcome_for(kind, ok=False),
+            {"error": exc.reason},
+        )
+        return False
+    run_id = await _node_run(
+        conn, record, step.node_id, kind, "running", None, {"action_id": str(action_id)}
+    )
+    await conn.execute(
+        """INSERT INTO actions (id, tenant_id, record_id, workflow_id, node_run_id, node_id,
+               kind, request)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+        action_id,
+        record["tenant_id"],
+        record["id"],
+        record["workflow_id"],
+        run_id,
+        step.node_id,
+        kind,
+        request,
+    )
+    await conn.execute(
+        """UPDATE records SET status = 'in_progress', current_node = $2, node_attempts = 0,
+               updated_at = now() WHERE id = $1""",
+        record["id"],
+        step.node_id,
+    )
+    return True
+
+
 async def _place_call(
     conn: asyncpg.Connection,
     record: RecordRow,
@@ -344,23 +428,15 @@ async def apply_step(
             await _defer(conn, record, step.node_id, step.at, "queued", node_attempts=attempts_here)
             return result
         if isinstance(step, RunNode):
-            # Action nodes (sms, email, webhook) need their gateways, which
-            # the scheduler does not have yet: the node fails, honestly, and
-            # the workflow takes its failure edge.
-            outcome = "failed" if step.node["type"] != "webhook" else "failure"
-            await _node_run(
-                conn,
-                record,
-                step.node_id,
-                step.node["type"],
-                "failed",
-                outcome,
-                {"error": f"no {step.node['type']} gateway is configured"},
-            )
+            context = await action_context(conn, record)
+            if await _park_for_action(conn, record, step, context):
+                return result
+            # It cannot be carried out for this record at all (no address, ...):
+            # the node has failed already, and the workflow takes its failure edge.
             step = graph.after(
                 step.node_id,
-                outcome,
-                context_for(record),
+                outcome_for(step.node["type"], ok=False),
+                context,
                 now,
                 record_zone(record, graph.policy)[0],
             )
