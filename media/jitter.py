@@ -1,29 +1,39 @@
-"""An adaptive jitter buffer for incoming 20 ms audio frames.
+"""An adaptive jitter buffer: packets of any duration in, 20 ms frames out.
 
 Rules of this file:
 
 - Pure: ``put`` is told when a packet arrived and ``get`` what time it is; the
-  caller calls ``get`` once per frame period on its own deadline schedule.
-- ``get`` always returns exactly one frame of samples: the next packet's
-  audio, or a concealment frame when it is missing (the last frame repeated
-  and attenuated, a few times, then silence). The output never stalls.
-- Packets are placed by extended sequence number (wrap-around handled) and
-  timed by RTP timestamp: a short timestamp gap in the middle of playout
-  (silence suppression) is played out as silence, so the output stays on the
-  sender's clock.
+  caller calls ``get`` (or ``next_frame``) once per frame period on its own
+  deadline schedule.
+- ``get`` always returns exactly one frame of samples: the audio due, or a
+  concealment frame when it is missing (the last frame repeated and
+  attenuated, a few times, then silence). The output never stalls.
+- Packets may carry any duration (10, 20, 30, 40, 60 ms of G.711 ...), and a
+  peer may change it mid-call: a packet's duration is the sample count its
+  payload decodes to. Playout follows a cursor on the RTP timestamp axis, so
+  a 30 ms packet fills one frame and a half, and a frame may be cut from two
+  packets. Packets are placed by extended sequence number (wrap-around
+  handled): reorder, duplicates and loss are judged by sequence, timing by
+  timestamp. A short timestamp gap with consecutive sequence numbers
+  (silence suppression) plays out as silence; the part of a frame whose
+  packet is missing while later ones are here is concealed; a packet whose
+  whole span the cursor has passed is late.
 - The playout delay starts at ``initial_delay_ms`` and adapts: it grows at
-  once when the observed jitter calls for more, and shrinks one frame at a
-  time only after the lower need has held for ``shrink_after_s``. A new
-  talk-spurt after an underrun waits the current target delay again.
+  once when the observed jitter (or the packet duration) calls for more, and
+  shrinks one frame at a time only after the lower need has held for
+  ``shrink_after_s``. A new talk-spurt after an underrun waits the current
+  target delay again.
 - Memory and delay are bounded: at most ``capacity_frames`` packets are held,
   and playout skips ahead rather than fall more than ``max_delay_ms`` behind.
+- The per-packet and per-frame paths allocate little: entries are tuples, a
+  20 ms packet aligned on the cursor is handed out as decoded (no copy), and
+  ``next_frame`` returns the samples without building an ``AudioFrame``.
 """
 
 from __future__ import annotations
 
 import enum
 import math
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,7 +41,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from media.g711 import ulaw_decode
-from media.rtp import seq_diff, ts_diff
+from media.rtp import ts_diff
 
 __all__ = [
     "AudioFrame",
@@ -42,18 +52,23 @@ __all__ = [
     "PutResult",
 ]
 
+_TS_MASK = 0xFFFFFFFF
+# Played sequence numbers remembered (a bitmask) to tell a duplicate from a late packet.
+_PLAYED_HISTORY = 64
+_PLAYED_MASK = (1 << _PLAYED_HISTORY) - 1
+
 
 @dataclass(frozen=True, slots=True)
 class JitterConfig:
     """Tuning of a jitter buffer; the defaults suit G.711 at 20 ms over the Internet."""
 
     clock_rate: int = 8000
-    frame_ms: int = 20
+    frame_ms: int = 20  # the output frame; packets may be of any duration
     initial_delay_ms: int = 60
     min_delay_ms: int = 40
     max_delay_ms: int = 300
-    capacity_frames: int = 50
-    # Target delay = one frame + jitter_factor * observed jitter.
+    capacity_frames: int = 50  # packets held at most, whatever their duration
+    # Target delay = one packet (at least one frame) + jitter_factor * observed jitter.
     jitter_factor: float = 4.0
     shrink_after_s: float = 5.0
     concealment_frames: int = 3
@@ -70,7 +85,7 @@ class JitterConfig:
 class FrameKind(enum.Enum):
     """Where the samples of a frame came from."""
 
-    AUDIO = "audio"  # a received packet
+    AUDIO = "audio"  # received audio (a part may be concealed or silent)
     CONCEALED = "concealed"  # the last audio repeated, attenuated
     SILENCE = "silence"  # nothing to play: zeros
 
@@ -95,7 +110,7 @@ class AudioFrame:
 
 @dataclass(slots=True)
 class JitterStats:
-    """Counters of a jitter buffer, lifetime of the call."""
+    """Counters of a jitter buffer, lifetime of the call (``played`` counts packets)."""
 
     received: int = 0
     played: int = 0
@@ -110,15 +125,12 @@ class JitterStats:
     resets: int = 0
 
 
-@dataclass(slots=True)
-class _Entry:
-    timestamp: int
-    payload: bytes
-    arrival: float
+# A held packet: (RTP timestamp, decoded samples, arrival time).
+_Entry = tuple[int, NDArray[np.int16], float]
 
 
 class JitterBuffer:
-    """Reorders, times and conceals one incoming audio stream."""
+    """Reorders, re-frames, times and conceals one incoming audio stream."""
 
     def __init__(
         self,
@@ -127,23 +139,36 @@ class JitterBuffer:
     ) -> None:
         self.config = config or JitterConfig()
         self._decode = decode
-        self._samples = self.config.samples_per_frame
+        config = self.config
+        self._samples = config.samples_per_frame
+        self._samples_per_ms = config.clock_rate / 1000
+        self._max_gap = config.max_delay_ms * config.clock_rate // 1000
         self._silence = np.zeros(self._samples, dtype=np.int16)
         self._silence.flags.writeable = False
         self.stats = JitterStats()
-        self.target_delay_ms = float(self.config.initial_delay_ms)
+        self.target_delay_ms = float(config.initial_delay_ms)
         self.jitter_ms = 0.0
+        # What the last next_frame() returned (get() wraps them in an AudioFrame).
+        self.kind = FrameKind.SILENCE
+        self.sequence_number: int | None = None
+        self.timestamp: int | None = None
         self._ssrc: int | None = None
+        self._packet_samples = self._samples  # duration of the latest packet
         self._reset_stream()
 
     def _reset_stream(self) -> None:
         self._buffer: dict[int, _Entry] = {}
         self._highest: int | None = None  # highest extended sequence number seen
+        self._highest_end = 0  # timestamp just past the highest packet's audio
         self._next: int | None = None  # extended sequence number to play next
-        self._next_timestamp: int | None = None
+        self._next_ts: int | None = None  # timestamp of the next sample to play
         self._playing = False
-        self._played: deque[int] = deque(maxlen=64)
-        self._played_set: set[int] = set()
+        self._played_mask = 0  # bit i: sequence (_next - 1 - i) was played
+        # The packet being played out, when a frame ended inside it.
+        self._current: NDArray[np.int16] | None = None
+        self._current_offset = 0
+        self._current_sequence = 0
+        self._current_timestamp = 0
         self._last_samples: NDArray[np.int16] | None = None
         self._concealed_run = 0
         self._last_arrival: float | None = None
@@ -158,6 +183,11 @@ class JitterBuffer:
         """Packets held now."""
         return len(self._buffer)
 
+    @property
+    def ptime_ms(self) -> float:
+        """The duration of the latest packet received, in ms."""
+        return self._packet_samples / self._samples_per_ms
+
     def put(
         self,
         sequence_number: int,
@@ -167,190 +197,353 @@ class JitterBuffer:
         ssrc: int | None = None,
     ) -> PutResult:
         """Take one packet's payload that arrived at ``arrival`` seconds."""
-        config = self.config
-        self.stats.received += 1
+        stats = self.stats
+        stats.received += 1
         if ssrc is not None and ssrc != self._ssrc:
             if self._ssrc is not None:
                 # A new source restarts numbering and timing: start over with it.
-                self.stats.resets += 1
+                stats.resets += 1
                 self._reset_stream()
             self._ssrc = ssrc
 
-        if self._highest is None:
+        highest = self._highest
+        next_ = self._next
+        if highest is None:
             extended = sequence_number
         else:
-            extended = self._highest + seq_diff(sequence_number, self._highest & 0xFFFF)
-            reference = self._next if self._next is not None else self._highest
-            if abs(extended - reference) > config.max_sequence_jump:
-                self.stats.resets += 1
+            # seq_diff inline: the nearest extended number to the highest seen.
+            extended = highest + (
+                ((sequence_number - (highest & 0xFFFF) + 0x8000) & 0xFFFF) - 0x8000
+            )
+            reference = highest if next_ is None else next_
+            if abs(extended - reference) > self.config.max_sequence_jump:
+                stats.resets += 1
                 self._reset_stream()
                 extended = sequence_number
+                highest = next_ = None
 
-        if self._next is not None and extended < self._next:
-            if extended in self._played_set:
-                self.stats.duplicates += 1
+        buffer = self._buffer
+        if next_ is not None and extended < next_:
+            behind = next_ - 1 - extended
+            if behind < _PLAYED_HISTORY and self._played_mask >> behind & 1:
+                stats.duplicates += 1
                 return PutResult.DUPLICATE
-            self.stats.late += 1
+            stats.late += 1
             return PutResult.LATE
-        if extended in self._buffer:
-            self.stats.duplicates += 1
+        if extended in buffer:
+            stats.duplicates += 1
             return PutResult.DUPLICATE
 
-        if self._highest is None or extended > self._highest:
-            self._observe_jitter(timestamp, arrival)
-            self._highest = extended
-        self._buffer[extended] = _Entry(timestamp, bytes(payload), arrival)
+        samples = self._decode(payload)
+        count = samples.shape[0]
+        next_ts = self._next_ts
+        if self._playing and next_ts is not None:
+            # Still ahead by sequence, but the cursor is already past all of its audio.
+            passed = ((next_ts - timestamp - count + 0x80000000) & _TS_MASK) - 0x80000000
+            if 0 <= passed < self._max_gap:
+                stats.late += 1
+                return PutResult.LATE
 
-        while len(self._buffer) > config.capacity_frames:
-            oldest = min(self._buffer)
-            del self._buffer[oldest]
-            self.stats.overflow_drops += 1
-            if self._next is not None and self._next <= oldest:
-                self._next = oldest + 1
+        if highest is None or extended > highest:
+            self._observe_jitter(timestamp, arrival, count)
+            self._highest = extended
+            self._highest_end = (timestamp + count) & _TS_MASK
+        buffer[extended] = (timestamp, samples, arrival)
+
+        if len(buffer) > self.config.capacity_frames:
+            self._overflow()
         return PutResult.BUFFERED
 
-    def _observe_jitter(self, timestamp: int, arrival: float) -> None:
+    def _overflow(self) -> None:
+        buffer = self._buffer
+        while len(buffer) > self.config.capacity_frames:
+            oldest = min(buffer)
+            del buffer[oldest]
+            self.stats.overflow_drops += 1
+            if self._next is not None and self._next <= oldest:
+                self._skip_sequences(oldest + 1 - self._next)
+                self._current = None
+                self._next_ts = None  # the next packet held sets the cursor
+
+    def _observe_jitter(self, timestamp: int, arrival: float, count: int) -> None:
         config = self.config
         if self._last_arrival is not None:
             # RFC 3550 A.8's estimator, in ms: transit-time change between
             # packets in sequence, smoothed with gain 1/16.
             transit_change_ms = (arrival - self._last_arrival) * 1000 - ts_diff(
                 timestamp, self._last_timestamp
-            ) * 1000 / config.clock_rate
+            ) / self._samples_per_ms
             self.jitter_ms += (abs(transit_change_ms) - self.jitter_ms) / 16
         self._last_arrival = arrival
         self._last_timestamp = timestamp
-        self._adapt(arrival)
-
-    def _adapt(self, now: float) -> None:
-        config = self.config
-        need = config.frame_ms + config.jitter_factor * self.jitter_ms
+        if count != self._packet_samples and count:
+            self._packet_samples = count
+        # Adapt the target delay.
+        packet_ms = max(config.frame_ms, count / self._samples_per_ms)
+        need = packet_ms + config.jitter_factor * self.jitter_ms
         need = math.ceil(need / config.frame_ms) * config.frame_ms
         need = float(min(config.max_delay_ms, max(config.min_delay_ms, need)))
         if need >= self.target_delay_ms:
             self.target_delay_ms = need  # grow at once: underruns are audible
             self._lower_need_since = None
         elif self._lower_need_since is None:
-            self._lower_need_since = now
-        elif now - self._lower_need_since >= config.shrink_after_s:
+            self._lower_need_since = arrival
+        elif arrival - self._lower_need_since >= config.shrink_after_s:
             self.target_delay_ms -= config.frame_ms  # shrink by one frame at a time
-            self._lower_need_since = now
+            self._lower_need_since = arrival
 
     # -- output ----------------------------------------------------------------------
 
     def get(self, now: float) -> AudioFrame:
         """Return the frame to play for the period starting at ``now``."""
+        samples = self.next_frame(now)
+        return AudioFrame(samples, self.kind, self.sequence_number, self.timestamp)
+
+    def next_frame(self, now: float) -> NDArray[np.int16]:
+        """Like ``get`` without the ``AudioFrame``: the samples (read-only, not to be kept
+        past the next call without a copy); ``kind``, ``sequence_number`` and
+        ``timestamp`` tell about them."""
         if not self._playing and not self._start_playout(now):
             return self._conceal()
-        assert self._next is not None
         self._bound_delay(now)
+        if self._current is None:
+            # The common case: the next packet is one frame long and starts at the cursor.
+            entry = self._buffer.get(self._next)  # type: ignore[arg-type]
+            if entry is not None:
+                timestamp, samples, _ = entry
+                next_ts = self._next_ts
+                if samples.shape[0] == self._samples and (next_ts is None or timestamp == next_ts):
+                    sequence = self._next
+                    assert sequence is not None
+                    del self._buffer[sequence]
+                    self._played_mask = ((self._played_mask << 1) | 1) & _PLAYED_MASK
+                    self._next = sequence + 1
+                    self._next_ts = (timestamp + self._samples) & _TS_MASK
+                    self._last_samples = samples
+                    self._concealed_run = 0
+                    self.stats.played += 1
+                    self.kind = FrameKind.AUDIO
+                    self.sequence_number = sequence & 0xFFFF
+                    self.timestamp = timestamp
+                    return samples
+        return self._assemble()
 
-        entry = self._buffer.get(self._next)
-        if entry is None:
-            if self._buffer:
-                # Later packets are here but this one is not: it is lost.
-                self.stats.lost += 1
-                self._next += 1
-                if self._next_timestamp is not None:
-                    self._next_timestamp = (self._next_timestamp + self._samples) & 0xFFFFFFFF
-                return self._conceal()
-            # Nothing to play: the peer went silent or the network stalled.
-            # Keep our place, and wait the target delay once packets come back.
-            self.stats.underruns += 1
-            self._playing = False
-            return self._conceal()
+    def _assemble(self) -> NDArray[np.int16]:
+        """Cut one frame from the cursor on: packet parts, concealment, silence."""
+        frame = self._samples
+        buffer = self._buffer
+        stats = self.stats
+        pieces: list[NDArray[np.int16]] = []
+        filled = 0
+        audio = concealed = False
+        first_sequence: int | None = None
+        first_timestamp: int | None = None
+        while filled < frame:
+            need = frame - filled
+            current = self._current
+            if current is not None:
+                offset = self._current_offset
+                count = min(need, current.shape[0] - offset)
+                pieces.append(current[offset : offset + count])
+                if first_sequence is None:
+                    first_sequence = self._current_sequence & 0xFFFF
+                    first_timestamp = (self._current_timestamp + offset) & _TS_MASK
+                audio = True
+                filled += count
+                offset += count
+                if offset >= current.shape[0]:
+                    self._current = None
+                else:
+                    self._current_offset = offset
+                assert self._next_ts is not None
+                self._next_ts = (self._next_ts + count) & _TS_MASK
+                continue
 
-        if self._next_timestamp is not None:
-            gap = ts_diff(entry.timestamp, self._next_timestamp)
-            if 0 < gap <= self.config.max_delay_ms * self.config.clock_rate // 1000:
+            next_ = self._next
+            assert next_ is not None
+            entry = buffer.get(next_)
+            if entry is None:
+                if not buffer:
+                    # Nothing to play: the peer went silent or the network stalled.
+                    # Keep our place, and wait the target delay once packets come back.
+                    stats.underruns += 1
+                    self._playing = False
+                    if not filled:
+                        return self._conceal()
+                    pieces.append(self._silence[:need])
+                    filled = frame
+                    break
+                # Later packets are here but this one is not.
+                oldest = min(buffer)
+                next_ts = self._next_ts
+                gap = 0 if next_ts is None else ts_diff(buffer[oldest][0], next_ts)
+                if gap <= 0 or gap > self._max_gap:
+                    # The cursor has reached the next packet held: the missing ones are lost.
+                    stats.lost += oldest - next_
+                    self._skip_sequences(oldest - next_)
+                    continue
+                # Conceal up to where the next packet held starts; the missing
+                # one may still come and fill the rest of its time.
+                count = min(need, gap)
+                pieces.append(self._concealment(filled, count))
+                concealed = True
+                filled += count
+                assert next_ts is not None
+                self._next_ts = (next_ts + count) & _TS_MASK
+                continue
+
+            timestamp, samples, _ = entry
+            length = samples.shape[0]
+            next_ts = self._next_ts
+            gap = 0 if next_ts is None else ts_diff(timestamp, next_ts)
+            if 0 < gap <= self._max_gap:
                 # Suppressed silence inside a talk-spurt: play it out as silence.
-                self._next_timestamp = (self._next_timestamp + self._samples) & 0xFFFFFFFF
-                return self._silence_frame()
+                count = min(need, gap)
+                pieces.append(self._silence[:count])
+                filled += count
+                assert next_ts is not None
+                self._next_ts = (next_ts + count) & _TS_MASK
+                continue
+            del buffer[next_]
+            self._played_mask = ((self._played_mask << 1) | 1) & _PLAYED_MASK
+            self._next = next_ + 1
+            offset = 0
+            if -self._max_gap <= gap < 0:
+                offset = -gap  # the cursor is inside this packet already
+                if offset >= length:
+                    stats.late += 1  # all of it is in the past
+                    continue
+            else:
+                # No gap, or a timestamp jump (the sender's clock moved): play on from here.
+                self._next_ts = timestamp
+            stats.played += 1
+            self._current = samples
+            self._current_offset = offset
+            self._current_sequence = next_
+            self._current_timestamp = timestamp
 
-        del self._buffer[self._next]
-        sequence = self._next
-        self._mark_played(sequence)
-        self._next += 1
-        self._next_timestamp = (entry.timestamp + self._samples) & 0xFFFFFFFF
-        samples = self._samples_of(entry.payload)
-        self._last_samples = samples
-        self._concealed_run = 0
-        self.stats.played += 1
-        return AudioFrame(samples, FrameKind.AUDIO, sequence & 0xFFFF, entry.timestamp)
+        samples = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        if audio:
+            self.kind = FrameKind.AUDIO
+            self.sequence_number = first_sequence
+            self.timestamp = first_timestamp
+            self._last_samples = samples
+            if concealed:
+                self._concealed_run += 1
+                stats.concealed += 1
+            else:
+                self._concealed_run = 0
+            return samples
+        self.sequence_number = self.timestamp = None
+        if concealed:
+            self._concealed_run += 1
+            stats.concealed += 1
+            self.kind = FrameKind.CONCEALED
+        else:
+            stats.silence += 1
+            self.kind = FrameKind.SILENCE
+        return samples
+
+    def _skip_sequences(self, count: int) -> None:
+        assert self._next is not None
+        self._next += count
+        self._played_mask = (self._played_mask << count) & _PLAYED_MASK
 
     def _start_playout(self, now: float) -> bool:
-        if not self._buffer:
+        buffer = self._buffer
+        if not buffer:
             return False
-        oldest = min(self._buffer)
-        waited_ms = (now - self._buffer[oldest].arrival) * 1000
-        held_ms = len(self._buffer) * self.config.frame_ms
-        if waited_ms < self.target_delay_ms and held_ms < self.target_delay_ms:
+        oldest = min(buffer)
+        timestamp, _, arrival = buffer[oldest]
+        waited_ms = (now - arrival) * 1000
+        held_ms = sum(entry[1].shape[0] for entry in buffer.values()) / self._samples_per_ms
+        # Beyond one frame, the packet being played does not cushion jitter:
+        # a 60 ms packet alone is no reason to start.
+        cushion_ms = held_ms - max(0.0, self.ptime_ms - self.config.frame_ms)
+        if waited_ms < self.target_delay_ms and cushion_ms < self.target_delay_ms:
             return False
         if self._next is None:
             self._next = oldest
         elif self._next < oldest:
             self.stats.lost += oldest - self._next
-            self._next = oldest
-        self._next_timestamp = None  # a new talk-spurt sets the clock afresh
+            self._skip_sequences(oldest - self._next)
+        self._next_ts = timestamp  # a new talk-spurt sets the clock afresh
+        self._current = None
         self._playing = True
         self._over_target_since = None
         return True
 
     def _bound_delay(self, now: float) -> None:
-        assert self._next is not None and self._highest is not None
+        next_ts = self._next_ts
+        if next_ts is None:
+            return
         config = self.config
-        span_ms = (self._highest - self._next + 1) * config.frame_ms
+        span_ms = ts_diff(self._highest_end, next_ts) / self._samples_per_ms
         if span_ms > config.max_delay_ms:
             # Too far behind: skip ahead to the target delay.
-            keep_from = self._highest + 1 - int(self.target_delay_ms // config.frame_ms)
-            self._skip_to(keep_from, shrinking=False)
+            self._skip_ahead()
             return
-        if span_ms > self.target_delay_ms + 2 * config.frame_ms:
+        if span_ms > self.target_delay_ms + max(self.ptime_ms, config.frame_ms) + config.frame_ms:
             if self._over_target_since is None:
                 self._over_target_since = now
             elif now - self._over_target_since >= config.shrink_after_s:
-                self._skip_to(self._next + 1, shrinking=True)
+                self._drop_one()
                 self._over_target_since = now
         else:
             self._over_target_since = None
 
-    def _skip_to(self, sequence: int, *, shrinking: bool) -> None:
+    def _skip_ahead(self) -> None:
+        buffer = self._buffer
+        keep_samples = self.target_delay_ms * self._samples_per_ms
+        if self._current is not None:
+            self._current = None
+            self.stats.overflow_drops += 1
+        self._next_ts = None
+        while buffer:
+            oldest = min(buffer)
+            assert self._next is not None
+            if oldest > self._next:
+                self._skip_sequences(oldest - self._next)
+            if ts_diff(self._highest_end, buffer[oldest][0]) <= keep_samples:
+                break
+            del buffer[oldest]
+            self._skip_sequences(1)
+            self.stats.overflow_drops += 1
+
+    def _drop_one(self) -> None:
+        # Shrink the delay by dropping one packet's worth of audio.
+        if self._current is not None:
+            assert self._next_ts is not None
+            remaining = self._current.shape[0] - self._current_offset
+            self._next_ts = (self._next_ts + remaining) & _TS_MASK
+            self._current = None
+            self.stats.shrink_drops += 1
+            return
         assert self._next is not None
-        while self._next < sequence:
-            if self._buffer.pop(self._next, None) is not None:
-                if shrinking:
-                    self.stats.shrink_drops += 1
-                else:
-                    self.stats.overflow_drops += 1
-            self._next += 1
-        self._next_timestamp = None
+        entry = self._buffer.pop(self._next, None)
+        if entry is not None:
+            self.stats.shrink_drops += 1
+            self._next_ts = (entry[0] + entry[1].shape[0]) & _TS_MASK
+        self._skip_sequences(1)
 
-    def _mark_played(self, sequence: int) -> None:
-        if len(self._played) == self._played.maxlen:
-            self._played_set.discard(self._played[0])
-        self._played.append(sequence)
-        self._played_set.add(sequence)
-
-    def _samples_of(self, payload: bytes) -> NDArray[np.int16]:
-        samples = self._decode(payload)
-        if samples.shape[0] == self._samples:
-            return samples
-        # A packet of another duration (ptime mismatch): fit it to one frame.
-        fitted = np.zeros(self._samples, dtype=np.int16)
-        count = min(self._samples, samples.shape[0])
-        fitted[:count] = samples[:count]
-        return fitted
-
-    def _conceal(self) -> AudioFrame:
+    def _concealment(self, offset: int, count: int) -> NDArray[np.int16]:
         config = self.config
+        last = self._last_samples
+        run = self._concealed_run + 1
+        if last is None or run > config.concealment_frames:
+            return self._silence[:count]
+        gain = config.concealment_gain**run
+        return (last[offset : offset + count] * gain).astype(np.int16)
+
+    def _conceal(self) -> NDArray[np.int16]:
+        config = self.config
+        self.sequence_number = self.timestamp = None
         if self._last_samples is not None and self._concealed_run < config.concealment_frames:
             self._concealed_run += 1
             gain = config.concealment_gain**self._concealed_run
-            samples = (self._last_samples * gain).astype(np.int16)
             self.stats.concealed += 1
-            return AudioFrame(samples, FrameKind.CONCEALED)
-        return self._silence_frame()
-
-    def _silence_frame(self) -> AudioFrame:
+            self.kind = FrameKind.CONCEALED
+            return (self._last_samples * gain).astype(np.int16)
         self.stats.silence += 1
-        return AudioFrame(self._silence, FrameKind.SILENCE)
+        self.kind = FrameKind.SILENCE
+        return self._silence

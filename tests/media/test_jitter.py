@@ -243,3 +243,180 @@ def test_get_before_any_packet_is_silence():
     frame = buffer.get(0.0)
     assert frame.kind is FrameKind.SILENCE
     assert frame.samples.shape == (160,) and not frame.samples.any()
+
+
+# -- packets of other durations: 20 ms frames out, on the sender's clock -------------------
+
+
+def ramp(payload: bytes) -> np.ndarray:
+    """Test decoder: a packet's samples count on from the index in its first 4 octets."""
+    start = int.from_bytes(payload[:4], "big")
+    return (np.arange(start, start + len(payload)) % 30000).astype(np.int16)
+
+
+def ramp_packets(ptimes_ms, *, delay=0.001, start_seq=0, start_ts=0):
+    """(arrival, seq, timestamp, payload) of a stream cut into packets of ``ptimes_ms``.
+
+    A packet leaves when its last sample is captured and arrives ``delay`` later.
+    """
+    packets = []
+    sample = 0
+    for k, ptime in enumerate(ptimes_ms):
+        count = ptime * 8
+        payload = sample.to_bytes(4, "big") + bytes(count - 4)
+        arrival = (sample + count) / 8000 + delay
+        packets.append(
+            (arrival, (start_seq + k) & 0xFFFF, (start_ts + sample) & 0xFFFFFFFF, payload)
+        )
+        sample += count
+    return packets
+
+
+def play(buffer, packets, *, ticks, concealed=None):
+    """put() each packet when it arrives, get() every 20 ms; return the frames.
+
+    ``concealed``, a list, gets the count of frames with concealment after each tick.
+    """
+    pending = sorted(packets, key=lambda p: p[0])
+    frames = []
+    for tick in range(ticks):
+        now = tick * FRAME_S
+        while pending and pending[0][0] <= now:
+            arrival, seq, timestamp, data = pending.pop(0)
+            buffer.put(seq, timestamp, data, arrival)
+        frames.append(buffer.get(now))
+        if concealed is not None:
+            concealed.append(buffer.stats.concealed)
+    return frames
+
+
+def first_audio_tick(ptime_ms: int) -> int:
+    """When a clean stream of ``ptime_ms`` packets starts playing (the reference for timing)."""
+    frames = play(JitterBuffer(decode=ramp), ramp_packets([ptime_ms] * 10), ticks=20)
+    return next(i for i, f in enumerate(frames) if f.kind is FrameKind.AUDIO)
+
+
+def audio_of(frames) -> np.ndarray:
+    return np.concatenate([f.samples for f in frames if f.kind is FrameKind.AUDIO])
+
+
+@pytest.mark.parametrize("ptime_ms", [10, 20, 30, 40, 60])
+def test_every_ptime_plays_out_whole_and_in_order_as_20_ms_frames(ptime_ms):
+    buffer = JitterBuffer(decode=ramp)
+    seconds = 1.2
+    packets = ramp_packets([ptime_ms] * int(seconds * 1000 / ptime_ms))
+    frames = play(buffer, packets, ticks=int(seconds / FRAME_S) + 20)
+    assert all(f.samples.shape == (160,) for f in frames)
+    played = audio_of(frames)
+    # Every sample the peer sent, once, in order, with nothing concealed or lost.
+    assert np.array_equal(played, np.arange(int(seconds * 8000)).astype(np.int16))
+    assert buffer.stats.lost == 0 and buffer.stats.underruns == 1  # only at the end
+    assert buffer.stats.played == len(packets)
+    assert buffer.ptime_ms == ptime_ms
+    # One frame per tick once started: the audio frames are consecutive.
+    audio_ticks = [i for i, f in enumerate(frames) if f.kind is FrameKind.AUDIO]
+    assert audio_ticks == list(range(audio_ticks[0], audio_ticks[0] + round(seconds / FRAME_S)))
+    # Started no later than the target delay (one packet or more) after the first arrival.
+    first_arrival = packets[0][0]
+    assert audio_ticks[0] * FRAME_S <= first_arrival + buffer.target_delay_ms / 1000 + FRAME_S
+
+
+@pytest.mark.parametrize("ptime_ms", [10, 30, 60])
+def test_the_frame_timestamps_follow_the_senders_clock(ptime_ms):
+    buffer = JitterBuffer(decode=ramp)
+    packets = ramp_packets([ptime_ms] * (600 // ptime_ms), start_ts=0xFFFFFF00, start_seq=65530)
+    frames = [f for f in play(buffer, packets, ticks=45) if f.kind is FrameKind.AUDIO]
+    assert len(frames) == 30
+    stamps = [f.timestamp for f in frames]
+    assert all((b - a) & 0xFFFFFFFF == 160 for a, b in itertools.pairwise(stamps))
+    assert stamps[0] == 0xFFFFFF00
+
+
+def test_a_peer_that_changes_ptime_mid_call_plays_on_without_a_gap():
+    buffer = JitterBuffer(decode=ramp)
+    ptimes = [20] * 20 + [30] * 20 + [60] * 10 + [10] * 20 + [20] * 10  # 2.3 s
+    packets = ramp_packets(ptimes)
+    frames = play(buffer, packets, ticks=140)
+    total = sum(ptimes) * 8
+    assert np.array_equal(audio_of(frames), np.arange(total).astype(np.int16))
+    assert buffer.stats.lost == 0 and buffer.stats.underruns == 1  # only at the end
+    assert buffer.ptime_ms == 20
+
+
+def test_reordered_30_ms_packets_play_in_order():
+    buffer = JitterBuffer(decode=ramp)
+    packets = ramp_packets([30] * 30)
+    # Swap packets 5 and 6, and 12 and 14, in arrival time (each a few ms apart).
+    for a, b in ((5, 6), (12, 14)):
+        packets[a], packets[b] = (
+            (packets[b][0], *packets[a][1:]),
+            (packets[a][0], *packets[b][1:]),
+        )
+    frames = play(buffer, packets, ticks=60)
+    assert np.array_equal(audio_of(frames), np.arange(30 * 240).astype(np.int16))
+    assert buffer.stats.lost == 0 and buffer.stats.late == 0
+
+
+def test_a_lost_30_ms_packet_is_concealed_for_its_time_only():
+    buffer = JitterBuffer(decode=ramp)
+    packets = ramp_packets([30] * 30)
+    lost = 10  # samples 2400-2639: frame 15 (2400-2559) and half of frame 16
+    del packets[lost]
+    started = first_audio_tick(30)
+    concealed: list[int] = []
+    frames = play(buffer, packets, ticks=60, concealed=concealed)
+    assert frames[started - 1].kind is not FrameKind.AUDIO
+    out = np.concatenate([f.samples for f in frames[started : started + 45]])
+    expected = np.arange(45 * 160).astype(np.int16)
+    hole = slice(2400, 2640)
+    # Everything but the lost packet's time is the peer's audio, in place.
+    assert np.array_equal(out[:2400], expected[:2400])
+    assert np.array_equal(out[2640:], expected[2640:])
+    # Its time is the previous audio, attenuated, not the peer's samples nor a shift.
+    assert not np.array_equal(out[hole], expected[hole])
+    last_heard = expected[2240:2400]  # frame 14, the last whole audio
+    assert np.array_equal(out[2400:2560], (last_heard * 0.5).astype(np.int16))
+    assert np.array_equal(out[2560:2640], (last_heard[:80] * 0.25).astype(np.int16))
+    assert [frames[started + n].kind for n in (15, 16)] == [FrameKind.CONCEALED, FrameKind.AUDIO]
+    assert buffer.stats.lost == 1
+    assert concealed[started + 20] == 2  # one whole frame and one half frame
+    assert len(out) == 45 * 160  # the output kept its pace
+
+
+def test_a_30_ms_packet_that_comes_late_fills_what_is_left_of_its_time():
+    buffer = JitterBuffer(decode=ramp)
+    packets = ramp_packets([30] * 30)
+    late = 10  # samples 2400-2639, due from frame 15 on
+    _, seq, timestamp, data = packets[late]
+    started = first_audio_tick(30)
+    packets[late] = ((started + 15) * FRAME_S + 0.005, seq, timestamp, data)  # after frame 15
+    frames = play(buffer, packets, ticks=60)
+    assert frames[started - 1].kind is not FrameKind.AUDIO
+    out = np.concatenate([f.samples for f in frames[started : started + 45]])
+    expected = np.arange(45 * 160).astype(np.int16)
+    assert frames[started + 15].kind is FrameKind.CONCEALED
+    # Frame 16 starts inside the late packet: its second half is played, in place.
+    assert np.array_equal(out[2560:], expected[2560:])
+    assert buffer.stats.lost == 0 and buffer.stats.late == 0
+
+
+def test_a_30_ms_packet_later_than_its_whole_time_is_dropped_as_late():
+    buffer = JitterBuffer(decode=ramp)
+    packets = ramp_packets([30] * 30)
+    _, seq, timestamp, data = packets[10]
+    started = first_audio_tick(30)
+    packets[10] = ((started + 18) * FRAME_S, seq, timestamp, data)  # its 30 ms are long played
+    frames = play(buffer, packets, ticks=60)
+    assert buffer.stats.late == 1
+    assert buffer.stats.lost == 1
+    assert sum(f.kind is not FrameKind.SILENCE for f in frames) >= 44
+
+
+def test_duplicate_30_ms_packets_are_dropped():
+    buffer = JitterBuffer(decode=ramp)
+    packets = ramp_packets([30] * 20)
+    packets += [(packets[3][0] + 0.002, *packets[3][1:])]  # while buffered
+    packets += [(0.5, *packets[4][1:])]  # after it played
+    frames = play(buffer, packets, ticks=40)
+    assert np.array_equal(audio_of(frames), np.arange(20 * 240).astype(np.int16))
+    assert buffer.stats.duplicates == 2
