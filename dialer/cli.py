@@ -208,6 +208,7 @@ async def _run_worker(settings: Settings, capacity: int) -> int:
 async def _run_scheduler(settings: Settings) -> int:
     from dialer.bus import make_broker
     from dialer.db import apply_migrations, connect_pool
+    from dialer.stack import action_runner_for
     from scheduler.consumer import EventConsumer
     from scheduler.engine import Scheduler
 
@@ -231,10 +232,13 @@ async def _run_scheduler(settings: Settings) -> int:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
+            actions = asyncio.create_task(action_runner_for(settings, pool).run(stop))
             print("scheduler running", file=sys.stderr, flush=True)
             try:
                 await Scheduler(pool, broker).run(stop)
             finally:
+                stop.set()
+                await actions
                 await consumer.close()
         finally:
             await broker.close()

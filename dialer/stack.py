@@ -23,7 +23,7 @@ from dialer.trunk import TrunkConfig
 from dialer.user_agent import UserAgent, UserAgentOptions
 from dialer.worker import Worker
 
-__all__ = ["Stack", "start_worker", "user_agent_for"]
+__all__ = ["Stack", "action_runner_for", "start_worker", "user_agent_for"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,17 @@ def default_trunk(settings: Settings) -> TrunkConfig | None:
         username=settings.trunk_username,
         password=settings.trunk_password.value or None,
     )
+
+
+def action_runner_for(settings: Settings, pool: asyncpg.Pool) -> Any:
+    """The runner of sms, email and webhook nodes, under the webhooks' URL rules."""
+    from api.notifier import AddressGuard
+    from api.urlsafety import AllowList
+    from scheduler.action_runner import ActionRunner
+    from scheduler.actions import Gateways
+
+    guard = AddressGuard(AllowList.parse(settings.webhook_allow_hosts))
+    return ActionRunner(pool, Gateways.from_settings(settings), guard)
 
 
 async def start_worker(
@@ -130,6 +141,8 @@ class Stack:
             self.closers.append(consumer.close)
             engine = Scheduler(self.pool, self.broker)
             self.tasks.append(asyncio.get_running_loop().create_task(engine.run(self.stop)))
+            actions = action_runner_for(self.settings, self.pool)
+            self.tasks.append(asyncio.get_running_loop().create_task(actions.run(self.stop)))
         if self.trunk is not None:
             from media.voicebot import CallControl
 
