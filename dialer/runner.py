@@ -22,6 +22,7 @@ from dialer.messages import DialJob
 from dialer.seats import SEAT_ERRORS, SeatBook
 from dialer.sip.call import Answered, CallEvent, Dtmf, Ended, MediaUpdated, Resumed, Ringing
 from dialer.sip.dialog import LocalMedia
+from dialer.transfer import TransferConfig, TransferReport, transfer_call
 from dialer.trunk import TrunkConfig, parse_trunk_uri
 from dialer.user_agent import CallHandle, UserAgent
 from dialer.worker import Emit
@@ -102,6 +103,7 @@ class SipCallRunner:
         default_trunk: str | None = None,
         trunks: TrunkDirectory | None = None,
         seats: SeatBook | None = None,
+        transfer: TransferConfig | None = None,
     ) -> None:
         self.agent = agent
         # Without a seat book every live answer is served (one call tools, tests).
@@ -117,6 +119,9 @@ class SipCallRunner:
         self.session_config = session_config or SessionConfig(media_timeout_s=20.0)
         # Voicebot results by call id, taken by run() once the call has ended.
         self.bot_results: dict[str, VoicebotResult] = {}
+        # How a bot's transfer is carried out (REFER, else a bridged call).
+        self.transfer = transfer or TransferConfig()
+        self.transfers: dict[str, TransferReport] = {}
 
     async def run(self, job: DialJob, emit: Emit) -> dict[str, Any]:
         queue = PlaybackQueue()
@@ -216,6 +221,9 @@ class SipCallRunner:
         bot = self.bot_results.pop(job.call_id, None)
         if bot is not None and result.answered_at is not None and bot.outcome == "bot_failed":
             disposition = "bot_failed"
+        transfer = self.transfers.pop(job.call_id, None)
+        if transfer is not None and transfer.outcome in ("referred", "bridged"):
+            disposition = "transferred"
         wall = handle.wall_time if handle is not None else (lambda t: t)
         data: dict[str, Any] = {
             "disposition": disposition,
@@ -253,6 +261,8 @@ class SipCallRunner:
                 "mos": round(stats.mos, 2) if stats.mos is not None else None,
             },
         }
+        if transfer is not None:
+            data["transfer"] = transfer.as_dict()
         if recording is not None and recording.frames:
             data["recording"] = {
                 "path": str(recording.path),
@@ -363,6 +373,17 @@ class SipCallRunner:
             if self.control is not None:
                 self.control.unregister(call.call_sid)
         self.bot_results[job.call_id] = result
+        if result.outcome == "transferred" and result.transfer_target and handle.result is None:
+            self.transfers[job.call_id] = await transfer_call(
+                self.agent,
+                handle,
+                session,
+                result.transfer_target,
+                config=self.transfer,
+                rtp_host=self.rtp_host,
+                ports=self.ports,
+                session_config=self.session_config,
+            )
         if result.outcome == "bot_failed" and handle.result is None:
             fallback = handler.get("fallback_prompt")
             if fallback:
