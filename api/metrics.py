@@ -2,8 +2,9 @@
 
 The state that matters lives in the database, shared by every process, so a
 scrape of any API process tells the whole story: calls by state and outcome,
-attempts in the last minute, active calls, webhook backlog and lag, queue
-depth of due records, and each workflow's abandonment rate over 30 days.
+attempts in the last minute, active calls, webhook backlog and lag, due
+records, the dial queue's depth and the pacing ratio (dials per free seat)
+per workflow, and each workflow's abandonment rate over 30 days.
 Per-process RTP statistics travel on each call's ``media_stats`` and are
 summarised here from the last hour's calls.
 """
@@ -15,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import GaugeMetricFamily
 
 from api.context import POOL
+from scheduler.policy import DEFAULT_SEATS
 
 __all__ = ["routes"]
 
@@ -56,6 +58,21 @@ async def metrics(request: web.Request) -> web.Response:
                FROM calls WHERE state = 'ended' AND ended_at > now() - interval '30 days'
                GROUP BY 1"""
         )
+        pacing = await conn.fetch(
+            """SELECT c.workflow_id::text,
+                      count(*) FILTER (WHERE c.state = 'queued') AS queued,
+                      count(*) FILTER (WHERE c.state IN ('queued', 'dialing', 'ringing'))
+                          AS dialling,
+                      count(*) FILTER (WHERE c.state = 'answered') AS talking,
+                      coalesce((v.settings->'pacing'->>'seats')::int, $1) AS seats
+               FROM calls c
+               JOIN workflows w ON w.id = c.workflow_id
+               JOIN workflow_versions v
+                 ON v.workflow_id = w.id AND v.version = w.current_version
+               WHERE c.state <> 'ended'
+               GROUP BY 1, 5""",
+            DEFAULT_SEATS,
+        )
         media = await conn.fetchrow(
             """SELECT coalesce(avg((media_stats->>'loss_fraction')::float8), 0) AS loss,
                       coalesce(avg((media_stats->>'jitter_ms')::float8), 0) AS jitter
@@ -91,6 +108,20 @@ async def metrics(request: web.Request) -> web.Response:
     )
     for row in due:
         depth.add_metric([row["workflow_id"]], row["n"])
+    queue = GaugeMetricFamily(
+        "dialer_dial_queue_depth",
+        "Dial jobs published and not yet taken by a worker, by workflow",
+        labels=["workflow_id"],
+    )
+    ratio = GaugeMetricFamily(
+        "dialer_pacing_ratio",
+        "Calls dialling or ringing per free seat, by workflow (above 1: predictive)",
+        labels=["workflow_id"],
+    )
+    for row in pacing:
+        queue.add_metric([row["workflow_id"]], row["queued"])
+        free = row["seats"] - row["talking"]
+        ratio.add_metric([row["workflow_id"]], row["dialling"] / free if free > 0 else 0.0)
     abandon = GaugeMetricFamily(
         "dialer_abandonment_rate",
         "Abandoned / live answers over 30 days, by workflow",
@@ -114,7 +145,22 @@ async def metrics(request: web.Request) -> web.Response:
     lag.add_metric([], float(webhooks["lag_s"]))
     registry = CollectorRegistry()
     registry.register(
-        _Snapshot([by_state, active, rate, depth, abandon, loss, jitter, pending, oldest, lag])
+        _Snapshot(
+            [
+                by_state,
+                active,
+                rate,
+                depth,
+                queue,
+                ratio,
+                abandon,
+                loss,
+                jitter,
+                pending,
+                oldest,
+                lag,
+            ]
+        )
     )
     return web.Response(
         body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}

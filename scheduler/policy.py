@@ -15,9 +15,10 @@ from scheduler.pacing import PacingMode, PacingPolicy
 from scheduler.retries import DEFAULT_RETRY_POLICY, Outcome, OutcomeRule, RetryPolicy
 from scheduler.windows import CallingWindow
 
-__all__ = ["DEFAULT_ZONE", "RETRY_OUTCOMES", "WorkflowPolicy", "retry_outcome"]
+__all__ = ["DEFAULT_SEATS", "DEFAULT_ZONE", "RETRY_OUTCOMES", "WorkflowPolicy", "retry_outcome"]
 
 DEFAULT_ZONE = "America/New_York"
+DEFAULT_SEATS = 10  # a workflow that names no seats
 # Call dispositions by the names retry rules use; "not_found" is the SIP
 # layer's name for a number that does not exist.
 RETRY_OUTCOMES: dict[str, Outcome] = {o.value: o for o in Outcome} | {
@@ -85,7 +86,7 @@ class WorkflowPolicy:
             default_zone=settings.get("default_timezone", DEFAULT_ZONE),
             retry=retry,
             pacing=pacing,
-            seats=int(raw_pacing.get("seats", 10)),
+            seats=int(raw_pacing.get("seats", DEFAULT_SEATS)),
             recording=bool(settings.get("recording", True)),
             trunk=settings.get("trunk"),
         )

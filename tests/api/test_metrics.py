@@ -18,7 +18,9 @@ async def test_metrics_reflect_calls(client: TestClient, tenant: Tenant, pool) -
         headers=tenant.auth,
     )
     record_id = (await resp.json())["record_id"]
-    for state, disposition in (("ringing", None), ("ended", "busy"), ("ended", "busy")):
+    calls_made = (("ringing", None), ("queued", None), ("answered", None), ("ended", "busy"),
+                  ("ended", "busy"))  # fmt: skip
+    for state, disposition in calls_made:
         await pool.execute(
             """INSERT INTO calls (id, tenant_id, record_id, workflow_id, phone_e164, state,
                    disposition, dialing_at, ended_at)
@@ -40,7 +42,13 @@ async def test_metrics_reflect_calls(client: TestClient, tenant: Tenant, pool) -
         for s in families["dialer_calls"].samples
         if s.labels["workflow_id"] == wf["id"]
     }
-    assert calls == {("ringing", ""): 1, ("ended", "busy"): 2}
+    assert calls == {("ringing", ""): 1, ("queued", ""): 1, ("answered", ""): 1,
+                     ("ended", "busy"): 2}  # fmt: skip
+    queue = {s.labels["workflow_id"]: s.value for s in families["dialer_dial_queue_depth"].samples}
+    assert queue[wf["id"]] == 1
+    # Two dialling or ringing for the 9 seats not talking (the workflow names no seats: 10).
+    ratio = {s.labels["workflow_id"]: s.value for s in families["dialer_pacing_ratio"].samples}
+    assert ratio[wf["id"]] == 2 / 9
     assert families["dialer_active_calls"].samples[0].value >= 1
     assert families["dialer_attempts_per_second"].samples[0].value >= 3 / 60
     due = {s.labels["workflow_id"]: s.value for s in families["dialer_due_records"].samples}
