@@ -404,6 +404,25 @@ async def test_sms_without_gateway_fails_clearly(pool: asyncpg.Pool) -> None:
     assert await pool.fetchval("SELECT status FROM records WHERE id = $1", record_id) == "failed"
 
 
+async def test_no_sms_to_a_number_on_the_dnc_list(pool: asyncpg.Pool, receiver: Receiver) -> None:
+    tenant = await make_tenant(pool, "act")
+    workflow = await _workflow(pool, tenant, SMS_ONLY)
+    record_id = await _record(pool, tenant, workflow)
+    await pool.execute(
+        "INSERT INTO dnc (tenant_id, phone_e164) VALUES ($1, '+12125550123')", tenant.id
+    )
+    await Scheduler(pool, MemoryBroker("unused"), tenant_ids=[tenant.id]).tick()
+    gateways = Gateways(sms=SmsGateway(f"{receiver.url}/sms"))
+    async with _runner(pool, tenant, gateways) as runner:
+        assert await runner.run_once() == 1
+    assert not receiver.hits
+    sms = (await _runs(pool, record_id))[0]
+    assert (sms["outcome"], sms["detail"]["error"]) == (
+        "failed",
+        "the number is on the do-not-call list",
+    )
+
+
 async def test_lease_runs_out_and_another_runner_takes_the_action(
     pool: asyncpg.Pool, receiver: Receiver
 ) -> None:
