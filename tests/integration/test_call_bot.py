@@ -7,13 +7,17 @@ JSON lines it prints and its exit status, and SIPp's own verdict.
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import sys
 from pathlib import Path
 
+import orjson
 import pytest
 from aiohttp import web
 
 from media.bots import EchoBot, Script, ScriptedBot, serve_bot
-from tests.integration.botcall import dialer_call, start_callee
+from tests.integration.botcall import ROOT, dialer_call, start_callee
 from tests.integration.peers import free_port, require
 from tests.media.test_sipp_rtp import PCAP_DIR, dtmf_pcap
 
@@ -130,6 +134,50 @@ async def test_duration_ends_a_call_no_one_hangs_up(tmp_path: Path) -> None:
     ended = output.first("ended")
     assert (ended["disposition"], ended["hangup_by"]) == ("answered", "caller")
     assert ended["bot_result"]["outcome"] == "completed"
+
+
+async def test_interrupt_hangs_up_first(tmp_path: Path) -> None:
+    """Through the ``dialer`` command itself: Ctrl-C during a bot call sends BYE, then exits."""
+    bot = EchoBot()
+    server = await serve_bot(bot)
+    sipp = await start_callee("uas_answer_wait_bye.xml", tmp_path)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "dialer.cli",
+        "call",
+        "1000",
+        "--trunk",
+        sipp.uri,
+        *LISTEN,
+        "--bot",
+        server.url,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        lines = []
+        async with asyncio.timeout(20):
+            while not lines or lines[-1]["event"] != "bot_connecting":
+                lines.append(orjson.loads(await process.stdout.readline()))
+            while not bot.sessions or bot.sessions[0].start is None:
+                await asyncio.sleep(0.02)  # the stream has started
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 20)
+        assert await sipp.finish() == 0, sipp.errors()
+    finally:
+        if process.returncode is None:
+            process.kill()
+        sipp.kill()
+        await server.close()
+    assert process.returncode == 0, stderr.decode()
+    lines += [orjson.loads(line) for line in stdout.splitlines()]
+    assert [line["event"] for line in lines][-3:] == ["hangup_sent", "bot_ended", "ended"]
+    assert lines[-3]["by"] == "signal"
+    assert lines[-1]["bot_result"]["outcome"] == "completed"
+    assert bot.sessions[0].stopped
 
 
 async def test_unreachable_bot_ends_the_call_as_bot_failed(tmp_path: Path) -> None:
