@@ -63,4 +63,10 @@ def create_app(settings: Settings, pool: asyncpg.Pool) -> web.Application:
         live,
     ):
         app.router.add_routes(module.routes)
+    app[live.PROGRESS_HUB] = hub = live.ProgressHub(pool)
+
+    async def _close_hub(_app: web.Application) -> None:
+        await hub.close()
+
+    app.on_cleanup.append(_close_hub)
     return app

@@ -1,24 +1,86 @@
 """The operators' live view: ``GET /v1/live`` streams the tenant's events (SSE).
 
-Fed from the outbox, which every process writes in the same transaction as
-the change it reports, so one stream shows the work of all workers and
+Two sources. The outbox, which every process writes in the same transaction
+as the change it reports, so one stream shows the work of all workers and
 schedulers, and a reconnecting client resumes where it left off
-(``Last-Event-ID``, or ``?after=``). Events: call.completed,
-record.completed, list.completed, workflow.status_changed,
-recording.available.
+(``Last-Event-ID``, or ``?after=``): call.completed, record.completed,
+list.completed, workflow.status_changed, recording.available. And call
+progress (call.dialing, call.ringing, call.answered, call.amd), heard as
+PostgreSQL notifications (``dialer.progress``) through one listening
+connection per API process: moment-to-moment, without an id, not replayed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import uuid
+from typing import Any
 
+import asyncpg
 from aiohttp import web
 
 from api.context import POOL, bearer_tenant, check_query
 from api.errors import ApiError
 from dialer import jsonutil
+from dialer.progress import CHANNEL, parse_progress
 
-__all__ = ["routes"]
+__all__ = ["PROGRESS_HUB", "ProgressHub", "routes"]
+
+log = logging.getLogger(__name__)
+# Progress a slow viewer has not read yet is dropped past this, not buffered forever.
+VIEWER_BACKLOG = 1000
+
+
+class ProgressHub:
+    """One LISTEN connection per process, fanned out to each viewer's queue by tenant."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._viewers: dict[str, set[asyncio.Queue[tuple[str, dict[str, Any]]]]] = {}
+        self._conn: Any = None
+        self._lock = asyncio.Lock()
+
+    async def _ensure_listening(self) -> None:
+        async with self._lock:
+            if self._conn is not None and not self._conn.is_closed():
+                return
+            self._conn = await self.pool.acquire()
+            await self._conn.add_listener(CHANNEL, self._heard)
+
+    def _heard(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        message = parse_progress(payload)
+        if message is None:
+            return
+        tenant, kind, data = message
+        for queue in self._viewers.get(tenant, ()):
+            if queue.qsize() < VIEWER_BACKLOG:
+                queue.put_nowait((kind, data))
+
+    async def subscribe(self, tenant: uuid.UUID) -> asyncio.Queue[tuple[str, dict[str, Any]]]:
+        await self._ensure_listening()
+        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._viewers.setdefault(str(tenant), set()).add(queue)
+        return queue
+
+    def unsubscribe(self, tenant: uuid.UUID, queue: asyncio.Queue[Any]) -> None:
+        viewers = self._viewers.get(str(tenant))
+        if viewers is not None:
+            viewers.discard(queue)
+            if not viewers:
+                del self._viewers[str(tenant)]
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.remove_listener(CHANNEL, self._heard)
+            with contextlib.suppress(Exception):
+                await self.pool.release(self._conn)
+            self._conn = None
+
+
+PROGRESS_HUB = web.AppKey("progress_hub", ProgressHub)
 
 routes = web.RouteTableDef()
 
@@ -57,6 +119,8 @@ async def live(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     await response.write(b": live\n\n")
+    hub = request.app.get(PROGRESS_HUB)
+    progress = await hub.subscribe(tenant) if hub is not None else None
     quiet = 0.0
     try:
         while True:
@@ -82,7 +146,23 @@ async def live(request: web.Request) -> web.StreamResponse:
                 if quiet >= HEARTBEAT_S:
                     await response.write(b": heartbeat\n\n")
                     quiet = 0.0
-            await asyncio.sleep(POLL_S)
+            if progress is None:
+                await asyncio.sleep(POLL_S)
+                continue
+            # Wait for progress until the next outbox poll, writing it as it comes.
+            deadline = asyncio.get_running_loop().time() + POLL_S
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        kind, data = await progress.get()
+                except TimeoutError:
+                    break
+                body = jsonutil.dumps({"type": kind, "data": data})
+                await response.write(f"event: {kind}\ndata: {body}\n\n".encode())
+                quiet = 0.0
     except ConnectionResetError:  # the viewer went away
         pass
+    finally:
+        if hub is not None and progress is not None:
+            hub.unsubscribe(tenant, progress)
     return response

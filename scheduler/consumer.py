@@ -21,6 +21,7 @@ from dialer.bus import Broker, Delivery, Subscription
 from dialer.ids import new_id
 from dialer.messages import CallEvent, MessageError
 from dialer.outbox import write_event
+from dialer.progress import notify_progress
 from scheduler.steps import RECORD_COLUMNS, GraphCache, apply_step, context_for, record_zone
 
 __all__ = ["EventConsumer", "call_completed_payload"]
@@ -62,6 +63,22 @@ def call_completed_payload(
         "bot_result": call["bot_result"],
         "media_stats": call["media_stats"],
     }
+
+
+async def _progress(
+    conn: asyncpg.Connection, call: asyncpg.Record, event: CallEvent, **extra: Any
+) -> None:
+    """Tell live viewers, on commit, how the call is going."""
+    data = {
+        "call_id": str(call["id"]),
+        "record_id": str(call["record_id"]),
+        "workflow_id": str(call["workflow_id"]),
+        "phone": call["phone_e164"],
+        "attempt": call["attempt"],
+        "at": event.at,
+        **extra,
+    }
+    await notify_progress(conn, call["tenant_id"], f"call.{event.kind}", data)
 
 
 class EventConsumer:
@@ -113,6 +130,7 @@ class EventConsumer:
                     call["id"],
                     event.data.get("verdict"),
                 )
+                await _progress(conn, call, event, verdict=event.data.get("verdict"))
             elif event.kind in _STAMPS and _ORDER[_STATES[event.kind]] > _ORDER[call["state"]]:
                 await conn.execute(
                     f"""UPDATE calls SET state = $2,
@@ -123,6 +141,7 @@ class EventConsumer:
                     _STATES[event.kind],
                     event.at,
                 )
+                await _progress(conn, call, event)
 
     async def _ended(
         self, conn: asyncpg.Connection, call: asyncpg.Record, event: CallEvent

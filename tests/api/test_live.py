@@ -60,3 +60,51 @@ async def test_live_streams_own_events_and_resumes(
     again.close()
     bad = await client.get("/v1/live?after=x", headers=tenant.auth)
     assert bad.status == 422
+
+
+async def test_call_progress_reaches_the_viewer_of_its_tenant_only(
+    client: TestClient, tenant: Tenant, other_tenant: Tenant, pool
+) -> None:
+    from dialer.ids import new_id
+    from dialer.messages import CallEvent
+    from dialer.progress import notify_progress
+    from scheduler.consumer import EventConsumer
+    from tests.api.helpers import make_workflow, ref_record
+
+    wf = await make_workflow(client, tenant.auth)
+    made = await client.post(
+        "/v1/records",
+        json={"workflow_key": wf["workflow_key"], **ref_record()},
+        headers=tenant.auth,
+    )
+    record_id = (await made.json())["record_id"]
+    call_id = new_id()
+    await pool.execute(
+        """INSERT INTO calls (id, tenant_id, record_id, workflow_id, phone_e164, state)
+           VALUES ($1, $2, $3::uuid, $4::uuid, '+12125550123', 'dialing')""",
+        call_id,
+        tenant.id,
+        record_id,
+        wf["id"],
+    )
+
+    def _event(call_id, record_id, tenant, wf, kind: str, at: float) -> CallEvent:
+        return CallEvent(str(call_id), record_id, str(tenant.id), wf["id"], kind, at, "w1")
+
+    mine = await client.get("/v1/live", headers=tenant.auth)
+    theirs = await client.get("/v1/live", headers=other_tenant.auth)
+    await asyncio.sleep(0.3)  # both viewers are listening
+    consumer = EventConsumer(pool, broker=None)  # type: ignore[arg-type]
+    await consumer.handle(_event(call_id, record_id, tenant, wf, "ringing", 1_800_000_000.0))
+    event = await _next_event(mine)
+    assert event["event"] == "call.ringing" and "id" not in event  # not replayable
+    assert f'"call_id":"{call_id}"' in event["data"] and '"phone":"+12125550123"' in event["data"]
+    # A progress event out of order (dialing after ringing) changes nothing and says nothing.
+    await consumer.handle(_event(call_id, record_id, tenant, wf, "dialing", 1_800_000_001.0))
+    async with pool.acquire() as conn:  # a notification of another tenant's call
+        await notify_progress(conn, other_tenant.id, "call.answered", {"call_id": "x"})
+    await consumer.handle(_event(call_id, record_id, tenant, wf, "answered", 1_800_000_002.0))
+    assert (await _next_event(mine))["event"] == "call.answered"
+    assert (await _next_event(theirs))["data"] == '{"type":"call.answered","data":{"call_id":"x"}}'
+    mine.close()
+    theirs.close()
