@@ -23,7 +23,7 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp import web
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from api.ingest import insert_records
 from api.notifier import AddressGuard
@@ -40,7 +40,11 @@ from scheduler.engine import Scheduler
 from tests.conftest import Tenant, make_tenant
 from tests.scheduler.test_engine import NOON, Clock, FakeWorker
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    # Our aiosmtpd asks for AUTH without TLS, on loopback, to check the credentials pass.
+    pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS"),
+]
 
 FAST = RunnerConfig(
     policy=ActionPolicy(max_attempts=3, retry_delays_s=(0.05, 0.05)),
@@ -100,14 +104,33 @@ class Mailbox:
         return "250 OK queued"
 
 
+def _authenticator(
+    server: Any, session: Any, envelope: Any, mechanism: str, data: Any
+) -> AuthResult:
+    ok = isinstance(data, LoginPassword) and (data.login, data.password) == (b"dialer", b"p@ss")
+    return AuthResult(success=ok)
+
+
 @pytest.fixture
 async def smtp() -> AsyncIterator[tuple[Mailbox, SmtpServer]]:
+    """aiosmtpd on loopback, taking mail only after AUTH (plain text here: no TLS on loopback)."""
     box = Mailbox()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: SMTP(box, hostname="mx.test"), "127.0.0.1", 0)
+    server = await loop.create_server(
+        lambda: SMTP(
+            box,
+            hostname="mx.test",
+            auth_required=True,
+            auth_require_tls=False,
+            authenticator=_authenticator,
+        ),
+        "127.0.0.1",
+        0,
+    )
     port = server.sockets[0].getsockname()[1]
     try:
-        yield box, SmtpServer("127.0.0.1", port, start_tls=False)
+        # As DIALER_SMTP_URL=smtp://dialer:p%40ss@127.0.0.1:PORT?starttls=off would give it.
+        yield box, SmtpServer.parse(f"smtp://dialer:p%40ss@127.0.0.1:{port}?starttls=off")
     finally:
         server.close()
         await server.wait_closed()
