@@ -174,6 +174,8 @@ def _context_body(context: Context, extra: Mapping[str, Any]) -> dict[str, Any]:
 def _recipients(raw: str) -> list[str]:
     found = []
     for _, address in email.utils.getaddresses([raw]):
+        if not address.strip():
+            continue  # an empty item: a template whose value was missing
         local, at, domain = address.rpartition("@")
         if not at or not local or "." not in domain or any(c.isspace() for c in address):
             raise ActionError(f"{address or raw!r} is not an email address")

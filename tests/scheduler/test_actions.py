@@ -126,6 +126,8 @@ def test_render_email_recipient_rules() -> None:
         {**node, "to": "{{meta.crm_id}}@crm.example.com, b@example.org"}, CONTEXT, phone_e164="+1"
     )
     assert named["to"] == ["42@crm.example.com", "b@example.org"]
+    gap = render_action({**node, "to": "{{meta.none}}, b@example.org"}, CONTEXT, phone_e164="+1")
+    assert gap["to"] == ["b@example.org"]
     with pytest.raises(ActionError, match="no email recipient"):
         render_action(node, Context(record={"first_name": "X"}), phone_e164="+1")
     with pytest.raises(ActionError, match="not an email address"):
