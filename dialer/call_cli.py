@@ -458,11 +458,12 @@ async def _converse(
 
 
 def _redacted(url: str) -> str:
-    # A URL's userinfo may carry a password: never print it.
+    # A URL's userinfo or query may carry a secret (a password, ?token=): never print them.
     scheme, sep, rest = url.partition("://")
     authority, slash, path = rest.partition("/")
     host = authority.rpartition("@")[2]
-    return f"{scheme}{sep}{host}{slash}{path}"
+    path, question, _ = path.partition("?")
+    return f"{scheme}{sep}{host}{slash}{path}{'?...' if question else ''}"
 
 
 def _bot_result(result: VoicebotResult) -> dict[str, object]:
