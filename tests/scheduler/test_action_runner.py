@@ -453,13 +453,13 @@ async def test_lease_runs_out_and_another_runner_takes_the_action(
     workflow = await _workflow(pool, tenant, SMS_ONLY)
     record_id = await _record(pool, tenant, workflow)
     await Scheduler(pool, MemoryBroker("unused"), tenant_ids=[tenant.id]).tick()
-    short = RunnerConfig(total_timeout_s=0.5, lease_margin_s=0.5, poll_interval_s=0.05)
+    short = RunnerConfig(total_timeout_s=0.75, lease_margin_s=0.75, poll_interval_s=0.05)
     gateways = Gateways(sms=SmsGateway(f"{receiver.url}/sms"))
     dead = _runner(pool, tenant, gateways, config=short, name="dead")
     (claim,) = await dead._claim(10)  # claimed, then the process "dies" before sending
     async with _runner(pool, tenant, gateways, config=short, name="alive") as alive:
         assert await alive.run_once() == 0  # still leased
-        await asyncio.sleep(1.2)  # the lease (1 s) runs out
+        await asyncio.sleep(1.7)  # the lease (1.5 s) runs out
         assert await alive.run_once() == 1
     assert len(receiver.hits["/sms"]) == 1
     action = await pool.fetchrow("SELECT * FROM actions WHERE record_id = $1", record_id)
