@@ -12,8 +12,9 @@ seconds since the command started::
 With ``--bot ws://...`` the answered call is streamed to that voicebot (the
 Twilio Media Streams format, as a workflow's voicebot handler does) until
 the bot or the callee hangs up; the lines then also say when the bot is
-being reached, each key the callee pressed, who asked for the hang-up, and
-the bot's outcome and result::
+being reached, each key the callee pressed, who asked for the hang-up, the
+bot's outcome and result, and a transfer the bot asked for (carried out as a
+worker does: REFER, else a bridged call)::
 
     {"event": "bot_connecting", "t": 2.03, "url": "ws://127.0.0.1:8765/"}
     {"event": "dtmf", "t": 5.12, "digit": "1", "via": "rtp"}
@@ -63,6 +64,7 @@ from dialer.trunk import TrunkConfig, parse_trunk_uri
 from dialer.user_agent import LOOPBACK, CallHandle, RequestPolicy, UserAgent, UserAgentOptions
 
 if TYPE_CHECKING:
+    from dialer.transfer import TransferReport
     from media.voicebot import VoicebotResult
 
 __all__ = ["add_parser", "main", "run"]
@@ -330,10 +332,11 @@ async def _call(
         )
         answered = await handle.answered()
         bot: Any = None
+        transfer: Any = None
         if answered is not None:
             with _on_signals(lambda: _hang_up(handle, narrator, "signal")):
                 if args.bot is not None and media is not None:
-                    bot = await _converse(handle, media, args, narrator)
+                    bot, transfer = await _converse(agent, handle, media, args, narrator)
                 else:
                     await _stay(handle, media, args, narrator)
         result = await handle.ended()
@@ -341,9 +344,13 @@ async def _call(
         extra: dict[str, object] = {}
         if args.bot is not None:
             extra["bot_result"] = None if bot is None else _bot_result(bot)
+            # As a workflow's call node reports them.
             if failed and result.answered_at is not None:
-                # As a workflow's call node reports it.
                 extra["disposition"] = "bot_failed"
+            if transfer is not None:
+                extra["transfer"] = transfer.as_dict()
+                if transfer.outcome in ("referred", "bridged"):
+                    extra["disposition"] = "transferred"
         narrator.end(result, **extra)
         return 0 if result.answered_at is not None and not failed else 1
     finally:
@@ -390,8 +397,12 @@ async def _stay(
 
 
 async def _converse(
-    handle: CallHandle, media: _Media, args: argparse.Namespace, narrator: _Narrator
-) -> VoicebotResult:
+    agent: UserAgent,
+    handle: CallHandle,
+    media: _Media,
+    args: argparse.Namespace,
+    narrator: _Narrator,
+) -> tuple[VoicebotResult, TransferReport | None]:
     """Stream the answered call to ``--bot`` until the bot, the callee or ``--duration`` ends it."""
     from media.voicebot import VoicebotCall, VoicebotConfig, VoicebotStream, new_sid, run_voicebot
 
@@ -451,10 +462,35 @@ async def _converse(
         if not ended.done():
             ended.cancel()
     narrator.emit("bot_ended", loop.time(), **_bot_result(result))
+    transfer = None
+    if result.outcome == "transferred" and result.transfer_target and handle.result is None:
+        transfer = await _transfer(agent, handle, media, result.transfer_target, narrator)
     if handle.result is None:
         # The bot could not be reached, or its stream ended without a hang-up.
         _hang_up(handle, narrator, "us", outcome=str(result.outcome))
-    return result
+    return result, transfer
+
+
+async def _transfer(
+    agent: UserAgent, handle: CallHandle, media: _Media, target: str, narrator: _Narrator
+) -> TransferReport:
+    """Carry out the bot's transfer as a worker does: REFER, else call the target and bridge."""
+    from dialer.transfer import TransferConfig, transfer_call
+
+    loop = asyncio.get_running_loop()
+    narrator.emit("transfer_started", loop.time(), target=target)
+    report = await transfer_call(
+        agent,
+        handle,
+        media.session,
+        target,
+        config=TransferConfig(),
+        rtp_host=media.host,
+        ports=media.allocator,
+        session_config=media.session.config,
+    )
+    narrator.emit("transfer", loop.time(), **report.as_dict())
+    return report
 
 
 def _redacted(url: str) -> str:
@@ -494,6 +530,8 @@ class _Media:
         self.session: Any = None
         self.recorder: Any = None
         self.playback: Any = None  # the bot's audio, with --bot
+        self.allocator: Any = None
+        self.host = ""
         self.play_s: float | None = None
 
     async def open(self, host: str) -> LocalMedia:
@@ -513,6 +551,7 @@ class _Media:
         if self.args.record is not None:
             self.recorder = CallRecorder(self.args.record)
         allocator = PortAllocator(self.settings.rtp_port_min, self.settings.rtp_port_max)
+        self.allocator, self.host = allocator, host  # a bridged transfer's leg takes ports too
         ports = bind_pair(allocator, host)
         self.session = await RtpSession.create(ports, source=source, recorder=self.recorder)
         return LocalMedia(host, ports.rtp_port)

@@ -17,7 +17,8 @@ import pytest
 from aiohttp import web
 
 from media.bots import EchoBot, Script, ScriptedBot, serve_bot
-from tests.integration.botcall import ROOT, dialer_call, start_callee
+from media.streams import BotTransfer
+from tests.integration.botcall import ROOT, Heard, ProbeBot, dialer_call, start_callee
 from tests.integration.peers import free_port, require
 from tests.media.test_sipp_rtp import PCAP_DIR, dtmf_pcap
 
@@ -178,6 +179,36 @@ async def test_interrupt_hangs_up_first(tmp_path: Path) -> None:
     assert lines[-3]["by"] == "signal"
     assert lines[-1]["bot_result"]["outcome"] == "completed"
     assert bot.sessions[0].stopped
+
+
+async def test_bot_transfer_is_carried_out_by_refer(tmp_path: Path) -> None:
+    target = f"sip:agent@127.0.0.1:{free_port()}"
+
+    async def script(ws: web.WebSocketResponse, heard: Heard) -> None:
+        await ws.send_str(BotTransfer(target).serialize(heard.session.stream_sid).decode())
+
+    bot = ProbeBot(script)
+    server = await serve_bot(bot.handle)
+    sipp = await start_callee("uas_refer_accept.xml", tmp_path)
+    try:
+        output = await dialer_call("1000", "--trunk", sipp.uri, *LISTEN, "--bot", server.url)
+        assert await sipp.finish() == 0, sipp.errors()
+    finally:
+        sipp.kill()
+        await server.close()
+    assert output.returncode == 0, output.stderr
+    assert output.events()[-4:] == ["bot_ended", "transfer_started", "transfer", "ended"]
+    assert output.first("bot_ended")["outcome"] == "transferred"
+    transfer = output.first("transfer")
+    assert (transfer["target"], transfer["outcome"], transfer["refer_status"]) == (
+        target,
+        "referred",
+        200,
+    )
+    ended = output.first("ended")
+    assert ended["disposition"] == "transferred"
+    assert ended["transfer"]["outcome"] == "referred"
+    assert bot.heard.session.stopped
 
 
 async def test_unreachable_bot_ends_the_call_as_bot_failed(tmp_path: Path) -> None:
