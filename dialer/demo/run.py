@@ -176,6 +176,7 @@ class DemoReport:
     records: list[RecordResult] = field(default_factory=list)
     recordings: list[tuple[str, float]] = field(default_factory=list)  # path, seconds
     sinks: Sinks | None = None
+    calls_by_worker: Counter[str] = field(default_factory=Counter)
 
     def by_behaviour(self) -> list[tuple[str, str]]:
         ended: dict[str, Counter[str]] = {}
@@ -387,6 +388,16 @@ async def _drive(
         records=await _record_results(pool, tenant_id, people),
         recordings=recordings,
         sinks=sinks,
+        calls_by_worker=Counter(
+            {
+                r["worker_id"]: r["n"]
+                for r in await pool.fetch(
+                    """SELECT coalesce(worker_id, '') AS worker_id, count(*) AS n FROM calls
+                       WHERE tenant_id = $1 GROUP BY 1""",
+                    tenant_id,
+                )
+            }
+        ),
     )
     console.print(summary(snapshot, report.by_behaviour(), problems))
     if recordings:
