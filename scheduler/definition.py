@@ -48,6 +48,7 @@ CALL_OUTCOMES = (
     "bot_failed",
     "worker_lost",
     "abandoned",
+    "transferred",
 )
 NODE_OUTCOMES: dict[str, tuple[str, ...]] = {
     "call": CALL_OUTCOMES,

@@ -41,7 +41,9 @@ _MISSING = object()
 _TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*\}\}")
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 # Outcomes that also take the edge of a broader one when they have none of their own.
-_BROADER = {"human": "answered"}
+# An outcome with no edge of its own takes its broader outcome's edge: a call a
+# person answered, or one the bot transferred, was answered.
+_BROADER = {"human": "answered", "transferred": "answered"}
 MAX_INLINE_STEPS = 50
 
 

@@ -138,6 +138,7 @@ def test_start_is_the_call() -> None:
     ("disposition", "attempts", "result_answer", "expected"),
     [
         ("human", 1, "yes", RunNode),  # human takes the answered edge, branch true -> sms
+        ("transferred", 1, "yes", RunNode),  # so does a call the bot transferred
         ("answered", 1, "no", WaitUntil),  # branch false -> wait an hour
         ("busy", 1, None, RetryCall),  # retry rule, no edge of its own
         ("busy", 3, None, Finish),  # attempts exhausted, no edge -> completed
