@@ -163,6 +163,7 @@ class RunResult:
     packets_sent: int
     packets_received: int
     cpu_fraction: float
+    cpu_us_per_packet: float  # worker CPU per packet sent or received: the load-free figure
     frames_skipped: int
     record_write_us: float  # mean time of one chunk write to disk
     recorded_mib: float
@@ -180,6 +181,7 @@ def _worker_main(
     warmup_s: float,
     record_dir: str,
     result_queue: mp.Queue,
+    shared_clock: bool = True,
 ) -> None:
     _pin({WORKER_CORE})
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -190,7 +192,9 @@ def _worker_main(
     asyncio.set_event_loop(loop)
     try:
         result = loop.run_until_complete(
-            _run_calls(loop_kind, calls, peer_ports, duration_s, warmup_s, Path(record_dir))
+            _run_calls(
+                loop_kind, calls, peer_ports, duration_s, warmup_s, Path(record_dir), shared_clock
+            )
         )
         result_queue.put(asdict(result))
     finally:
@@ -204,12 +208,14 @@ async def _run_calls(
     duration_s: float,
     warmup_s: float,
     record_dir: Path,
+    shared_clock: bool = True,
 ) -> RunResult:
     from media import recording
     from media.clock import LatenessHistogram
     from media.playback import prompt_from_samples
     from media.ports import PortAllocator, bind_pair
     from media.session import MediaParams, RtpSession, SessionConfig
+    from media.ticker import FrameTicker
 
     loop = asyncio.get_running_loop()
     rng = random.Random(7)
@@ -233,6 +239,8 @@ async def _run_calls(
 
     allocator = PortAllocator(20000, 39999, start_port=20000 + 2 * rng.randrange(5000))
     config = SessionConfig(media_timeout_s=None)
+    # One clock for all the calls, as a worker runs them; or a timer per call.
+    ticker = FrameTicker(loop) if shared_clock else None
     sessions: list[RtpSession] = []
     recorders = []
     for i in range(calls):
@@ -243,6 +251,7 @@ async def _run_calls(
             source=_LoopSource(prompt, rng.randrange(100)),
             recorder=recorder,
             rng=rng,
+            ticker=ticker,
         )
         sessions.append(session)
         recorders.append(recorder)
@@ -284,6 +293,8 @@ async def _run_calls(
     skipped = sum(s.stats().frames_skipped for s in sessions) - skipped_before
     for session in sessions:
         session.close()
+    if ticker is not None:
+        ticker.close()
     recorded = 0
     for recorder in recorders:
         recorded += recorder.close_sync().size_bytes
@@ -297,6 +308,7 @@ async def _run_calls(
         packets_sent=sent,
         packets_received=received,
         cpu_fraction=cpu / wall,
+        cpu_us_per_packet=cpu / max(1, sent + received) * 1e6,
         frames_skipped=skipped,
         record_write_us=statistics.fmean(write_times) * 1e6 if write_times else 0.0,
         recorded_mib=recorded / 2**20,
@@ -304,14 +316,28 @@ async def _run_calls(
 
 
 def run_once(
-    loop_kind: str, calls: int, peer_ports: list[int], duration_s: float, warmup_s: float
+    loop_kind: str,
+    calls: int,
+    peer_ports: list[int],
+    duration_s: float,
+    warmup_s: float,
+    shared_clock: bool = True,
 ) -> RunResult:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     with tempfile.TemporaryDirectory(prefix="media-bench-") as record_dir:
         process = ctx.Process(
             target=_worker_main,
-            args=(loop_kind, calls, peer_ports, duration_s, warmup_s, record_dir, queue),
+            args=(
+                loop_kind,
+                calls,
+                peer_ports,
+                duration_s,
+                warmup_s,
+                record_dir,
+                queue,
+                shared_clock,
+            ),
         )
         process.start()
         try:
@@ -325,13 +351,14 @@ def run_median(
     loop_kind: str, calls: int, peer_ports: list[int], args: argparse.Namespace
 ) -> RunResult:
     runs = [
-        run_once(loop_kind, calls, peer_ports, args.duration, args.warmup)
+        run_once(loop_kind, calls, peer_ports, args.duration, args.warmup, not args.per_call_timers)
         for _ in range(args.repeats)
     ]
     by_lateness = sorted(runs, key=lambda r: r.lateness_p99_ms)
     median = by_lateness[len(runs) // 2]
     median.loss = statistics.median(r.loss for r in runs)
     median.cpu_fraction = statistics.median(r.cpu_fraction for r in runs)
+    median.cpu_us_per_packet = statistics.median(r.cpu_us_per_packet for r in runs)
     median.lateness_max_ms = statistics.median(r.lateness_max_ms for r in runs)
     return median
 
@@ -341,7 +368,8 @@ def _line(result: RunResult) -> str:
     return (
         f"  {result.loop:8} N={result.calls:5}  loss {result.loss * 100:7.3f} %  "
         f"p99 late {result.lateness_p99_ms:6.1f} ms (max {result.lateness_max_ms:6.1f})  "
-        f"cpu {result.cpu_fraction * 100:5.1f} %  skipped {result.frames_skipped:6}  "
+        f"cpu {result.cpu_fraction * 100:5.1f} % ({result.cpu_us_per_packet:4.1f} us/packet)  "
+        f"skipped {result.frames_skipped:6}  "
         f"chunk write {result.record_write_us:5.0f} us  {verdict}"
     )
 
@@ -504,6 +532,11 @@ def main() -> None:
     parser.add_argument("--peers", type=int, default=1, help="echo processes")
     parser.add_argument("--calls", type=int, default=0, help="run this N only (no search)")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--per-call-timers",
+        action="store_true",
+        help="a timer per call instead of one shared FrameTicker (for comparison)",
+    )
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = parser.parse_args()
 

@@ -154,6 +154,8 @@ class JitterBuffer:
         self.timestamp: int | None = None
         self._ssrc: int | None = None
         self._packet_samples = self._samples  # duration of the latest packet
+        self._over_samples = 0
+        self._set_thresholds()
         self._reset_stream()
 
     def _reset_stream(self) -> None:
@@ -245,7 +247,22 @@ class JitterBuffer:
                 return PutResult.LATE
 
         if highest is None or extended > highest:
-            self._observe_jitter(timestamp, arrival, count)
+            # RFC 3550 A.8's estimator, in ms: transit-time change between
+            # packets in sequence, smoothed with gain 1/16.
+            last_arrival = self._last_arrival
+            if last_arrival is not None:
+                change_ms = (arrival - last_arrival) * 1000 - (
+                    ((timestamp - self._last_timestamp + 0x80000000) & _TS_MASK) - 0x80000000
+                ) / self._samples_per_ms
+                if change_ms < 0:
+                    change_ms = -change_ms
+                self.jitter_ms += (change_ms - self.jitter_ms) / 16
+            self._last_arrival = arrival
+            self._last_timestamp = timestamp
+            if count != self._packet_samples and count:
+                self._packet_samples = count
+                self._set_thresholds()
+            self._adapt(arrival)
             self._highest = extended
             self._highest_end = (timestamp + count) & _TS_MASK
         buffer[extended] = (timestamp, samples, arrival)
@@ -265,32 +282,38 @@ class JitterBuffer:
                 self._current = None
                 self._next_ts = None  # the next packet held sets the cursor
 
-    def _observe_jitter(self, timestamp: int, arrival: float, count: int) -> None:
+    def _adapt(self, now: float) -> None:
         config = self.config
-        if self._last_arrival is not None:
-            # RFC 3550 A.8's estimator, in ms: transit-time change between
-            # packets in sequence, smoothed with gain 1/16.
-            transit_change_ms = (arrival - self._last_arrival) * 1000 - ts_diff(
-                timestamp, self._last_timestamp
-            ) / self._samples_per_ms
-            self.jitter_ms += (abs(transit_change_ms) - self.jitter_ms) / 16
-        self._last_arrival = arrival
-        self._last_timestamp = timestamp
-        if count != self._packet_samples and count:
-            self._packet_samples = count
-        # Adapt the target delay.
-        packet_ms = max(config.frame_ms, count / self._samples_per_ms)
-        need = packet_ms + config.jitter_factor * self.jitter_ms
-        need = math.ceil(need / config.frame_ms) * config.frame_ms
-        need = float(min(config.max_delay_ms, max(config.min_delay_ms, need)))
+        frame_ms = config.frame_ms
+        packet_ms = self._packet_samples / self._samples_per_ms
+        need = (packet_ms if packet_ms > frame_ms else frame_ms) + (
+            config.jitter_factor * self.jitter_ms
+        )
+        need = float(math.ceil(need / frame_ms) * frame_ms)
+        if need > config.max_delay_ms:
+            need = float(config.max_delay_ms)
+        if need < config.min_delay_ms:
+            need = float(config.min_delay_ms)
         if need >= self.target_delay_ms:
-            self.target_delay_ms = need  # grow at once: underruns are audible
+            if need != self.target_delay_ms:
+                self.target_delay_ms = need  # grow at once: underruns are audible
+                self._set_thresholds()
             self._lower_need_since = None
         elif self._lower_need_since is None:
-            self._lower_need_since = arrival
-        elif arrival - self._lower_need_since >= config.shrink_after_s:
-            self.target_delay_ms -= config.frame_ms  # shrink by one frame at a time
-            self._lower_need_since = arrival
+            self._lower_need_since = now
+        elif now - self._lower_need_since >= config.shrink_after_s:
+            self.target_delay_ms -= frame_ms  # shrink by one frame at a time
+            self._set_thresholds()
+            self._lower_need_since = now
+
+    def _set_thresholds(self) -> None:
+        # The span ahead of the cursor past which the delay is looked at (in
+        # samples): over the target by more than a packet and a frame, or
+        # over the maximum delay.
+        config = self.config
+        packet_ms = max(self.ptime_ms, config.frame_ms)
+        over_ms = self.target_delay_ms + packet_ms + config.frame_ms
+        self._over_samples = int(min(over_ms, config.max_delay_ms) * self._samples_per_ms)
 
     # -- output ----------------------------------------------------------------------
 
@@ -305,7 +328,13 @@ class JitterBuffer:
         ``timestamp`` tell about them."""
         if not self._playing and not self._start_playout(now):
             return self._conceal()
-        self._bound_delay(now)
+        next_ts = self._next_ts
+        if next_ts is not None and (
+            self._over_target_since is not None
+            or ((self._highest_end - next_ts + 0x80000000) & _TS_MASK) - 0x80000000
+            > self._over_samples
+        ):
+            self._bound_delay(now)
         if self._current is None:
             # The common case: the next packet is one frame long and starts at the cursor.
             entry = self._buffer.get(self._next)  # type: ignore[arg-type]

@@ -37,6 +37,7 @@ RTP_VERSION = 2
 RTP_HEADER_SIZE = 12
 
 _HEADER = struct.Struct("!BBHII")
+_pack_header = _HEADER.pack
 _EXTENSION_HEADER = struct.Struct("!HH")
 _CSRC = struct.Struct("!I")
 
@@ -291,17 +292,17 @@ class RtpSender:
 
     def packet(self, payload: bytes) -> bytes:
         """Return the packet for the next frame and step one frame."""
-        data = pack_rtp(
-            self.payload_type,
-            self.sequence_number,
-            self.timestamp,
-            self.ssrc,
-            payload,
-            self._talkspurt_start,
-        )
-        self._talkspurt_start = False
-        self.sequence_number = (self.sequence_number + 1) & 0xFFFF
-        self.timestamp = (self.timestamp + self.samples_per_frame) & 0xFFFFFFFF
+        sequence_number = self.sequence_number
+        timestamp = self.timestamp
+        # pack_rtp, inline: this runs for every packet of every call.
+        if self._talkspurt_start:
+            self._talkspurt_start = False
+            second = 0x80 | self.payload_type
+        else:
+            second = self.payload_type
+        data = _pack_header(0x80, second, sequence_number, timestamp, self.ssrc) + payload
+        self.sequence_number = (sequence_number + 1) & 0xFFFF
+        self.timestamp = (timestamp + self.samples_per_frame) & 0xFFFFFFFF
         self.packet_count += 1
         self.octet_count += len(payload)
         return data

@@ -7,10 +7,14 @@ Rules of this file:
   file feeds it datagrams and deadlines and carries out what it returns.
   It works the same on the default event loop and on uvloop (the
   application chooses the loop).
-- One timer drives the call: frame ``n`` is due at ``origin + n * 20 ms``
-  (``loop.call_at``; see ``media.clock.FramePacer`` for catch-up and skip).
-  Each wake-up sends the frames due and plays out the same number of frames
-  from the jitter buffer, so both legs move on one clock.
+- One clock drives the call: frame ``n`` is due at ``origin + n * 20 ms``
+  (see ``media.clock.FramePacer`` for catch-up and skip). The clock is a
+  ``media.ticker.FrameTicker``: one per worker, shared by its calls, when
+  the application passes one (one timer per 1 ms slot instead of one per
+  call every 20 ms); else the session makes its own. Each wake-up sends the
+  frames due and plays out the same number of frames from the jitter
+  buffer, so both legs move on one clock. The peer may send packets of any
+  duration: the jitter buffer cuts them into 20 ms frames.
 - Symmetric RTP (RFC 4961): we send to the address the SDP gave until the
   peer's first valid packet arrives, then latch to the address it really
   came from (NAT) and drop, and count, packets from anywhere else. RTCP
@@ -21,7 +25,8 @@ Rules of this file:
 - The per-packet path parses only the fixed RTP header (a ``struct``
   unpack) unless CSRCs, an extension or padding are present, logs nothing
   and allocates little.
-- ``close()`` cancels every timer the session owns and closes its sockets.
+- ``close()`` leaves the clock, cancels every timer the session owns and
+  closes its sockets.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ from media.rtcp import (
 )
 from media.rtp import RtpError, RtpPacket, RtpSender
 from media.stats import PacketVerdict, ReceiveStatistics, SendStatistics, estimate_mos
+from media.ticker import FrameTicker
 from media.wav import Leg
 
 __all__ = [
@@ -80,10 +86,13 @@ __all__ = [
 
 MEDIA_TIMEOUT = "media_timeout"
 FRAME_S = 0.020
-_EARLY_S = 0.001
 SAMPLES_PER_FRAME = 160
+_CALLEE = int(Leg.CALLEE)
+_OURS = int(Leg.OURS)
 
 _HEADER = struct.Struct("!BBHII")
+_unpack_header = _HEADER.unpack_from
+_monotonic = time.monotonic
 _ENCODE_TABLES = {PCMU.payload_type: ULAW_ENCODE_TABLE, PCMA.payload_type: ALAW_ENCODE_TABLE}
 _DECODE_TABLES = {PCMU.payload_type: ULAW_DECODE_TABLE, PCMA.payload_type: ALAW_DECODE_TABLE}
 
@@ -98,9 +107,8 @@ def _table_decoder(table: NDArray[np.int16]) -> Callable[[bytes], NDArray[np.int
 
 
 _DECODERS = {pt: _table_decoder(table) for pt, table in _DECODE_TABLES.items()}
-_DROPPED_VERDICTS = frozenset(
-    {PacketVerdict.DUPLICATE, PacketVerdict.OLD_SOURCE, PacketVerdict.BAD_SEQUENCE}
-)
+# A tuple: membership is an identity check (an enum's hash is a Python call).
+_DROPPED_VERDICTS = (PacketVerdict.DUPLICATE, PacketVerdict.OLD_SOURCE, PacketVerdict.BAD_SEQUENCE)
 
 Address = tuple[str, int]
 
@@ -135,7 +143,8 @@ class SessionConfig:
     rtcp_interval_s: float = 5.0
     cname: str = "dialer"
     socket_buffer_bytes: int = 4 * 1024 * 1024
-    # Frames sent back to back after a stall; older ones are skipped.
+    # Frames sent back to back after a stall; older ones are skipped (a
+    # shared FrameTicker has its own setting).
     max_burst_frames: int = 3
     dtmf_duration_ms: int = 100
     dtmf_gap_ms: int = 60
@@ -228,6 +237,7 @@ class RtpSession:
         on_timeout: Callable[[str], None] | None = None,
         rng: random.Random | None = None,
         wall_clock: Callable[[], float] = time.time,
+        ticker: FrameTicker | None = None,
     ) -> None:
         self.ports = ports
         self.config = config or SessionConfig()
@@ -243,7 +253,8 @@ class RtpSession:
         self._rtcp_transport: asyncio.DatagramTransport | None = None
         self._params: MediaParams | None = None
         self._closed = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._ticker = ticker
+        self._own_ticker: FrameTicker | None = None
         self._rtcp_timer: asyncio.TimerHandle | None = None
 
         self.sender = RtpSender(
@@ -355,8 +366,12 @@ class RtpSession:
         self._apply(params)
         now = self._loop.time()
         self._last_rx = now
-        self._pacer = FramePacer(origin=now, max_burst=self.config.max_burst_frames)
-        self._timer = self._loop.call_at(self._pacer.deadline(), self._tick)
+        ticker = self._ticker
+        if ticker is None:
+            ticker = self._own_ticker = FrameTicker(
+                self._loop, slots=1, max_burst=self.config.max_burst_frames, epoch=now
+            )
+        self._pacer = ticker.join(self, now)
         if self.config.rtcp:
             self._schedule_rtcp()
 
@@ -392,10 +407,13 @@ class RtpSession:
         if self._pacer is not None and self.config.rtcp:
             self._send_rtcp(bye=True)
         self._closed = True
-        for handle in (self._timer, self._rtcp_timer):
-            if handle is not None:
-                handle.cancel()
-        self._timer = self._rtcp_timer = None
+        if self._own_ticker is not None:
+            self._own_ticker.close()
+        elif self._ticker is not None:
+            self._ticker.leave(self)
+        if self._rtcp_timer is not None:
+            self._rtcp_timer.cancel()
+        self._rtcp_timer = None
         for transport in (self._rtp_transport, self._rtcp_transport):
             if transport is not None:
                 transport.close()
@@ -416,32 +434,39 @@ class RtpSession:
             self._dtmf_queue.append((digit, duration))
 
     @property
+    def ticking(self) -> bool:
+        """True while the session is on a clock (between ``start`` and ``close``)."""
+        return self.started
+
+    @property
     def dtmf_pending(self) -> int:
         """Digits queued or being sent."""
         return len(self._dtmf_queue) + (self._dtmf_current is not None)
 
-    def _tick(self) -> None:
-        loop = self._loop
+    def on_frames(self, skip: int, send: int, now: float, deadline: float) -> None:
+        """The clock's call: skip ``skip`` frames, then send ``send``; play out as many."""
+        if self._closed:
+            return
         pacer = self._pacer
-        assert loop is not None and pacer is not None
-        now = loop.time()
-        # uvloop's clock counts whole milliseconds, so a timer may fire with
-        # the time read just short of its deadline: a frame due within
-        # _EARLY_S is sent now rather than on one more wake-up.
-        skip, send = pacer.due(now + _EARLY_S)
-        # The next wake-up is booked before any work, so a callback that
-        # raises cannot stop the stream.
-        self._timer = loop.call_at(pacer.origin + pacer.next_index * FRAME_S, self._tick)
-        first = pacer.next_index - skip - send
-        for index in range(first, first + skip):
-            self._skip_frame(index)
+        assert pacer is not None
+        first = pacer.next_index
+        index = first + skip
+        end = index + send
+        pacer.next_index = end
+        pacer.frames_skipped += skip
+        pacer.frames_sent += send
+        for skipped in range(first, index):
+            self._skip_frame(skipped)
+            self._play_frame(skipped, now)
+        origin = pacer.origin
+        while index < end:
+            self._send_frame(index, origin + index * FRAME_S)
             self._play_frame(index, now)
-        for index in range(first + skip, pacer.next_index):
-            self._send_frame(index, pacer.origin + index * FRAME_S)
-            self._play_frame(index, now)
+            index += 1
 
-        for digit in self._dtmf_receiver.poll(now):
-            self._report_dtmf(digit)
+        if self._peer_sends_events:
+            for digit in self._dtmf_receiver.poll(now):
+                self._report_dtmf(digit)
         timeout = self.config.media_timeout_s
         if timeout is not None and not self._timed_out and now - self._last_rx >= timeout:
             self._timed_out = True
@@ -468,7 +493,8 @@ class RtpSession:
             and self._dtmf_frame(index, send=True)
         ):
             return
-        pcm = self.source.read_frame() if self.source is not None else None
+        source = self.source
+        pcm = source.read_frame() if source is not None else None
         if pcm is None:
             if not self.config.send_silence:
                 self.sender.skip(1)
@@ -479,13 +505,17 @@ class RtpSession:
             # media.g711 does, without its argument checks on the hot path.
             payload = self._encode_table.take(pcm.view(np.uint16), out=self._encoded).tobytes()
             if self.recorder is not None:
-                self.recorder.frame(Leg.OURS, index, pcm)
+                self.recorder.frame(_OURS, index, pcm)
         data = self.sender.packet(payload)
         transport = self._rtp_transport
         if transport is not None:
             transport.sendto(data, self.latched or self._send_to)
-        self.send_stats.on_sent(len(data), SAMPLES_PER_FRAME)
-        self.lateness.record(time.monotonic() - deadline)
+        # SendStatistics.on_sent, inline: this runs for every packet of every call.
+        send_stats = self.send_stats
+        send_stats.packets_sent += 1
+        send_stats.bytes_sent += len(data)
+        send_stats.payload_bytes_sent += SAMPLES_PER_FRAME
+        self.lateness.record(_monotonic() - deadline)
 
     def _dtmf_frame(self, index: int, *, send: bool) -> bool:
         """Send this frame's event packets, if a digit is on; True when the frame was one."""
@@ -536,7 +566,7 @@ class RtpSession:
         if size < 12:
             self.dropped_invalid += 1
             return
-        first, second, sequence_number, timestamp, ssrc = _HEADER.unpack_from(data)
+        first, second, sequence_number, timestamp, ssrc = _unpack_header(data)
         if first & 0xC0 != 0x80:
             self.dropped_invalid += 1
             return
@@ -559,9 +589,7 @@ class RtpSession:
         self._last_rx = now
         if self._timed_out:
             self._timed_out = False
-        verdict = self.receive_stats.receive(
-            ssrc=ssrc, sequence_number=sequence_number, timestamp=timestamp, arrival=now, size=size
-        )
+        verdict = self.receive_stats.receive_packet(ssrc, sequence_number, timestamp, now, size)
         if payload_type == self._audio_pt:
             if verdict not in _DROPPED_VERDICTS:
                 self.jitter.put(sequence_number, timestamp, payload, now, ssrc)
@@ -588,15 +616,15 @@ class RtpSession:
     def _play_frame(self, index: int, now: float) -> None:
         if not self._receiving:
             return
-        frame = self.jitter.get(now)
-        samples = frame.samples
+        jitter = self.jitter
+        samples = jitter.next_frame(now)
         if self.on_audio is not None:
             self.on_audio(samples)
-        kind = frame.kind
+        kind = jitter.kind
         if kind is FrameKind.SILENCE:
             return  # a hole the recorder fills with zeros
         if self.recorder is not None:
-            self.recorder.frame(Leg.CALLEE, index, samples)
+            self.recorder.frame(_CALLEE, index, samples)
         if kind is FrameKind.AUDIO and self._detector is not None and not self._peer_sends_events:
             for digit in self._detector.process(samples):
                 self._report_dtmf(digit)

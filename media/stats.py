@@ -21,7 +21,7 @@ import enum
 from dataclasses import dataclass, field
 
 from media.rtcp import ReportBlock, build_report_block
-from media.rtp import seq_diff, ts_diff
+from media.rtp import seq_diff
 
 __all__ = [
     "G711_BPL",
@@ -45,6 +45,7 @@ _SEQ_MOD = 1 << 16
 
 # How far back duplicates are told apart from late packets (a bitmask width).
 _HISTORY = 128
+_HISTORY_MASK = (1 << _HISTORY) - 1
 
 
 class PacketVerdict(enum.Enum):
@@ -61,6 +62,10 @@ class PacketVerdict(enum.Enum):
     def playable(self) -> bool:
         """True when the packet's media should go on to the jitter buffer."""
         return self in (PacketVerdict.ACCEPTED, PacketVerdict.LATE)
+
+
+_ACCEPTED = PacketVerdict.ACCEPTED
+_LATE = PacketVerdict.LATE
 
 
 @dataclass(slots=True)
@@ -104,15 +109,42 @@ class ReceiveStatistics:
         self, *, ssrc: int, sequence_number: int, timestamp: int, arrival: float, size: int
     ) -> PacketVerdict:
         """Account for one RTP packet of ``size`` octets arriving at ``arrival`` seconds."""
+        return self.receive_packet(ssrc, sequence_number, timestamp, arrival, size)
+
+    def receive_packet(
+        self, ssrc: int, sequence_number: int, timestamp: int, arrival: float, size: int
+    ) -> PacketVerdict:
+        """``receive`` with positional arguments: the per-packet path of a session."""
         self.packets_received += 1
         self.bytes_received += size
         if ssrc != self.ssrc:
             if self.ssrc is not None and ssrc == self.previous_ssrc:
                 return PacketVerdict.OLD_SOURCE
             self._new_source(ssrc, sequence_number)
-        verdict = self._update_seq(sequence_number)
-        if verdict in (PacketVerdict.ACCEPTED, PacketVerdict.LATE):
-            self._update_jitter(timestamp, arrival)
+        if not self.probation and sequence_number == (self.max_seq + 1) & 0xFFFF:
+            # The common case, in order (A.1's first branch with udelta == 1), inline.
+            if sequence_number == 0:
+                self.cycles += _SEQ_MOD
+            self.max_seq = sequence_number
+            self._seen_mask = ((self._seen_mask << 1) | 1) & _HISTORY_MASK
+            self.received += 1
+            verdict = _ACCEPTED
+        else:
+            verdict = self._update_seq(sequence_number)
+            if verdict is not _ACCEPTED and verdict is not _LATE:
+                return verdict
+        # A.8 inline: D(i,j) = (Rj - Ri) - (Sj - Si) in timestamp units; J += (|D| - J) / 16.
+        arrival_units = arrival * self.clock_rate
+        last = self._last_arrival_units
+        if last is not None:
+            transit_change = (arrival_units - last) - (
+                ((timestamp - self._last_timestamp + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+            )
+            if transit_change < 0:
+                transit_change = -transit_change
+            self.jitter_units += (transit_change - self.jitter_units) / 16
+        self._last_arrival_units = arrival_units
+        self._last_timestamp = timestamp
         return verdict
 
     def _new_source(self, ssrc: int, seq: int) -> None:
@@ -159,7 +191,7 @@ class ReceiveStatistics:
             if seq < self.max_seq:
                 self.cycles += _SEQ_MOD  # the sequence number wrapped
             self.max_seq = seq
-            self._seen_mask = ((self._seen_mask << udelta) | 1) & ((1 << _HISTORY) - 1)
+            self._seen_mask = ((self._seen_mask << udelta) | 1) & _HISTORY_MASK
             self.received += 1
             return PacketVerdict.ACCEPTED
         if MAX_DROPOUT <= udelta <= _SEQ_MOD - MAX_MISORDER:
@@ -182,18 +214,6 @@ class ReceiveStatistics:
             self._seen_mask |= bit
         self.late += 1
         return PacketVerdict.LATE
-
-    def _update_jitter(self, timestamp: int, arrival: float) -> None:
-        # A.8: D(i,j) = (Rj - Ri) - (Sj - Si) in timestamp units; J += (|D| - J) / 16.
-        # Differences are taken directly so the 32-bit timestamp wrap does no harm.
-        arrival_units = arrival * self.clock_rate
-        if self._last_arrival_units is not None:
-            transit_change = (arrival_units - self._last_arrival_units) - ts_diff(
-                timestamp, self._last_timestamp
-            )
-            self.jitter_units += (abs(transit_change) - self.jitter_units) / 16
-        self._last_arrival_units = arrival_units
-        self._last_timestamp = timestamp
 
     def on_sender_report(self, *, ssrc: int, ntp_timestamp: int, arrival: float) -> None:
         """Remember the source's last SR (for LSR and DLSR in our next report)."""

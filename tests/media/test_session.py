@@ -22,6 +22,7 @@ from media.playback import PlaybackQueue, prompt_from_samples
 from media.ports import PortAllocator, bind_pair
 from media.rtp import pack_rtp
 from media.session import MEDIA_TIMEOUT, MediaParams, RtpSession, SessionConfig
+from media.ticker import FrameTicker
 
 HOST = "127.0.0.1"
 WAIT_S = 5.0
@@ -229,6 +230,33 @@ async def test_a_tone_arrives_with_its_frequency(allocator, codec: G711Codec):
     assert a.stats().frames_skipped == 0
 
 
+async def test_sessions_on_one_shared_clock_exchange_audio(allocator):
+    ticker = FrameTicker(slots=20)
+    sent, heard = Collector(), Collector()
+    queue = PlaybackQueue(on_mark=sent.on_mark)
+    queue.enqueue(prompt_from_samples(tone(700.0, 0.4)))
+    queue.mark("tone")
+    a = await make_session(allocator, sent, source=queue, ticker=ticker)
+    b = await make_session(allocator, heard, ticker=ticker)
+    try:
+        a.start(MediaParams(remote_rtp=(HOST, b.local_rtp_port)))
+        b.start(MediaParams(remote_rtp=(HOST, a.local_rtp_port)))
+        assert ticker.members == 2
+        assert sorted(ticker.slot_sizes())[-2:] == [1, 1]  # two slots, not one
+        await sent.until(lambda: ("tone", True) in sent.marks)
+        await heard.frames_more(10)
+    finally:
+        a.close()
+        b.close()
+    assert ticker.members == 0
+    ticker.close()
+    audio = heard.audio()
+    loud = np.flatnonzero(np.abs(audio) > 2000)
+    assert peak_frequency(audio[loud[0] : loud[-1] + 1]) == pytest.approx(700.0, abs=10.0)
+    assert (loud[-1] - loud[0]) / 8000 == pytest.approx(0.4, abs=0.03)
+    assert b.stats().packets_lost == 0
+
+
 def test_the_same_exchange_on_uvloop(allocator):
     uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed on this platform")
 
@@ -432,7 +460,7 @@ async def test_close_cancels_timers_and_frees_the_ports(allocator):
     a.close()
     a.close()  # idempotent
     assert not allocator.is_held(pair)
-    assert a._timer is None and a._rtcp_timer is None
+    assert not a.ticking and a._rtcp_timer is None
     with pytest.raises(RuntimeError):
         a.start(MediaParams(remote_rtp=(HOST, 9)))
 
