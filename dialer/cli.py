@@ -91,14 +91,22 @@ async def _serve_api(settings: Settings) -> int:
     from aiohttp import web
 
     from api.app import create_app
+    from dialer.call_relay import RelayedCallControl
     from dialer.db import apply_migrations, connect_pool
+    from dialer.stack import mount_call_control
 
     async with database(settings) as url:
         pool = await connect_pool(url, max_size=20)
         try:
             async with pool.acquire() as conn:
                 await apply_migrations(conn)
-            runner = web.AppRunner(create_app(settings, pool), access_log=None)
+            app = create_app(settings, pool)
+            # Bots' Twilio-style hang-ups, relayed to whichever worker holds the call.
+            control = RelayedCallControl(pool)
+            await control.start()
+            mount_call_control(app, pool, control)
+            app.on_cleanup.append(lambda _app: control.close())
+            runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, settings.api_listen.host, settings.api_listen.port)
             await site.start()
@@ -163,6 +171,7 @@ async def _up(settings: Settings) -> int:
 
 async def _run_worker(settings: Settings, capacity: int) -> int:
     from dialer.bus import Broker, make_broker
+    from dialer.call_relay import AnnouncingCallControl
     from dialer.db import apply_migrations, connect_pool
     from dialer.stack import default_trunk, start_worker
 
@@ -190,7 +199,12 @@ async def _run_worker(settings: Settings, capacity: int) -> int:
             async with pool.acquire() as conn:
                 await apply_migrations(conn)
             await broker.start()
-            worker, agent = await start_worker(settings, pool, broker, trunk, capacity=capacity)
+            # Bots may hang up through the API's Twilio-style route: announce our calls.
+            control = AnnouncingCallControl(pool)
+            await control.start()
+            worker, agent = await start_worker(
+                settings, pool, broker, trunk, capacity=capacity, control=control
+            )
             print(f"worker {worker.worker_id} running", file=sys.stderr, flush=True)
             try:
                 await _wait_for_stop(lost)
@@ -199,6 +213,7 @@ async def _run_worker(settings: Settings, capacity: int) -> int:
             finally:
                 await worker.close()
                 await agent.close(grace_s=2.0)
+                await control.close()
         finally:
             await broker.close()
             await pool.close()

@@ -23,7 +23,13 @@ from dialer.trunk import TrunkConfig
 from dialer.user_agent import UserAgent, UserAgentOptions
 from dialer.worker import Worker
 
-__all__ = ["Stack", "action_runner_for", "start_worker", "user_agent_for"]
+__all__ = [
+    "Stack",
+    "action_runner_for",
+    "mount_call_control",
+    "start_worker",
+    "user_agent_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +100,24 @@ async def start_worker(
     return worker, agent
 
 
+def mount_call_control(app: Any, pool: asyncpg.Pool, control: Any) -> None:
+    """Twilio's hang-up call for bots that end calls through the REST API.
+
+    HTTP Basic: the account SID (``AC`` + the tenant id in hex, as the
+    stream's ``start`` gives it) and the tenant's API key as password.
+    ``control`` knows this process's calls and, when it is a
+    ``RelayedCallControl``, those of every worker process.
+    """
+    from dialer.tenants import resolve_api_key
+    from media.voicebot import CALLS_ROUTE, calls_handler
+
+    async def check_auth(account_sid: str, login: str, password: str) -> bool:
+        tenant = await resolve_api_key(pool, password)
+        return tenant is not None and login == account_sid == f"AC{tenant.hex}"
+
+    app.router.add_post(CALLS_ROUTE, calls_handler(control, check_auth=check_auth))
+
+
 @dataclass
 class Stack:
     """Everything ``dialer up`` runs, with one owner that stops it all."""
@@ -144,12 +168,15 @@ class Stack:
             actions = action_runner_for(self.settings, self.pool)
             self.tasks.append(asyncio.get_running_loop().create_task(actions.run(self.stop)))
         if self.trunk is not None:
-            from media.voicebot import CallControl
+            from dialer.call_relay import RelayedCallControl
 
             own_settings = self.settings
             if worker_processes:
                 own_settings = await self._start_worker_processes()
-            self.control = CallControl()
+            # This process's calls, and those the worker processes announce.
+            self.control = RelayedCallControl(self.pool)
+            await self.control.start()
+            self.closers.append(self.control.close)
             worker, agent = await start_worker(
                 own_settings, self.pool, self.broker, self.trunk, control=self.control
             )
@@ -222,19 +249,7 @@ class Stack:
         self.closers.insert(0, runner.cleanup)
 
     def _mount_call_control(self, app: Any) -> None:
-        """Twilio's hang-up call for bots that end calls through the REST API.
-
-        HTTP Basic: the account SID (``AC`` + the tenant id in hex, as the
-        stream's ``start`` gives it) and the tenant's API key as password.
-        """
-        from dialer.tenants import resolve_api_key
-        from media.voicebot import CALLS_ROUTE, calls_handler
-
-        async def check_auth(account_sid: str, login: str, password: str) -> bool:
-            tenant = await resolve_api_key(self.pool, password)
-            return tenant is not None and login == account_sid == f"AC{tenant.hex}"
-
-        app.router.add_post(CALLS_ROUTE, calls_handler(self.control, check_auth=check_auth))
+        mount_call_control(app, self.pool, self.control)
 
     async def close(self) -> None:
         self.stop.set()
