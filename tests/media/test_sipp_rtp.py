@@ -4,8 +4,10 @@ SIPp runs as a UAS with a small scenario written here; the test is the UAC,
 with a hand-written INVITE/ACK/BYE over a plain UDP socket whose SDP points
 SIPp's media at our session. Three calls:
 
-- SIPp plays speech from its own ``g711a.pcap`` (re-packetized to 20 ms
-  frames, see ``twenty_ms_pcap``): it arrives, sample for sample.
+- SIPp plays speech from its own ``g711a.pcap`` (30 ms packets, and the same
+  audio re-cut into 20 ms packets): it arrives, sample for sample.
+- SIPp plays a tone in 30 ms packets into a recorded call: the WAV holds
+  it for its length, at its frequency.
 - SIPp plays its RFC 4733 pcaps (one per key): each digit is reported once.
 - SIPp echoes (``-rtp_echo``) what we send: it comes back intact.
 """
@@ -18,6 +20,7 @@ import shutil
 import socket
 import struct
 import uuid
+import wave
 from collections.abc import Callable
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from media.dtmf import DtmfDigit
 from media.g711 import PCMA, PCMU, alaw_decode, ulaw_decode, ulaw_encode
 from media.playback import PlaybackQueue, prompt_from_samples
 from media.ports import PortAllocator, bind_pair
+from media.recording import CallRecorder
 from media.session import MediaParams, RtpSession, SessionConfig
 
 pytestmark = [
@@ -94,24 +98,28 @@ def udp_frame(rtp: bytes, source_port: int = 10002, destination_port: int = 1000
     return b"\x00" * 12 + b"\x08\x00" + header + udp
 
 
-def twenty_ms_pcap(target: Path, first: int, count: int) -> bytes:
-    """Packets ``first..first+count`` of g711a.pcap re-cut into 20 ms packets.
+def recut_pcap(target: Path, first: int, count: int, ptime_ms: int) -> bytes:
+    """Packets ``first..first+count`` of g711a.pcap re-cut into ``ptime_ms`` packets.
 
-    The shipped capture uses 30 ms packets; our jitter buffer plays 20 ms
-    frames (see the report on ptime), so the same A-law bytes are sent in
-    160-octet payloads. Returns the A-law bytes sent.
+    The shipped capture uses 30 ms packets; the same A-law bytes are sent in
+    packets of the duration asked for. Returns the A-law bytes sent.
     """
     records = read_pcap(PCAP_DIR / "g711a.pcap")[first : first + count]
     audio = b"".join(rtp_of(frame)[12:] for _, frame in records)
-    audio = audio[: len(audio) // 160 * 160]
-    start = records[0][0]
+    return write_rtp_pcap(target, audio, payload_type=8, ptime_ms=ptime_ms)
+
+
+def write_rtp_pcap(target: Path, audio: bytes, *, payload_type: int, ptime_ms: int) -> bytes:
+    """G.711 ``audio`` as an RTP stream of ``ptime_ms`` packets; returns the bytes sent."""
+    size = 8 * ptime_ms
+    audio = audio[: len(audio) // size * size]
     packets = []
-    for k in range(len(audio) // 160):
+    for k in range(len(audio) // size):
         rtp = (
-            struct.pack("!BBHII", 0x80, 8, 1000 + k, 160 * k, 0x5151)
-            + audio[160 * k : 160 * (k + 1)]
+            struct.pack("!BBHII", 0x80, payload_type, 1000 + k, size * k, 0x5151)
+            + audio[size * k : size * (k + 1)]
         )
-        packets.append((start + 0.020 * k, udp_frame(rtp)))
+        packets.append((1000.0 + ptime_ms / 1000 * k, udp_frame(rtp)))
     write_pcap(target, packets)
     return audio
 
@@ -337,6 +345,11 @@ async def until(condition: Callable[[], bool], timeout: float = WAIT_S) -> None:
         handle[0].cancel()
 
 
+def peak_frequency(samples: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(samples.astype(np.float64) * np.hanning(samples.shape[0])))
+    return float(np.argmax(spectrum)) * 8000 / samples.shape[0]
+
+
 def find_frames(received: np.ndarray, expected: np.ndarray) -> int | None:
     """Frame-aligned offset at which ``expected`` appears in ``received``, if it does."""
     for offset in range(0, received.shape[0] - expected.shape[0] + 1, 160):
@@ -353,9 +366,10 @@ def allocator() -> PortAllocator:
 # -- the calls ---------------------------------------------------------------------------------
 
 
-async def test_audio_sipp_plays_arrives_sample_for_sample(tmp_path, allocator):
+@pytest.mark.parametrize("ptime_ms", [20, 30])
+async def test_audio_sipp_plays_arrives_sample_for_sample(tmp_path, allocator, ptime_ms):
     pcap = tmp_path / "speech.pcap"
-    alaw = twenty_ms_pcap(pcap, first=20, count=70)  # 2.1 s of speech
+    alaw = recut_pcap(pcap, first=20, count=70, ptime_ms=ptime_ms)  # 2.1 s of speech
     expected = alaw_decode(alaw)
     frames: list[np.ndarray] = []
     session = await RtpSession.create(
@@ -368,19 +382,23 @@ async def test_audio_sipp_plays_arrives_sample_for_sample(tmp_path, allocator):
             call = Call(transport, sip, sipp.sip_port)
             remote = await call.invite(session.local_rtp_port, PCMA.payload_type)
             session.start(MediaParams(remote_rtp=remote, codec=PCMA))
-            packets = len(alaw) // 160
+            packets = len(alaw) // (8 * ptime_ms)
             await until(lambda: session.receive_stats.packets_received >= packets)
             await until(
                 lambda: len(frames) >= session.frame_index - 1 and session.jitter.depth_frames == 0
             )
+            # The last packet may still be half played (30 ms in 20 ms frames).
+            end = session.frame_index + 3
+            await until(lambda: session.frame_index >= end)
             await call.bye()
             assert await sipp.succeeded()
     finally:
         session.close()
         transport.close()
     stats = session.stats()
-    assert stats.packets_received == len(alaw) // 160
+    assert stats.packets_received == len(alaw) // (8 * ptime_ms)
     assert stats.packets_lost == 0
+    assert session.jitter.ptime_ms == ptime_ms
     received = np.concatenate(frames)
     assert np.sqrt(np.mean(received.astype(float) ** 2)) > 300  # speech, not silence
     assert find_frames(received, expected) is not None, "SIPp's audio did not arrive intact"
@@ -439,3 +457,49 @@ async def test_audio_sent_to_sipp_echo_comes_back_intact(tmp_path, allocator):
     stats = session.stats()
     assert stats.packets_lost == 0
     assert session.latched == remote  # SIPp echoes from its media port
+
+
+async def test_a_tone_sipp_sends_in_30_ms_packets_is_recorded_at_its_length(tmp_path, allocator):
+    seconds = 1.5
+    t = np.arange(int(seconds * 8000)) / 8000
+    tone = (8000 * np.sin(2 * np.pi * 697.0 * t)).astype(np.int16)
+    pcap = tmp_path / "tone30.pcap"
+    write_rtp_pcap(pcap, ulaw_encode(tone).tobytes(), payload_type=0, ptime_ms=30)
+    recorder = CallRecorder(tmp_path / "call.wav")
+    session = await RtpSession.create(bind_pair(allocator, HOST), recorder=recorder)
+    transport, sip = await sip_socket()
+    media = f'<nop><action><exec play_pcap_audio="{pcap}"/></action></nop>'
+    try:
+        async with Sipp(tmp_path, media, PCMU.payload_type) as sipp:
+            call = Call(transport, sip, sipp.sip_port)
+            remote = await call.invite(session.local_rtp_port, PCMU.payload_type)
+            session.start(MediaParams(remote_rtp=remote, codec=PCMU))
+            packets = int(seconds * 1000) // 30
+            await until(lambda: session.receive_stats.packets_received >= packets)
+            await until(lambda: session.jitter.depth_frames == 0)
+            # Half a second of the silence after it, to see the tone end.
+            end = session.frame_index + 25
+            await until(lambda: session.frame_index >= end)
+            await call.bye()
+            assert await sipp.succeeded()
+    finally:
+        session.close()
+        transport.close()
+    result = await recorder.close()
+    stats = session.stats()
+    assert stats.packets_received == packets and stats.packets_lost == 0
+    assert stats.concealed_frames <= 3  # the fade after the tone ends, nothing inside it
+    with wave.open(str(result.path)) as wav:
+        stereo = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").reshape(-1, 2)
+    callee = stereo[:, 0]
+    # Louder than the concealment that fades the stream out (the last frame at half level).
+    loud = np.flatnonzero(np.abs(callee) > 5000)
+    heard = callee[loud[0] : loud[-1] + 1]
+    # As long as what SIPp sent (to a period of the tone), at its frequency, with
+    # no hole inside it (a hole would be a run of quiet samples).
+    assert heard.shape[0] == pytest.approx(seconds * 8000, abs=12)
+    assert peak_frequency(heard) == pytest.approx(697.0, abs=6.0)
+    assert np.diff(np.flatnonzero(np.abs(heard) > 5000)).max() < 12
+    # In the file where the call's clock had it: soon after the answer.
+    assert 0 < loud[0] / 8000 < 0.5
+    assert result.duration_s <= session.frame_index * 0.020
