@@ -13,7 +13,6 @@ connection per API process: moment-to-moment, without an id, not replayed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from typing import Any
@@ -24,6 +23,7 @@ from aiohttp import web
 from api.context import POOL, bearer_tenant, check_query
 from api.errors import ApiError
 from dialer import jsonutil
+from dialer.pg_listen import ChannelListener
 from dialer.progress import CHANNEL, parse_progress
 
 __all__ = ["PROGRESS_HUB", "ProgressHub", "routes"]
@@ -37,19 +37,16 @@ class ProgressHub:
     """One LISTEN connection per process, fanned out to each viewer's queue by tenant."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
-        self.pool = pool
         self._viewers: dict[str, set[asyncio.Queue[tuple[str, dict[str, Any]]]]] = {}
-        self._conn: Any = None
+        self._listener = ChannelListener(pool, CHANNEL, self._heard)
         self._lock = asyncio.Lock()
 
     async def _ensure_listening(self) -> None:
         async with self._lock:
-            if self._conn is not None and not self._conn.is_closed():
-                return
-            self._conn = await self.pool.acquire()
-            await self._conn.add_listener(CHANNEL, self._heard)
+            if not self._listener.listening:
+                await self._listener.start()
 
-    def _heard(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+    def _heard(self, payload: str) -> None:
         message = parse_progress(payload)
         if message is None:
             return
@@ -72,12 +69,7 @@ class ProgressHub:
                 del self._viewers[str(tenant)]
 
     async def close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await self._conn.remove_listener(CHANNEL, self._heard)
-            with contextlib.suppress(Exception):
-                await self.pool.release(self._conn)
-            self._conn = None
+        await self._listener.close()
 
 
 PROGRESS_HUB = web.AppKey("progress_hub", ProgressHub)

@@ -15,7 +15,6 @@ call answers 404 there); calls are short, and the next ones are known.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from typing import Any
 import asyncpg
 
 from dialer import jsonutil
+from dialer.pg_listen import ChannelListener
 from media.voicebot import CallControl
 
 __all__ = ["CHANNEL", "AnnouncingCallControl", "RelayedCallControl"]
@@ -55,33 +55,16 @@ class _Notifier:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-class _Listener:
-    """One pool connection listening on ``CHANNEL`` for as long as it is open."""
-
-    def __init__(self, pool: asyncpg.Pool, on_message: Callable[[dict[str, Any]], None]) -> None:
-        self.pool = pool
-        self.on_message = on_message
-        self._conn: Any = None
-
-    async def start(self) -> None:
-        self._conn = await self.pool.acquire()
-        await self._conn.add_listener(CHANNEL, self._heard)
-
-    def _heard(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+def _listener(pool: asyncpg.Pool, on_message: Callable[[dict[str, Any]], None]) -> ChannelListener:
+    def heard(payload: str) -> None:
         try:
             message = jsonutil.loads(payload)
         except ValueError:
             return
         if isinstance(message, dict):
-            self.on_message(message)
+            on_message(message)
 
-    async def close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                await self._conn.remove_listener(CHANNEL, self._heard)
-            with contextlib.suppress(Exception):
-                await self.pool.release(self._conn)
-            self._conn = None
+    return ChannelListener(pool, CHANNEL, heard)
 
 
 class AnnouncingCallControl(CallControl):
@@ -91,7 +74,7 @@ class AnnouncingCallControl(CallControl):
         super().__init__()
         self.owner = f"w-{secrets.token_hex(6)}"
         self._notifier = _Notifier(pool)
-        self._listener = _Listener(pool, self._heard)
+        self._listener = _listener(pool, self._heard)
 
     async def start(self) -> None:
         await self._listener.start()
@@ -125,7 +108,7 @@ class RelayedCallControl(CallControl):
     def __init__(self, pool: asyncpg.Pool) -> None:
         super().__init__()
         self._notifier = _Notifier(pool)
-        self._listener = _Listener(pool, self._heard)
+        self._listener = _listener(pool, self._heard)
         self._remote: dict[str, str] = {}  # call_sid -> owner
 
     async def start(self) -> None:
