@@ -13,7 +13,6 @@ connection per API process: moment-to-moment, without an id, not replayed.
 from __future__ import annotations
 
 import asyncio
-import logging
 import uuid
 from typing import Any
 
@@ -28,7 +27,6 @@ from dialer.progress import CHANNEL, parse_progress
 
 __all__ = ["PROGRESS_HUB", "ProgressHub", "routes"]
 
-log = logging.getLogger(__name__)
 # Progress a slow viewer has not read yet is dropped past this, not buffered forever.
 VIEWER_BACKLOG = 1000
 
