@@ -27,6 +27,7 @@ __all__ = [
     "NAMESPACE",
     "AmqpBroker",
     "Broker",
+    "BrokerUnavailable",
     "Delivery",
     "MemoryBroker",
     "Subscription",
@@ -38,6 +39,15 @@ log = logging.getLogger(__name__)
 NAMESPACE = "dialer"
 # A poison message is dead-lettered after this many deliveries, not looped forever.
 DELIVERY_LIMIT = 10
+RECONNECT_INTERVAL_S = 1.0
+
+
+class BrokerUnavailable(ConnectionError):
+    """The broker cannot take messages now (restarting, connection lost): try again.
+
+    A publish that raises this may still have reached the broker (its confirm
+    was lost): every message here is safe to publish twice.
+    """
 
 
 class Delivery(ABC):
@@ -88,11 +98,14 @@ class Broker(ABC):
 
     @abstractmethod
     async def publish_jobs(self, messages: Sequence[tuple[str, bytes]]) -> None:
-        """Publish ``(message_id, body)`` dial jobs; returns once the broker has them all."""
+        """Publish ``(message_id, body)`` dial jobs; returns once the broker has them all.
+
+        Raises :class:`BrokerUnavailable` when the broker is away.
+        """
 
     @abstractmethod
     async def publish_events(self, messages: Sequence[tuple[str, str, bytes]]) -> None:
-        """Publish ``(routing_key, message_id, body)`` events."""
+        """Publish ``(routing_key, message_id, body)`` events (or raise BrokerUnavailable)."""
 
     @abstractmethod
     async def consume_jobs(self, handler: Handler, prefetch: int) -> Subscription: ...
@@ -396,7 +409,10 @@ class AmqpBroker(Broker):
     async def start(self) -> None:
         import aio_pika
 
-        self._connection = connection = await aio_pika.connect_robust(self._url)
+        # A broker restart is seconds long: try again every second, not every five.
+        self._connection = connection = await aio_pika.connect_robust(
+            self._url, reconnect_interval=RECONNECT_INTERVAL_S
+        )
         channel = await connection.channel(publisher_confirms=True)
         self._publish_channel = channel
         dead = await channel.declare_exchange(
@@ -433,7 +449,7 @@ class AmqpBroker(Broker):
 
         exchange = self._publish_channel.default_exchange  # type: ignore[union-attr]
         # Confirms are pipelined: publish all, then wait for every confirm at once.
-        await asyncio.gather(
+        await _unavailable_as_one_error(
             *(
                 exchange.publish(
                     aio_pika.Message(
@@ -451,7 +467,7 @@ class AmqpBroker(Broker):
     async def publish_events(self, messages: Sequence[tuple[str, str, bytes]]) -> None:
         import aio_pika
 
-        await asyncio.gather(
+        await _unavailable_as_one_error(
             *(
                 self._events.publish(  # type: ignore[union-attr]
                     aio_pika.Message(
@@ -518,6 +534,18 @@ class AmqpBroker(Broker):
         for exchange in (self.events_exchange, self.dead_exchange):
             with contextlib.suppress(Exception):
                 await channel.exchange_delete(exchange)  # type: ignore[union-attr]
+
+
+async def _unavailable_as_one_error(*publishes: Awaitable[object]) -> None:
+    """Await the publishes; the many ways aio-pika says "the broker is away" become one."""
+    from aiormq.exceptions import AMQPError, ChannelInvalidStateError
+
+    results = await asyncio.gather(*publishes, return_exceptions=True)
+    for result in results:
+        if isinstance(result, (AMQPError, ChannelInvalidStateError, ConnectionError)):
+            raise BrokerUnavailable(str(result) or type(result).__name__) from result
+        if isinstance(result, BaseException):
+            raise result
 
 
 def make_broker(amqp_url: str | None, namespace: str = NAMESPACE) -> Broker:

@@ -8,22 +8,46 @@ nothing half-applied.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
+from typing import TypeVar
 
 import asyncpg
 
 from dialer import jsonutil
 
-__all__ = ["Migration", "apply_migrations", "connect_pool", "init_connection", "load_migrations"]
+__all__ = [
+    "DATABASE_AWAY",
+    "Migration",
+    "apply_migrations",
+    "connect_pool",
+    "init_connection",
+    "load_migrations",
+    "while_database_away",
+]
 
 log = logging.getLogger(__name__)
 
 # Any fixed 64-bit number: the key of the advisory lock that serialises migrators.
 MIGRATION_LOCK_KEY = 0x6469616C6572  # "dialer"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+T = TypeVar("T")
+
+# The database is away (restarting, unreachable, shutting down, a connection
+# cut mid-statement): worth waiting for, unlike an error in a statement. asyncpg
+# reports a lost connection as an InterfaceError, outside PostgresError.
+DATABASE_AWAY: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,3 +128,21 @@ async def connect_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> as
     )
     assert pool is not None
     return pool
+
+
+async def while_database_away(
+    operation: Callable[[], Awaitable[T]], *, what: str, max_delay_s: float = 5.0
+) -> T:
+    """Run ``operation``; while the database is away, wait and run it again.
+
+    For work that holds a queue message: retried in place, the message is not
+    requeued in a tight loop toward its delivery limit. Cancelling stops it.
+    """
+    delay_s = 0.2
+    while True:
+        try:
+            return await operation()
+        except DATABASE_AWAY as exc:
+            log.warning("%s: database away (%s); retrying in %.1f s", what, exc, delay_s)
+            await asyncio.sleep(delay_s)
+            delay_s = min(delay_s * 2, max_delay_s)

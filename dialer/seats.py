@@ -30,6 +30,8 @@ from typing import Any
 
 import asyncpg
 
+from dialer.db import DATABASE_AWAY
+
 __all__ = [
     "DEFAULT_ABANDON_MESSAGE",
     "DEFAULT_MAX_WAIT_S",
@@ -52,9 +54,8 @@ DEFAULT_ABANDON_MESSAGE = (
 SEAT_LOCK_CLASS = 0x5EA7
 # How often a waiting answer asks again for a seat.
 POLL_S = 0.1
-# What a claim or a release raises while the database is away (a lost
-# connection is an InterfaceError, not a PostgresError, in asyncpg).
-SEAT_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+# What a claim or a release may raise while the database is away or failing.
+SEAT_ERRORS = (asyncpg.PostgresError, *DATABASE_AWAY)
 
 
 def abandon_text(template: str, company: str) -> str:

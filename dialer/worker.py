@@ -25,7 +25,8 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from dialer.bus import Broker, Delivery, Subscription
+from dialer.bus import Broker, BrokerUnavailable, Delivery, Subscription
+from dialer.db import DATABASE_AWAY, while_database_away
 from dialer.messages import CallEvent, DialJob, MessageError
 
 __all__ = ["CallRunner", "Emit", "Worker"]
@@ -104,7 +105,7 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
             self._heartbeat = None
-        with contextlib.suppress(asyncpg.PostgresError, OSError):
+        with contextlib.suppress(asyncpg.PostgresError, *DATABASE_AWAY):
             await self.pool.execute(
                 "UPDATE workers SET stopped_at = now() WHERE id = $1", self.worker_id
             )
@@ -115,7 +116,7 @@ class Worker:
                 await self.pool.execute(
                     "UPDATE workers SET last_seen_at = now() WHERE id = $1", self.worker_id
                 )
-            except (asyncpg.PostgresError, OSError) as exc:
+            except (asyncpg.PostgresError, *DATABASE_AWAY) as exc:
                 log.warning("heartbeat failed: %s", exc, extra={"worker_id": self.worker_id})
             await asyncio.sleep(self.heartbeat_s)
 
@@ -134,17 +135,59 @@ class Worker:
             [(event.routing_key, f"{job.call_id}:{kind}", event.to_bytes())]
         )
 
+    async def _progress(self, job: DialJob, kind: str, data: dict[str, Any]) -> None:
+        """Progress is for the live view: lost while the broker is away, never fatal
+        (the ``ended`` event carries every phase's time)."""
+        try:
+            await self._publish(job, kind, data)
+        except BrokerUnavailable as exc:
+            log.warning("progress event %s not published: %s", kind, exc)
+
+    async def _publish_ended(self, job: DialJob, data: dict[str, Any]) -> None:
+        """The ``ended`` event is the call's outcome: publish it until the broker has it.
+
+        Meanwhile the job stays unacknowledged; if our connection was lost, the
+        job comes back (to us or another worker), finds its call claimed, and
+        is acknowledged without dialling.
+        """
+        delay_s = 0.2
+        while True:
+            try:
+                await self._publish(job, "ended", data)
+                return
+            except BrokerUnavailable as exc:
+                log.warning("ended event not published yet, retrying: %s", exc)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 5.0)
+
     async def _claim(self, job: DialJob) -> bool:
-        row = await self.pool.fetchrow(
-            """UPDATE calls c SET state = 'dialing', worker_id = $2, dialing_at = now()
-               FROM records r
-               WHERE c.id = $1 AND c.state = 'queued' AND r.id = c.record_id
-                 AND r.status = 'in_progress'
-               RETURNING c.id""",
-            uuid.UUID(job.call_id),
-            self.worker_id,
-        )
-        return row is not None
+        """Claim the call row; while the database is away, keep trying.
+
+        A claim whose commit succeeded but whose answer was lost with the
+        connection is ours: the retry accepts a row already ``dialing`` under
+        our id, for a call we are not running (never a redelivery of one we
+        dialled, which is in ``self.active`` or past ``dialing``).
+        """
+        retrying = False
+
+        async def claim() -> bool:
+            nonlocal retrying
+            mine = retrying and job.call_id not in self.active
+            retrying = True
+            row = await self.pool.fetchrow(
+                """UPDATE calls c SET state = 'dialing', worker_id = $2, dialing_at = now()
+                   FROM records r
+                   WHERE c.id = $1 AND r.id = c.record_id AND r.status = 'in_progress'
+                     AND (c.state = 'queued'
+                          OR ($3 AND c.state = 'dialing' AND c.worker_id = $2))
+                   RETURNING c.id""",
+                uuid.UUID(job.call_id),
+                self.worker_id,
+                mine,
+            )
+            return row is not None
+
+        return await while_database_away(claim, what="claim")
 
     async def _on_job(self, delivery: Delivery) -> None:
         try:
@@ -167,10 +210,10 @@ class Worker:
                 data: dict[str, Any] = {"disposition": "expired", "hangup_by": "system"}
             else:
                 self.dialled += 1
-                await self._publish(job, "dialing", {})
+                await self._progress(job, "dialing", {})
 
                 async def emit(kind: str, payload: dict[str, Any]) -> None:
-                    await self._publish(job, kind, payload)
+                    await self._progress(job, kind, payload)
 
                 try:
                     data = await self.runner.run(job, emit)
@@ -179,7 +222,7 @@ class Worker:
                 except Exception:
                     log.exception("call failed", extra={"call_id": job.call_id})
                     data = {"disposition": "failed", "hangup_by": "system"}
-            await self._publish(job, "ended", data)
+            await self._publish_ended(job, data)
             await delivery.ack()
         finally:
             self.active.discard(job.call_id)

@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 
 from dialer.bus import Broker, Delivery, Subscription
+from dialer.db import while_database_away
 from dialer.ids import new_id
 from dialer.messages import CallEvent, MessageError
 from dialer.outbox import write_event
@@ -112,7 +113,9 @@ class EventConsumer:
             log.warning("dead-lettering an unreadable call event: %s", exc)
             await delivery.dead_letter()
             return
-        await self.handle(event)
+        # Held, not requeued, while the database is away: a requeue loop would
+        # reach the queue's delivery limit and dead-letter a call's outcome.
+        await while_database_away(lambda: self.handle(event), what="call event")
         await delivery.ack()
 
     async def handle(self, event: CallEvent) -> None:

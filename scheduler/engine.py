@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 import asyncpg
 
 from dialer.bus import Broker
+from dialer.db import DATABASE_AWAY
 from dialer.messages import CallEvent, DialJob
 from scheduler.pacing import DurationSummary, PacingMode, PacingStats, dials_to_place
 from scheduler.policy import WorkflowPolicy
@@ -80,7 +81,7 @@ class Scheduler:
             try:
                 await self.tick()
                 backoff = self.tick_s
-            except (TimeoutError, asyncpg.PostgresError, OSError, ConnectionError) as exc:
+            except (asyncpg.PostgresError, *DATABASE_AWAY, ConnectionError) as exc:
                 # The database or the broker is away: keep trying, gently.
                 log.warning("scheduler tick failed: %s", exc)
                 backoff = min(backoff * 2, 10.0)

@@ -11,6 +11,7 @@ is hung up by us, and counts as ``abandoned``.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import wave
 from pathlib import Path
 
@@ -71,7 +72,7 @@ async def test_second_live_answer_without_a_seat_is_abandoned(
            VALUES ($1, $2, $3, 'seats', 'active')""",
         workflow_id,
         tenant.id,
-        workflow_id.hex[:6],
+        secrets.token_hex(3),
     )
     await pool.execute(
         """INSERT INTO workflow_versions (workflow_id, version, definition, settings)
