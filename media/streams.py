@@ -13,12 +13,18 @@ Rules of this file:
   strings, as Twilio writes them. Audio is 8 kHz mu-law, base64.
 - Everything we send is produced by ``orjson`` from plain values: a frame is
   always one well-formed JSON text, because a single bad frame can end a
-  bot's receive loop.
+  bot's receive loop. The one exception is ``media``, sent 50 times a
+  second per call: a template made at import, with the stream's id
+  encoded by ``orjson`` once, decimal counters and base64 (whose alphabet
+  needs no escaping) put in: the same bytes ``orjson`` would write, for a
+  third of its cost.
 - What a bot sends is parsed defensively: a frame that is not a JSON object,
   lacks a field, has a field of the wrong type or base64 that does not
   decode raises ``InvalidFrame``; an event we do not know raises
   ``UnknownEvent``; a ``streamSid`` that is not this stream's raises
-  ``WrongStream``. All three are ``StreamError`` (blame: remote): the edge
+  ``WrongStream``. ``bot_media_payload`` is the hot path for the bot's
+  audio: the same checks as ``parse_bot_event`` for ``media``, no event
+  object made. All three are ``StreamError`` (blame: remote): the edge
   counts the frame and carries on, it never ends the call over one.
 - Our extensions (``hangup``, ``transfer``, ``result``) are bot-to-us events
   a Twilio bot never sends, so a bot written for Twilio is unaffected. A
@@ -69,6 +75,7 @@ __all__ = [
     "StreamWriter",
     "UnknownEvent",
     "WrongStream",
+    "bot_media_payload",
     "parse_bot_event",
     "parse_call_event",
 ]
@@ -217,6 +224,18 @@ def _b64(data: bytes) -> str:
     return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
+# ``orjson.dumps`` of a media message's dict, as a template: the keys in the
+# same order, every inserted value a JSON string's content that needs no
+# escaping (decimal digits, base64) except the stream id, which is given
+# already encoded (quotes included).
+_MEDIA_TEMPLATE = (
+    b'{"event":"media","sequenceNumber":"%d","media":{"track":"'
+    + TRACK_INBOUND.encode()
+    + b'","chunk":"%d","timestamp":"%d","payload":"%s"},"streamSid":%s}'
+)
+_b2a_base64 = binascii.b2a_base64
+
+
 class StreamWriter:
     """Builds the messages of one stream to a bot, counting as Twilio does.
 
@@ -225,12 +244,23 @@ class StreamWriter:
     build a frame only to send it.
     """
 
-    __slots__ = ("account_sid", "call_sid", "chunk", "sequence_number", "stream_sid")
+    __slots__ = (
+        "_stream_sid_json",
+        "account_sid",
+        "call_sid",
+        "chunk",
+        "sequence_number",
+        "stream_sid",
+    )
 
     def __init__(self, stream_sid: str, call_sid: str, account_sid: str) -> None:
         self.stream_sid = stream_sid
         self.call_sid = call_sid
         self.account_sid = account_sid
+        try:
+            self._stream_sid_json: bytes | None = _dumps(stream_sid)
+        except StreamEncodeError:
+            self._stream_sid_json = None  # media() refuses, as start() does
         self.sequence_number = 0  # of the last message built
         self.chunk = 0  # of the last media message built
 
@@ -267,20 +297,17 @@ class StreamWriter:
 
     def media(self, payload: bytes, timestamp_ms: int) -> bytes:
         """A ``media`` message carrying mu-law ``payload`` taken at ``timestamp_ms``."""
+        if self._stream_sid_json is None:
+            raise StreamEncodeError(f"cannot encode the stream id {self.stream_sid!r} as JSON")
         self.sequence_number += 1
         self.chunk += 1
-        return orjson.dumps(
-            {
-                "event": "media",
-                "sequenceNumber": str(self.sequence_number),
-                "media": {
-                    "track": TRACK_INBOUND,
-                    "chunk": str(self.chunk),
-                    "timestamp": str(timestamp_ms),
-                    "payload": _b64(payload),
-                },
-                "streamSid": self.stream_sid,
-            }
+        # int() keeps %d from writing anything but digits (a bool, an enum).
+        return _MEDIA_TEMPLATE % (
+            self.sequence_number,
+            self.chunk,
+            int(timestamp_ms),
+            _b2a_base64(payload, newline=False),
+            self._stream_sid_json,
         )
 
     def dtmf(self, digit: str) -> bytes:
@@ -515,6 +542,27 @@ def _parse_hangup(message: Mapping[str, Any]) -> BotHangup:
     if type(body) is not dict:
         raise InvalidFrame("'hangup' must be an object")
     return BotHangup(_optional_text(body, "reason"))
+
+
+def bot_media_payload(
+    data: str | bytes | bytearray | memoryview, stream_sid: str | None = None
+) -> bytes | None:
+    """The audio of a bot's ``media`` frame; ``None`` when the frame is another event.
+
+    Raises as ``parse_bot_event`` does for a bad ``media`` frame (or one that
+    is not JSON); hand a ``None`` frame to ``parse_bot_event``.
+    """
+    message = _load_object(data)
+    if message.get("event") != "media":
+        return None
+    if stream_sid is not None:
+        sid = message.get("streamSid")
+        if sid is not None and sid != stream_sid:
+            raise WrongStream(f"message for stream {sid!r}, this stream is {stream_sid!r}")
+    body = message.get("media")
+    if type(body) is not dict:
+        raise InvalidFrame("'media' must be an object")
+    return _decode_payload(body.get("payload"))
 
 
 def parse_bot_event(

@@ -5,12 +5,16 @@ Rules of this file:
 - ``media.streams`` builds and parses the messages; this file is the edge:
   the aiohttp WebSocket, a sender task, and callbacks from the call's
   ``RtpSession`` that never await.
-- The RTP clock is never the bot's to hold. The callee's frames go into a
-  bounded queue from the session's callback (mu-law encoding only, a few
-  microseconds); a sender task writes them to the socket. When the bot
-  reads too slowly and the socket backs up, the oldest frames are dropped,
-  and counted, rather than waiting: the session, and every other call on
-  the loop, goes on at 20 ms.
+- The RTP clock is never the bot's to hold. The callee's frames are
+  written to the socket from the session's callback itself (mu-law, a
+  message from a template, the WebSocket frame: no task woken, no future
+  made, no timer per frame: the session's clock is the only one). A write
+  that would have to wait for the socket to drain hands that wait to a
+  sender task, and until the task has caught up the frames go into a
+  bounded queue. When the bot reads too slowly and the socket backs up,
+  the oldest queued frames are dropped, and counted, rather than waiting:
+  the session, and every other call on the loop, goes on at 20 ms. Marks
+  and DTMF take the same way; frames from before ``start`` queue too.
 - The bot's audio goes into the call's ``PlaybackQueue``, which the session
   pulls one 20 ms frame per period from: never faster, and never a gap
   while audio is queued. A talk-spurt starts only once it has waited
@@ -47,7 +51,7 @@ import logging
 import socket
 import ssl
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +76,7 @@ from media.streams import (
     StreamError,
     StreamWriter,
     UnknownEvent,
+    bot_media_payload,
     parse_bot_event,
 )
 
@@ -209,6 +214,49 @@ def _abort(ws: aiohttp.ClientWebSocketResponse) -> None:
 def new_sid(prefix: str, randbits: Callable[[int], int]) -> str:
     """A Twilio-shaped identifier: ``prefix`` and 32 hex digits (``random.getrandbits``)."""
     return f"{prefix}{randbits(128):032x}"
+
+
+class _Finish:
+    """Awaiting this finishes a coroutine that ``_run_now`` began and that suspended."""
+
+    __slots__ = ("_coro", "_waiting")
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+        self._coro = coro
+        self._waiting = waiting
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, waiting = self._coro, self._waiting
+        while True:
+            try:
+                sent = yield waiting
+            except BaseException as error:  # thrown in by the task (a cancel): passed on
+                try:
+                    waiting = coro.throw(error)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waiting = coro.send(sent)
+                except StopIteration:
+                    return
+
+
+def _run_now(coro: Coroutine[Any, Any, None]) -> _Finish | None:
+    """Run ``coro`` up to its first wait, here and now; ``None`` if it finished.
+
+    What Python 3.12's eager tasks do, without a task: aiohttp's
+    ``send_frame`` writes the frame to the transport at once and waits only
+    when the socket is backed up, so a frame from a callback is usually
+    written with no task woken and no future made. When it does wait, the
+    frame is written already; the ``_Finish`` returned is awaited (by the
+    sender task) to see the wait out. Errors raise here, as ``await`` would.
+    """
+    try:
+        waiting = coro.send(None)
+    except StopIteration:
+        return None
+    return _Finish(coro, waiting)
 
 
 _LATE_S = 0.060
@@ -364,6 +412,11 @@ class VoicebotStream:
         self._control: deque[tuple[str, str]] = deque()
         self._wake: asyncio.Future[None] | None = None
         self._stopped: asyncio.Future[None] | None = None
+        # Frames go straight to the socket from the session's callbacks while
+        # this is set: the stream has started, nothing is queued, the sender
+        # task is idle and the socket is not backed up.
+        self._direct = False
+        self._finish: _Finish | None = None  # a write waiting for the socket to drain
         self._accepting = True
         self._started_at = float("inf")
         self._stopping = False
@@ -423,28 +476,67 @@ class VoicebotStream:
         """The session's callback for each 20 ms frame of the callee (never awaits)."""
         if not self._accepting:
             return
+        # Encoded now: the array is only valid during this call.
+        payload = ULAW_ENCODE_TABLE.take(samples.view(np.uint16)).tobytes()
+        timestamp_ms = self._frame_number * 20
+        self._frame_number += 1
+        if self._direct and self._write(self._writer.media(payload, timestamp_ms)):
+            self.frames_sent += 1
+            # Written in the callback that handed it over: no latency of
+            # ours to measure (the loop's clock would not move either).
+            histogram = self._latency_to_bot
+            histogram.counts[0] += 1
+            histogram.total += 1
+            return
         media = self._media
         if len(media) >= self.config.send_queue_frames:
             media.popleft()
             self.frames_dropped += 1
-        # Encoded now: the array is only valid during this call.
-        payload = ULAW_ENCODE_TABLE.take(samples.view(np.uint16)).tobytes()
         loop = self._loop
-        media.append((payload, self._frame_number * 20, loop.time() if loop else 0.0))
-        self._frame_number += 1
+        media.append((payload, timestamp_ms, loop.time() if loop else 0.0))
         self._poke()
 
     def on_dtmf(self, digit: DtmfDigit) -> None:
         """The session's callback for each key the callee pressed (never awaits)."""
         if self._accepting and digit.digit is not None:
-            self._control.append(("dtmf", digit.digit))
-            self._poke()
+            self._send_control("dtmf", digit.digit)
 
     def _on_mark(self, name: str, played: bool) -> None:
         # Played or cleared, the bot hears the same: its mark came back.
         if self._accepting:
-            self._control.append(("mark", name))
+            self._send_control("mark", name)
+
+    def _send_control(self, kind: str, value: str) -> None:
+        if self._direct:
+            if kind == "mark":
+                sent = self._write(self._writer.mark(value))
+                self.marks_echoed += sent
+            else:
+                sent = self._write(self._writer.dtmf(value))
+                self.dtmf_sent += sent
+            if sent:
+                return
+        self._control.append((kind, value))
+        self._poke()
+
+    def _write(self, data: bytes) -> bool:
+        """Write a frame now, from a callback; False (and queue from now on) if the socket is gone.
+
+        A write that has to wait for the socket to drain hands the wait to
+        the sender task, and later frames queue behind it: the queue's
+        bound then drops the oldest, and the callback never waits.
+        """
+        try:
+            finish = _run_now(self._ws.send_frame(data, _TEXT))  # type: ignore[union-attr]
+        except (ConnectionError, aiohttp.ClientError):
+            # The socket went away: the receive loop reports the disconnect.
+            self._direct = False
+            return False
+        if finish is not None:
+            self._direct = False
+            self._finish = finish
             self._poke()
+        return True
 
     def _poke(self) -> None:
         wake = self._wake
@@ -458,6 +550,7 @@ class VoicebotStream:
         if self._stopping:
             return
         self._stopping = True
+        self._direct = False  # what comes now queues behind the sender's last frames
         if self.outcome is None:
             self.outcome = VoicebotOutcome.COMPLETED
         connect = self._connect
@@ -600,6 +693,10 @@ class VoicebotStream:
         started_at = self._started_at
         try:
             while True:
+                finish = self._finish
+                if finish is not None:
+                    self._finish = None
+                    await finish
                 while control or media:
                     if control:
                         kind, value = control.popleft()
@@ -621,6 +718,11 @@ class VoicebotStream:
                     await ws.send_frame(writer.stop(), _TEXT)
                     await ws.close()
                     return
+                if self._finish is not None:
+                    continue
+                # Idle: the callbacks write their frames themselves until
+                # one has to wait, or until stop (both wake this task).
+                self._direct = True
                 self._wake = loop.create_future()
                 await self._wake
                 self._wake = None
@@ -628,6 +730,8 @@ class VoicebotStream:
             # The socket went away under us: the receive loop sees it too and
             # reports the disconnect; there is nothing left to send to.
             return
+        finally:
+            self._direct = False
 
     async def _receive_loop(
         self, ws: aiohttp.ClientWebSocketResponse, loop: asyncio.AbstractEventLoop
@@ -654,6 +758,11 @@ class VoicebotStream:
     def _handle(self, data: bytes, loop: asyncio.AbstractEventLoop) -> bool:
         """Act on one frame from the bot; True when the stream is to end."""
         try:
+            # The bot's audio, 50 frames a second, takes the short way.
+            payload = bot_media_payload(data, self.call.stream_sid)
+            if payload is not None:
+                self._play(payload, loop)
+                return False
             event = parse_bot_event(data, self.call.stream_sid)
         except UnknownEvent:
             self.unknown_events += 1
@@ -669,7 +778,7 @@ class VoicebotStream:
             return False
         kind = type(event)
         if kind is BotMedia:
-            self._play(event.payload, loop)  # type: ignore[union-attr]
+            self._play(event.payload, loop)  # type: ignore[union-attr]  # not reached
         elif kind is BotClear:
             self.clears += 1
             self._source.cleared()

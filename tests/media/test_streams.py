@@ -37,6 +37,7 @@ from media.streams import (
     StreamWriter,
     UnknownEvent,
     WrongStream,
+    bot_media_payload,
     parse_bot_event,
     parse_call_event,
 )
@@ -139,6 +140,42 @@ def test_built_frames_are_always_one_json_text(name: str, payload: bytes) -> Non
     for data in frames:
         text = data.decode("utf-8")  # strict: raises on anything but UTF-8
         assert isinstance(json.loads(text), dict)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    sid=st.text(max_size=40),
+    payload=st.binary(max_size=400),
+    timestamp_ms=st.integers(min_value=0, max_value=10**12),
+    before=st.integers(min_value=0, max_value=3),
+)
+def test_media_template_writes_what_orjson_would(
+    sid: str, payload: bytes, timestamp_ms: int, before: int
+) -> None:
+    # The media frame is made from a template: byte for byte the message
+    # orjson writes for the same dict, for any stream id orjson can encode.
+    w = StreamWriter(sid, "CA42", "AC7")
+    for _ in range(before):
+        w.dtmf("1")
+    try:
+        data = w.media(payload, timestamp_ms)
+    except StreamEncodeError:
+        assert any(0xD800 <= ord(c) <= 0xDFFF for c in sid)
+        return
+    assert data == orjson.dumps(
+        {
+            "event": "media",
+            "sequenceNumber": str(before + 1),
+            "media": {
+                "track": "inbound",
+                "chunk": "1",
+                "timestamp": str(timestamp_ms),
+                "payload": base64.b64encode(payload).decode(),
+            },
+            "streamSid": sid,
+        }
+    )
+    assert isinstance(json.loads(data.decode("utf-8")), dict)
 
 
 # -- what bots send ------------------------------------------------------------------------
@@ -256,9 +293,47 @@ def test_unknown_event_carries_its_name() -> None:
 def test_any_frame_is_an_event_or_a_stream_error(data: bytes) -> None:
     try:
         event = parse_bot_event(data, SID)
-    except StreamError:
+    except StreamError as error:
+        # The media fast path refuses what the full parser refuses (or, for
+        # an event that is not media, leaves it to the full parser).
+        try:
+            assert bot_media_payload(data, SID) is None
+        except StreamError as fast_error:
+            assert type(fast_error) is type(error)
         return
     assert isinstance(event, BotMedia | BotMark | BotClear | BotHangup | BotTransfer | BotResult)
+    payload = bot_media_payload(data, SID)
+    assert payload == (event.payload if type(event) is BotMedia else None)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (BotMedia(b"\x01\x02").serialize(SID), b"\x01\x02"),
+        (b'{"event": "media", "media": {"payload": "//8="}}', b"\xff\xff"),  # no streamSid
+        (BotMark("m").serialize(SID), None),
+        (b'{"event": "dance"}', None),
+        (b'{"event": 7}', None),
+    ],
+)
+def test_bot_media_payload_reads_media_only(data: bytes, expected: bytes | None) -> None:
+    assert bot_media_payload(data, SID) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        (b"not json", InvalidFrame),
+        (b"[]", InvalidFrame),
+        (b'{"event": "media", "streamSid": "MZother", "media": {"payload": ""}}', WrongStream),
+        (b'{"event": "media", "media": "x"}', InvalidFrame),
+        (b'{"event": "media", "media": {"payload": "!!"}}', InvalidFrame),
+        (b'{"event": "media", "media": {}}', InvalidFrame),
+    ],
+)
+def test_bot_media_payload_refuses_bad_media(data: bytes, error: type[StreamError]) -> None:
+    with pytest.raises(error):
+        bot_media_payload(data, SID)
 
 
 @pytest.mark.parametrize(

@@ -503,10 +503,15 @@ async def test_a_bot_that_stops_reading_does_not_stall_the_rtp_clock(call: Call,
     stream = call.stream(server.url, send_queue_frames=10, close_timeout_s=0.2)
     task = asyncio.ensure_future(stream.run())
     await call.watch.until(lambda: call.ours.frame_index > 0 and stream.connect_ms is not None)
+    await call.watch.until(lambda: stream.frames_sent > 0)  # frames go straight to the socket
+    # Our side's kernel buffer made small too, so the socket backs up after
+    # a few hundred frames, not megabytes.
+    ours = stream._ws.get_extra_info("socket")  # type: ignore[union-attr]
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     # Far more audio than one call makes, so the socket backs up in a second,
     # handed in between turns of the loop as the session's callback would.
     frame = tone(400, 20).samples
-    for _ in range(400):
+    for _ in range(2000):
         for _ in range(25):
             stream.on_audio(frame)
         await asyncio.sleep(0)  # one turn of the loop: the sender may write
@@ -526,6 +531,68 @@ async def test_a_bot_that_stops_reading_does_not_stall_the_rtp_clock(call: Call,
     stalled.set()
     assert result.outcome is VoicebotOutcome.COMPLETED
     assert result.frames_dropped >= stream.frames_dropped > 0
+
+
+async def test_frames_are_written_from_the_callback_and_queue_while_the_socket_is_full(
+    call: Call, bots
+) -> None:
+    paused = asyncio.Event()
+    resume = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        sock = request.transport.get_extra_info("socket")  # type: ignore[union-attr]
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        session = BotSession(listener=call.watch.poke)
+        handle.sessions.append(session)  # type: ignore[attr-defined]
+        async for message in ws:
+            session.observe(message.data)
+            if session.media_messages == 5:
+                request.transport.pause_reading()  # type: ignore[union-attr]
+                paused.set()
+                await resume.wait()
+                request.transport.resume_reading()  # type: ignore[union-attr]
+        session.closed.set()
+        return ws
+
+    handle.sessions = []  # type: ignore[attr-defined]
+    server = await bots(handle)
+    stream = call.stream(server.url, send_queue_frames=10)
+    task = asyncio.ensure_future(stream.run())
+    await call.watch.until(lambda: stream.frames_sent >= 3)
+    # Idle and streaming: a frame handed over is on the socket when the
+    # callback returns, with no task woken to write it.
+    frame = tone(400, 20).samples
+    sent = stream.frames_sent
+    stream.on_audio(frame)
+    assert stream.frames_sent == sent + 1
+    await asyncio.wait_for(paused.wait(), WAIT_S)
+    stream._ws.get_extra_info("socket").setsockopt(  # type: ignore[union-attr]
+        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+    )
+    for _ in range(2000):
+        for _ in range(25):
+            stream.on_audio(frame)
+        await asyncio.sleep(0)
+        if stream.frames_dropped:
+            break
+    assert stream.frames_dropped > 0
+    # The bot reads again: what was queued follows what was written, in
+    # order, and frames go straight out again once the queue is empty.
+    resume.set()
+    await call.watch.until(lambda: handle.sessions[0].media_messages >= stream.frames_sent)
+    await call.frames_later(5)
+    sent = stream.frames_sent
+    stream.on_audio(frame)
+    assert stream.frames_sent == sent + 1
+    stream.stop()
+    result = await task
+    seen = handle.sessions[0]
+    await asyncio.wait_for(seen.closed.wait(), WAIT_S)
+    assert seen.sequence_errors == 0 and seen.invalid == 0 and seen.stopped
+    assert seen.media_messages == result.frames_sent == seen.last_chunk
+    assert result.latency_to_bot.count == result.frames_sent
 
 
 class FakeLoop:
