@@ -10,8 +10,16 @@ ratio of predictive to progressive occupancy. Every model figure is a flag.
 
 ``--seat-oracle`` adds a bound: the predictive pacer shown when every busy
 seat will be free again (as if talk times were known at connect), printed as
-``policy=predictive_seat_oracle``. It reaches no more than the plain pacer:
-what holds occupancy back is not knowing which dials will be answered.
+``policy=predictive_seat_oracle``. It reaches no more than the plain pacer.
+
+``--checks`` then runs the pacer under other models (answer rate, talk time,
+ring range, abandonment target; each a change from the flags' model), one line
+per model with ``check=NAME`` in front and progressive's occupancy at the end,
+so that holding the target is shown beyond the default figures. Two of them
+take a source of randomness away: ``no_ring_spread`` (every answer after the
+same ring) and ``all_answer`` (every dial answered live). Only the second
+lifts occupancy: what holds it back is not knowing which dials will be
+answered, which no dialer can know before the answer.
 """
 
 from __future__ import annotations
@@ -49,31 +57,72 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--seat-oracle", action="store_true", help="also run predictive with seat times revealed"
     )
+    parser.add_argument("--checks", action="store_true", help="also run the other-model checks")
+    parser.add_argument("--check-seats", type=int, default=25, help="seats in the checks")
+    parser.add_argument("--check-hours", type=float, default=None, help="default: --hours")
     return parser.parse_args(argv)
+
+
+# Other models the pacer must hold its target under: (name, changes to the model).
+_CHECKS: tuple[tuple[str, dict[str, float]], ...] = (
+    ("answer_rate_0.15", {"answer_rate": 0.15}),
+    ("answer_rate_0.5", {"answer_rate": 0.5}),
+    ("talk_mean_60", {"talk_mean_s": 60.0}),
+    ("talk_mean_300", {"talk_mean_s": 300.0}),
+    ("ring_2_30", {"ring_min_s": 2.0, "ring_max_s": 30.0}),
+    ("ring_8_12", {"ring_min_s": 8.0, "ring_max_s": 12.0}),
+    ("no_wrap", {"wrap_s": 0.0}),
+    ("target_0.01", {"target_abandon_rate": 0.01}),
+    ("target_0.05", {"target_abandon_rate": 0.05}),
+    ("no_ring_spread", {"ring_min_s": 12.0, "ring_max_s": 12.0}),
+    ("all_answer", {"answer_rate": 1.0}),
+)
+
+
+def _runs(policy: PacingPolicy, config: SimConfig, seeds: int) -> list[SimResult]:
+    return [simulate(policy, config, random.Random(seed)) for seed in range(seeds)]
+
+
+def _checks(args: argparse.Namespace, base: SimConfig) -> None:
+    hours = args.check_hours if args.check_hours is not None else args.hours
+    base = dataclasses.replace(base, seats=args.check_seats, hours=hours)
+    for name, changes in _CHECKS:
+        config = dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+        progressive = _runs(PacingPolicy(mode=PacingMode.PROGRESSIVE), config, args.seeds)
+        policy = PacingPolicy(mode=PacingMode.PREDICTIVE, max_wait_s=args.max_wait_s)
+        runs = _runs(policy, config, args.seeds)
+        print(
+            f"check={name} seats={config.seats} policy=predictive"
+            f" occupancy={statistics.fmean(r.occupancy for r in runs):.3f}"
+            f" abandonment={statistics.fmean(r.abandonment for r in runs):.3f}"
+            f" worst_abandonment={max(r.abandonment for r in runs):.3f}"
+            f" target={config.target_abandon_rate:.3f}"
+            f" ceiling={config.occupancy_ceiling:.3f}"
+            f" progressive_occupancy={statistics.fmean(r.occupancy for r in progressive):.3f}",
+            flush=True,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     seat_counts = [int(part) for part in args.seats.split(",") if part.strip()]
     started = time.perf_counter()
-    ceiling = 0.0
     worst_run = 0.0
     ratios: list[str] = []
+    base = SimConfig(
+        answer_rate=args.answer_rate,
+        ring_min_s=args.ring_min_s,
+        ring_max_s=args.ring_max_s,
+        hold_min_s=args.hold_min_s,
+        hold_max_s=args.hold_max_s,
+        talk_mean_s=args.talk_mean_s,
+        wrap_s=args.wrap_s,
+        max_wait_s=args.max_wait_s,
+        hours=args.hours,
+        target_abandon_rate=args.target,
+    )
     for seats in seat_counts:
-        config = SimConfig(
-            seats=seats,
-            answer_rate=args.answer_rate,
-            ring_min_s=args.ring_min_s,
-            ring_max_s=args.ring_max_s,
-            hold_min_s=args.hold_min_s,
-            hold_max_s=args.hold_max_s,
-            talk_mean_s=args.talk_mean_s,
-            wrap_s=args.wrap_s,
-            max_wait_s=args.max_wait_s,
-            hours=args.hours,
-            target_abandon_rate=args.target,
-        )
-        ceiling = config.occupancy_ceiling
+        config = dataclasses.replace(base, seats=seats)
         occupancy_by_mode: dict[str, float] = {}
         runs_to_make = [(mode.value, mode, config) for mode in _MODES]
         if args.seat_oracle:
@@ -81,9 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs_to_make.append(("predictive_seat_oracle", PacingMode.PREDICTIVE, oracle))
         for name, mode, run_config in runs_to_make:
             policy = PacingPolicy(mode=mode, ratio=args.ratio, max_wait_s=args.max_wait_s)
-            runs: list[SimResult] = [
-                simulate(policy, run_config, random.Random(seed)) for seed in range(args.seeds)
-            ]
+            runs = _runs(policy, run_config, args.seeds)
             occupancy = statistics.fmean(r.occupancy for r in runs)
             occupancy_by_mode[name] = occupancy
             abandonment = statistics.fmean(r.abandonment for r in runs)
@@ -102,10 +149,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         predictive = occupancy_by_mode[PacingMode.PREDICTIVE.value]
         ratio = predictive / progressive if progressive else 0.0
         ratios.append(f"seats={seats} predictive/progressive occupancy={ratio:.3f}")
-    print(f"ceiling occupancy={ceiling:.3f} (talk / (talk + wrap-up))")
+    print(f"ceiling occupancy={base.occupancy_ceiling:.3f} (talk / (talk + wrap-up))")
     for line in ratios:
         print(line)
     print(f"predictive worst run abandonment={worst_run:.3f} (target {args.target:.3f})")
+    if args.checks:
+        _checks(args, base)
     print(f"elapsed_s={time.perf_counter() - started:.1f}", file=sys.stderr)
     return 0
 

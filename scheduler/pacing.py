@@ -46,6 +46,7 @@ __all__ = [
     "PacingStats",
     "RollingWindow",
     "dials_to_place",
+    "next_dial_risk",
     "risk_threshold",
 ]
 
@@ -272,7 +273,32 @@ def _answers_law(waiting: int, q: np.ndarray, size: int) -> np.ndarray:
 
 
 def _predictive(policy: PacingPolicy, stats: PacingStats) -> int:
-    """Dial while one more dial's chance of being abandoned stays under the threshold.
+    """Dial while one more dial's chance of being abandoned stays under the threshold."""
+    pmf, seat_cdf, other = _risk_model(policy, stats)
+    theta = risk_threshold(stats) * _SLOTS
+    limit = math.floor(policy.max_dials_per_free_seat * max(1, stats.seats))
+    n = 0
+    while n < limit and float((pmf * seat_cdf).sum()) <= theta:
+        _shift_in(pmf, other)
+        n += 1
+    return n
+
+
+def next_dial_risk(policy: PacingPolicy, stats: PacingStats, planned: int = 0) -> float:
+    """The chance that one more dial, after ``planned`` new ones, is abandoned if answered.
+
+    The quantity `dials_to_place` holds under `risk_threshold` in predictive mode.
+    """
+    pmf, seat_cdf, other = _risk_model(policy, stats)
+    for _ in range(planned):
+        _shift_in(pmf, other)
+    return float((pmf * seat_cdf).sum()) / _SLOTS
+
+
+def _risk_model(
+    policy: PacingPolicy, stats: PacingStats
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The laws behind a new dial's risk, per answer-time slot.
 
     A new dial answered live at time t (a quantile of the ring-time law) is
     abandoned when the live answers arriving before it (those already
@@ -282,6 +308,11 @@ def _predictive(policy: PacingPolicy, stats: PacingStats) -> int:
     flight with its chance of answering given its age, seats from each busy
     seat with its chance of being free in time (talk time memoryless, wrap-up
     remaining known or uniform). The risk is averaged over t.
+
+    Returns ``(pmf, seat_cdf, other)``: per slot, the law of the answers ahead
+    of the new one (last cell: ``seats`` or more), P(seats free in time <= x),
+    and the chance that each further new dial answers ahead of it. The risk
+    summed over slots is ``(pmf * seat_cdf).sum()``.
     """
     samples = stats.answer_samples
     warm = policy.warmup_samples
@@ -348,16 +379,9 @@ def _predictive(policy: PacingPolicy, stats: PacingStats) -> int:
             width = min(size - s0, cum.shape[1])
             seat_cdf[k, s0 : s0 + width] = cum[k, :width]
     seat_cdf[:, -1] = 1.0
-    theta = risk_threshold(stats) * _SLOTS
-    limit = math.floor(policy.max_dials_per_free_seat * max(1, seats))
     # The other new dials answer before slot t with the ring law's share;
     # while that law is unknown, take them all to answer first.
-    other = p * share
-    n = 0
-    while n < limit and float((pmf * seat_cdf).sum()) <= theta:
-        _shift_in(pmf, other)
-        n += 1
-    return n
+    return pmf, seat_cdf, p * share
 
 
 class RollingWindow:

@@ -18,6 +18,7 @@ from scheduler.pacing import (
     RollingWindow,
     _answers_law,
     dials_to_place,
+    next_dial_risk,
     risk_threshold,
 )
 
@@ -229,6 +230,63 @@ def test_predictive_small_cases_by_hand(
         answer_rate=answer_rate,
     )
     assert dials_to_place(PREDICTIVE, s, now=0.0) == expected
+
+
+# The bench's ring law U(4, 20) s and no-answer hold U(2, 26) s, as summaries.
+RING = DurationSummary(12.0, 16.0 / 12**0.5, 10**6)
+HOLD = DurationSummary(14.0, 24.0 / 12**0.5, 10**6)
+
+
+def one_seat(**changes: object) -> PacingStats:
+    """One seat, answer rate 0.3 known from a million dials, nothing in flight."""
+    base = stats(
+        seats=1,
+        seats_busy=0,
+        seats_wrapping=0,
+        wrap_remaining_s=(),
+        calls_in_flight=0,
+        in_flight_ages_s=(),
+        answer_samples=10**9,
+        ring_to_answer=RING,
+        not_answered_hold=HOLD,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def test_next_dial_risk_by_hand_new_dials():
+    # One free seat. The first dial always finds it. The second is abandoned
+    # when the first is answered (0.3) before it (half the time, same ring law).
+    assert next_dial_risk(PREDICTIVE, one_seat()) == 0.0
+    assert next_dial_risk(PREDICTIVE, one_seat(), planned=1) == pytest.approx(0.15, abs=1e-6)
+
+
+def test_next_dial_risk_by_hand_call_in_flight():
+    # The seat is in wrap-up for 1 s more, so it is free in time for any answer.
+    # A call in flight for 10 s answers with P = 0.3 * 10/16 / (0.3 * 10/16 +
+    # 0.7 * 16/24) = 0.2866, uniformly within the next 10 s; a new dial answers
+    # at t ~ U(4, 20), after it with probability E[min(t, 10) / 10] = 0.8875.
+    s = one_seat(
+        seats_busy=1,
+        seats_wrapping=1,
+        wrap_remaining_s=(1.0,),
+        calls_in_flight=1,
+        in_flight_ages_s=(10.0,),
+    )
+    answers = 0.3 * 10 / 16 / (0.3 * 10 / 16 + 0.7 * 16 / 24)
+    assert next_dial_risk(PREDICTIVE, s) == pytest.approx(answers * 0.8875, rel=0.01)
+    # Past the longest ring, a call in flight is a no-answer: no risk.
+    assert next_dial_risk(PREDICTIVE, dataclasses.replace(s, in_flight_ages_s=(21.0,))) == 0.0
+    # A seat still talking (memoryless, mean 120 s) frees in time only now and then.
+    talking = dataclasses.replace(s, seats_wrapping=0, wrap_remaining_s=())
+    assert next_dial_risk(PREDICTIVE, talking) > 0.9
+
+
+def test_dials_stop_where_the_risk_passes_the_threshold():
+    s = stats()
+    n = dials_to_place(PREDICTIVE, s, now=0.0)
+    assert n > 0
+    assert next_dial_risk(PREDICTIVE, s, planned=n - 1) <= risk_threshold(s)
+    assert next_dial_risk(PREDICTIVE, s, planned=n) > risk_threshold(s)
 
 
 @settings(max_examples=40, deadline=None)

@@ -9,37 +9,36 @@ import pytest
 from scheduler.pacing import PacingMode, PacingPolicy
 from scheduler.simulate import SimConfig, simulate
 
-# Room for an hour's noise over the 3 % target: ~250 live answers.
+# Room for the noise of half an hour (~150 live answers) over the 3 % target;
+# the warm-up is cautious, so an overshoot past it means the pacer is wrong.
 MARGIN = 0.02
 
 
 @pytest.mark.parametrize(
     "config",
     [
-        SimConfig(seats=10, hours=1.0),
+        SimConfig(seats=10, hours=0.5),
         # Other parameters too: fewer answers, shorter talk, longer rings.
         SimConfig(
-            seats=20, hours=1.0, answer_rate=0.15, talk_mean_s=60.0, ring_min_s=6, ring_max_s=30
+            seats=8, hours=0.5, answer_rate=0.15, talk_mean_s=60.0, ring_min_s=6, ring_max_s=30
         ),
         # Many answers, a wide ring, no wrap-up: every seat frees unannounced.
-        SimConfig(
-            seats=20, hours=1.0, answer_rate=0.6, ring_min_s=2.0, ring_max_s=30.0, wrap_s=0.0
-        ),
-        # The bound with every seat's free time revealed holds the target too.
-        SimConfig(seats=10, hours=1.0, reveal_seat_times=True),
+        SimConfig(seats=8, hours=0.5, answer_rate=0.6, ring_min_s=2.0, ring_max_s=30.0, wrap_s=0.0),
     ],
 )
 def test_predictive_holds_target_and_beats_progressive(config: SimConfig):
     predictive = simulate(PacingPolicy(mode=PacingMode.PREDICTIVE), config, random.Random(1))
     progressive = simulate(PacingPolicy(mode=PacingMode.PROGRESSIVE), config, random.Random(1))
     assert predictive.live_answers > 100
+    # A day's figure is ~0.79 at 10 seats; half an hour carries the warm-up.
+    assert predictive.occupancy > 1.05 * progressive.occupancy
     assert predictive.abandonment <= config.target_abandon_rate + MARGIN
     assert predictive.occupancy > progressive.occupancy
     assert progressive.abandonment == 0.0
 
 
 def test_simulation_is_deterministic_for_a_seed():
-    config = SimConfig(seats=5, hours=0.25)
+    config = SimConfig(seats=5, hours=0.05)
     policy = PacingPolicy()
     assert simulate(policy, config, random.Random(7)) == simulate(policy, config, random.Random(7))
 
