@@ -32,6 +32,7 @@ from media.playback import PlaybackQueue, SpeechRenderer, silence
 from media.ports import PortAllocator, bind_pair
 from media.recording import CallRecorder
 from media.session import MediaParams, RtpSession, SessionConfig
+from media.ticker import FrameTicker
 from media.voicebot import (
     CallControl,
     VoicebotCall,
@@ -122,6 +123,14 @@ class SipCallRunner:
         # How a bot's transfer is carried out (REFER, else a bridged call).
         self.transfer = transfer or TransferConfig()
         self.transfers: dict[str, TransferReport] = {}
+        # One 20 ms clock for every call of this worker (made on the first call,
+        # inside the loop); idle, it books no timer.
+        self._ticker: FrameTicker | None = None
+
+    def _frame_ticker(self) -> FrameTicker:
+        if self._ticker is None:
+            self._ticker = FrameTicker()
+        return self._ticker
 
     async def run(self, job: DialJob, emit: Emit) -> dict[str, Any]:
         queue = PlaybackQueue()
@@ -142,6 +151,7 @@ class SipCallRunner:
             recorder=recorder,
             on_dtmf=lambda d: digits.append({"digit": d.digit, "duration_ms": d.duration_ms}),
             on_timeout=lambda _cause: media_timed_out.set(),
+            ticker=self._frame_ticker(),
         )
         pending: set[asyncio.Task[None]] = set()
 

@@ -92,6 +92,7 @@ from media.playback import (
 )
 from media.ports import BoundPair, PortAllocator, PortsExhausted, bind_pair
 from media.session import MediaParams, RtpSession, SessionConfig
+from media.ticker import FrameTicker
 
 __all__ = [
     "BEHAVIOUR_TABLE",
@@ -530,6 +531,7 @@ class SandboxCarrier:
         self._calls: dict[str, _Call] = {}
         self._decided: OrderedDict[str, Behaviour] = OrderedDict()
         self._allocator = PortAllocator(self.config.rtp_port_min, self.config.rtp_port_max)
+        self._ticker: FrameTicker | None = None
         self._speech: SpeechRenderer | None = None
         if self.config.speech_cache_dir is not None and espeak_available():
             self._speech = SpeechRenderer(
@@ -562,6 +564,8 @@ class SandboxCarrier:
             timers=config.timers,
         )
         self._router = InboundRouter(uas, _new_ids())
+        # One 20 ms clock for every call's RTP, as in a worker.
+        self._ticker = FrameTicker(self._loop)
         # The router counts what it answers outside calls; the stats show that dict.
         self.stats.answered_outside_calls = self._router.answered
 
@@ -589,6 +593,8 @@ class SandboxCarrier:
         self._timers.clear()
         if self._transport is not None:
             await self._transport.close()
+        if self._ticker is not None:
+            self._ticker.close()
 
     async def __aenter__(self) -> SandboxCarrier:
         await self.start()
@@ -874,6 +880,7 @@ class SandboxCarrier:
             call.session = await RtpSession.create(
                 ports,
                 SessionConfig(media_timeout_s=None, cname="sandbox"),
+                ticker=self._ticker,
                 source=call.queue,
                 on_audio=self._on_audio(call),
                 on_dtmf=self._on_dtmf,
