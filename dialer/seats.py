@@ -50,8 +50,8 @@ DEFAULT_MAX_WAIT_S = 2.0
 DEFAULT_ABANDON_MESSAGE = (
     "This is an automated call from {company}. We will call you back. Goodbye."
 )
-# The advisory lock's first key: seats of one workflow (its second key) are claimed one at a time.
-SEAT_LOCK_CLASS = 0x5EA7
+# Rules are read again after this long: a settings edit applies within seconds.
+RULES_TTL_S = 5.0
 # How often a waiting answer asks again for a seat.
 POLL_S = 0.1
 # What a claim or a release may raise while the database is away or failing.
@@ -99,9 +99,23 @@ class SeatBook:
         self.pool = pool
         self.poll_s = poll_s
         self.clock = clock
+        # workflow id -> (read at, rules): one read per workflow every few seconds,
+        # not one per answer.
+        self._rules: dict[str, tuple[float, SeatRules]] = {}
 
     async def rules(self, workflow_id: str) -> SeatRules:
-        """The workflow's current seat rules (an edit applies to the next answer)."""
+        """The workflow's current seat rules (an edit applies within ``RULES_TTL_S``)."""
+        now = self.clock()
+        cached = self._rules.get(workflow_id)
+        if cached is not None and now - cached[0] < RULES_TTL_S:
+            return cached[1]
+        rules = await self._read_rules(workflow_id)
+        if len(self._rules) > 10_000:  # bounded: workflows come and go
+            self._rules.clear()
+        self._rules[workflow_id] = (now, rules)
+        return rules
+
+    async def _read_rules(self, workflow_id: str) -> SeatRules:
         row = await self.pool.fetchrow(
             """SELECT v.settings, coalesce(v.settings->>'company_name', t.name) AS company
                FROM workflows w
@@ -115,28 +129,17 @@ class SeatBook:
         return SeatRules.from_settings(row["settings"], row["company"])
 
     async def try_claim(self, call_id: str, workflow_id: str, seats: int) -> bool:
-        """Take a seat for ``call_id`` if one is free now; True if it holds one."""
-        workflow = uuid.UUID(workflow_id)
-        async with self.pool.acquire() as conn, conn.transaction():
-            # The lock comes first, in its own statement: the count below then
-            # sees every claim committed before ours (READ COMMITTED takes a
-            # snapshot per statement).
-            await conn.execute(
-                "SELECT pg_advisory_xact_lock($1, hashtext($2::text))", SEAT_LOCK_CLASS, workflow_id
+        """Take a seat for ``call_id`` if one is free now; True if it holds one.
+
+        One round trip: ``claim_seat`` (migration 0007) takes the workflow's
+        advisory lock, then counts and inserts in a statement of its own, whose
+        snapshot sees every claim committed before the lock was granted.
+        """
+        return bool(
+            await self.pool.fetchval(
+                "SELECT claim_seat($1, $2, $3)", uuid.UUID(call_id), uuid.UUID(workflow_id), seats
             )
-            row = await conn.fetchrow(
-                """INSERT INTO seats (call_id, workflow_id)
-                   SELECT $1, $2
-                   WHERE (SELECT count(*) FROM seats s JOIN calls c ON c.id = s.call_id
-                          WHERE s.workflow_id = $2 AND c.state <> 'ended'
-                            AND s.call_id <> $1) < $3
-                   ON CONFLICT (call_id) DO UPDATE SET claimed_at = seats.claimed_at
-                   RETURNING call_id""",
-                uuid.UUID(call_id),
-                workflow,
-                seats,
-            )
-        return row is not None
+        )
 
     async def claim(
         self,
