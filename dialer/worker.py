@@ -60,6 +60,7 @@ class Worker:
         worker_id: str | None = None,
         heartbeat_s: float = 5.0,
         clock: Callable[[], float] = time.time,
+        progress_delay_s: float = 0.0,
     ) -> None:
         self.pool = pool
         self.broker = broker
@@ -68,6 +69,10 @@ class Worker:
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.heartbeat_s = heartbeat_s
         self.clock = clock
+        # Events are coalesced per call: a progress event is held this long and
+        # dropped if the call ends meanwhile (its ended event carries every
+        # phase's time), so short calls cost one event, not four.
+        self.progress_delay_s = progress_delay_s
         self.active: set[str] = set()
         self.dialled = 0
         self.skipped = 0
@@ -120,14 +125,16 @@ class Worker:
                 log.warning("heartbeat failed: %s", exc, extra={"worker_id": self.worker_id})
             await asyncio.sleep(self.heartbeat_s)
 
-    async def _publish(self, job: DialJob, kind: str, data: dict[str, Any]) -> None:
+    async def _publish(
+        self, job: DialJob, kind: str, data: dict[str, Any], at: float | None = None
+    ) -> None:
         event = CallEvent(
             call_id=job.call_id,
             record_id=job.record_id,
             tenant_id=job.tenant_id,
             workflow_id=job.workflow_id,
             kind=kind,
-            at=self.clock(),
+            at=self.clock() if at is None else at,
             worker_id=self.worker_id,
             data=data,
         )
@@ -135,11 +142,19 @@ class Worker:
             [(event.routing_key, f"{job.call_id}:{kind}", event.to_bytes())]
         )
 
-    async def _progress(self, job: DialJob, kind: str, data: dict[str, Any]) -> None:
-        """Progress is for the live view: lost while the broker is away, never fatal
+    async def _progress(
+        self, job: DialJob, kind: str, data: dict[str, Any], at: float, over: asyncio.Event
+    ) -> None:
+        """Progress is for the live view and pacing: held ``progress_delay_s``, dropped
+        if the call is ``over`` by then, lost while the broker is away, never fatal
         (the ``ended`` event carries every phase's time)."""
+        if self.progress_delay_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(over.wait(), self.progress_delay_s)
+            if over.is_set():
+                return
         try:
-            await self._publish(job, kind, data)
+            await self._publish(job, kind, data, at)
         except BrokerUnavailable as exc:
             log.warning("progress event %s not published: %s", kind, exc)
 
@@ -210,11 +225,18 @@ class Worker:
                 data: dict[str, Any] = {"disposition": "expired", "hangup_by": "system"}
             else:
                 self.dialled += 1
-                await self._progress(job, "dialing", {})
+                over = asyncio.Event()
+                progress: set[asyncio.Task[None]] = set()
 
                 async def emit(kind: str, payload: dict[str, Any]) -> None:
-                    await self._progress(job, kind, payload)
+                    # Returns at once: a held event must not hold up the call.
+                    task = asyncio.get_running_loop().create_task(
+                        self._progress(job, kind, payload, self.clock(), over)
+                    )
+                    progress.add(task)
+                    task.add_done_callback(progress.discard)
 
+                await emit("dialing", {})
                 try:
                     data = await self.runner.run(job, emit)
                 except asyncio.CancelledError:
@@ -222,6 +244,10 @@ class Worker:
                 except Exception:
                     log.exception("call failed", extra={"call_id": job.call_id})
                     data = {"disposition": "failed", "hangup_by": "system"}
+                finally:
+                    over.set()
+                    # Progress already on its way goes out before the end.
+                    await asyncio.gather(*progress, return_exceptions=True)
             await self._publish_ended(job, data)
             await delivery.ack()
         finally:

@@ -1,13 +1,16 @@
-"""The worker while the broker is away: the outcome waits, progress is let go."""
+"""The worker's events: the outcome waits for an absent broker, progress is let go,
+and a short call's progress is coalesced into its end."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 
 from dialer.bus import BrokerUnavailable, MemoryBroker
-from dialer.worker import Worker
+from dialer.messages import CallEvent, DialJob
+from dialer.worker import Emit, Worker
 from scheduler.consumer import EventConsumer
 from scheduler.engine import Scheduler
 from tests.conftest import make_tenant
@@ -59,3 +62,57 @@ async def test_ended_event_is_published_once_the_broker_is_back(pool: asyncpg.Po
     )
     assert (call["state"], call["disposition"]) == ("ended", "answered")
     assert len(runner.calls) == 1 and worker.dialled == 1
+
+
+class RecordingBroker(MemoryBroker):
+    def __init__(self) -> None:
+        super().__init__("coalesce-test")
+        self.events: list[CallEvent] = []
+
+    async def publish_events(self, messages: Sequence[tuple[str, str, bytes]]) -> None:
+        self.events.extend(CallEvent.from_bytes(body) for _, _, body in messages)
+        await super().publish_events(messages)
+
+
+class HoldByNumber(ScriptedRunner):
+    """Holds each call as long as its number says: 50 ms, or 800 ms for a number ending in 2."""
+
+    async def run(self, job: DialJob, emit: Emit) -> dict[str, Any]:
+        self.hold_s = 0.8 if job.phone_e164.endswith("2") else 0.05
+        return await super().run(job, emit)
+
+
+async def test_progress_of_a_short_call_is_coalesced_into_its_end(pool: asyncpg.Pool) -> None:
+    tenant = await make_tenant(pool, "coal")
+    workflow = await _workflow(pool, tenant)
+    short, long = await _records(pool, tenant, workflow, ["2125550911", "2125550912"])
+    broker = RecordingBroker()
+    await broker.start()
+    clock = Clock(NOON)
+    worker = Worker(
+        pool, broker, HoldByNumber(), capacity=2, clock=lambda: clock.now, progress_delay_s=0.3
+    )
+    consumer = EventConsumer(pool, broker)
+    await consumer.start()
+    await worker.start()
+    try:
+        await Scheduler(pool, broker, clock=clock, tenant_ids=[tenant.id]).tick()
+        await _settle(
+            pool,
+            "SELECT bool_and(status = 'completed') FROM records WHERE id = ANY($1::uuid[])",
+            [short, long],
+        )
+    finally:
+        await worker.close()
+        await consumer.close()
+        await broker.close()
+    by_record: dict[str, list[CallEvent]] = {}
+    for event in broker.events:
+        by_record.setdefault(event.record_id, []).append(event)
+    # The short call's progress was dropped: its end says it all.
+    assert [e.kind for e in by_record[str(short)]] == ["ended"]
+    # The long one outlived the delay: its progress went out, before its end.
+    kinds = [e.kind for e in by_record[str(long)]]
+    assert sorted(kinds[:-1]) == ["answered", "dialing", "ringing"] and kinds[-1] == "ended"
+    answered = await pool.fetchval("SELECT answered_at FROM calls WHERE record_id = $1", long)
+    assert answered is not None
