@@ -74,6 +74,12 @@ class Scheduler:
         self.worker_timeout_s = worker_timeout_s
         self.clock = clock
         self.graphs = GraphCache()
+        # No worker's heartbeat could be written while the database was away:
+        # after an outage, live workers get worker_timeout_s to beat again
+        # before any is judged lost (else their calls would be retried while
+        # still up, and people dialled twice).
+        self._outage = False
+        self._judge_workers_from: float | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = self.tick_s
@@ -84,6 +90,7 @@ class Scheduler:
             except (asyncpg.PostgresError, *DATABASE_AWAY, ConnectionError) as exc:
                 # The database or the broker is away: keep trying, gently.
                 log.warning("scheduler tick failed: %s", exc)
+                self._outage = True
                 backoff = min(backoff * 2, 10.0)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), backoff)
@@ -91,6 +98,9 @@ class Scheduler:
     async def tick(self) -> TickResult:
         result = TickResult()
         now = self.clock()
+        if self._outage:
+            self._outage = False
+            self._judge_workers_from = now + self.worker_timeout_s
         workflows = await self.pool.fetch(
             """SELECT w.id, w.tenant_id, w.workflow_key, w.name, w.current_version, v.settings
                FROM workflows w JOIN workflow_versions v
@@ -102,7 +112,8 @@ class Scheduler:
         for workflow in workflows:
             await self._schedule_workflow(workflow, now, result)
         result.republished = await self._republish_stale(now)
-        result.lost = await self._close_lost_calls(now)
+        if self._judge_workers_from is None or now >= self._judge_workers_from:
+            result.lost = await self._close_lost_calls(now)
         return result
 
     async def _budget(

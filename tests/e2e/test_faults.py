@@ -53,6 +53,8 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 # Not US numbers: those are called only 08:00-21:00 in New York, and tests run at any hour.
 PHONE_BASE = 442071830000
+# How long the scheduler waits for a silent worker before closing its calls.
+WORKER_TIMEOUT_S = 8.0
 
 
 # -- private peers -------------------------------------------------------------
@@ -155,6 +157,7 @@ class PrivatePostgres:
     datadir: Path
     port: int
     log: Path
+    options: str
 
     @property
     def url(self) -> str:
@@ -191,8 +194,8 @@ def private_postgres() -> Iterator[PrivatePostgres]:
         timeout=120,
     )
     port = free_port(socket.SOCK_STREAM, both=False)
-    pg = PrivatePostgres(datadir, port, workdir / "log")
     options = f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1 -c fsync=off"
+    pg = PrivatePostgres(datadir, port, workdir / "log", options)
     pg.ctl("-o", options, "start")
     try:
         yield pg
@@ -291,7 +294,7 @@ async def _scheduler(
         broker,
         tick_s=0.2,
         republish_after_s=4.0,
-        worker_timeout_s=8.0,
+        worker_timeout_s=WORKER_TIMEOUT_S,
         tenant_ids=[campaign.tenant_id],
     )
     task = asyncio.create_task(scheduler.run(stop))
@@ -529,7 +532,8 @@ async def test_rabbitmq_restarted_mid_run(
 async def test_postgresql_restarted_mid_run(
     private_postgres: PrivatePostgres, rabbit: RabbitNode, tmp_path: Path
 ) -> None:
-    """A restart of the database with calls up: every part waits for it and carries on."""
+    """The database stopped and started with calls up: every part waits for it and carries
+    on, and no live worker is taken for lost because its heartbeats could not be written."""
     conn = await asyncpg.connect(private_postgres.url)
     try:
         await apply_migrations(conn)
@@ -554,7 +558,11 @@ async def test_postgresql_restarted_mid_run(
                 campaign.workflow_id,
                 timeout=30,
             )
-            await private_postgres.actl("-m", "fast", "restart")
+            # Down for longer than the scheduler's worker timeout: live workers'
+            # heartbeats are stale when it comes back, and must not be taken for lost.
+            await private_postgres.actl("-m", "fast", "stop")
+            await asyncio.sleep(WORKER_TIMEOUT_S + 2)
+            await private_postgres.actl("-o", private_postgres.options, "start")
             await _all_final(pool, campaign, timeout=45)
         outcomes = await _check_promises(pool, campaign, sipp, retried_outcomes=())
         assert outcomes == {"answered": count}
