@@ -122,9 +122,27 @@ async def init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Send no reset query when a connection goes back to the pool.
+
+    asyncpg's default (unlock advisory locks, close cursors, unlisten, reset
+    settings) is one more round trip per use of a pooled connection: half the
+    transactions of a call in the dial pipeline. We keep no session state on
+    pooled connections (locks and settings are transaction-scoped, cursors live
+    in transactions, a LISTEN connection unlistens before it goes back), and
+    asyncpg still rolls back an open transaction and drops listener callbacks
+    on its side before this runs.
+    """
+
+
 async def connect_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=init_connection, command_timeout=60
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=init_connection,
+        command_timeout=60,
+        reset=_keep_session,
     )
     assert pool is not None
     return pool
