@@ -91,12 +91,14 @@ def _cpu_s() -> float:
 
 def _shared_clock(loop: asyncio.AbstractEventLoop, own_clocks: bool):
     """One 20 ms clock for the worker's calls, where this checkout has one."""
-    if own_clocks:
+    import inspect
+
+    from media.session import RtpSession
+
+    if own_clocks or "ticker" not in inspect.signature(RtpSession).parameters:
         return None
-    try:
-        from media.ticker import FrameTicker
-    except ImportError:
-        return None
+    from media.ticker import FrameTicker
+
     return FrameTicker(loop)
 
 
