@@ -168,11 +168,11 @@ async def test_refer_accepted(
 
 
 async def test_refer_refused_then_bridged(tmp_path: Path, bot_server) -> None:
-    from tests.media.test_sipp_rtp import twenty_ms_pcap
+    from tests.media.test_sipp_rtp import recut_pcap
 
     require("sipp")
     pcap = tmp_path / "speech.pcap"
-    spoken = twenty_ms_pcap(pcap, 0, 150)  # 3 s of speech, A-law
+    spoken = recut_pcap(pcap, 0, 150, 20)  # 3 s of speech, A-law
     scenario = tmp_path / "uas_refer_reject.xml"
     scenario.write_text(
         (SCENARIOS / "uas_refer_reject.xml").read_text().replace("[pcap]", str(pcap))
