@@ -92,6 +92,10 @@ class Scheduler:
                 log.warning("scheduler tick failed: %s", exc)
                 self._outage = True
                 backoff = min(backoff * 2, 10.0)
+            except Exception:
+                # A bug or a bad row must not stop scheduling for everybody.
+                log.exception("scheduler tick failed")
+                backoff = min(backoff * 2, 10.0)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), backoff)
 
@@ -278,7 +282,20 @@ class Scheduler:
         jobs = []
         for row in rows:
             graph = await self.graphs.get(self.pool, row["workflow_id"], row["workflow_version"])
-            node = graph.nodes[row["node_id"]]
+            node = graph.nodes.get(row["node_id"])
+            if node is None or node.get("type") != "call":
+                # A call row no call node of its workflow explains (written by
+                # hand, or a damaged row): end it rather than stop the scheduler.
+                log.warning(
+                    "closing queued call %s: no call node %r", row["call_id"], row["node_id"]
+                )
+                await self.pool.execute(
+                    """UPDATE calls SET state = 'ended', disposition = 'failed', ended_at = now(),
+                           sip_reason = 'no such call node in its workflow'
+                       WHERE id = $1 AND state = 'queued'""",
+                    row["call_id"],
+                )
+                continue
             jobs.append(
                 dial_job(
                     row["call_id"], row, graph, row["node_id"], node, now, attempt=row["attempts"]

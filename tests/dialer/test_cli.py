@@ -113,6 +113,7 @@ def test_scheduler_runs_on_rabbitmq_and_stops_on_sigterm(database_url: str) -> N
         assert "scheduler running" in line, line
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        code = proc.wait(30)
+        assert code == 0, proc.stderr.read() if proc.stderr else ""
     alone = _dialer("scheduler", env=_clean_env(DIALER_DATABASE_URL=database_url))
     assert alone.returncode == 2 and "DIALER_AMQP_URL" in alone.stderr

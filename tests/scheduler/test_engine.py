@@ -293,3 +293,27 @@ async def test_predictive_budget_from_database_statistics(
     assert 1 <= first.published <= 2
     second = await scheduler.tick()
     assert second.published == 0  # the calls in flight already cover the seats
+
+
+async def test_a_queued_call_no_node_explains_is_closed_not_fatal(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    tenant = await make_tenant(pool, "eng")
+    workflow = await _workflow(pool, tenant)
+    (record_id,) = await _records(pool, tenant, workflow, ["2125550302"])
+    call_id = new_id()
+    # A call row written by hand, without the node it was placed for, left unpublished.
+    await pool.execute(
+        """INSERT INTO calls (id, tenant_id, record_id, workflow_id, phone_e164, state,
+               created_at)
+           VALUES ($1, $2, $3, $4, '+12125550302', 'queued', now() - interval '1 hour')""",
+        call_id,
+        tenant.id,
+        record_id,
+        workflow["id"],
+    )
+    scheduler = Scheduler(pool, broker, clock=Clock(NOON), tenant_ids=[tenant.id])
+    result = await scheduler.tick()  # raised KeyError before
+    assert result.republished == 0
+    call = await pool.fetchrow("SELECT state, disposition FROM calls WHERE id = $1", call_id)
+    assert (call["state"], call["disposition"]) == ("ended", "failed")
