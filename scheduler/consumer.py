@@ -6,24 +6,37 @@ step (retry, next node, finish) and writes the outbox rows, all in one
 transaction; the message is acknowledged only after the commit, and a
 duplicate (a redelivery, or a worker_lost verdict racing the real end) finds
 the call already ended and changes nothing.
+
+Events are handled in batches (whatever is ready, up to ``batch_size``): one
+transaction and one statement per kind of change for the whole batch, since
+the per-call cost was the round trips and commits, not the rows. A batch the
+database refuses is retried event by event, so one bad event fails alone.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import asyncpg
 
+from dialer import jsonutil
+from dialer.batching import Batcher
 from dialer.bus import Broker, Delivery, Subscription
-from dialer.db import while_database_away
+from dialer.db import DATABASE_AWAY, while_database_away
 from dialer.ids import new_id
 from dialer.messages import CallEvent, MessageError
-from dialer.outbox import write_event
 from dialer.progress import notify_progress
-from scheduler.steps import RECORD_COLUMNS, GraphCache, apply_step, context_for, record_zone
+from scheduler.steps import (
+    RECORD_COLUMNS,
+    GraphCache,
+    Writes,
+    apply_step,
+    context_for,
+    record_zone,
+)
 
 __all__ = ["EventConsumer", "call_completed_payload"]
 
@@ -82,15 +95,64 @@ async def _progress(
     await notify_progress(conn, call["tenant_id"], f"call.{event.kind}", data)
 
 
+class _BadEvent(Exception):
+    """An event the database refused on its own (a value of the wrong type, ...)."""
+
+
+# A batch's ended calls, closed in one statement; RETURNING gives the rows as ended.
+_END_CALLS = """
+    UPDATE calls c SET state = 'ended', disposition = u.disposition, sip_status = u.sip_status,
+        sip_reason = u.sip_reason, hangup_by = u.hangup_by,
+        amd_verdict = coalesce(u.amd_verdict, c.amd_verdict),
+        bot_result = u.bot_result::jsonb, media_stats = u.media_stats::jsonb,
+        dialing_at = coalesce(c.dialing_at, to_timestamp(u.dialing)),
+        ringing_at = coalesce(c.ringing_at, to_timestamp(u.ringing)),
+        answered_at = coalesce(c.answered_at, to_timestamp(u.answered)),
+        ended_at = to_timestamp(u.ended), ring_s = u.ring_s, talk_s = u.talk_s,
+        worker_id = coalesce(c.worker_id, nullif(u.worker_id, ''))
+    FROM unnest($1::uuid[], $2::text[], $3::integer[], $4::text[], $5::text[], $6::text[],
+                $7::text[], $8::text[], $9::float8[], $10::float8[], $11::float8[],
+                $12::float8[], $13::float8[], $14::float8[], $15::text[])
+         AS u(id, disposition, sip_status, sip_reason, hangup_by, amd_verdict, bot_result,
+              media_stats, dialing, ringing, answered, ended, ring_s, talk_s, worker_id)
+    WHERE c.id = u.id
+    RETURNING c.*"""
+
+_END_NODE_RUNS = """
+    UPDATE node_runs n SET status = 'completed', outcome = u.outcome, ended_at = now(),
+        detail = n.detail || u.detail::jsonb
+    FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(id, outcome, detail)
+    WHERE n.id = u.id"""
+
+
+def _json_text(value: Any) -> str | None:
+    return None if value is None else jsonutil.dumps(value)
+
+
 class EventConsumer:
+    """Call events in batches: whatever is ready (up to ``batch_size``, gathered
+    for at most ``linger_s``) is handled in one transaction with set-based
+    statements, and each message is acknowledged only after that commit."""
+
     QUEUE_SUFFIX = "scheduler.events"
 
-    def __init__(self, pool: asyncpg.Pool, broker: Broker, *, prefetch: int = 100) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        broker: Broker,
+        *,
+        prefetch: int = 100,
+        batch_size: int = 100,
+        linger_s: float = 0.005,
+    ) -> None:
         self.pool = pool
         self.broker = broker
         self.prefetch = prefetch
         self.graphs = GraphCache()
         self._subscription: Subscription | None = None
+        self._batcher: Batcher[CallEvent, BaseException | None] = Batcher(
+            self._handle_batch, max_size=batch_size, linger_s=linger_s
+        )
 
     async def start(self) -> None:
         self._subscription = await self.broker.consume_events(
@@ -104,6 +166,7 @@ class EventConsumer:
         if self._subscription is not None:
             await self._subscription.cancel()
             self._subscription = None
+        await self._batcher.close()
 
     async def _on_delivery(self, delivery: Delivery) -> None:
         try:
@@ -115,89 +178,165 @@ class EventConsumer:
             return
         # Held, not requeued, while the database is away: a requeue loop would
         # reach the queue's delivery limit and dead-letter a call's outcome.
-        await while_database_away(lambda: self.handle(event), what="call event")
+        error = await while_database_away(lambda: self._batcher.submit(event), what="call event")
+        if error is not None:
+            raise error  # requeued by the broker's task owner, dead-lettered in the end
         await delivery.ack()
 
     async def handle(self, event: CallEvent) -> None:
+        """Handle one event now, in a transaction of its own."""
+        await self.handle_many([event])
+
+    async def handle_many(self, events: Sequence[CallEvent]) -> None:
+        """Handle ``events`` in one transaction (a duplicate changes nothing)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            call = await conn.fetchrow(
-                "SELECT * FROM calls WHERE id = $1 FOR UPDATE", uuid.UUID(event.call_id)
+            await self._apply(conn, events)
+
+    async def _handle_batch(self, events: Sequence[CallEvent]) -> list[BaseException | None]:
+        """One transaction for the batch; if the database refuses it, each event alone,
+        so that one bad event fails by itself and the rest go on."""
+        failure: BaseException
+        try:
+            await self.handle_many(events)
+            return [None] * len(events)
+        except asyncpg.DataError as exc:
+            # A value asyncpg could not encode: the event's fault, not the
+            # database being away (asyncpg files it under InterfaceError).
+            failure = _BadEvent(str(exc))
+        except DATABASE_AWAY:
+            raise  # every caller waits and submits again
+        except asyncpg.PostgresError as exc:
+            failure = exc
+        if len(events) == 1:
+            return [failure]
+        results: list[BaseException | None] = []
+        for event in events:
+            results.extend(await self._handle_batch([event]))
+        return results
+
+    async def _apply(self, conn: asyncpg.Connection, events: Sequence[CallEvent]) -> None:
+        # Rows locked in id order: batches that share calls cannot deadlock.
+        ids = sorted({uuid.UUID(e.call_id) for e in events})
+        calls = {
+            r["id"]: r
+            for r in await conn.fetch(
+                "SELECT * FROM calls WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE", ids
             )
-            if call is None or call["state"] == "ended":
-                return  # unknown, or a duplicate of an end already applied
+        }
+        states = {call_id: call["state"] for call_id, call in calls.items()}
+        ending: dict[uuid.UUID, CallEvent] = {}
+        for event in events:
+            call_id = uuid.UUID(event.call_id)
+            call = calls.get(call_id)
+            if call is None or states[call_id] == "ended" or call_id in ending:
+                continue  # unknown, or a duplicate of an end already applied
             if event.kind == "ended":
-                await self._ended(conn, call, event)
+                ending[call_id] = event
             elif event.kind == "amd":
                 await conn.execute(
                     "UPDATE calls SET amd_verdict = $2 WHERE id = $1",
-                    call["id"],
+                    call_id,
                     event.data.get("verdict"),
                 )
                 await _progress(conn, call, event, verdict=event.data.get("verdict"))
-            elif event.kind in _STAMPS and _ORDER[_STATES[event.kind]] > _ORDER[call["state"]]:
+            elif event.kind in _STAMPS and _ORDER[_STATES[event.kind]] > _ORDER[states[call_id]]:
                 await conn.execute(
                     f"""UPDATE calls SET state = $2,
                             {_STAMPS[event.kind]} = coalesce({_STAMPS[event.kind]},
                                                              to_timestamp($3))
                         WHERE id = $1""",
-                    call["id"],
+                    call_id,
                     _STATES[event.kind],
                     event.at,
                 )
+                states[call_id] = _STATES[event.kind]
                 await _progress(conn, call, event)
+        if ending:
+            await self._end(conn, [(calls[i], e) for i, e in ending.items()])
+
+    async def _end(
+        self, conn: asyncpg.Connection, ending: list[tuple[asyncpg.Record, CallEvent]]
+    ) -> None:
+        """Close the calls, their node runs and records' steps: set-based, one statement
+        per kind for the whole batch."""
+        columns: list[list[Any]] = [[] for _ in range(15)]
+        runs: list[list[Any]] = [[], [], []]
+        for call, event in ending:
+            data = event.data
+            times = data.get("times", {})
+            disposition = data.get("disposition") or "failed"
+            row = (
+                call["id"],
+                disposition,
+                data.get("sip_status"),
+                data.get("sip_reason"),
+                data.get("hangup_by"),
+                data.get("amd_verdict"),
+                _json_text(data.get("bot_result")),
+                _json_text(data.get("media_stats")),
+                times.get("dialing"),
+                times.get("ringing"),
+                times.get("answered"),
+                times.get("ended", event.at),
+                data.get("ring_s"),
+                data.get("talk_s"),
+                event.worker_id,
+            )
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
+            if call["node_run_id"] is not None:
+                runs[0].append(call["node_run_id"])
+                runs[1].append(disposition)
+                runs[2].append(
+                    jsonutil.dumps(
+                        {"sip_status": data.get("sip_status"), "hangup_by": data.get("hangup_by")}
+                    )
+                )
+        ended = {r["id"]: r for r in await conn.fetch(_END_CALLS, *columns)}
+        if runs[0]:
+            await conn.execute(_END_NODE_RUNS, *runs)
+        record_ids = sorted({call["record_id"] for call, _ in ending})
+        records = {
+            r["id"]: r
+            for r in await conn.fetch(
+                f"""SELECT {RECORD_COLUMNS} FROM records r WHERE r.id = ANY($1::uuid[])
+                    ORDER BY r.id FOR UPDATE""",
+                record_ids,
+            )
+        }
+        workflows = {
+            r["id"]: {"workflow_key": r["workflow_key"], "name": r["name"]}
+            for r in await conn.fetch(
+                "SELECT id, workflow_key, name FROM workflows WHERE id = ANY($1::uuid[])",
+                list({call["workflow_id"] for call, _ in ending}),
+            )
+        }
+        writes = Writes(conn)
+        for call, event in ending:
+            record = records.get(call["record_id"])
+            if record is None:
+                continue  # the record was deleted meanwhile: nothing to report on
+            await self._ended(
+                writes, call, ended[call["id"]], record, workflows[call["workflow_id"]], event
+            )
+        await writes.flush()
 
     async def _ended(
-        self, conn: asyncpg.Connection, call: asyncpg.Record, event: CallEvent
+        self,
+        writes: Writes,
+        call: asyncpg.Record,
+        ended: asyncpg.Record,
+        record: asyncpg.Record,
+        info: dict[str, Any],
+        event: CallEvent,
     ) -> None:
+        """One ended call's outbox rows and its record's next step, queued on ``writes``."""
         data = event.data
-        times = data.get("times", {})
-        disposition = data.get("disposition") or "failed"
-        await conn.execute(
-            """UPDATE calls SET state = 'ended', disposition = $2, sip_status = $3,
-                   sip_reason = $4, hangup_by = $5, amd_verdict = coalesce($6, amd_verdict),
-                   bot_result = $7, media_stats = $8,
-                   dialing_at = coalesce(dialing_at, to_timestamp($9)),
-                   ringing_at = coalesce(ringing_at, to_timestamp($10)),
-                   answered_at = coalesce(answered_at, to_timestamp($11)),
-                   ended_at = to_timestamp($12), ring_s = $13, talk_s = $14,
-                   worker_id = coalesce(worker_id, nullif($15, ''))
-               WHERE id = $1""",
-            call["id"],
-            disposition,
-            data.get("sip_status"),
-            data.get("sip_reason"),
-            data.get("hangup_by"),
-            data.get("amd_verdict"),
-            data.get("bot_result"),
-            data.get("media_stats"),
-            times.get("dialing"),
-            times.get("ringing"),
-            times.get("answered"),
-            times.get("ended", event.at),
-            data.get("ring_s"),
-            data.get("talk_s"),
-            event.worker_id,
-        )
-        if call["node_run_id"] is not None:
-            await conn.execute(
-                """UPDATE node_runs SET status = 'completed', outcome = $2, ended_at = now(),
-                       detail = detail || $3 WHERE id = $1""",
-                call["node_run_id"],
-                disposition,
-                {"sip_status": data.get("sip_status"), "hangup_by": data.get("hangup_by")},
-            )
-        record = await conn.fetchrow(
-            f"SELECT {RECORD_COLUMNS} FROM records r WHERE r.id = $1 FOR UPDATE", call["record_id"]
-        )
-        workflow = await conn.fetchrow(
-            "SELECT workflow_key, name FROM workflows WHERE id = $1", call["workflow_id"]
-        )
-        info = {"workflow_key": workflow["workflow_key"], "name": workflow["name"]}
-        ended = await conn.fetchrow("SELECT * FROM calls WHERE id = $1", call["id"])
+        disposition = ended["disposition"]
         recording = data.get("recording")
         if isinstance(recording, dict) and recording.get("path"):
             recording_id = new_id()
-            await conn.execute(
+            writes.add(
                 """INSERT INTO recordings (id, tenant_id, call_id, path, bytes, duration_s, sha256)
                    VALUES ($1, $2, $3, $4, $5, $6, $7)""",
                 recording_id,
@@ -208,8 +347,7 @@ class EventConsumer:
                 float(recording.get("duration_s") or 0.0),
                 recording.get("sha256"),
             )
-            await write_event(
-                conn,
+            writes.event(
                 tenant_id=call["tenant_id"],
                 event_type="recording.available",
                 record_id=call["record_id"],
@@ -222,8 +360,7 @@ class EventConsumer:
                     "sha256": recording.get("sha256"),
                 },
             )
-        await write_event(
-            conn,
+        writes.event(
             tenant_id=call["tenant_id"],
             event_type="call.completed",
             record_id=call["record_id"],
@@ -234,7 +371,7 @@ class EventConsumer:
             return  # completed by the API or cancelled meanwhile: nothing to advance
         if disposition == "expired":
             # Never dialled (it waited in the queue past its window): not an attempt.
-            await conn.execute(
+            writes.add(
                 """UPDATE records SET status = 'queued', next_attempt_at = now(),
                        attempts = greatest(attempts - 1, 0),
                        node_attempts = greatest(node_attempts - 1, 0), updated_at = now()
@@ -242,7 +379,9 @@ class EventConsumer:
                 record["id"],
             )
             return
-        graph = await self.graphs.get(conn, record["workflow_id"], record["workflow_version"])
+        graph = await self.graphs.get(
+            writes.conn, record["workflow_id"], record["workflow_version"]
+        )
         zone = record_zone(record, graph.policy)[0]
         context = context_for(
             record,
@@ -252,7 +391,9 @@ class EventConsumer:
         step = graph.after_call(
             call["node_id"], disposition, record["node_attempts"], context, event.at, zone
         )
-        await apply_step(conn, record, graph, step, event.at, info, may_dial=False)
+        await apply_step(
+            writes.conn, record, graph, step, event.at, info, may_dial=False, writes=writes
+        )
 
 
 def _call_fields(call: Mapping[str, Any]) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from scheduler.policy import WorkflowPolicy
 from scheduler.steps import (
     RECORD_COLUMNS,
     GraphCache,
+    Writes,
     apply_step,
     context_for,
     dial_job,
@@ -228,6 +229,9 @@ class Scheduler:
                 )
             }
             info = {"workflow_key": workflow["workflow_key"], "name": workflow["name"]}
+            # Every record's statements go out together: one round trip per kind
+            # of statement for the whole batch, not three per record.
+            writes = Writes(conn)
             for record in records:
                 graph = await self.graphs.get(
                     conn, record["workflow_id"], record["workflow_version"]
@@ -247,10 +251,12 @@ class Scheduler:
                     info,
                     dnc=record["phone_e164"] in dnc,
                     may_dial=len(jobs) < budget,
+                    writes=writes,
                 )
                 jobs.extend(outcome.jobs)
                 result.finished += outcome.finished
                 result.deferred += outcome.deferred
+            await writes.flush()
         if jobs:
             await self._publish(jobs)
             result.published += len(jobs)

@@ -19,7 +19,7 @@ import asyncpg
 
 from dialer.ids import new_id
 from dialer.messages import DialJob
-from dialer.outbox import write_event
+from dialer.outbox import OutboxRow, outbox_row, write_events
 from scheduler.actions import ActionError, outcome_for, render_action
 from scheduler.policy import WorkflowPolicy
 from scheduler.timezones import zones_for
@@ -40,6 +40,7 @@ __all__ = [
     "GraphCache",
     "RecordRow",
     "StepResult",
+    "Writes",
     "action_context",
     "apply_step",
     "context_for",
@@ -52,6 +53,55 @@ RECORD_COLUMNS = """r.id, r.tenant_id, r.workflow_id, r.workflow_version, r.list
     r.current_node, r.attempts, r.node_attempts, r.last_call_id"""
 RecordRow = asyncpg.Record
 MAX_CHAINED_STEPS = 20
+
+
+class Writes:
+    """The writes of many records' steps, sent together in the caller's transaction.
+
+    A step's statements are queued here instead of being sent one by one;
+    :meth:`flush` sends each distinct statement once for all its rows (one
+    pipelined ``executemany``) and the outbox rows in one insert. Statements
+    go out in the order each was first queued, which keeps every record's
+    own order where it matters (a node run before the call that names it).
+    Anything that reads what a step wrote flushes first.
+    """
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self._statements: dict[str, list[tuple[Any, ...]]] = {}
+        self._outbox: list[OutboxRow] = []
+
+    def add(self, sql: str, *args: Any) -> None:
+        self._statements.setdefault(sql, []).append(args)
+
+    def event(
+        self,
+        *,
+        tenant_id: uuid.UUID,
+        event_type: str,
+        payload: dict[str, Any],
+        record_id: uuid.UUID | None = None,
+        workflow_id: uuid.UUID | None = None,
+    ) -> None:
+        self._outbox.append(
+            outbox_row(
+                tenant_id=tenant_id,
+                event_type=event_type,
+                payload=payload,
+                record_id=record_id,
+                workflow_id=workflow_id,
+            )
+        )
+
+    async def flush(self) -> None:
+        statements, self._statements = self._statements, {}
+        outbox, self._outbox = self._outbox, []
+        for sql, rows in statements.items():
+            if len(rows) == 1:
+                await self.conn.execute(sql, *rows[0])
+            else:
+                await self.conn.executemany(sql, rows)
+        await write_events(self.conn, outbox)
 
 
 class GraphCache:
@@ -112,15 +162,14 @@ class StepResult:
     deferred: bool = False  # a call step left for later (window closed or no budget)
 
 
-async def _record_completed(
-    conn: asyncpg.Connection,
+def _record_completed(
+    w: Writes,
     record: RecordRow,
     workflow: Mapping[str, Any],
     status: str,
     outcome: str,
 ) -> None:
-    await write_event(
-        conn,
+    w.event(
         tenant_id=record["tenant_id"],
         event_type="record.completed",
         record_id=record["id"],
@@ -139,10 +188,8 @@ async def _record_completed(
     )
 
 
-async def _finish(
-    conn: asyncpg.Connection, record: RecordRow, step: Finish, workflow: Mapping[str, Any]
-) -> None:
-    await conn.execute(
+async def _finish(w: Writes, record: RecordRow, step: Finish, workflow: Mapping[str, Any]) -> None:
+    w.add(
         """UPDATE records SET status = $2, outcome = $3, current_node = $4,
                completed_at = now(), updated_at = now() WHERE id = $1""",
         record["id"],
@@ -151,16 +198,17 @@ async def _finish(
         step.node_id,
     )
     if step.node_id is not None:
-        await _node_run(conn, record, step.node_id, "end", "completed", step.outcome)
+        _node_run(w, record, step.node_id, "end", "completed", step.outcome)
     status = "failed" if step.status == "failed" else "completed"
-    await _record_completed(conn, record, workflow, status, step.outcome)
+    _record_completed(w, record, workflow, status, step.outcome)
     if record["list_id"] is not None:
-        await _maybe_complete_list(conn, record, workflow)
+        await _maybe_complete_list(w, record, workflow)
 
 
-async def _maybe_complete_list(
-    conn: asyncpg.Connection, record: RecordRow, workflow: Mapping[str, Any]
-) -> None:
+async def _maybe_complete_list(w: Writes, record: RecordRow, workflow: Mapping[str, Any]) -> None:
+    # The check reads the list's records: this batch's changes to them first.
+    await w.flush()
+    conn = w.conn
     # The list row lock serialises the check between records finishing at once.
     lst = await conn.fetchrow(
         "SELECT id, name, status FROM lists WHERE id = $1 FOR UPDATE", record["list_id"]
@@ -185,8 +233,7 @@ async def _maybe_complete_list(
            WHERE r.list_id = $1 ORDER BY n.started_at LIMIT 10000""",
         lst["id"],
     )
-    await write_event(
-        conn,
+    w.event(
         tenant_id=record["tenant_id"],
         event_type="list.completed",
         workflow_id=record["workflow_id"],
@@ -210,8 +257,8 @@ async def _maybe_complete_list(
     )
 
 
-async def _node_run(
-    conn: asyncpg.Connection,
+def _node_run(
+    w: Writes,
     record: RecordRow,
     node_id: str,
     node_type: str,
@@ -220,7 +267,7 @@ async def _node_run(
     detail: dict[str, Any] | None = None,
 ) -> uuid.UUID:
     run_id = new_id()
-    await conn.execute(
+    w.add(
         """INSERT INTO node_runs (id, tenant_id, record_id, workflow_id, node_id, node_type,
                status, outcome, detail, ended_at)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9,
@@ -258,9 +305,7 @@ async def action_context(conn: asyncpg.Connection, record: RecordRow) -> Context
     return context_for(record, call={"outcome": fields["disposition"], **fields}, result=result)
 
 
-async def _park_for_action(
-    conn: asyncpg.Connection, record: RecordRow, step: RunNode, context: Context
-) -> bool:
+async def _park_for_action(w: Writes, record: RecordRow, step: RunNode, context: Context) -> bool:
     """Store the action node's rendered request and park the record until it is done.
 
     The network is never touched here, inside the record's transaction: the
@@ -285,8 +330,8 @@ async def _park_for_action(
             },
         )
     except ActionError as exc:
-        await _node_run(
-            conn,
+        _node_run(
+            w,
             record,
             step.node_id,
             kind,
@@ -295,10 +340,10 @@ async def _park_for_action(
             {"error": exc.reason},
         )
         return False
-    run_id = await _node_run(
-        conn, record, step.node_id, kind, "running", None, {"action_id": str(action_id)}
+    run_id = _node_run(
+        w, record, step.node_id, kind, "running", None, {"action_id": str(action_id)}
     )
-    await conn.execute(
+    w.add(
         """INSERT INTO actions (id, tenant_id, record_id, workflow_id, node_run_id, node_id,
                kind, request)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
@@ -311,7 +356,7 @@ async def _park_for_action(
         kind,
         request,
     )
-    await conn.execute(
+    w.add(
         """UPDATE records SET status = 'in_progress', current_node = $2, node_attempts = 0,
                updated_at = now() WHERE id = $1""",
         record["id"],
@@ -320,8 +365,8 @@ async def _park_for_action(
     return True
 
 
-async def _place_call(
-    conn: asyncpg.Connection,
+def _place_call(
+    w: Writes,
     record: RecordRow,
     graph: WorkflowGraph,
     node_id: str,
@@ -331,10 +376,8 @@ async def _place_call(
     node_attempts: int,
 ) -> DialJob:
     call_id = new_id()
-    run_id = await _node_run(
-        conn, record, node_id, "call", "running", None, {"call_id": str(call_id)}
-    )
-    await conn.execute(
+    run_id = _node_run(w, record, node_id, "call", "running", None, {"call_id": str(call_id)})
+    w.add(
         """INSERT INTO calls (id, tenant_id, record_id, workflow_id, node_run_id, node_id,
                attempt, phone_e164, state)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued')""",
@@ -347,7 +390,7 @@ async def _place_call(
         record["attempts"] + 1,
         record["phone_e164"],
     )
-    await conn.execute(
+    w.add(
         """UPDATE records SET status = 'in_progress', current_node = $2,
                attempts = attempts + 1, node_attempts = $3, last_call_id = $4,
                updated_at = now() WHERE id = $1""",
@@ -409,27 +452,49 @@ async def apply_step(
     dnc: bool = False,
     may_dial: bool = True,
     node_attempts: int | None = None,
+    writes: Writes | None = None,
 ) -> StepResult:
-    """Apply ``step`` (and the steps it chains into) to a locked record row."""
+    """Apply ``step`` (and the steps it chains into) to a locked record row.
+
+    With ``writes``, the step's statements are queued there for the caller
+    to flush with other records' (before its transaction commits); without,
+    they are sent before this returns.
+    """
+    w = writes if writes is not None else Writes(conn)
+    result = await _apply(w, record, graph, step, now, workflow, dnc, may_dial, node_attempts)
+    if writes is None:
+        await w.flush()
+    return result
+
+
+async def _apply(
+    w: Writes,
+    record: RecordRow,
+    graph: WorkflowGraph,
+    step: Step,
+    now: float,
+    workflow: Mapping[str, Any],
+    dnc: bool,
+    may_dial: bool,
+    node_attempts: int | None,
+) -> StepResult:
     result = StepResult()
     attempts_here = record["node_attempts"] if node_attempts is None else node_attempts
     for _ in range(MAX_CHAINED_STEPS):
         if isinstance(step, Finish):
-            await _finish(conn, record, step, workflow)
+            await _finish(w, record, step, workflow)
             result.finished = True
             return result
         if isinstance(step, WaitUntil):
-            await _node_run(
-                conn, record, step.node_id, "wait", "completed", "next", {"until": step.at}
-            )
-            await _defer(conn, record, step.node_id, step.at, "waiting", node_attempts=0)
+            _node_run(w, record, step.node_id, "wait", "completed", "next", {"until": step.at})
+            _defer(w, record, step.node_id, step.at, "waiting", node_attempts=0)
             return result
         if isinstance(step, RetryCall):
-            await _defer(conn, record, step.node_id, step.at, "queued", node_attempts=attempts_here)
+            _defer(w, record, step.node_id, step.at, "queued", node_attempts=attempts_here)
             return result
         if isinstance(step, RunNode):
-            context = await action_context(conn, record)
-            if await _park_for_action(conn, record, step, context):
+            context = await action_context(w.conn, record)
+            if await _park_for_action(w, record, step, context):
                 return result
             # It cannot be carried out for this record at all (no address, ...):
             # the node has failed already, and the workflow takes its failure edge.
@@ -446,16 +511,16 @@ async def apply_step(
         if step.node_id != record["current_node"]:
             attempts_here = 0
         if dnc:
-            await conn.execute(
+            w.add(
                 """UPDATE records SET status = 'dnc', outcome = 'dnc', completed_at = now(),
                        updated_at = now() WHERE id = $1""",
                 record["id"],
             )
-            await _node_run(conn, record, step.node_id, "call", "cancelled", "dnc")
-            await _record_completed(conn, record, workflow, "dnc", "dnc")
+            _node_run(w, record, step.node_id, "call", "cancelled", "dnc")
+            _record_completed(w, record, workflow, "dnc", "dnc")
             result.finished = True
             if record["list_id"] is not None:
-                await _maybe_complete_list(conn, record, workflow)
+                await _maybe_complete_list(w, record, workflow)
             return result
         zones = record_zone(record, graph.policy)
         country = 1 if record["phone_e164"].startswith("+1") else None
@@ -463,23 +528,23 @@ async def apply_step(
         if not is_open(graph.policy.window, zones, instant, country_code=country):
             opens = next_open(graph.policy.window, zones, instant, country_code=country)
             at = opens.timestamp() if opens is not None else now + 86400
-            await _defer(conn, record, step.node_id, at, "queued", node_attempts=attempts_here)
+            _defer(w, record, step.node_id, at, "queued", node_attempts=attempts_here)
             result.deferred = True
             return result
         if not may_dial:
-            await _defer(conn, record, step.node_id, now, "queued", node_attempts=attempts_here)
+            _defer(w, record, step.node_id, now, "queued", node_attempts=attempts_here)
             result.deferred = True
             return result
-        job = await _place_call(
-            conn, record, graph, step.node_id, step.node, now, node_attempts=attempts_here
+        job = _place_call(
+            w, record, graph, step.node_id, step.node, now, node_attempts=attempts_here
         )
         result.jobs.append(job)
         return result
     raise RuntimeError(f"record {record['id']}: more than {MAX_CHAINED_STEPS} chained steps")
 
 
-async def _defer(
-    conn: asyncpg.Connection,
+def _defer(
+    w: Writes,
     record: RecordRow,
     node_id: str,
     at: float,
@@ -487,7 +552,7 @@ async def _defer(
     *,
     node_attempts: int,
 ) -> None:
-    await conn.execute(
+    w.add(
         """UPDATE records SET status = $2, current_node = $3, next_attempt_at = to_timestamp($4),
                node_attempts = $5, updated_at = now() WHERE id = $1""",
         record["id"],

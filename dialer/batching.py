@@ -1,0 +1,110 @@
+"""Coalescing: many callers' items handled by one call of a batch function.
+
+Database work per call (a claim, a seat, a closing event) is mostly the cost
+of the round trip and the transaction, not of the row. A :class:`Batcher`
+lets each caller ``await submit(item)`` as if it were alone, while one task
+hands everything submitted meanwhile to ``handle_many(items)`` at once: one
+statement and one transaction for a batch instead of one per item.
+
+Batches form by themselves under load: while one batch is in the database,
+the next one gathers. ``linger_s`` waits a little longer for more items when
+a batch would start small (0 by default: never add latency for its own sake).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+__all__ = ["Batcher"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Batcher(Generic[T, R]):
+    """Items in, one result each out; ``handle_many`` returns results in item order.
+
+    If ``handle_many`` raises, every caller of that batch gets the exception.
+    Cancelling a caller's ``submit`` after its batch has started does not stop
+    the batch (its item may be handled all the same; callers must tolerate
+    that, as they would a commit whose answer was lost).
+    """
+
+    def __init__(
+        self,
+        handle_many: Callable[[Sequence[T]], Awaitable[Sequence[R]]],
+        *,
+        max_size: int = 100,
+        linger_s: float = 0.0,
+    ) -> None:
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        self._handle_many = handle_many
+        self.max_size = max_size
+        self.linger_s = linger_s
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0  # batches handled: tests and benches read it
+
+    async def submit(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        return await future
+
+    async def close(self) -> None:
+        """Stop the batching task; callers still waiting are cancelled."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for _, future in self._pending:
+            future.cancel()
+        self._pending.clear()
+
+    async def _run(self) -> None:
+        while self._pending:
+            loop = asyncio.get_running_loop()
+            if self.linger_s > 0:
+                # Whatever arrives within the linger joins; a burst fills it at once.
+                deadline = loop.time() + self.linger_s
+                while len(self._pending) < self.max_size and (left := deadline - loop.time()) > 0:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), left)
+            else:
+                # Let items whose frames have already arrived join this batch.
+                await asyncio.sleep(0)
+            batch = self._pending[: self.max_size]
+            del self._pending[: self.max_size]
+            live = [(item, future) for item, future in batch if not future.cancelled()]
+            if not live:
+                continue
+            try:
+                results = await self._handle_many([item for item, _ in live])
+            except asyncio.CancelledError:
+                for _, future in live:
+                    future.cancel()
+                raise
+            except Exception as exc:  # handed to every caller of the batch
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self.batches += 1
+            if len(results) != len(live):
+                error = RuntimeError(f"batch of {len(live)} gave {len(results)} results")
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            for (_, future), result in zip(live, results, strict=True):
+                if not future.done():
+                    future.set_result(result)

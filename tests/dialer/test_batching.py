@@ -1,0 +1,81 @@
+"""The Batcher: concurrent submissions handled together, results and errors fanned back."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from dialer.batching import Batcher
+
+
+class Recorder:
+    def __init__(self, delay_s: float = 0.0, fail_on: int | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.delay_s = delay_s
+        self.fail_on = fail_on
+
+    async def __call__(self, items: Sequence[int]) -> list[int]:
+        self.batches.append(list(items))
+        await asyncio.sleep(self.delay_s)
+        if self.fail_on is not None and self.fail_on in items:
+            raise ValueError(f"bad item {self.fail_on}")
+        return [i * 10 for i in items]
+
+
+async def test_items_submitted_together_form_one_batch_in_order() -> None:
+    handler = Recorder()
+    batcher: Batcher[int, int] = Batcher(handler)
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(20)))
+    assert results == [i * 10 for i in range(20)]
+    assert handler.batches == [list(range(20))]
+    await batcher.close()
+
+
+async def test_max_size_splits_and_items_arriving_meanwhile_gather() -> None:
+    handler = Recorder(delay_s=0.02)
+    batcher: Batcher[int, int] = Batcher(handler, max_size=4)
+    first = [asyncio.ensure_future(batcher.submit(i)) for i in range(6)]
+    await asyncio.sleep(0.005)  # the first batch is in its handler now
+    later = [asyncio.ensure_future(batcher.submit(i)) for i in range(6, 9)]
+    assert await asyncio.gather(*first, *later) == [i * 10 for i in range(9)]
+    assert handler.batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
+    await batcher.close()
+
+
+async def test_linger_waits_for_stragglers() -> None:
+    handler = Recorder()
+    batcher: Batcher[int, int] = Batcher(handler, linger_s=0.05)
+
+    async def late(i: int, after_s: float) -> int:
+        await asyncio.sleep(after_s)
+        return await batcher.submit(i)
+
+    await asyncio.gather(late(1, 0), late(2, 0.01), late(3, 0.02))
+    assert handler.batches == [[1, 2, 3]]
+    await batcher.close()
+
+
+async def test_a_failed_batch_fails_each_of_its_callers_and_the_next_batch_runs() -> None:
+    handler = Recorder(fail_on=2)
+    batcher: Batcher[int, int] = Batcher(handler)
+    results = await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
+    assert all(isinstance(r, ValueError) for r in results)
+    assert await batcher.submit(5) == 50
+    await batcher.close()
+
+
+async def test_a_cancelled_caller_is_left_out_of_its_batch() -> None:
+    handler = Recorder(delay_s=0.02)
+    batcher: Batcher[int, int] = Batcher(handler, max_size=1)
+    first = asyncio.ensure_future(batcher.submit(1))
+    second = asyncio.ensure_future(batcher.submit(2))
+    await asyncio.sleep(0.005)
+    second.cancel()
+    assert await first == 10
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    await asyncio.sleep(0.03)
+    assert handler.batches == [[1]]
+    await batcher.close()

@@ -1,0 +1,131 @@
+"""The event consumer handles a batch of call events in one transaction, set-based.
+
+Against real PostgreSQL: the outcome must be what one-by-one handling gave
+(calls ended, node runs closed, records moved on, outbox rows in each
+record's order), duplicates change nothing, and one bad event fails alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+
+import asyncpg
+
+from dialer.bus import Broker
+from dialer.messages import CallEvent
+from scheduler.consumer import EventConsumer
+from scheduler.engine import Scheduler
+from tests.conftest import make_tenant
+from tests.scheduler.test_engine import NOON, Clock, _records, _workflow
+
+
+async def _placed(pool: asyncpg.Pool, broker: Broker, count: int) -> list[asyncpg.Record]:
+    tenant = await make_tenant(pool, "batch")
+    workflow = await _workflow(pool, tenant)
+    await _records(pool, tenant, workflow, [f"21255507{i:02d}" for i in range(count)])
+    scheduler = Scheduler(pool, broker, clock=Clock(NOON), tenant_ids=[tenant.id])
+    await pool.execute(
+        """UPDATE workflow_versions SET settings = jsonb_set(settings, '{pacing,seats}', '50')
+           WHERE workflow_id = $1""",
+        workflow["id"],
+    )
+    assert (await scheduler.tick()).published == count
+    return await pool.fetch(
+        "SELECT * FROM calls WHERE workflow_id = $1 ORDER BY phone_e164", workflow["id"]
+    )
+
+
+def _ended(call: asyncpg.Record, disposition: str, **data: object) -> CallEvent:
+    return CallEvent(
+        call_id=str(call["id"]),
+        record_id=str(call["record_id"]),
+        tenant_id=str(call["tenant_id"]),
+        workflow_id=str(call["workflow_id"]),
+        kind="ended",
+        at=NOON + 30,
+        worker_id="w-batch",
+        data={"disposition": disposition, "hangup_by": "callee", **data},
+    )
+
+
+async def test_a_batch_ends_every_call_once_and_keeps_each_records_order(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    calls = await _placed(pool, broker, 6)
+    events = [
+        _ended(c, "answered", sip_status=200, talk_s=3, media_stats={"rx": [1, 2]}) for c in calls
+    ]
+    # A redelivered duplicate and a worker_lost verdict racing the real end.
+    lost = dataclasses.replace(events[1], data={"disposition": "worker_lost"})
+    events += [events[0], lost]
+    consumer = EventConsumer(pool, broker)
+    await consumer.handle_many(events)
+    await consumer.handle_many(events)  # all of it again: nothing changes
+    rows = await pool.fetch(
+        """SELECT c.state, c.disposition, c.sip_status, c.talk_s, c.media_stats, c.worker_id,
+                  n.status AS run_status, n.outcome, r.status AS record_status
+           FROM calls c JOIN node_runs n ON n.id = c.node_run_id
+           JOIN records r ON r.id = c.record_id
+           WHERE c.id = ANY($1::uuid[])""",
+        [c["id"] for c in calls],
+    )
+    assert len(rows) == 6
+    for row in rows:
+        assert (row["state"], row["disposition"], row["sip_status"]) == ("ended", "answered", 200)
+        assert (row["talk_s"], row["media_stats"]) == (3.0, {"rx": [1, 2]})
+        assert row["worker_id"] == "w-batch"
+        assert (row["run_status"], row["outcome"]) == ("completed", "answered")
+        assert row["record_status"] == "completed"
+    outbox = await pool.fetch(
+        "SELECT record_id, event_type, payload FROM outbox WHERE record_id = ANY($1::uuid[]) "
+        "ORDER BY id",
+        [c["record_id"] for c in calls],
+    )
+    by_record: dict[uuid.UUID, list[str]] = {}
+    for row in outbox:
+        by_record.setdefault(row["record_id"], []).append(row["event_type"])
+    assert list(by_record.values()) == [["call.completed", "record.completed"]] * 6
+    completed = [r["payload"]["data"] for r in outbox if r["event_type"] == "call.completed"]
+    assert {c["disposition"] for c in completed} == {"answered"}
+    assert {c["media_stats"]["rx"][1] for c in completed} == {2}
+
+
+async def test_one_bad_event_fails_alone(pool: asyncpg.Pool, broker: Broker) -> None:
+    calls = await _placed(pool, broker, 3)
+    good = [_ended(c, "busy", sip_status=486) for c in calls[:2]]
+    bad = _ended(calls[2], "answered", sip_status="not a status")
+    consumer = EventConsumer(pool, broker)
+    results = await consumer._handle_batch([good[0], bad, good[1]])
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], Exception)
+    states = {
+        r["id"]: r["state"]
+        for r in await pool.fetch(
+            "SELECT id, state FROM calls WHERE id = ANY($1::uuid[])", [c["id"] for c in calls]
+        )
+    }
+    assert [states[c["id"]] for c in calls] == ["ended", "ended", "queued"]
+
+
+async def test_events_through_the_broker_are_handled_in_batches(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    calls = await _placed(pool, broker, 20)
+    consumer = EventConsumer(pool, broker, linger_s=0.05)
+    await consumer.start()
+    try:
+        events = [_ended(c, "no_answer") for c in calls]
+        await broker.publish_events([(e.routing_key, e.call_id, e.to_bytes()) for e in events])
+        deadline = asyncio.get_running_loop().time() + 10
+        while await pool.fetchval(
+            "SELECT count(*) FROM calls WHERE id = ANY($1::uuid[]) AND state <> 'ended'",
+            [c["id"] for c in calls],
+        ):
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+    finally:
+        await consumer.close()
+    assert 1 <= consumer._batcher.batches < 20
+    assert await broker.queue_depth(f"{broker.namespace}.{EventConsumer.QUEUE_SUFFIX}") == 0
