@@ -19,6 +19,13 @@ Rules of this file:
   peer's first valid packet arrives, then latch to the address it really
   came from (NAT) and drop, and count, packets from anywhere else. RTCP
   latches the same way, on its own port.
+- The RTP socket is not an event-loop transport: the clock's
+  ``media.receive_poller.ReceivePoller`` reads it at each wake-up (one
+  ``epoll_wait`` for every call of the worker instead of a loop wake-up
+  per packet), and frames go out with a plain non-blocking ``sendto``: a
+  packet the kernel cannot take now is dropped and counted (RTP is never
+  queued to be sent late). RTCP, a packet every few seconds, keeps its
+  transport.
 - Callbacks (``on_audio``, ``on_dtmf``, ``on_timeout``) are plain functions
   called from the datagram handler or the timer: they must not block and
   cannot await. Arrays handed to them are valid only during the call.
@@ -58,6 +65,7 @@ from media.g711 import (
 from media.goertzel import DtmfDetector
 from media.jitter import FrameKind, JitterBuffer, JitterConfig
 from media.ports import BoundPair
+from media.receive_poller import ReceivePoller
 from media.rtcp import (
     Bye,
     ReceiverReport,
@@ -249,7 +257,8 @@ class RtpSession:
         self._rng = rng or random.SystemRandom()
         self._wall_clock = wall_clock
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._rtp_transport: asyncio.DatagramTransport | None = None
+        self._rtp_sendto: Callable[[bytes, Address], int] | None = None
+        self._receiver: ReceivePoller | None = None
         self._rtcp_transport: asyncio.DatagramTransport | None = None
         self._params: MediaParams | None = None
         self._closed = False
@@ -290,6 +299,7 @@ class RtpSession:
         self._peer_sends_events = False
 
         self.dropped_foreign = 0
+        self.send_errors = 0
         self.dropped_invalid = 0
         self.dropped_early = 0
         self.dtmf_received = 0
@@ -316,18 +326,16 @@ class RtpSession:
         return session
 
     async def open(self) -> None:
-        """Create the datagram transports on the bound sockets (4 MiB buffers)."""
+        """Set up the bound sockets (4 MiB buffers) and the RTCP transport."""
         loop = asyncio.get_running_loop()
         self._loop = loop
         for sock in (self.ports.rtp_socket, self.ports.rtcp_socket):
             _set_buffers(sock, self.config.socket_buffer_bytes)
-        rtp, _ = await loop.create_datagram_endpoint(
-            lambda: _Datagrams(self._on_rtp), sock=self.ports.rtp_socket
-        )
+        self.ports.rtp_socket.setblocking(False)
+        self._rtp_sendto = self.ports.rtp_socket.sendto
         rtcp, _ = await loop.create_datagram_endpoint(
             lambda: _Datagrams(self._on_rtcp), sock=self.ports.rtcp_socket
         )
-        self._rtp_transport = rtp  # type: ignore[assignment]
         self._rtcp_transport = rtcp  # type: ignore[assignment]
 
     @property
@@ -357,7 +365,7 @@ class RtpSession:
 
     def start(self, params: MediaParams) -> None:
         """Begin sending and playing out on the negotiated parameters."""
-        if self._loop is None or self._rtp_transport is None:
+        if self._loop is None or self._rtp_sendto is None:
             raise RuntimeError("open() the session before start()")
         if self._closed:
             raise RuntimeError("the session is closed")
@@ -372,6 +380,11 @@ class RtpSession:
                 self._loop, slots=1, max_burst=self.config.max_burst_frames, epoch=now
             )
         self._pacer = ticker.join(self, now)
+        # What arrived before the answer was known is not this call's audio yet.
+        receiver = ticker.receiver
+        self.dropped_early += receiver.drain(self.ports.rtp_socket)
+        receiver.add(self.ports.rtp_socket, self._on_rtp)
+        self._receiver = receiver
         if self.config.rtcp:
             self._schedule_rtcp()
 
@@ -414,13 +427,18 @@ class RtpSession:
         if self._rtcp_timer is not None:
             self._rtcp_timer.cancel()
         self._rtcp_timer = None
-        for transport in (self._rtp_transport, self._rtcp_transport):
-            if transport is not None:
-                transport.close()
-        if self._rtp_transport is None:
-            self.ports.close()
-        else:
+        if self._receiver is not None:
+            self._receiver.remove(self.ports.rtp_socket)
+            self._receiver = None
+        self._rtp_sendto = None
+        self.ports.rtp_socket.close()
+        if self._rtcp_transport is not None:
+            # The transport closes the RTCP socket; the pair goes back to the
+            # allocator now (a pair acquired before it is closed is skipped).
+            self._rtcp_transport.close()
             self.ports.release()
+        else:
+            self.ports.close()
 
     # -- sending ------------------------------------------------------------------------
 
@@ -507,9 +525,13 @@ class RtpSession:
             if self.recorder is not None:
                 self.recorder.frame(_OURS, index, pcm)
         data = self.sender.packet(payload)
-        transport = self._rtp_transport
-        if transport is not None:
-            transport.sendto(data, self.latched or self._send_to)
+        sendto = self._rtp_sendto
+        if sendto is not None:
+            try:
+                sendto(data, self.latched or self._send_to)
+            except OSError:
+                # Buffer full (EAGAIN), no route, ICMP refusal: this packet is lost.
+                self.send_errors += 1
         # SendStatistics.on_sent, inline: this runs for every packet of every call.
         send_stats = self.send_stats
         send_stats.packets_sent += 1
@@ -534,7 +556,8 @@ class RtpSession:
             self._dtmf_current = current
             self.dtmf_sent += 1
         offset = index - current.start_index
-        if send and self._rtp_transport is not None:
+        sendto = self._rtp_sendto
+        if send and sendto is not None:
             # RFC 4733 §2.5.1: every packet of the event carries the timestamp
             # of its start; the sequence numbers are the stream's own.
             for payload, marker in current.schedule.get(offset, ()):
@@ -544,7 +567,11 @@ class RtpSession:
                     timestamp=current.timestamp,
                     marker=marker,
                 )
-                self._rtp_transport.sendto(data, self.latched or self._send_to)
+                try:
+                    sendto(data, self.latched or self._send_to)
+                except OSError:
+                    self.send_errors += 1
+                    continue
                 self.send_stats.on_sent(len(data), len(payload))
         self.sender.skip(1)
         if offset >= current.last_offset:

@@ -16,6 +16,11 @@ Rules of this file:
   deadline of the first frame. A member that raises does not stop the
   others nor the clock: its error goes to the loop's exception handler, as
   a failing timer callback's would.
+- Each wake-up first reads the datagrams waiting on the members' RTP
+  sockets (``media.receive_poller.ReceivePoller``, the ``receiver``
+  attribute), then sends the frames due: the loop wakes for the clock, not
+  for each packet. While sockets are watched it wakes at least every
+  ``poll_interval_s`` (1 ms), so a datagram waits at most that long.
 - The owner closes the ticker (``close()``); with no member left it books
   no timer, so an idle ticker costs nothing.
 """
@@ -27,6 +32,7 @@ import math
 from typing import Protocol
 
 from media.clock import FramePacer
+from media.receive_poller import ReceivePoller
 
 __all__ = [
     "FrameTicker",
@@ -67,11 +73,13 @@ class FrameTicker:
         slots: int = 20,
         max_burst: int = 3,
         epoch: float | None = None,
+        poll_interval_s: float = 0.001,
     ) -> None:
         if slots < 1:
             raise ValueError("a ticker needs at least one slot")
         self._loop = loop or asyncio.get_running_loop()
         self.period_s = period_s
+        self.poll_interval_s = poll_interval_s
         if epoch is None:
             epoch = self._loop.time()
         step = period_s / slots
@@ -83,6 +91,7 @@ class FrameTicker:
         self._wake_at: float | None = None
         self._closed = False
         self.wakeups = 0
+        self.receiver = ReceivePoller(on_error=self._receive_failed)
 
     @property
     def members(self) -> int:
@@ -131,6 +140,12 @@ class FrameTicker:
         for slot in self._slots:
             slot.members.clear()
             slot.snapshot = ()
+        self.receiver.close()
+
+    def _receive_failed(self, exc: Exception, fd: object) -> None:
+        self._loop.call_exception_handler(
+            {"message": "RTP datagram handler failed", "exception": exc, "fd": fd}
+        )
 
     def _book(self, when: float) -> None:
         if self._wake_at is not None and self._wake_at <= when:
@@ -143,6 +158,7 @@ class FrameTicker:
     def _wake(self) -> None:
         self._timer = self._wake_at = None
         self.wakeups += 1
+        self.receiver.poll()
         now = self._loop.time()
         horizon = now + EARLY_S
         following: float | None = None
@@ -158,6 +174,13 @@ class FrameTicker:
                 due = pacer.origin + pacer.next_index * pacer.period_s
                 if following is None or due < following:
                     following = due
+        if len(self.receiver) and not self._closed:
+            # Datagrams are read on wake-ups only: wake at least every
+            # poll_interval_s while sockets are watched, so that a lone
+            # call's packets are not held for a whole period.
+            poll_at = now + self.poll_interval_s
+            if following is None or poll_at < following:
+                following = poll_at
         if following is not None and not self._closed:
             self._book(following)
 

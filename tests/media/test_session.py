@@ -471,3 +471,60 @@ async def test_start_before_open_is_refused(allocator):
     with pytest.raises(RuntimeError, match="open"):
         session.start(MediaParams(remote_rtp=(HOST, 9)))
     session.close()
+
+
+async def test_packets_before_the_answer_are_dropped_and_counted(allocator):
+    """What arrives before start() is not played: it is read off the socket and counted."""
+    heard = Collector()
+    sink_transport, _ = await open_sink()
+    b = await make_session(allocator, heard)
+    try:
+        for seq in range(4):
+            sink_transport.sendto(
+                pack_rtp(0, seq, seq * 160, 0x4321, bytes(160)), (HOST, b.local_rtp_port)
+            )
+        await asyncio.sleep(0.05)  # let loopback deliver them before the answer
+        b.start(MediaParams(remote_rtp=sink_transport.get_extra_info("sockname")))
+        assert b.dropped_early == 4
+        sink_transport.sendto(
+            pack_rtp(0, 100, 100 * 160, 0x4321, bytes(160)), (HOST, b.local_rtp_port)
+        )
+        await heard.until(lambda: b.stats().packets_received == 1)
+        assert b.latched == sink_transport.get_extra_info("sockname")
+    finally:
+        b.close()
+        sink_transport.close()
+
+
+async def test_a_lone_call_is_read_within_a_few_ms(allocator):
+    """The clock reads the RTP sockets: for one call it still wakes every 1 ms, not 20."""
+    sink_transport, _ = await open_sink()
+    b = await make_session(allocator)
+    loop = asyncio.get_running_loop()
+    arrived: list[float] = []
+    b.on_audio = None
+    original = b._on_rtp
+
+    def timed(data: bytes, address: tuple[str, int]) -> None:
+        arrived.append(loop.time())
+        original(data, address)
+
+    try:
+        b.start(MediaParams(remote_rtp=sink_transport.get_extra_info("sockname")))
+        b._receiver.remove(b.ports.rtp_socket)  # re-register with the timing wrapper
+        b._receiver.add(b.ports.rtp_socket, timed)
+        delays = []
+        for seq in range(20):
+            await asyncio.sleep(0.0037)  # any phase against the 20 ms frame clock
+            sent = loop.time()
+            sink_transport.sendto(
+                pack_rtp(0, seq, seq * 160, 0x4321, bytes(160)), (HOST, b.local_rtp_port)
+            )
+            while len(arrived) <= seq:
+                await asyncio.sleep(0.0005)
+            delays.append(arrived[seq] - sent)
+        # Held for a whole 20 ms period, the median would be about 10 ms.
+        assert sorted(delays)[len(delays) // 2] < 0.004, delays
+    finally:
+        b.close()
+        sink_transport.close()
