@@ -2,19 +2,24 @@
 
 Rules of this file:
 
-- ``media.streams`` builds and parses the messages; this file is the edge:
-  the aiohttp WebSocket, a sender task, and callbacks from the call's
-  ``RtpSession`` that never await.
+- ``media.streams`` builds and parses the messages and ``media.websocket``
+  frames them; this file is the edge: the connection, and callbacks from
+  the call's ``RtpSession`` that never await.
+- aiohttp opens the connection and checks the opening handshake; then the
+  stream takes the transport over with a protocol of its own, so each
+  frame from the bot is handled in the callback that read it (no task
+  woken, no future made, no ``receive()`` per message) and each frame to
+  it is one ``transport.write``.
 - The RTP clock is never the bot's to hold. The callee's frames are
   written to the socket from the session's callback itself (mu-law, a
-  message from a template, the WebSocket frame: no task woken, no future
-  made, no timer per frame: the session's clock is the only one). A write
-  that would have to wait for the socket to drain hands that wait to a
-  sender task, and until the task has caught up the frames go into a
-  bounded queue. When the bot reads too slowly and the socket backs up,
-  the oldest queued frames are dropped, and counted, rather than waiting:
-  the session, and every other call on the loop, goes on at 20 ms. Marks
-  and DTMF take the same way; frames from before ``start`` queue too.
+  message from a template, the WebSocket frame: no task, no future, no
+  timer per frame: the session's clock is the only one). While the
+  transport is above its high-water mark (``pause_writing``), and until it
+  has drained, frames go into a bounded queue instead; when the bot reads
+  too slowly the oldest queued frames are dropped, and counted, rather
+  than waiting: the session, and every other call on the loop, goes on at
+  20 ms. Marks and DTMF take the same way; frames from before ``start``
+  queue too.
 - The bot's audio goes into the call's ``PlaybackQueue``, which the session
   pulls one 20 ms frame per period from: never faster, and never a gap
   while audio is queued. A talk-spurt starts only once it has waited
@@ -23,11 +28,14 @@ Rules of this file:
   underrun on every bit of jitter. ``clear`` empties the queue on the
   spot, so the next frame (at most 20 ms later) is silence. Marks are echoed once the audio
   before them has been sent, or when ``clear`` drops them (as Twilio does).
-- Everything sent is a text frame built by ``media.streams``; a frame from
-  the bot that cannot be used is counted and ignored, never fatal.
+- Everything sent is a text frame built by ``media.streams``; a message
+  from the bot that cannot be used is counted and ignored, never fatal. A
+  frame that breaks RFC 6455 itself fails the connection, as it must
+  (``bot_disconnected``); with ``heartbeat_s`` set we ping the bot, and a
+  bot silent for a whole period is taken for gone.
 - The bot ends the call with a ``hangup`` message, or by closing the
   socket. Either sets ``VoicebotStream.hangup`` and calls ``on_hangup`` at
-  once, from the receive loop, so the caller can send its BYE in the same
+  once, from the callback that read it, so the caller can send its BYE in the same
   turn of the event loop.
 - A ``transfer`` message hands the call on: the stream ends at once
   (``stop``, outcome ``transferred``, ``transfer_target`` set) and
@@ -48,10 +56,11 @@ import binascii
 import contextlib
 import enum
 import logging
-import socket
+import random
 import ssl
+import struct
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +87,21 @@ from media.streams import (
     UnknownEvent,
     bot_media_payload,
     parse_bot_event,
+)
+from media.websocket import (
+    CLOSE_GOING_AWAY,
+    CLOSE_NORMAL,
+    CLOSE_PROTOCOL_ERROR,
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameReader,
+    WebSocketProtocolError,
+    close_payload,
+    encode_frame,
+    parse_close,
 )
 
 if TYPE_CHECKING:
@@ -201,62 +225,64 @@ class VoicebotResult:
     latency_from_bot: LatencySummary = LatencySummary(0, 0.0, 0.0, 0.0)
 
 
-def _abort(ws: aiohttp.ClientWebSocketResponse) -> None:
-    # Cut the connection without waiting on the peer: shutting the socket
-    # down makes the transport's pending write fail at once, which ends
-    # both the blocked sender and the receive loop.
-    sock = ws.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-
-
 def new_sid(prefix: str, randbits: Callable[[int], int]) -> str:
     """A Twilio-shaped identifier: ``prefix`` and 32 hex digits (``random.getrandbits``)."""
     return f"{prefix}{randbits(128):032x}"
 
 
-class _Finish:
-    """Awaiting this finishes a coroutine that ``_run_now`` began and that suspended."""
-
-    __slots__ = ("_coro", "_waiting")
-
-    def __init__(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
-        self._coro = coro
-        self._waiting = waiting
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        coro, waiting = self._coro, self._waiting
-        while True:
-            try:
-                sent = yield waiting
-            except BaseException as error:  # thrown in by the task (a cancel): passed on
-                try:
-                    waiting = coro.throw(error)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    waiting = coro.send(sent)
-                except StopIteration:
-                    return
+_KEY = struct.Struct("!I")
 
 
-def _run_now(coro: Coroutine[Any, Any, None]) -> _Finish | None:
-    """Run ``coro`` up to its first wait, here and now; ``None`` if it finished.
+class _BotProtocol(asyncio.Protocol):
+    """The bot's connection once the stream has taken it over from aiohttp."""
 
-    What Python 3.12's eager tasks do, without a task: aiohttp's
-    ``send_frame`` writes the frame to the transport at once and waits only
-    when the socket is backed up, so a frame from a callback is usually
-    written with no task woken and no future made. When it does wait, the
-    frame is written already; the ``_Finish`` returned is awaited (by the
-    sender task) to see the wait out. Errors raise here, as ``await`` would.
+    def __init__(self, stream: VoicebotStream) -> None:
+        self._stream = stream
+        # An instance attribute: the transport calls the stream's method directly.
+        self.data_received = stream._data_received  # type: ignore[method-assign]
+
+    def pause_writing(self) -> None:
+        self._stream._pause_writing()
+
+    def resume_writing(self) -> None:
+        self._stream._resume_writing()
+
+    def eof_received(self) -> bool:
+        return False  # the bot is done sending: close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stream._connection_lost(exc)
+
+
+def _take_over(
+    ws: aiohttp.ClientWebSocketResponse, protocol: asyncio.Protocol
+) -> tuple[asyncio.Transport, list[tuple[int, bytes]]]:
+    """Hand the connection under ``ws`` to ``protocol``; the messages aiohttp had read.
+
+    aiohttp made the connection and checked the opening handshake; from here
+    on frames are read and written by ``media.websocket`` in the transport's
+    callbacks. This leans on two attributes aiohttp does not document (the
+    writer's transport and the reader's queue), checked here so that an
+    aiohttp that renames them fails the stream's tests, not a call.
     """
-    try:
-        waiting = coro.send(None)
-    except StopIteration:
-        return None
-    return _Finish(coro, waiting)
+    transport: asyncio.Transport = ws._writer.transport  # type: ignore[attr-defined]
+    queue = ws._reader._buffer  # type: ignore[attr-defined]
+    early: list[tuple[int, bytes]] = []
+    while queue:
+        message, _size = queue.popleft()
+        kind, data = message.type, message.data
+        if kind is _TEXT:
+            early.append((OP_TEXT, data if isinstance(data, bytes) else data.encode()))
+        elif kind is WSMsgType.BINARY:
+            early.append((OP_BINARY, data))
+        elif kind is WSMsgType.CLOSE:
+            early.append((OP_CLOSE, close_payload(data, message.extra or "")))
+        elif kind is WSMsgType.PING:
+            early.append((OP_PING, data))
+    transport.set_protocol(protocol)
+    if not transport.is_reading():
+        transport.resume_reading()
+    return transport, early
 
 
 _LATE_S = 0.060
@@ -408,15 +434,28 @@ class VoicebotStream:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._connect: asyncio.Future[aiohttp.ClientWebSocketResponse] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._frames = FrameReader(config.max_message_bytes)
+        # Masking keys (RFC 6455 §5.3): a generator of the stream's own, seeded
+        # from the system's entropy, so no system call is made per frame.
+        self._randbits = random.Random().getrandbits
         self._media: deque[tuple[bytes, int, float]] = deque()
         self._control: deque[tuple[str, str]] = deque()
-        self._wake: asyncio.Future[None] | None = None
-        self._stopped: asyncio.Future[None] | None = None
+        self._done: asyncio.Future[None] | None = None  # the stream is to end
+        self._lost: asyncio.Future[None] | None = None  # the connection has closed
+        self._writable: asyncio.Future[None] | None = None
         # Frames go straight to the socket from the session's callbacks while
-        # this is set: the stream has started, nothing is queued, the sender
-        # task is idle and the socket is not backed up.
+        # this is set: the stream has started, nothing is queued, and the
+        # transport is taking writes (not paused above its high-water mark).
         self._direct = False
-        self._finish: _Finish | None = None  # a write waiting for the socket to drain
+        self._paused = False
+        self._flush_soon = False
+        self._reading = True  # the bot's messages are acted on (not after hangup/transfer)
+        self._heard = False  # anything from the bot since the last heartbeat
+        self._heartbeat: asyncio.TimerHandle | None = None
+        self._close_sent = False
+        self._peer_closed = False
+        self._finished = False
         self._accepting = True
         self._started_at = float("inf")
         self._stopping = False
@@ -480,7 +519,7 @@ class VoicebotStream:
         payload = ULAW_ENCODE_TABLE.take(samples.view(np.uint16)).tobytes()
         timestamp_ms = self._frame_number * 20
         self._frame_number += 1
-        if self._direct and self._write(self._writer.media(payload, timestamp_ms)):
+        if self._direct and self._send(self._writer.media(payload, timestamp_ms)):
             self.frames_sent += 1
             # Written in the callback that handed it over: no latency of
             # ours to measure (the loop's clock would not move either).
@@ -494,7 +533,6 @@ class VoicebotStream:
             self.frames_dropped += 1
         loop = self._loop
         media.append((payload, timestamp_ms, loop.time() if loop else 0.0))
-        self._poke()
 
     def on_dtmf(self, digit: DtmfDigit) -> None:
         """The session's callback for each key the callee pressed (never awaits)."""
@@ -507,41 +545,165 @@ class VoicebotStream:
             self._send_control("mark", name)
 
     def _send_control(self, kind: str, value: str) -> None:
-        if self._direct:
-            if kind == "mark":
-                sent = self._write(self._writer.mark(value))
-                self.marks_echoed += sent
-            else:
-                sent = self._write(self._writer.dtmf(value))
-                self.dtmf_sent += sent
-            if sent:
-                return
+        if self._direct and self._send(self._control_message(kind, value)):
+            return
         self._control.append((kind, value))
-        self._poke()
 
-    def _write(self, data: bytes) -> bool:
-        """Write a frame now, from a callback; False (and queue from now on) if the socket is gone.
+    def _control_message(self, kind: str, value: str) -> bytes:
+        if kind == "mark":
+            self.marks_echoed += 1
+            return self._writer.mark(value)
+        self.dtmf_sent += 1
+        return self._writer.dtmf(value)
 
-        A write that has to wait for the socket to drain hands the wait to
-        the sender task, and later frames queue behind it: the queue's
-        bound then drops the oldest, and the callback never waits.
+    def _send(self, data: bytes, opcode: int = OP_TEXT) -> bool:
+        """Write one message now; False if the connection is going (nothing written).
+
+        The transport takes every write: past its high-water mark it keeps
+        the bytes and calls ``pause_writing``, which turns the direct way
+        off, so the next frames wait in the bounded queue instead.
         """
-        try:
-            finish = _run_now(self._ws.send_frame(data, _TEXT))  # type: ignore[union-attr]
-        except (ConnectionError, aiohttp.ClientError):
-            # The socket went away: the receive loop reports the disconnect.
+        transport = self._transport
+        if transport is None or transport.is_closing():
             self._direct = False
             return False
-        if finish is not None:
-            self._direct = False
-            self._finish = finish
-            self._poke()
+        transport.write(encode_frame(opcode, data, _KEY.pack(self._randbits(32))))
         return True
 
-    def _poke(self) -> None:
-        wake = self._wake
-        if wake is not None and not wake.done():
-            wake.set_result(None)
+    def _flush(self) -> None:
+        """Write what queued while the socket was backed up (or before ``start``), in order."""
+        self._flush_soon = False
+        if self._finished:
+            return
+        control = self._control
+        media = self._media
+        writer = self._writer
+        histogram = self._latency_to_bot
+        started_at = self._started_at
+        loop = self._loop
+        while (control or media) and not self._paused:
+            if control:
+                kind, value = control[0]
+                if not self._send(self._control_message(kind, value)):
+                    return
+                control.popleft()
+                continue
+            payload, timestamp_ms, handed_at = media[0]
+            if not self._send(writer.media(payload, timestamp_ms)):
+                return
+            media.popleft()
+            self.frames_sent += 1
+            if handed_at >= started_at and loop is not None:
+                # Frames queued while connecting waited for the bot, not us.
+                histogram.record(loop.time() - handed_at)
+        self._direct = not (self._paused or self._stopping or control or media)
+
+    # -- the transport's callbacks --------------------------------------------------------
+
+    def _pause_writing(self) -> None:
+        self._paused = True
+        self._direct = False
+
+    def _resume_writing(self) -> None:
+        self._paused = False
+        writable = self._writable
+        if writable is not None and not writable.done():
+            writable.set_result(None)
+        if not self._stopping and not self._flush_soon and self._loop is not None:
+            # Not from inside the transport's own write-ready handling.
+            self._flush_soon = True
+            self._loop.call_soon(self._flush)
+
+    def _data_received(self, data: bytes) -> None:
+        self._heard = True
+        try:
+            messages = self._frames.feed(data)
+        except WebSocketProtocolError as error:
+            self._fail(f"the bot's WebSocket failed: {error}", error.close_code)
+            return
+        for opcode, payload in messages:
+            self._message(opcode, payload)
+
+    def _message(self, opcode: int, payload: bytes) -> None:
+        if opcode == OP_TEXT:
+            if self._reading and self._handle(payload, self._loop):  # type: ignore[arg-type]
+                self._reading = False
+        elif opcode == OP_BINARY:
+            if self._reading:
+                self.invalid_frames += 1
+        elif opcode == OP_PING:
+            self._send(payload, OP_PONG)
+        elif opcode == OP_CLOSE:
+            self._close_received(payload)
+
+    def _close_received(self, payload: bytes) -> None:
+        if self._peer_closed:
+            return
+        self._peer_closed = True
+        self._reading = False
+        try:
+            code, _ = parse_close(payload)
+        except WebSocketProtocolError:
+            code = None
+        if code is None:
+            self._bot_ended(VoicebotOutcome.BOT_DISCONNECTED, "the bot closed the WebSocket")
+        else:
+            self._bot_ended(
+                VoicebotOutcome.BOT_DISCONNECTED, f"the bot closed the WebSocket (code {code})"
+            )
+        if not self._close_sent:
+            # The closing handshake's answer (RFC 6455 §5.5.1): then the
+            # connection is done, with nothing more to say on it.
+            self._close_sent = True
+            self._send(close_payload(code), OP_CLOSE)
+        self._direct = False
+        if self._transport is not None:
+            self._transport.close()
+        self._end()
+
+    def _connection_lost(self, exc: Exception | None) -> None:
+        self._direct = False
+        if not self._finished and not self._peer_closed:
+            if exc is None:
+                self._bot_ended(VoicebotOutcome.BOT_DISCONNECTED, "the bot closed the WebSocket")
+            else:
+                self._bot_ended(
+                    VoicebotOutcome.BOT_DISCONNECTED, f"the bot's WebSocket failed: {exc!r}"
+                )
+        for future in (self._lost, self._writable):
+            if future is not None and not future.done():
+                future.set_result(None)
+        self._end()
+
+    def _fail(self, reason: str, code: int = CLOSE_PROTOCOL_ERROR) -> None:
+        """Fail the connection (RFC 6455 §7.1.7): a close frame if we can, then cut it."""
+        self._reading = False
+        self._bot_ended(VoicebotOutcome.BOT_DISCONNECTED, reason)
+        if not self._close_sent:
+            self._close_sent = True
+            self._send(close_payload(code), OP_CLOSE)
+        self._direct = False
+        if self._transport is not None:
+            self._transport.abort()
+        self._end()
+
+    def _beat(self) -> None:
+        """Ping the bot every ``heartbeat_s``; a bot silent over a whole period is gone."""
+        self._heartbeat = None
+        if self._finished or self._transport is None or self._transport.is_closing():
+            return
+        if not self._heard:
+            self._fail("no answer from the bot to a ping", CLOSE_GOING_AWAY)
+            return
+        self._heard = False
+        self._send(b"", OP_PING)
+        assert self._loop is not None and self.config.heartbeat_s is not None
+        self._heartbeat = self._loop.call_later(self.config.heartbeat_s, self._beat)
+
+    def _end(self) -> None:
+        done = self._done
+        if done is not None and not done.done():
+            done.set_result(None)
 
     # -- control from the caller ----------------------------------------------------------
 
@@ -550,16 +712,13 @@ class VoicebotStream:
         if self._stopping:
             return
         self._stopping = True
-        self._direct = False  # what comes now queues behind the sender's last frames
+        self._direct = False  # what comes now queues behind the last frames
         if self.outcome is None:
             self.outcome = VoicebotOutcome.COMPLETED
         connect = self._connect
         if connect is not None and not connect.done():
             connect.cancel()
-        stopped = self._stopped
-        if stopped is not None and not stopped.done():
-            stopped.set_result(None)
-        self._poke()
+        self._end()
 
     def request_hangup(self, reason: str | None = None) -> None:
         """The bot hangs up out of band (Twilio's REST ``Status=completed``): as ``hangup``."""
@@ -595,8 +754,17 @@ class VoicebotStream:
             try:
                 await self._stream(ws, loop)
             finally:
-                if not ws.closed:
-                    _abort(ws)
+                self._finished = True
+                self._direct = False
+                transport = self._transport
+                if transport is not None and not (self._lost and self._lost.done()):
+                    transport.abort()
+                if self._heartbeat is not None:
+                    self._heartbeat.cancel()
+                # The connection is closed: aiohttp only lets go of it (no
+                # frame is written to a closing transport).
+                with contextlib.suppress(Exception):
+                    await ws.close()
         finally:
             self._accepting = False
             if owned:
@@ -615,7 +783,7 @@ class VoicebotStream:
                 config.url,
                 headers=dict(config.headers),
                 timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=config.close_timeout_s),
-                heartbeat=config.heartbeat_s,
+                heartbeat=None,  # our own pings, on the connection taken over
                 max_msg_size=config.max_message_bytes,
                 compress=0,
                 ssl=config.ssl,
@@ -651,109 +819,46 @@ class VoicebotStream:
         self, ws: aiohttp.ClientWebSocketResponse, loop: asyncio.AbstractEventLoop
     ) -> None:
         writer = self._writer
-        await ws.send_frame(writer.connected(), _TEXT)
-        await ws.send_frame(writer.start(self.call.custom_parameters), _TEXT)
-        self._started_at = loop.time()
-        stopped = self._stopped = loop.create_future()
+        self._done = loop.create_future()
+        self._lost = loop.create_future()
         if self._stopping:
-            stopped.set_result(None)
-        sender = asyncio.ensure_future(self._send_loop(ws, loop))
-        receiver = asyncio.ensure_future(self._receive_loop(ws, loop))
-        try:
-            await asyncio.wait((receiver, stopped), return_when=asyncio.FIRST_COMPLETED)
-            if ws.closed:
+            self._done.set_result(None)
+        transport, early = _take_over(ws, _BotProtocol(self))
+        self._transport = transport
+        self._send(writer.connected())
+        self._send(writer.start(self.call.custom_parameters))
+        self._started_at = loop.time()
+        for opcode, payload in early:
+            self._message(opcode, payload)
+        self._flush()  # frames from before start; then the callbacks write their own
+        if self.config.heartbeat_s:
+            self._heard = True
+            self._heartbeat = loop.call_later(self.config.heartbeat_s, self._beat)
+        await self._done
+        if transport.is_closing():
+            return  # the bot closed, or the connection failed
+        # Ending from our side (stop, or the bot's hangup or transfer): what
+        # is queued, then stop and our close frame. A bot that no longer
+        # reads would hold that forever: it has close_timeout_s, then the
+        # socket is cut (by run()).
+        deadline = loop.time() + self.config.close_timeout_s
+        while not transport.is_closing():
+            if not self._paused:
+                self._flush()
+            if not self._paused:
+                self._send(writer.stop())
+                self._close_sent = True
+                self._send(close_payload(CLOSE_NORMAL), OP_CLOSE)
+                remaining = deadline - loop.time()
+                if remaining > 0:
+                    await asyncio.wait((self._lost,), timeout=remaining)
                 return
-            # Ending from our side (stop, or the bot's hangup): the sender
-            # says stop and closes. A bot that no longer reads would hold
-            # that forever: it has close_timeout_s, then the socket is cut.
-            self._stopping = True
-            self._poke()
-            await asyncio.wait((sender,), timeout=self.config.close_timeout_s)
-            if not sender.done():
-                _abort(ws)
-        finally:
-            for task in (sender, receiver):
-                task.cancel()
-            outcomes = await asyncio.gather(sender, receiver, return_exceptions=True)
-        for outcome in outcomes:
-            # Socket errors are expected at the end; anything else is a bug
-            # (or a caller's callback that raised) and must not be hidden.
-            if isinstance(outcome, Exception) and not isinstance(
-                outcome, ConnectionError | aiohttp.ClientError
-            ):
-                raise outcome
-
-    async def _send_loop(
-        self, ws: aiohttp.ClientWebSocketResponse, loop: asyncio.AbstractEventLoop
-    ) -> None:
-        writer = self._writer
-        media = self._media
-        control = self._control
-        histogram = self._latency_to_bot
-        started_at = self._started_at
-        try:
-            while True:
-                finish = self._finish
-                if finish is not None:
-                    self._finish = None
-                    await finish
-                while control or media:
-                    if control:
-                        kind, value = control.popleft()
-                        if kind == "mark":
-                            data = writer.mark(value)
-                            self.marks_echoed += 1
-                        else:
-                            data = writer.dtmf(value)
-                            self.dtmf_sent += 1
-                        await ws.send_frame(data, _TEXT)
-                        continue
-                    payload, timestamp_ms, handed_at = media.popleft()
-                    await ws.send_frame(writer.media(payload, timestamp_ms), _TEXT)
-                    self.frames_sent += 1
-                    if handed_at >= started_at:
-                        # Frames queued while connecting waited for the bot, not us.
-                        histogram.record(loop.time() - handed_at)
-                if self._stopping:
-                    await ws.send_frame(writer.stop(), _TEXT)
-                    await ws.close()
-                    return
-                if self._finish is not None:
-                    continue
-                # Idle: the callbacks write their frames themselves until
-                # one has to wait, or until stop (both wake this task).
-                self._direct = True
-                self._wake = loop.create_future()
-                await self._wake
-                self._wake = None
-        except (ConnectionError, aiohttp.ClientError):
-            # The socket went away under us: the receive loop sees it too and
-            # reports the disconnect; there is nothing left to send to.
-            return
-        finally:
-            self._direct = False
-
-    async def _receive_loop(
-        self, ws: aiohttp.ClientWebSocketResponse, loop: asyncio.AbstractEventLoop
-    ) -> None:
-        while True:
-            message = await ws.receive()
-            kind = message.type
-            if kind is _TEXT:
-                if self._handle(message.data, loop):
-                    return
-            elif kind is WSMsgType.BINARY:
-                self.invalid_frames += 1
-            else:
-                # CLOSE, CLOSING, CLOSED or ERROR: the socket is gone.
-                if not self._stopping:
-                    reason = "the bot closed the WebSocket"
-                    if kind is WSMsgType.ERROR:
-                        reason = f"the bot's WebSocket failed: {message.data!r}"
-                    elif ws.close_code is not None:
-                        reason = f"the bot closed the WebSocket (code {ws.close_code})"
-                    self._bot_ended(VoicebotOutcome.BOT_DISCONNECTED, reason)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
                 return
+            self._writable = loop.create_future()
+            await asyncio.wait((self._writable, self._lost), timeout=remaining)
+            self._writable = None
 
     def _handle(self, data: bytes, loop: asyncio.AbstractEventLoop) -> bool:
         """Act on one frame from the bot; True when the stream is to end."""

@@ -355,6 +355,55 @@ async def test_bot_closing_its_socket_signals_hangup_within_100_ms(call: Call, b
     assert "closed" in (result.reason or "")
 
 
+async def test_a_bot_ping_is_answered_and_a_broken_frame_ends_the_stream(call: Call, bots) -> None:
+    pongs: list[bytes] = []
+
+    async def handle(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=False)
+        await ws.prepare(request)
+        session = BotSession(listener=call.watch.poke)
+        async for message in ws:
+            if message.type is WSMsgType.TEXT:
+                session.observe(message.data)
+                if session.media_messages == 3:
+                    await ws.ping(b"still there?")
+            elif message.type is WSMsgType.PONG:
+                pongs.append(message.data)
+                # Opcode 0x3 is reserved: a client must fail the connection.
+                request.transport.write(b"\x83\x00")  # type: ignore[union-attr]
+        return ws
+
+    server = await bots(handle)
+    stream = call.stream(server.url)
+    result = await asyncio.wait_for(stream.run(), WAIT_S)
+    assert pongs == [b"still there?"]
+    assert result.outcome is VoicebotOutcome.BOT_DISCONNECTED
+    assert "opcode 0x3" in (result.reason or "")
+    assert stream.hangup.is_set()
+
+
+async def test_heartbeat_takes_a_bot_that_stops_answering_for_gone(call: Call, bots) -> None:
+    async def handle(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for message in ws:
+            if message.type is WSMsgType.TEXT and '"start"' in message.data:
+                # Reads nothing more, so it answers no ping: a hung bot.
+                request.transport.pause_reading()  # type: ignore[union-attr]
+                await asyncio.sleep(WAIT_S)
+        return ws
+
+    loop = asyncio.get_running_loop()
+    server = await bots(handle)
+    stream = call.stream(server.url, heartbeat_s=0.1)
+    began = loop.time()
+    result = await asyncio.wait_for(stream.run(), WAIT_S)
+    assert result.outcome is VoicebotOutcome.BOT_DISCONNECTED
+    assert "ping" in (result.reason or "")
+    # The first ping goes out after 0.1 s; a second period without a word ends it.
+    assert 0.15 <= loop.time() - began < 1.0
+
+
 async def test_result_and_transfer_are_reported_and_transfer_ends_the_stream(
     call: Call, bots
 ) -> None:
