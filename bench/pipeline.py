@@ -88,6 +88,20 @@ def _servers_cpu_s() -> dict[str, float]:
     return totals
 
 
+async def _backends_cpu_s(pool: asyncpg.Pool) -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL backend serving this run's database.
+
+    Unlike :func:`_servers_cpu_s`, other work on the machine's server is not
+    counted (nor are the server's background processes: WAL writer, checkpointer).
+    """
+    pids = await pool.fetch("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+    cpu = {}
+    for row in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            cpu[row["pid"]] = _cpu_s(row["pid"])
+    return cpu
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -232,6 +246,7 @@ class RunResult:
     # CPU per call of the machine's PostgreSQL and RabbitMQ: upper bounds, as other
     # work on the machine may use the same servers meanwhile.
     servers_cpu_ms: dict[str, float]
+    backends_cpu_ms: float  # CPU per call of the backends serving the run's database
     commits: float  # transactions committed per call in the run's database (statements
     # outside a transaction, pool resets included, count one each)
 
@@ -271,6 +286,7 @@ async def one_run(
         cpu_started = time.process_time()
         workers_cpu = sum(_cpu_s(p.pid) for p in processes)
         servers_cpu = _servers_cpu_s()
+        backends_cpu = await _backends_cpu_s(pool)
         commits_sql = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
         commits = await pool.fetchval(commits_sql)
         async with pool.acquire() as conn:
@@ -295,6 +311,10 @@ async def one_run(
         central_cpu = time.process_time() - cpu_started
         workers_cpu = sum(_cpu_s(p.pid) for p in processes) - workers_cpu
         servers_cpu = {k: v - servers_cpu[k] for k, v in _servers_cpu_s().items()}
+        # A backend started during the run counts from zero.
+        backends_cpu = sum(
+            v - backends_cpu.get(pid, 0.0) for pid, v in (await _backends_cpu_s(pool)).items()
+        )
         await asyncio.sleep(0.6)  # statistics reach pg_stat_database within 500 ms
         commits = await pool.fetchval(commits_sql) - commits
         stop.set()
@@ -334,6 +354,7 @@ async def one_run(
             workers_cpu * per_call,
             central_cpu * per_call,
             {k: v * per_call for k, v in servers_cpu.items()},
+            backends_cpu * per_call,
             commits * per_call / 1000,
         )
     finally:
@@ -396,7 +417,8 @@ async def main_async(args: argparse.Namespace) -> int:
                         f"{k} {statistics.median(r.servers_cpu_ms[k] for r in results):.1f} ms"
                         for k in ("postgres", "rabbitmq")
                     )
-                    + " (servers: upper bounds); "
+                    + " (servers: upper bounds; postgres backends of this database "
+                    f"{statistics.median(r.backends_cpu_ms for r in results):.1f} ms); "
                     f"{statistics.median(r.commits for r in results):.0f} "
                     "database transactions per call",
                     flush=True,

@@ -24,12 +24,13 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
+from dialer.batching import Batcher
 from dialer.db import DATABASE_AWAY
 
 __all__ = [
@@ -102,6 +103,11 @@ class SeatBook:
         # workflow id -> (read at, rules): one read per workflow every few seconds,
         # not one per answer.
         self._rules: dict[str, tuple[float, SeatRules]] = {}
+        # Answers and hang-ups that come together share a round trip.
+        self._claims: Batcher[tuple[uuid.UUID, uuid.UUID, int], bool] = Batcher(
+            self._claim_many, max_size=200
+        )
+        self._releases: Batcher[uuid.UUID, None] = Batcher(self._release_many, max_size=500)
 
     async def rules(self, workflow_id: str) -> SeatRules:
         """The workflow's current seat rules (an edit applies within ``RULES_TTL_S``)."""
@@ -131,15 +137,26 @@ class SeatBook:
     async def try_claim(self, call_id: str, workflow_id: str, seats: int) -> bool:
         """Take a seat for ``call_id`` if one is free now; True if it holds one.
 
-        One round trip: ``claim_seat`` (migration 0007) takes the workflow's
-        advisory lock, then counts and inserts in a statement of its own, whose
-        snapshot sees every claim committed before the lock was granted.
+        Claims asked for together go in one round trip per workflow:
+        ``claim_seats`` (migration 0008) takes the workflow's advisory lock,
+        then counts and inserts in a statement of its own, whose snapshot sees
+        every claim committed before the lock was granted.
         """
-        return bool(
-            await self.pool.fetchval(
-                "SELECT claim_seat($1, $2, $3)", uuid.UUID(call_id), uuid.UUID(workflow_id), seats
+        return await self._claims.submit((uuid.UUID(call_id), uuid.UUID(workflow_id), seats))
+
+    async def _claim_many(self, claims: Sequence[tuple[uuid.UUID, uuid.UUID, int]]) -> list[bool]:
+        groups: dict[tuple[uuid.UUID, int], list[uuid.UUID]] = {}
+        for call_id, workflow_id, seats in claims:
+            groups.setdefault((workflow_id, seats), []).append(call_id)
+        granted: set[tuple[uuid.UUID, uuid.UUID]] = set()
+        # One statement (its own transaction) per workflow: a transaction never
+        # holds two workflows' locks, so workers cannot deadlock on them.
+        for (workflow_id, seats), call_ids in groups.items():
+            rows = await self.pool.fetch(
+                "SELECT claim_seats($1::uuid[], $2, $3) AS call_id", call_ids, workflow_id, seats
             )
-        )
+            granted.update((workflow_id, r["call_id"]) for r in rows)
+        return [(workflow_id, call_id) in granted for call_id, workflow_id, _ in claims]
 
     async def claim(
         self,
@@ -163,10 +180,14 @@ class SeatBook:
             await asyncio.sleep(min(self.poll_s, left))
 
     async def release(self, call_id: str) -> None:
-        """Free the call's seat (safe to call twice, or for a call that held none)."""
-        await self.pool.execute("DELETE FROM seats WHERE call_id = $1", uuid.UUID(call_id))
+        """Free the call's seat (safe to call twice, or for a call that held none).
+
+        Releases asked for together go in one statement."""
+        await self._releases.submit(uuid.UUID(call_id))
 
     async def release_many(self, call_ids: list[str]) -> None:
-        await self.pool.execute(
-            "DELETE FROM seats WHERE call_id = ANY($1::uuid[])", [uuid.UUID(c) for c in call_ids]
-        )
+        await self._release_many([uuid.UUID(c) for c in call_ids])
+
+    async def _release_many(self, call_ids: Sequence[uuid.UUID]) -> list[None]:
+        await self.pool.execute("DELETE FROM seats WHERE call_id = ANY($1::uuid[])", call_ids)
+        return [None] * len(call_ids)

@@ -20,11 +20,12 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import asyncpg
 
+from dialer.batching import Batcher
 from dialer.bus import Broker, BrokerUnavailable, Delivery, Subscription
 from dialer.db import DATABASE_AWAY, while_database_away
 from dialer.messages import CallEvent, DialJob, MessageError
@@ -61,6 +62,7 @@ class Worker:
         heartbeat_s: float = 5.0,
         clock: Callable[[], float] = time.time,
         progress_delay_s: float = 0.0,
+        claim_linger_s: float = 0.002,
     ) -> None:
         self.pool = pool
         self.broker = broker
@@ -80,6 +82,11 @@ class Worker:
         self._heartbeat: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        # Jobs that arrive together (a refill of the prefetch) claim their calls
+        # in one round trip; claim_linger_s gathers a little longer.
+        self._claims: Batcher[tuple[uuid.UUID, bool], bool] = Batcher(
+            self._claim_many, max_size=max(1, capacity), linger_s=claim_linger_s
+        )
 
     async def start(self) -> None:
         await self.pool.execute(
@@ -189,20 +196,31 @@ class Worker:
             nonlocal retrying
             mine = retrying and job.call_id not in self.active
             retrying = True
-            row = await self.pool.fetchrow(
-                """UPDATE calls c SET state = 'dialing', worker_id = $2, dialing_at = now()
-                   FROM records r
-                   WHERE c.id = $1 AND r.id = c.record_id AND r.status = 'in_progress'
-                     AND (c.state = 'queued'
-                          OR ($3 AND c.state = 'dialing' AND c.worker_id = $2))
-                   RETURNING c.id""",
-                uuid.UUID(job.call_id),
-                self.worker_id,
-                mine,
-            )
-            return row is not None
+            return await self._claims.submit((uuid.UUID(job.call_id), mine))
 
         return await while_database_away(claim, what="claim")
+
+    async def _claim_many(self, claims: Sequence[tuple[uuid.UUID, bool]]) -> list[bool]:
+        """Claim the calls of jobs that arrived together: one statement for all."""
+        rows = await self.pool.fetch(
+            """UPDATE calls c SET state = 'dialing', worker_id = $3, dialing_at = now()
+               FROM records r, unnest($1::uuid[], $2::boolean[]) AS u(id, mine)
+               WHERE c.id = u.id AND r.id = c.record_id AND r.status = 'in_progress'
+                 AND (c.state = 'queued'
+                      OR (u.mine AND c.state = 'dialing' AND c.worker_id = $3))
+               RETURNING c.id""",
+            [call_id for call_id, _ in claims],
+            [mine for _, mine in claims],
+            self.worker_id,
+        )
+        claimed = {r["id"] for r in rows}
+        results = []
+        for call_id, _ in claims:
+            # The same call twice in one batch (a job and its republished copy):
+            # the row was claimed once, so only the first may dial.
+            results.append(call_id in claimed)
+            claimed.discard(call_id)
+        return results
 
     async def _on_job(self, delivery: Delivery) -> None:
         try:

@@ -114,6 +114,28 @@ async def test_concurrent_claims_never_exceed_the_seats(pool: asyncpg.Pool) -> N
     assert await book.try_claim(waiting, str(workflow["id"]), 3)
 
 
+async def test_claims_asked_together_share_a_round_trip_per_workflow(pool: asyncpg.Pool) -> None:
+    tenant = await make_tenant(pool, "seat")
+    first, second = await _workflow(pool, tenant), await _workflow(pool, tenant)
+    a = await _calls(pool, tenant, first, 4, "answered")
+    b = await _calls(pool, tenant, second, 3, "answered")
+    book = SeatBook(pool)
+    assert await book.try_claim(a[0], str(first["id"]), 2)  # held before the batch
+    asks = [(c, first, 2) for c in a] + [(c, second, 2) for c in b] + [(a[1], first, 2)]
+    won = await asyncio.gather(*(book.try_claim(c, str(w["id"]), n) for c, w, n in asks))
+    # The holder keeps its seat, the first other asker takes the last one, in order;
+    # a call asking twice in one batch holds one seat, not two.
+    assert won == [True, True, False, False, True, True, False, True]
+    assert book._claims.batches == 2
+    held = await pool.fetch("SELECT call_id::text, workflow_id FROM seats")
+    assert sorted(r["call_id"] for r in held if r["workflow_id"] == first["id"]) == sorted(a[:2])
+    assert sorted(r["call_id"] for r in held if r["workflow_id"] == second["id"]) == sorted(b[:2])
+    await asyncio.gather(*(book.release(c) for c in a + b))
+    assert (
+        await pool.fetchval("SELECT count(*) FROM seats WHERE workflow_id = $1", first["id"]) == 0
+    )
+
+
 async def test_a_seat_of_an_ended_call_counts_for_nothing(pool: asyncpg.Pool) -> None:
     tenant = await make_tenant(pool, "seat")
     workflow = await _workflow(pool, tenant)

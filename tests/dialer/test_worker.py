@@ -110,3 +110,54 @@ async def test_drain_finishes_calls_in_progress(pool: asyncpg.Pool, broker: Brok
         await consumer.close()
     stopped = await pool.fetchval("SELECT stopped_at FROM workers WHERE id = $1", worker.worker_id)
     assert stopped is not None
+
+
+async def test_jobs_arriving_together_claim_in_one_statement_and_a_copy_is_not_dialled(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    """A burst of jobs (with one job published twice) is claimed in one round trip,
+    and the call whose job came twice in that burst is dialled once."""
+    tenant = await make_tenant(pool, "wrk")
+    workflow = await _workflow(pool, tenant)
+    await pool.execute(
+        """UPDATE workflow_versions SET settings = jsonb_set(settings, '{pacing,seats}', '20')
+           WHERE workflow_id = $1""",
+        workflow["id"],
+    )
+    ids = await _records(pool, tenant, workflow, [f"21255508{i:02d}" for i in range(8)])
+    clock = Clock(NOON)
+    runner = ScriptedRunner()
+    runner.release.clear()
+    worker = Worker(pool, broker, runner, capacity=20, clock=lambda: clock.now, claim_linger_s=0.05)
+    captured: list[tuple[str, bytes]] = []
+    real_publish = broker.publish_jobs
+
+    async def publish_twice(messages):  # the first job goes out twice in the same burst
+        captured.extend(messages)
+        await real_publish([*messages, messages[0]])
+
+    broker.publish_jobs = publish_twice  # type: ignore[method-assign]
+    consumer = EventConsumer(pool, broker)
+    await consumer.start()
+    await worker.start()
+    try:
+        scheduler = Scheduler(pool, broker, clock=clock, tenant_ids=[tenant.id])
+        assert (await scheduler.tick()).published == 8
+        for _ in range(200):
+            if len(runner.calls) + worker.skipped == 9:
+                break
+            await asyncio.sleep(0.02)
+        assert sorted(runner.calls) == sorted(call_id for call_id, _ in captured)
+        assert worker.skipped == 1
+        assert worker._claims.batches <= 2
+        runner.release.set()
+        await _settle(
+            pool,
+            "SELECT bool_and(status = 'completed') FROM records WHERE id = ANY($1::uuid[])",
+            ids,
+        )
+    finally:
+        broker.publish_jobs = real_publish  # type: ignore[method-assign]
+        runner.release.set()
+        await worker.close()
+        await consumer.close()
