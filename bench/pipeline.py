@@ -341,8 +341,11 @@ async def one_run(
             workflow["id"],
         )
         if args.verbose:
+            batches = consumer._batcher
             print(
-                "  median s: " + " ".join(f"{k}={(v or 0):.3f}" for k, v in phases.items()),
+                "  median s: "
+                + " ".join(f"{k}={(v or 0):.3f}" for k, v in phases.items())
+                + f"; events per consumer batch: {batches.items / max(batches.batches, 1):.1f}",
                 file=sys.stderr,
             )
         if webhooks != done:

@@ -48,7 +48,9 @@ class Batcher(Generic[T, R]):
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.batches = 0  # batches handled: tests and benches read it
+        # Batches handled and the items in them: tests and benches read these.
+        self.batches = 0
+        self.items = 0
 
     async def submit(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
@@ -99,6 +101,7 @@ class Batcher(Generic[T, R]):
                         future.set_exception(exc)
                 continue
             self.batches += 1
+            self.items += len(live)
             if len(results) != len(live):
                 error = RuntimeError(f"batch of {len(live)} gave {len(results)} results")
                 for _, future in live:

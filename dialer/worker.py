@@ -202,12 +202,18 @@ class Worker:
 
     async def _claim_many(self, claims: Sequence[tuple[uuid.UUID, bool]]) -> list[bool]:
         """Claim the calls of jobs that arrived together: one statement for all."""
+        # Rows are locked in id order: two batches sharing calls (a job and its
+        # republished copy at two workers) wait for each other, never deadlock.
         rows = await self.pool.fetch(
-            """UPDATE calls c SET state = 'dialing', worker_id = $3, dialing_at = now()
-               FROM records r, unnest($1::uuid[], $2::boolean[]) AS u(id, mine)
-               WHERE c.id = u.id AND r.id = c.record_id AND r.status = 'in_progress'
+            """WITH asked AS (
+                   SELECT c.id, u.mine FROM calls c
+                   JOIN unnest($1::uuid[], $2::boolean[]) AS u(id, mine) ON u.id = c.id
+                   ORDER BY c.id FOR UPDATE OF c)
+               UPDATE calls c SET state = 'dialing', worker_id = $3, dialing_at = now()
+               FROM asked a, records r
+               WHERE c.id = a.id AND r.id = c.record_id AND r.status = 'in_progress'
                  AND (c.state = 'queued'
-                      OR (u.mine AND c.state = 'dialing' AND c.worker_id = $3))
+                      OR (a.mine AND c.state = 'dialing' AND c.worker_id = $3))
                RETURNING c.id""",
             [call_id for call_id, _ in claims],
             [mine for _, mine in claims],

@@ -263,8 +263,14 @@ class Scheduler:
 
     async def _publish(self, jobs: list[DialJob]) -> None:
         await self.broker.publish_jobs([(job.call_id, job.to_bytes()) for job in jobs])
+        # A call a worker is claiming right now is locked by that claim: skipped,
+        # not waited for (it is leaving 'queued', where published_at matters), so
+        # this never holds up a claim nor deadlocks with a batch of them.
         await self.pool.execute(
-            "UPDATE calls SET published_at = now() WHERE id = ANY($1::uuid[])",
+            """UPDATE calls c SET published_at = now()
+               FROM (SELECT id FROM calls WHERE id = ANY($1::uuid[]) AND state = 'queued'
+                     FOR UPDATE SKIP LOCKED) AS free
+               WHERE c.id = free.id""",
             [uuid.UUID(job.call_id) for job in jobs],
         )
 
