@@ -32,7 +32,12 @@ ahead of it), the callee's round trip (frame sent -> its echo back, which
 also holds both jitter buffers and the bot), and CPU use of each process.
 
     python bench/voicebot.py [--start 100] [--step 100] [--max 1500]
-        [--duration 5] [--warmup 2] [--bots 1] [--calls N] [--own-clocks] [--json]
+        [--duration 5] [--warmup 2] [--bots 1] [--calls N] [--own-clocks]
+        [--frames-per-write 1] [--json]
+
+``--frames-per-write n`` writes the callee's frames to the bot n at a time
+(each its own ``media`` message; one write and one wake-up of the bot per n),
+adding up to (n - 1) x 20 ms of latency to the bot.
 """
 
 from __future__ import annotations
@@ -265,13 +270,16 @@ def _worker_main(
     warmup_s: float,
     duration_s: float,
     own_clocks: bool = False,
+    frames_per_write: int = 1,
 ) -> None:
     _pin(WORKER_CORE)
     _raise_file_limit(4 * calls + 256)
     loop = _new_loop()
     asyncio.set_event_loop(loop)
     if bot_urls:
-        run = _run_calls(calls, callee_port, bot_urls, conn, warmup_s, duration_s, own_clocks)
+        run = _run_calls(
+            calls, callee_port, bot_urls, conn, warmup_s, duration_s, own_clocks, frames_per_write
+        )
     else:
         run = _run_local_echo(calls, callee_port, conn, warmup_s, duration_s, own_clocks)
     conn.send(loop.run_until_complete(run))
@@ -296,6 +304,7 @@ async def _run_calls(
     warmup_s: float,
     duration_s: float,
     own_clocks: bool,
+    frames_per_write: int = 1,
 ) -> dict:
     import aiohttp
 
@@ -319,9 +328,11 @@ async def _run_calls(
             bind_pair(allocator, HOST), config, source=playback, **clocked
         )
         call = VoicebotCall(f"CA{i:032x}", "AC" + "0" * 32, f"MZ{i:032x}", {"call": i})
-        stream = VoicebotStream(
-            VoicebotConfig(bot_urls[i % len(bot_urls)]), call, playback, http=http
-        )
+        # Passed only when asked for, so the bench still runs on a checkout
+        # that predates the setting.
+        extra = {"frames_per_write": frames_per_write} if frames_per_write > 1 else {}
+        bot_config = VoicebotConfig(bot_urls[i % len(bot_urls)], **extra)
+        stream = VoicebotStream(bot_config, call, playback, http=http)
         stream.attach(session)
         sessions.append(session)
         streams.append(stream)
@@ -522,7 +533,16 @@ def run_once(calls: int, args: argparse.Namespace, *, baseline: bool = False) ->
     callee_port = callee_conn.recv()
     worker = ctx.Process(
         target=_worker_main,
-        args=(calls, callee_port, urls, worker_child, args.warmup, args.duration, args.own_clocks),
+        args=(
+            calls,
+            callee_port,
+            urls,
+            worker_child,
+            args.warmup,
+            args.duration,
+            args.own_clocks,
+            args.frames_per_write,
+        ),
     )
     worker.start()
     try:
@@ -618,12 +638,19 @@ def main() -> None:
     parser.add_argument(
         "--own-clocks", action="store_true", help="a 20 ms clock per session, not one shared"
     )
+    parser.add_argument(
+        "--frames-per-write",
+        type=int,
+        default=1,
+        help="callee frames written to the bot together (latency to the bot: +(n-1) x 20 ms)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     print(
         f"voicebot calls per worker process (uvloop), echo bot x{args.bots}, "
         f"pinned: {PIN}, cores: {os.cpu_count()}, "
         f"clock: {'one per session' if args.own_clocks else 'shared'}, "
+        f"frames per write: {args.frames_per_write}, "
         f"load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )

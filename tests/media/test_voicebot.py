@@ -240,6 +240,31 @@ async def test_echo_bot_round_trip_is_paced_and_counted(call: Call, bots) -> Non
     assert result.latency_from_bot.p99_ms < 40
 
 
+async def test_frames_written_in_threes_arrive_whole_and_in_order(call: Call, bots) -> None:
+    bot = EchoBot(listener=call.watch.poke)
+    server = await bots(bot)
+    stream = call.stream(server.url, frames_per_write=3)
+    task = asyncio.ensure_future(stream.run())
+    call.callee_playback.enqueue(tone(700, 600).samples)
+    await call.watch.until(lambda: len(call.loud_frames()) >= 28)
+    # A mark is written at once, taking the frames held before it along.
+    await call.watch.until(lambda: stream.frames_sent % 3 == 1)
+    stream._on_mark("m", True)
+    await call.watch.until(lambda: bot.sessions[0].marks == ["m"])
+    assert bot.sessions[0].media_messages == stream.frames_sent
+    stream.stop()
+    result = await task
+
+    seen = bot.sessions[0]
+    assert seen.chunk_gaps == 0 and seen.sequence_errors == 0 and seen.invalid == 0
+    # Every frame handed over reached the bot, the last ones with stop.
+    assert seen.media_messages == result.frames_sent == seen.last_chunk
+    assert seen.stopped
+    # Held for company: the first of each three waited two frames (40 ms).
+    assert result.latency_to_bot.count == result.frames_sent
+    assert 35 <= result.latency_to_bot.max_ms < 80
+
+
 async def test_dtmf_reaches_the_bot_once_per_key(call: Call, bots) -> None:
     bot = EchoBot(listener=call.watch.poke)
     server = await bots(bot)
