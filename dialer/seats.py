@@ -96,6 +96,7 @@ class SeatBook:
         *,
         poll_s: float = POLL_S,
         clock: Callable[[], float] = time.monotonic,
+        linger_s: float = 0.005,
     ) -> None:
         self.pool = pool
         self.poll_s = poll_s
@@ -103,11 +104,14 @@ class SeatBook:
         # workflow id -> (read at, rules): one read per workflow every few seconds,
         # not one per answer.
         self._rules: dict[str, tuple[float, SeatRules]] = {}
-        # Answers and hang-ups that come together share a round trip.
+        # Answers and hang-ups that come within linger_s share a round trip (the
+        # wait is small beside the max_wait_s an answer may wait for its seat).
         self._claims: Batcher[tuple[uuid.UUID, uuid.UUID, int], bool] = Batcher(
-            self._claim_many, max_size=200
+            self._claim_many, max_size=200, linger_s=linger_s
         )
-        self._releases: Batcher[uuid.UUID, None] = Batcher(self._release_many, max_size=500)
+        self._releases: Batcher[uuid.UUID, None] = Batcher(
+            self._release_many, max_size=500, linger_s=linger_s
+        )
 
     async def rules(self, workflow_id: str) -> SeatRules:
         """The workflow's current seat rules (an edit applies within ``RULES_TTL_S``)."""

@@ -62,7 +62,7 @@ class Worker:
         heartbeat_s: float = 5.0,
         clock: Callable[[], float] = time.time,
         progress_delay_s: float = 0.0,
-        claim_linger_s: float = 0.002,
+        claim_linger_s: float = 0.005,
     ) -> None:
         self.pool = pool
         self.broker = broker

@@ -143,7 +143,7 @@ class EventConsumer:
         *,
         prefetch: int = 100,
         batch_size: int = 100,
-        linger_s: float = 0.005,
+        linger_s: float = 0.02,
     ) -> None:
         self.pool = pool
         self.broker = broker
