@@ -149,17 +149,9 @@ class Worker:
             [(event.routing_key, f"{job.call_id}:{kind}", event.to_bytes())]
         )
 
-    async def _progress(
-        self, job: DialJob, kind: str, data: dict[str, Any], at: float, over: asyncio.Event
-    ) -> None:
-        """Progress is for the live view and pacing: held ``progress_delay_s``, dropped
-        if the call is ``over`` by then, lost while the broker is away, never fatal
-        (the ``ended`` event carries every phase's time)."""
-        if self.progress_delay_s > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(over.wait(), self.progress_delay_s)
-            if over.is_set():
-                return
+    async def _progress(self, job: DialJob, kind: str, data: dict[str, Any], at: float) -> None:
+        """Progress is for the live view and pacing: lost while the broker is away,
+        never fatal (the ``ended`` event carries every phase's time)."""
         try:
             await self._publish(job, kind, data, at)
         except BrokerUnavailable as exc:
@@ -249,16 +241,24 @@ class Worker:
                 data: dict[str, Any] = {"disposition": "expired", "hangup_by": "system"}
             else:
                 self.dialled += 1
-                over = asyncio.Event()
+                loop = asyncio.get_running_loop()
+                # Held progress is a timer, not a task: most calls end before it
+                # fires, and then it is only cancelled.
+                held: list[asyncio.TimerHandle] = []
                 progress: set[asyncio.Task[None]] = set()
+
+                def send(kind: str, payload: dict[str, Any], at: float) -> None:
+                    task = loop.create_task(self._progress(job, kind, payload, at))
+                    progress.add(task)
+                    task.add_done_callback(progress.discard)
 
                 async def emit(kind: str, payload: dict[str, Any]) -> None:
                     # Returns at once: a held event must not hold up the call.
-                    task = asyncio.get_running_loop().create_task(
-                        self._progress(job, kind, payload, self.clock(), over)
-                    )
-                    progress.add(task)
-                    task.add_done_callback(progress.discard)
+                    at, delay_s = self.clock(), self.progress_delay_s
+                    if delay_s > 0:
+                        held.append(loop.call_later(delay_s, send, kind, payload, at))
+                    else:
+                        send(kind, payload, at)
 
                 await emit("dialing", {})
                 try:
@@ -269,8 +269,10 @@ class Worker:
                     log.exception("call failed", extra={"call_id": job.call_id})
                     data = {"disposition": "failed", "hangup_by": "system"}
                 finally:
-                    over.set()
-                    # Progress already on its way goes out before the end.
+                    # Progress still held is dropped (the end carries its times);
+                    # progress already on its way goes out before the end.
+                    for handle in held:
+                        handle.cancel()
                     await asyncio.gather(*progress, return_exceptions=True)
             await self._publish_ended(job, data)
             await delivery.ack()
