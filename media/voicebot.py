@@ -560,16 +560,17 @@ class VoicebotStream:
             self._send_control("mark", name)
 
     def _send_control(self, kind: str, value: str) -> None:
-        if self._direct and self._send(self._control_message(kind, value)):
-            return
-        self._control.append((kind, value))
+        if not (self._direct and self._send_control_now(kind, value)):
+            self._control.append((kind, value))
 
-    def _control_message(self, kind: str, value: str) -> bytes:
+    def _send_control_now(self, kind: str, value: str) -> bool:
         if kind == "mark":
-            self.marks_echoed += 1
-            return self._writer.mark(value)
-        self.dtmf_sent += 1
-        return self._writer.dtmf(value)
+            sent = self._send(self._writer.mark(value))
+            self.marks_echoed += sent
+        else:
+            sent = self._send(self._writer.dtmf(value))
+            self.dtmf_sent += sent
+        return sent
 
     def _send(self, data: bytes, opcode: int = OP_TEXT) -> bool:
         """Write one message now; False if the connection is going (nothing written).
@@ -628,7 +629,7 @@ class VoicebotStream:
         while (control or media) and not self._paused:
             if control:
                 kind, value = control[0]
-                if not self._send(self._control_message(kind, value)):
+                if not self._send_control_now(kind, value):
                     return
                 control.popleft()
                 continue
@@ -676,7 +677,8 @@ class VoicebotStream:
             if self._reading:
                 self.invalid_frames += 1
         elif opcode == OP_PING:
-            self._send(payload, OP_PONG)
+            if not self._close_sent:  # nothing follows our close frame (§5.5.1)
+                self._send(payload, OP_PONG)
         elif opcode == OP_CLOSE:
             self._close_received(payload)
 
