@@ -349,11 +349,14 @@ async def _run_calls(
     underruns_before = sum(s.result().underrun_frames for s in streams)
     inbound_before = [(s.stats().concealed_frames, s.stats().late) for s in sessions]
     sent_before = sum(s.frames_sent for s in streams)
+    packets_before = _packets_sent(sessions)
     for session in sessions:
         session.lateness = LatenessHistogram()
     cpu0, wall0 = _cpu_s(), time.perf_counter()
     await asyncio.sleep(duration_s)  # the measured interval
-    cpu_fraction = (_cpu_s() - cpu0) / (time.perf_counter() - wall0)
+    cpu_s = _cpu_s() - cpu0
+    cpu_fraction = cpu_s / (time.perf_counter() - wall0)
+    packets = _packets_sent(sessions) - packets_before
 
     to_bot, from_bot, lateness = LatenessHistogram(), LatenessHistogram(), LatenessHistogram()
     for stream, before_to, before_from in zip(streams, to_before, from_before, strict=True):
@@ -397,7 +400,12 @@ async def _run_calls(
         "from_bot_p99_ms": from_bot.percentile(0.99) * 1000,
         "send_lateness_p99_ms": lateness.percentile(0.99) * 1000,
         "cpu_fraction": cpu_fraction,
+        "cpu_us_per_frame": cpu_s / max(1, packets) * 1e6,
     }
+
+
+def _packets_sent(sessions) -> int:
+    return sum(session.send_stats.packets_sent for session in sessions)
 
 
 class _LocalEcho:
@@ -435,11 +443,14 @@ async def _run_local_echo(
         loop.call_later(0.020 * i / calls, session.start, MediaParams((HOST, callee_port)))
     conn.send([session.local_rtp_port for session in sessions])
     await asyncio.sleep(warmup_s)  # the load runs meanwhile; this only waits out the warm-up
+    packets_before = _packets_sent(sessions)
     for session in sessions:
         session.lateness = LatenessHistogram()
     cpu0, wall0 = _cpu_s(), time.perf_counter()
     await asyncio.sleep(duration_s)  # the measured interval
-    cpu_fraction = (_cpu_s() - cpu0) / (time.perf_counter() - wall0)
+    cpu_s = _cpu_s() - cpu0
+    cpu_fraction = cpu_s / (time.perf_counter() - wall0)
+    packets = _packets_sent(sessions) - packets_before
     lateness = LatenessHistogram()
     for session in sessions:
         lateness.merge(session.lateness)
@@ -462,6 +473,7 @@ async def _run_local_echo(
         "from_bot_p99_ms": 0.0,
         "send_lateness_p99_ms": lateness.percentile(0.99) * 1000,
         "cpu_fraction": cpu_fraction,
+        "cpu_us_per_frame": cpu_s / max(1, packets) * 1e6,
     }
 
 
@@ -491,6 +503,10 @@ class RunResult:
     round_trip_p99_ms: float
     send_lateness_p99_ms: float
     worker_cpu: float
+    # The worker's CPU per 20 ms frame sent to a callee (each frame also
+    # carries one frame the other way): unlike the per call-second figure,
+    # it does not shrink when a loaded machine makes the worker skip frames.
+    worker_us_per_frame: float
     callee_cpu: float
     bot_cpu: float
 
@@ -581,6 +597,7 @@ def run_once(calls: int, args: argparse.Namespace, *, baseline: bool = False) ->
         round_trip_p99_ms=phones["round_trip_p99_ms"],
         send_lateness_p99_ms=ours["send_lateness_p99_ms"],
         worker_cpu=ours["cpu_fraction"],
+        worker_us_per_frame=ours["cpu_us_per_frame"],
         callee_cpu=phones["cpu_fraction"],
         bot_cpu=bot_cpu,
     )
@@ -596,7 +613,8 @@ def _line(r: RunResult) -> str:
         f"to bot {r.to_bot_median_ms:5.1f}/{r.to_bot_p99_ms:5.1f} ms  "
         f"from bot {r.from_bot_median_ms:5.1f}/{r.from_bot_p99_ms:5.1f} ms  "
         f"round trip {r.round_trip_median_ms:5.1f}/{r.round_trip_p99_ms:5.1f} ms  "
-        f"cpu worker {r.worker_cpu * 100:3.0f} % ({r.worker_ms_per_call_s:.2f} ms/call-s) "
+        f"cpu worker {r.worker_cpu * 100:3.0f} % ({r.worker_ms_per_call_s:.2f} ms/call-s, "
+        f"{r.worker_us_per_frame:.0f} us/frame) "
         f"callee {r.callee_cpu * 100:3.0f} % "
         f"bot {r.bot_cpu * 100:3.0f} %  {verdict}"
     )
