@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -134,10 +135,12 @@ async def serve_bot(
     port: int = 0,
     *,
     shutdown_timeout_s: float = 1.0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> BotServer:
     """Serve a bot's WebSocket handler at ``/`` on ``host:port`` (0: any free port).
 
-    ``close()`` gives open connections ``shutdown_timeout_s`` to finish.
+    ``close()`` gives open connections ``shutdown_timeout_s`` to finish. With
+    ``ssl_context`` the bot speaks TLS and its ``url`` is ``wss://``.
     """
     app = web.Application()
     app.router.add_get(
@@ -147,10 +150,11 @@ async def serve_bot(
         app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout_s
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     bound = runner.addresses[0]
-    return BotServer(runner, f"ws://{bound[0]}:{bound[1]}/")
+    scheme = "ws" if ssl_context is None else "wss"
+    return BotServer(runner, f"{scheme}://{bound[0]}:{bound[1]}/")
 
 
 async def _accept(request: web.Request) -> web.WebSocketResponse:

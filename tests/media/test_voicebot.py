@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
+import subprocess
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -263,6 +266,43 @@ async def test_frames_written_in_threes_arrive_whole_and_in_order(call: Call, bo
     # Held for company: the first of each three waited two frames (40 ms).
     assert result.latency_to_bot.count == result.frames_sent
     assert 35 <= result.latency_to_bot.max_ms < 80
+
+
+def self_signed_context(directory: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server context with a throwaway certificate for 127.0.0.1 (openssl makes it)."""
+    key, cert = directory / "key.pem", directory / "cert.pem"
+    command = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1"
+    command += " -addext subjectAltName=IP:127.0.0.1"
+    subprocess.run(
+        [*command.split(), "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context, cert
+
+
+async def test_echo_over_tls_with_the_connection_taken_over(call: Call, tmp_path: Path) -> None:
+    server_context, cert = self_signed_context(tmp_path)
+    bot = EchoBot(listener=call.watch.poke)
+    server = await serve_bot(bot, ssl_context=server_context)
+    client_context = ssl.create_default_context(cafile=str(cert))
+    try:
+        stream = call.stream(server.url, ssl=client_context)
+        task = asyncio.ensure_future(stream.run())
+        call.callee_playback.enqueue(tone(700, 400).samples)
+        await call.watch.until(lambda: len(call.loud_frames()) >= 15)
+        stream.stop()
+        result = await task
+    finally:
+        await server.close()
+    assert server.url.startswith("wss://")
+    assert result.outcome is VoicebotOutcome.COMPLETED and result.invalid_frames == 0
+    seen = bot.sessions[0]
+    assert seen.chunk_gaps == 0 and seen.sequence_errors == 0 and seen.invalid == 0
+    assert seen.media_messages == result.frames_sent and seen.stopped
+    assert result.bot_media_messages > 0
 
 
 async def test_dtmf_reaches_the_bot_once_per_key(call: Call, bots) -> None:
