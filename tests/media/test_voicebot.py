@@ -45,6 +45,7 @@ from media.voicebot import (
     VoicebotCall,
     VoicebotConfig,
     VoicebotOutcome,
+    VoicebotResult,
     VoicebotStream,
     calls_handler,
     new_sid,
@@ -196,6 +197,13 @@ def scripted(script: BotScript, watch: Watch) -> Callable[[web.Request], Awaitab
     return handle
 
 
+def assert_timed_to_bot(result: VoicebotResult) -> None:
+    """Every frame sent was timed, but those handed over while connecting (they
+    waited for the bot, not for us; at most a queue's worth)."""
+    queue = VoicebotConfig("").send_queue_frames
+    assert result.frames_sent - queue <= result.latency_to_bot.count <= result.frames_sent
+
+
 def media_message(samples: np.ndarray, sid: str = CALL.stream_sid) -> bytes:
     return BotMedia(ulaw_encode(samples).tobytes()).serialize(sid)
 
@@ -238,7 +246,7 @@ async def test_echo_bot_round_trip_is_paced_and_counted(call: Call, bots) -> Non
     assert 30 - skipped <= len(loud) <= 31
     heard = np.concatenate([call.heard[i] for i in loud])
     assert abs(peak_frequency(heard) - 700) < 10
-    assert result.latency_to_bot.count == result.frames_sent
+    assert_timed_to_bot(result)
     assert result.latency_from_bot.median_ms <= 21  # about one 20 ms frame of phase
     assert result.latency_from_bot.p99_ms < 40
 
@@ -264,7 +272,7 @@ async def test_frames_written_in_threes_arrive_whole_and_in_order(call: Call, bo
     assert seen.media_messages == result.frames_sent == seen.last_chunk
     assert seen.stopped
     # Held for company: the first of each three waited two frames (40 ms).
-    assert result.latency_to_bot.count == result.frames_sent
+    assert_timed_to_bot(result)
     assert 35 <= result.latency_to_bot.max_ms < 80
 
 
@@ -706,7 +714,7 @@ async def test_frames_are_written_from_the_callback_and_queue_while_the_socket_i
     await asyncio.wait_for(seen.closed.wait(), WAIT_S)
     assert seen.sequence_errors == 0 and seen.invalid == 0 and seen.stopped
     assert seen.media_messages == result.frames_sent == seen.last_chunk
-    assert result.latency_to_bot.count == result.frames_sent
+    assert_timed_to_bot(result)
 
 
 class FakeLoop:
