@@ -140,17 +140,32 @@ def echo_peers(count: int, cores: set[int]) -> Iterator[list[int]]:
 
 
 class _LoopSource:
-    """A prompt played over and over (what the calls send)."""
+    """A prompt played over and over (what the calls send).
+
+    Like ``media.playback.PlaybackQueue`` it offers the frames encoded
+    (``read_payload``), the prompt encoded once per codec, as a worker's
+    prompts are.
+    """
 
     def __init__(self, samples: np.ndarray, offset_frames: int) -> None:
         self.samples = samples
         self.frames = samples.shape[0] // 160
         self.position = offset_frames % self.frames
+        self._encoded: dict[int, bytes] = {}
 
     def read_frame(self) -> np.ndarray:
         start = self.position * 160
         self.position = (self.position + 1) % self.frames
         return self.samples[start : start + 160]
+
+    def read_payload(self, encode_table: np.ndarray) -> bytes:
+        encoded = self._encoded.get(id(encode_table))
+        if encoded is None:
+            encoded = encode_table.take(self.samples.view(np.uint16)).tobytes()
+            self._encoded[id(encode_table)] = encoded
+        start = self.position * 160
+        self.position = (self.position + 1) % self.frames
+        return encoded[start : start + 160]
 
 
 @dataclass

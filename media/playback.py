@@ -342,6 +342,10 @@ class SpeechRenderer:
 class _Audio:
     samples: NDArray[np.int16]
     position: int = 0
+    # The samples encoded whole with ``encoded_by`` (an encode table), made
+    # the first time a frame of them is read as a payload.
+    encoded: bytes = b""
+    encoded_by: NDArray[np.uint8] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -440,6 +444,37 @@ class PlaybackQueue:
                     self._fire_marks()
             return frame
         return self._gather()
+
+    def read_payload(self, encode_table: NDArray[np.uint8]) -> bytes | None:
+        """Like ``read_frame``, the frame encoded with a G.711 ``encode_table``.
+
+        Each piece of queued audio is encoded whole the first time it is
+        read this way (one table look-up per prompt, not per frame), and its
+        frames are handed out as slices of that.
+        """
+        items = self._items
+        if items and type(items[0]) is _Mark:
+            self._fire_marks()
+        if not items:
+            return None
+        n = self.frame_samples
+        head = items[0]
+        assert isinstance(head, _Audio)
+        start = head.position
+        end = head.samples.shape[0]
+        if end - start < n:
+            frame = self._gather()
+            return encode_table.take(frame.view(np.uint16)).tobytes()
+        if head.encoded_by is not encode_table:
+            head.encoded = encode_table.take(head.samples.view(np.uint16)).tobytes()
+            head.encoded_by = encode_table
+        head.position = start + n
+        self._queued -= n
+        if head.position == end:
+            items.popleft()
+            if items and type(items[0]) is _Mark:
+                self._fire_marks()
+        return head.encoded[start : start + n]
 
     def _gather(self) -> NDArray[np.int16]:
         # A frame made of the ends of several pieces (raw audio of odd

@@ -119,19 +119,6 @@ class ReceivePoller:
         self.received += handled
         return handled
 
-    def drain(self, sock: socket.socket) -> int:
-        """Discard what is waiting on ``sock``; return how many datagrams there were."""
-        count = 0
-        while True:
-            try:
-                sock.recvfrom(_MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return count
-            except OSError:
-                self.errors += 1
-                return count
-            count += 1
-
     def close(self) -> None:
         """Forget every socket and close the poll set (idempotent)."""
         self._handlers.clear()

@@ -5,7 +5,9 @@ Rules of this file:
 - Left is the callee (what we received, as played out by the jitter
   buffer), right is our side (what we sent): ``media.wav.Leg``.
 - The session hands in one 20 ms frame at a time with its frame index on the
-  session's clock. Frames are gathered per leg into runs of consecutive
+  session's clock: as samples (``frame``) or as the G.711 payload that went
+  on the wire (``frame_payload``), kept as bytes and decoded a run at a
+  time, which spares a numpy call per frame. Frames are gathered per leg into runs of consecutive
   indexes within one chunk (``chunk_s``, by frame index); at each chunk
   boundary both runs go to ``media.wav.StereoAligner`` whole, at their sample
   positions: a few aligner calls per second of audio, not one per packet,
@@ -57,8 +59,10 @@ class RecordingResult:
 @dataclass(slots=True)
 class _Run:
     buffer: NDArray[np.int16]
+    encoded: bytearray  # G.711 frames of the run, when it is made of payloads
     start: int = 0  # frame index of the first frame in the run
     count: int = 0  # frames in the run
+    table: NDArray[np.int16] | None = None  # the decode table of an encoded run
 
 
 class CallRecorder:
@@ -97,7 +101,8 @@ class CallRecorder:
         self.chunks_written = 0
 
     def _new_run(self) -> _Run:
-        return _Run(np.empty(self.chunk_frames * self.frame_samples, dtype=np.int16))
+        size = self.chunk_frames * self.frame_samples
+        return _Run(np.empty(size, dtype=np.int16), bytearray(size))
 
     @property
     def closed(self) -> bool:
@@ -123,13 +128,51 @@ class CallRecorder:
             self._chunk = chunk
             self._flush_all()
         run = self._runs[leg]
-        if run.count and (index != run.start + run.count or run.count == self.chunk_frames):
+        if run.count and (
+            index != run.start + run.count
+            or run.count == self.chunk_frames
+            or run.table is not None
+        ):
             self._flush_leg(leg)
         if not run.count:
             run.start = index
+            run.table = None
         n = self.frame_samples
         offset = run.count * n
         run.buffer[offset : offset + n] = samples
+        run.count += 1
+
+    def frame_payload(
+        self, leg: Leg | int, index: int, payload: bytes, decode_table: NDArray[np.int16]
+    ) -> None:
+        """Record one frame of ``leg`` as the G.711 payload that was sent or received.
+
+        The bytes are kept as they are and decoded a run at a time (one table
+        look-up per chunk instead of one per frame); ``decode_table`` maps a
+        code to its sample (``media.g711.ULAW_DECODE_TABLE`` or the A-law one).
+        The payload must be one frame long (``ValueError`` otherwise).
+        """
+        if self._closed:
+            return
+        n = self.frame_samples
+        if len(payload) != n:
+            raise ValueError(f"a {len(payload)}-byte payload is not one {n}-sample frame")
+        chunk = (index + self._phase) // self.chunk_frames
+        if chunk > self._chunk:
+            self._chunk = chunk
+            self._flush_all()
+        run = self._runs[leg]
+        if run.count and (
+            index != run.start + run.count
+            or run.count == self.chunk_frames
+            or run.table is not decode_table
+        ):
+            self._flush_leg(leg)
+        if not run.count:
+            run.start = index
+            run.table = decode_table
+        offset = run.count * n
+        run.encoded[offset : offset + n] = payload
         run.count += 1
 
     def _flush_leg(self, leg: Leg | int) -> None:
@@ -137,11 +180,19 @@ class CallRecorder:
         if not run.count:
             return
         n = self.frame_samples
-        # The aligner keeps the array until it is written: hand it this run's
-        # buffer and start the next run in a fresh one.
-        ready = self._aligner.push(leg, run.start * n, run.buffer[: run.count * n])
-        run.buffer = np.empty_like(run.buffer)
+        table = run.table
+        if table is not None:
+            # One look-up for the whole run; the result is a new array.
+            codes = np.frombuffer(run.encoded, dtype=np.uint8, count=run.count * n)
+            samples = table.take(codes)
+        else:
+            # The aligner keeps the array until it is written: hand it this
+            # run's buffer and start the next run in a fresh one.
+            samples = run.buffer[: run.count * n]
+            run.buffer = np.empty_like(run.buffer)
+        ready = self._aligner.push(leg, run.start * n, samples)
         run.count = 0
+        run.table = None
         if ready.shape[0]:
             self._ready.append(ready)
 

@@ -122,7 +122,12 @@ Address = tuple[str, int]
 
 
 class AudioSource(Protocol):
-    """Where a session takes the audio it sends (``media.playback.PlaybackQueue``)."""
+    """Where a session takes the audio it sends (``media.playback.PlaybackQueue``).
+
+    A source may also offer ``read_payload(encode_table) -> bytes | None``:
+    the next frame already encoded with that G.711 table (a prompt is then
+    encoded once, not a frame at a time); the session uses it when present.
+    """
 
     def read_frame(self) -> NDArray[np.int16] | None:
         """Return the next 20 ms frame of 8 kHz int16 audio, or ``None`` for nothing."""
@@ -134,6 +139,12 @@ class FrameRecorder(Protocol):
 
     def frame(self, leg: Leg | int, index: int, samples: NDArray[np.int16]) -> None:
         """Take one frame of ``leg`` at frame index ``index``."""
+        ...
+
+    def frame_payload(
+        self, leg: Leg | int, index: int, payload: bytes, decode_table: NDArray[np.int16]
+    ) -> None:
+        """Take one frame of ``leg`` as its G.711 payload, with the table that decodes it."""
         ...
 
 
@@ -249,6 +260,8 @@ class RtpSession:
     ) -> None:
         self.ports = ports
         self.config = config or SessionConfig()
+        self._read_payload: Callable[[NDArray[np.int16]], bytes | None] | None = None
+        self._record_payload: Callable[[int, int, bytes, NDArray[np.int16]], None] | None = None
         self.source = source
         self.recorder = recorder
         self.on_audio = on_audio
@@ -291,6 +304,7 @@ class RtpSession:
         self._audio_pt = -1
         self._dtmf_pt = -1
         self._encode_table = _ENCODE_TABLES[PCMU.payload_type]
+        self._decode_table = _DECODE_TABLES[PCMU.payload_type]
         self._encoded = np.zeros(SAMPLES_PER_FRAME, dtype=np.uint8)
         self._silence_payload = bytes([PCMU.silence]) * SAMPLES_PER_FRAME
         self._last_rx = 0.0
@@ -314,6 +328,26 @@ class RtpSession:
         self._dtmf_resume_index = 0
         self._rtcp_packets_at_last_report = 0
 
+    @property
+    def source(self) -> AudioSource | None:
+        """Where the audio we send comes from; may be swapped at any time."""
+        return self._source
+
+    @source.setter
+    def source(self, source: AudioSource | None) -> None:
+        self._source = source
+        self._read_payload = getattr(source, "read_payload", None)
+
+    @property
+    def recorder(self) -> FrameRecorder | None:
+        """Where both legs' frames go (``None``: not recorded)."""
+        return self._recorder
+
+    @recorder.setter
+    def recorder(self, recorder: FrameRecorder | None) -> None:
+        self._recorder = recorder
+        self._record_payload = getattr(recorder, "frame_payload", None)
+
     # -- life -------------------------------------------------------------------------
 
     @classmethod
@@ -333,6 +367,11 @@ class RtpSession:
             _set_buffers(sock, self.config.socket_buffer_bytes)
         self.ports.rtp_socket.setblocking(False)
         self._rtp_sendto = self.ports.rtp_socket.sendto
+        if self._ticker is not None:
+            # On a shared clock the socket is read from now on, and what comes
+            # before start() is dropped and counted (early media is not played).
+            self._ticker.receiver.add(self.ports.rtp_socket, self._on_rtp)
+            self._receiver = self._ticker.receiver
         rtcp, _ = await loop.create_datagram_endpoint(
             lambda: _Datagrams(self._on_rtcp), sock=self.ports.rtcp_socket
         )
@@ -380,11 +419,10 @@ class RtpSession:
                 self._loop, slots=1, max_burst=self.config.max_burst_frames, epoch=now
             )
         self._pacer = ticker.join(self, now)
-        # What arrived before the answer was known is not this call's audio yet.
-        receiver = ticker.receiver
-        self.dropped_early += receiver.drain(self.ports.rtp_socket)
-        receiver.add(self.ports.rtp_socket, self._on_rtp)
-        self._receiver = receiver
+        if self._receiver is None:
+            # What is queued now arrived around the answer: it is this call's.
+            ticker.receiver.add(self.ports.rtp_socket, self._on_rtp)
+            self._receiver = ticker.receiver
         if self.config.rtcp:
             self._schedule_rtcp()
 
@@ -409,6 +447,7 @@ class RtpSession:
         self._dtmf_pt = -1 if params.dtmf_payload_type is None else params.dtmf_payload_type
         self.sender.payload_type = codec.payload_type
         self._encode_table = _ENCODE_TABLES[codec.payload_type]
+        self._decode_table = _DECODE_TABLES[codec.payload_type]
         self._silence_payload = bytes([codec.silence]) * SAMPLES_PER_FRAME
         if old is None or old.codec is not codec:
             self.jitter = JitterBuffer(self.config.jitter, _DECODERS[codec.payload_type])
@@ -500,8 +539,8 @@ class RtpSession:
             and self._dtmf_frame(index, send=False)
         ):
             return
-        if self.source is not None:
-            self.source.read_frame()
+        if self._source is not None:
+            self._source.read_frame()
         self.sender.skip(1)
 
     def _send_frame(self, index: int, deadline: float) -> None:
@@ -511,19 +550,31 @@ class RtpSession:
             and self._dtmf_frame(index, send=True)
         ):
             return
-        source = self.source
-        pcm = source.read_frame() if source is not None else None
-        if pcm is None:
+        read_payload = self._read_payload
+        if read_payload is not None:
+            payload = read_payload(self._encode_table)
+        else:
+            source = self._source
+            pcm = source.read_frame() if source is not None else None
+            # The codec's table indexed by the samples as uint16: what
+            # media.g711 does, without its argument checks on the hot path.
+            payload = (
+                None
+                if pcm is None
+                else self._encode_table.take(pcm.view(np.uint16), out=self._encoded).tobytes()
+            )
+        if payload is None:
             if not self.config.send_silence:
                 self.sender.skip(1)
                 return
             payload = self._silence_payload
-        else:
-            # The codec's table indexed by the samples as uint16: what
-            # media.g711 does, without its argument checks on the hot path.
-            payload = self._encode_table.take(pcm.view(np.uint16), out=self._encoded).tobytes()
-            if self.recorder is not None:
-                self.recorder.frame(_OURS, index, pcm)
+        elif self._record_payload is not None:
+            # What went on the wire is what is recorded, decoded a chunk at a time.
+            self._record_payload(_OURS, index, payload, self._decode_table)
+        elif self._recorder is not None:
+            self._recorder.frame(
+                _OURS, index, self._decode_table.take(np.frombuffer(payload, dtype=np.uint8))
+            )
         data = self.sender.packet(payload)
         sendto = self._rtp_sendto
         if sendto is not None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from media.g711 import ALAW_ENCODE_TABLE, ULAW_ENCODE_TABLE, alaw_encode, ulaw_encode
 from media.playback import (
     FRAME_SAMPLES,
     PlaybackQueue,
@@ -255,3 +256,40 @@ async def test_a_failing_speech_program_is_a_prompt_error(tmp_path):
     with pytest.raises(PromptError, match="exited with 1"):
         await renderer.render("anything")
     assert renderer.renders == 0
+
+
+def test_read_payload_hands_out_what_read_frame_would_encode():
+    """Prompts encoded once, raw pieces gathered across boundaries, marks in their place."""
+    rng = np.random.default_rng(5)
+    prompt = prompt_from_samples(rng.normal(0, 4000, 8000).astype(np.int16))
+    odd = rng.normal(0, 4000, 250).astype(np.int16)  # not a whole number of frames
+
+    def fill(queue: PlaybackQueue) -> None:
+        queue.enqueue(prompt)
+        queue.mark("one")
+        queue.enqueue(odd)
+        queue.enqueue(odd[:90].copy())
+        queue.mark("two")
+
+    marks_a: list[tuple[str, bool]] = []
+    marks_b: list[tuple[str, bool]] = []
+    by_frame = PlaybackQueue(lambda name, played: marks_a.append((name, played)))
+    by_payload = PlaybackQueue(lambda name, played: marks_b.append((name, played)))
+    fill(by_frame)
+    fill(by_payload)
+    expected, got = [], []
+    while (frame := by_frame.read_frame()) is not None:
+        expected.append(ulaw_encode(frame).tobytes())
+        payload = by_payload.read_payload(ULAW_ENCODE_TABLE)
+        assert payload is not None
+        got.append(payload)
+        assert marks_b == marks_a
+        assert by_payload.queued_samples == by_frame.queued_samples
+    assert by_payload.read_payload(ULAW_ENCODE_TABLE) is None
+    assert got == expected
+    assert marks_b == [("one", True), ("two", True)]
+    # The same queue read with another codec's table encodes afresh.
+    by_payload.enqueue(prompt)
+    assert by_payload.read_payload(ALAW_ENCODE_TABLE) == alaw_encode(prompt.samples[:160]).tobytes()
+    second = ulaw_encode(prompt.samples[160:320]).tobytes()
+    assert by_payload.read_payload(ULAW_ENCODE_TABLE) == second

@@ -10,6 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from media.g711 import (
+    ALAW_DECODE_TABLE,
+    ULAW_DECODE_TABLE,
+    alaw_decode,
+    alaw_encode,
+    ulaw_decode,
+    ulaw_encode,
+)
 from media.playback import PlaybackQueue, prompt_from_samples
 from media.ports import PortAllocator, bind_pair
 from media.recording import CallRecorder, Leg
@@ -173,3 +181,38 @@ def test_legs_full_of_holes_still_reach_the_file_chunk_by_chunk(tmp_path):
     assert stereo.shape == (500 * 160, 2)
     assert np.array_equal(stereo[::160, 0], [i if i % 2 else 0 for i in range(500)])
     assert np.array_equal(stereo[::160, 1], [0 if i % 2 else i for i in range(500)])
+
+
+def test_payload_frames_are_recorded_as_their_decoded_samples(tmp_path):
+    """frame_payload keeps G.711 bytes and decodes a run at a time: the same file as frame()."""
+    rng = np.random.default_rng(3)
+    pcm = (rng.normal(0, 3000, 160 * 230)).astype(np.int16)
+    frames = [pcm[i * 160 : (i + 1) * 160] for i in range(230)]
+    by_samples = CallRecorder(tmp_path / "samples.wav", chunk_phase=0)
+    by_payload = CallRecorder(tmp_path / "payload.wav", chunk_phase=0)
+    for index, frame in enumerate(frames):
+        if index % 37 == 5:
+            continue  # a hole in both legs of both files
+        payload = ulaw_encode(frame).tobytes()
+        decoded = ulaw_decode(payload)
+        leg = Leg.CALLEE if index % 2 else Leg.OURS
+        by_samples.frame(leg, index, decoded)
+        by_payload.frame_payload(leg, index, payload, ULAW_DECODE_TABLE)
+        if index == 100:
+            # A-law and samples mid-run: each change of kind starts a new run.
+            alaw = alaw_encode(frame).tobytes()
+            by_samples.frame(Leg.OURS, 101, alaw_decode(alaw))
+            by_payload.frame_payload(Leg.OURS, 101, alaw, ALAW_DECODE_TABLE)
+        if index == 150:
+            by_samples.frame(Leg.CALLEE, 151, decoded)
+            by_payload.frame(Leg.CALLEE, 151, decoded)
+    # A payload that is not one frame long is refused, not recorded at a wrong length.
+    with pytest.raises(ValueError, match="80-byte"):
+        by_payload.frame_payload(Leg.CALLEE, 240, bytes(80), ULAW_DECODE_TABLE)
+    a = by_samples.close_sync()
+    b = by_payload.close_sync()
+    _, _, left = read_stereo(a.path)
+    _, _, right = read_stereo(b.path)
+    assert left.shape == right.shape and left.shape[0] >= 229 * 160
+    assert np.array_equal(left, right)
+    assert np.any(left != 0)

@@ -474,10 +474,13 @@ async def test_start_before_open_is_refused(allocator):
 
 
 async def test_packets_before_the_answer_are_dropped_and_counted(allocator):
-    """What arrives before start() is not played: it is read off the socket and counted."""
+    """On a running shared clock, what arrives before start() is read, not played, counted."""
     heard = Collector()
     sink_transport, _ = await open_sink()
-    b = await make_session(allocator, heard)
+    ticker = FrameTicker()
+    other = await make_session(allocator, ticker=ticker)
+    other.start(MediaParams(remote_rtp=sink_transport.get_extra_info("sockname")))
+    b = await make_session(allocator, heard, ticker=ticker)
     try:
         for seq in range(4):
             sink_transport.sendto(
@@ -493,6 +496,8 @@ async def test_packets_before_the_answer_are_dropped_and_counted(allocator):
         assert b.latched == sink_transport.get_extra_info("sockname")
     finally:
         b.close()
+        other.close()
+        ticker.close()
         sink_transport.close()
 
 
