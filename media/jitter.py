@@ -125,8 +125,9 @@ class JitterStats:
     resets: int = 0
 
 
-# A held packet: (RTP timestamp, decoded samples, arrival time).
-_Entry = tuple[int, NDArray[np.int16], float]
+# A held packet: (RTP timestamp, payload or its decoded samples, arrival time, samples in it).
+# With ``samples_in`` given the payload is kept as it came and decoded when played.
+_Entry = tuple[int, "bytes | NDArray[np.int16]", float, int]
 
 
 class JitterBuffer:
@@ -136,9 +137,14 @@ class JitterBuffer:
         self,
         config: JitterConfig | None = None,
         decode: Callable[[bytes], NDArray[np.int16]] = ulaw_decode,
+        *,
+        samples_in: Callable[[bytes], int] | None = None,
     ) -> None:
         self.config = config or JitterConfig()
         self._decode = decode
+        # When a payload's length tells its duration (G.711: one byte a sample),
+        # packets are held as they came and decoded only when played as samples.
+        self._samples_in = samples_in
         config = self.config
         self._samples = config.samples_per_frame
         self._samples_per_ms = config.clock_rate / 1000
@@ -172,6 +178,7 @@ class JitterBuffer:
         self._current_sequence = 0
         self._current_timestamp = 0
         self._last_samples: NDArray[np.int16] | None = None
+        self._last_payload: bytes | None = None  # the last frame, not decoded yet
         self._concealed_run = 0
         self._last_arrival: float | None = None
         self._last_timestamp = 0
@@ -236,8 +243,13 @@ class JitterBuffer:
             stats.duplicates += 1
             return PutResult.DUPLICATE
 
-        samples = self._decode(payload)
-        count = samples.shape[0]
+        samples_in = self._samples_in
+        if samples_in is None:
+            data: bytes | NDArray[np.int16] = self._decode(payload)
+            count = data.shape[0]  # type: ignore[union-attr]
+        else:
+            data = payload
+            count = samples_in(payload)
         next_ts = self._next_ts
         if self._playing and next_ts is not None:
             # Still ahead by sequence, but the cursor is already past all of its audio.
@@ -265,7 +277,7 @@ class JitterBuffer:
             self._adapt(arrival)
             self._highest = extended
             self._highest_end = (timestamp + count) & _TS_MASK
-        buffer[extended] = (timestamp, samples, arrival)
+        buffer[extended] = (timestamp, data, arrival, count)
 
         if len(buffer) > self.config.capacity_frames:
             self._overflow()
@@ -326,6 +338,15 @@ class JitterBuffer:
         """Like ``get`` without the ``AudioFrame``: the samples (read-only, not to be kept
         past the next call without a copy); ``kind``, ``sequence_number`` and
         ``timestamp`` tell about them."""
+        frame = self.next_payload(now)
+        if type(frame) is bytes:
+            return self._decode(frame)
+        return frame  # type: ignore[return-value]
+
+    def next_payload(self, now: float) -> bytes | NDArray[np.int16]:
+        """Like ``next_frame``, but a frame that is one whole packet held undecoded
+        (``samples_in`` given) comes as its payload bytes: the caller decodes it
+        only if it needs the samples."""
         if not self._playing and not self._start_playout(now):
             return self._conceal()
         next_ts = self._next_ts
@@ -339,22 +360,26 @@ class JitterBuffer:
             # The common case: the next packet is one frame long and starts at the cursor.
             entry = self._buffer.get(self._next)  # type: ignore[arg-type]
             if entry is not None:
-                timestamp, samples, _ = entry
+                timestamp, data, _, count = entry
                 next_ts = self._next_ts
-                if samples.shape[0] == self._samples and (next_ts is None or timestamp == next_ts):
+                if count == self._samples and (next_ts is None or timestamp == next_ts):
                     sequence = self._next
                     assert sequence is not None
                     del self._buffer[sequence]
                     self._played_mask = ((self._played_mask << 1) | 1) & _PLAYED_MASK
                     self._next = sequence + 1
                     self._next_ts = (timestamp + self._samples) & _TS_MASK
-                    self._last_samples = samples
+                    if type(data) is bytes:
+                        self._last_payload = data
+                        self._last_samples = None
+                    else:
+                        self._last_samples = data  # type: ignore[assignment]
                     self._concealed_run = 0
                     self.stats.played += 1
                     self.kind = FrameKind.AUDIO
                     self.sequence_number = sequence & 0xFFFF
                     self.timestamp = timestamp
-                    return samples
+                    return data
         return self._assemble()
 
     def _assemble(self) -> NDArray[np.int16]:
@@ -421,8 +446,8 @@ class JitterBuffer:
                 self._next_ts = (next_ts + count) & _TS_MASK
                 continue
 
-            timestamp, samples, _ = entry
-            length = samples.shape[0]
+            timestamp, data, _, length = entry
+            samples = self._decode(data) if type(data) is bytes else data
             next_ts = self._next_ts
             gap = 0 if next_ts is None else ts_diff(timestamp, next_ts)
             if 0 < gap <= self._max_gap:
@@ -457,6 +482,7 @@ class JitterBuffer:
             self.sequence_number = first_sequence
             self.timestamp = first_timestamp
             self._last_samples = samples
+            self._last_payload = None
             if concealed:
                 self._concealed_run += 1
                 stats.concealed += 1
@@ -483,9 +509,9 @@ class JitterBuffer:
         if not buffer:
             return False
         oldest = min(buffer)
-        timestamp, _, arrival = buffer[oldest]
+        timestamp, _, arrival, _ = buffer[oldest]
         waited_ms = (now - arrival) * 1000
-        held_ms = sum(entry[1].shape[0] for entry in buffer.values()) / self._samples_per_ms
+        held_ms = sum(entry[3] for entry in buffer.values()) / self._samples_per_ms
         # Beyond one frame, the packet being played does not cushion jitter:
         # a 60 ms packet alone is no reason to start.
         cushion_ms = held_ms - max(0.0, self.ptime_ms - self.config.frame_ms)
@@ -552,27 +578,34 @@ class JitterBuffer:
         entry = self._buffer.pop(self._next, None)
         if entry is not None:
             self.stats.shrink_drops += 1
-            self._next_ts = (entry[0] + entry[1].shape[0]) & _TS_MASK
+            self._next_ts = (entry[0] + entry[3]) & _TS_MASK
         self._skip_sequences(1)
 
     def _concealment(self, offset: int, count: int) -> NDArray[np.int16]:
         config = self.config
-        last = self._last_samples
+        last = self._last_played()
         run = self._concealed_run + 1
         if last is None or run > config.concealment_frames:
             return self._silence[:count]
         gain = config.concealment_gain**run
         return (last[offset : offset + count] * gain).astype(np.int16)
 
+    def _last_played(self) -> NDArray[np.int16] | None:
+        if self._last_samples is None and self._last_payload is not None:
+            self._last_samples = self._decode(self._last_payload)
+            self._last_payload = None
+        return self._last_samples
+
     def _conceal(self) -> NDArray[np.int16]:
         config = self.config
         self.sequence_number = self.timestamp = None
-        if self._last_samples is not None and self._concealed_run < config.concealment_frames:
+        last = self._last_played()
+        if last is not None and self._concealed_run < config.concealment_frames:
             self._concealed_run += 1
             gain = config.concealment_gain**self._concealed_run
             self.stats.concealed += 1
             self.kind = FrameKind.CONCEALED
-            return (self._last_samples * gain).astype(np.int16)
+            return (last * gain).astype(np.int16)
         self.stats.silence += 1
         self.kind = FrameKind.SILENCE
         return self._silence

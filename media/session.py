@@ -289,7 +289,7 @@ class RtpSession:
         self.send_stats = SendStatistics()
         self.receive_stats = ReceiveStatistics()
         self.lateness = LatenessHistogram()
-        self.jitter = JitterBuffer(self.config.jitter, _DECODERS[PCMU.payload_type])
+        self.jitter = JitterBuffer(self.config.jitter, _DECODERS[PCMU.payload_type], samples_in=len)
         self._dtmf_receiver = DtmfReceiver()
         self._detector = DtmfDetector() if self.config.inband_dtmf else None
         self._pacer: FramePacer | None = None
@@ -450,7 +450,9 @@ class RtpSession:
         self._decode_table = _DECODE_TABLES[codec.payload_type]
         self._silence_payload = bytes([codec.silence]) * SAMPLES_PER_FRAME
         if old is None or old.codec is not codec:
-            self.jitter = JitterBuffer(self.config.jitter, _DECODERS[codec.payload_type])
+            self.jitter = JitterBuffer(
+                self.config.jitter, _DECODERS[codec.payload_type], samples_in=len
+            )
 
     def close(self) -> None:
         """Stop: cancel the timers, send an RTCP BYE, close the sockets (idempotent)."""
@@ -695,16 +697,31 @@ class RtpSession:
         if not self._receiving:
             return
         jitter = self.jitter
-        samples = jitter.next_frame(now)
+        # G.711 (samples_in=len): a frame that is one whole packet comes as its
+        # payload, decoded here only for whoever needs the samples.
+        frame = jitter.next_payload(now)
+        detector = self._detector
+        samples = None
+        if type(frame) is not bytes:
+            samples = frame
+        elif self.on_audio is not None or detector is not None:
+            samples = self._decode_table.take(np.frombuffer(frame, dtype=np.uint8))
         if self.on_audio is not None:
             self.on_audio(samples)
         kind = jitter.kind
         if kind is FrameKind.SILENCE:
             return  # a hole the recorder fills with zeros
-        if self.recorder is not None:
-            self.recorder.frame(_CALLEE, index, samples)
-        if kind is FrameKind.AUDIO and self._detector is not None and not self._peer_sends_events:
-            for digit in self._detector.process(samples):
+        if self._recorder is not None:
+            if samples is not None:
+                self._recorder.frame(_CALLEE, index, samples)
+            elif self._record_payload is not None:
+                self._record_payload(_CALLEE, index, frame, self._decode_table)
+            else:
+                self._recorder.frame(
+                    _CALLEE, index, self._decode_table.take(np.frombuffer(frame, dtype=np.uint8))
+                )
+        if kind is FrameKind.AUDIO and detector is not None and not self._peer_sends_events:
+            for digit in detector.process(samples):
                 self._report_dtmf(digit)
 
     # -- RTCP ---------------------------------------------------------------------------

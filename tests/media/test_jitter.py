@@ -420,3 +420,36 @@ def test_duplicate_30_ms_packets_are_dropped():
     frames = play(buffer, packets, ticks=40)
     assert np.array_equal(audio_of(frames), np.arange(20 * 240).astype(np.int16))
     assert buffer.stats.duplicates == 2
+
+
+def test_payloads_held_undecoded_play_out_the_same():
+    """samples_in=len (G.711) keeps payloads as bytes: the same frames, kinds and stats."""
+    rng = np.random.default_rng(11)
+    pcm = rng.normal(0, 3000, 160 * 60).astype(np.int16)
+    payloads = [ulaw_encode(pcm[n * 160 : (n + 1) * 160]).tobytes() for n in range(60)]
+    # Loss (7, 30-31), reorder (12 after 13), a duplicate (20), a late packet (40).
+    order = [n for n in range(60) if n not in (7, 12, 30, 31, 40)]
+    order.insert(order.index(13) + 1, 12)
+    order.insert(order.index(20) + 1, 20)
+    order.insert(order.index(45) + 1, 40)
+    eager = JitterBuffer()
+    lazy = JitterBuffer(samples_in=len)
+    out_eager, out_lazy, raw_bytes = [], [], 0
+    for step in range(80):
+        now = step * FRAME_S
+        if step < len(order):
+            n = order[step]
+            for buffer in (eager, lazy):
+                buffer.put(n, n * 160, payloads[n], now + 0.001, ssrc=1)
+        out_eager.append((eager.next_frame(now + 0.002).copy(), eager.kind))
+        frame = lazy.next_payload(now + 0.002)
+        if type(frame) is bytes:
+            raw_bytes += 1
+            frame = ulaw_decode(frame)
+        out_lazy.append((np.array(frame), lazy.kind))
+    assert raw_bytes > 40  # the steady case hands out the payload itself
+    for (a, kind_a), (b, kind_b) in zip(out_eager, out_lazy, strict=True):
+        assert kind_a is kind_b
+        assert np.array_equal(a, b)
+    assert eager.stats == lazy.stats
+    assert lazy.stats.concealed > 0 and lazy.stats.lost > 0 and lazy.stats.late > 0
