@@ -1,8 +1,12 @@
 """The dial worker: takes dial jobs up to its capacity, places them, reports them.
 
 A job is acknowledged only after the call has ended and its ``ended`` event
-is confirmed by the broker, so the broker holds at most ``capacity``
-unacknowledged jobs per worker: the prefetch *is* the free capacity.
+is confirmed by the broker. The call slot (``capacity`` calls at once) is
+freed as soon as the call is over, not when the confirm comes back (which
+takes as long as a short call): a job awaiting its confirm holds no slot.
+So the prefetch is ``capacity`` plus ``confirm_backlog`` jobs whose calls are
+over and whose ends await their confirm; a job that arrives while every slot
+is taken waits here, unclaimed, for the next one.
 
 Nobody is called twice by accident: before dialling, the worker claims the
 call row (``queued`` -> ``dialing``) in PostgreSQL; a redelivered or
@@ -63,11 +67,16 @@ class Worker:
         clock: Callable[[], float] = time.time,
         progress_delay_s: float = 0.0,
         claim_linger_s: float = 0.005,
+        confirm_backlog: int | None = None,
     ) -> None:
         self.pool = pool
         self.broker = broker
         self.runner = runner
         self.capacity = capacity
+        # Jobs whose calls are over and whose ended events await the broker's
+        # confirm, beyond the call slots (default: as many as the slots).
+        self.confirm_backlog = capacity if confirm_backlog is None else max(0, confirm_backlog)
+        self._slots = asyncio.Semaphore(max(1, capacity))
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.heartbeat_s = heartbeat_s
         self.clock = clock
@@ -98,7 +107,9 @@ class Worker:
             self.capacity,
         )
         self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
-        self._subscription = await self.broker.consume_jobs(self._on_job, self.capacity)
+        self._subscription = await self.broker.consume_jobs(
+            self._on_job, self.capacity + self.confirm_backlog
+        )
 
     async def drain(self, timeout_s: float | None = None) -> None:
         """Take no new jobs; let the calls in progress finish; then stop."""
@@ -228,55 +239,72 @@ class Worker:
             log.warning("dead-lettering an unreadable dial job: %s", exc)
             await delivery.dead_letter()
             return
-        if not await self._claim(job):
-            # Already dialled (a redelivery), or its record was cancelled.
-            self.skipped += 1
-            await delivery.ack()
-            return
-        self.active.add(job.call_id)
-        self._idle.clear()
+        # Claimed only once a slot is ours: a job waiting here is not yet "dialing".
+        await self._slots.acquire()
+        slot = True
         try:
-            if job.not_after is not None and self.clock() > job.not_after:
-                # The job waited in the queue past its window: not dialled.
-                data: dict[str, Any] = {"disposition": "expired", "hangup_by": "system"}
-            else:
-                self.dialled += 1
-                loop = asyncio.get_running_loop()
-                # Held progress is a timer, not a task: most calls end before it
-                # fires, and then it is only cancelled.
-                held: list[asyncio.TimerHandle] = []
-                progress: set[asyncio.Task[None]] = set()
-
-                def send(kind: str, payload: dict[str, Any], at: float) -> None:
-                    task = loop.create_task(self._progress(job, kind, payload, at))
-                    progress.add(task)
-                    task.add_done_callback(progress.discard)
-
-                async def emit(kind: str, payload: dict[str, Any]) -> None:
-                    # Returns at once: a held event must not hold up the call.
-                    at, delay_s = self.clock(), self.progress_delay_s
-                    if delay_s > 0:
-                        held.append(loop.call_later(delay_s, send, kind, payload, at))
-                    else:
-                        send(kind, payload, at)
-
-                await emit("dialing", {})
-                try:
-                    data = await self.runner.run(job, emit)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("call failed", extra={"call_id": job.call_id})
-                    data = {"disposition": "failed", "hangup_by": "system"}
-                finally:
-                    # Progress still held is dropped (the end carries its times);
-                    # progress already on its way goes out before the end.
-                    for handle in held:
-                        handle.cancel()
-                    await asyncio.gather(*progress, return_exceptions=True)
-            await self._publish_ended(job, data)
-            await delivery.ack()
+            if not await self._claim(job):
+                # Already dialled (a redelivery), or its record was cancelled.
+                self.skipped += 1
+                self._slots.release()
+                slot = False
+                await delivery.ack()
+                return
+            self.active.add(job.call_id)
+            self._idle.clear()
+            try:
+                data, progress = await self._call(job)
+                # The call is over: its slot is free while the end goes out. The
+                # job stays unacknowledged until the broker confirms that end.
+                self._slots.release()
+                slot = False
+                # Progress already on its way goes out before the end.
+                await asyncio.gather(*progress, return_exceptions=True)
+                await self._publish_ended(job, data)
+                await delivery.ack()
+            finally:
+                self.active.discard(job.call_id)
+                if not self.active:
+                    self._idle.set()
         finally:
-            self.active.discard(job.call_id)
-            if not self.active:
-                self._idle.set()
+            if slot:
+                self._slots.release()
+
+    async def _call(self, job: DialJob) -> tuple[dict[str, Any], set[asyncio.Task[None]]]:
+        """Place the claimed call: the ended event's data, and progress still on its way."""
+        progress: set[asyncio.Task[None]] = set()
+        if job.not_after is not None and self.clock() > job.not_after:
+            # The job waited in the queue past its window: not dialled.
+            return {"disposition": "expired", "hangup_by": "system"}, progress
+        self.dialled += 1
+        loop = asyncio.get_running_loop()
+        # Held progress is a timer, not a task: most calls end before it
+        # fires, and then it is only cancelled.
+        held: list[asyncio.TimerHandle] = []
+
+        def send(kind: str, payload: dict[str, Any], at: float) -> None:
+            task = loop.create_task(self._progress(job, kind, payload, at))
+            progress.add(task)
+            task.add_done_callback(progress.discard)
+
+        async def emit(kind: str, payload: dict[str, Any]) -> None:
+            # Returns at once: a held event must not hold up the call.
+            at, delay_s = self.clock(), self.progress_delay_s
+            if delay_s > 0:
+                held.append(loop.call_later(delay_s, send, kind, payload, at))
+            else:
+                send(kind, payload, at)
+
+        await emit("dialing", {})
+        try:
+            data = await self.runner.run(job, emit)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("call failed", extra={"call_id": job.call_id})
+            data = {"disposition": "failed", "hangup_by": "system"}
+        finally:
+            # Progress still held is dropped (the end carries its times).
+            for handle in held:
+                handle.cancel()
+        return data, set(progress)

@@ -3,6 +3,7 @@ and a short call's progress is coalesced into its end."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -116,3 +117,58 @@ async def test_progress_of_a_short_call_is_coalesced_into_its_end(pool: asyncpg.
     assert sorted(kinds[:-1]) == ["answered", "dialing", "ringing"] and kinds[-1] == "ended"
     answered = await pool.fetchval("SELECT answered_at FROM calls WHERE record_id = $1", long)
     assert answered is not None
+
+
+class SlowConfirmBroker(MemoryBroker):
+    """Confirms no ended event until ``confirm`` is set (progress goes through)."""
+
+    def __init__(self) -> None:
+        super().__init__("confirm-test")
+        self.confirm = asyncio.Event()
+        self.waiting = 0
+
+    async def publish_events(self, messages: Sequence[tuple[str, str, bytes]]) -> None:
+        if any(routing_key == "call.ended" for routing_key, _, _ in messages):
+            self.waiting += 1
+            await self.confirm.wait()
+        await super().publish_events(messages)
+
+
+async def test_a_call_slot_is_free_while_its_end_awaits_the_confirm(pool: asyncpg.Pool) -> None:
+    """One call slot, one job of backlog: the second call is dialled while the first
+    one's end is unconfirmed, and no job is acknowledged before its end is confirmed
+    (else the broker would hand over the third job)."""
+    tenant = await make_tenant(pool, "slot")
+    workflow = await _workflow(pool, tenant)
+    ids = await _records(pool, tenant, workflow, [f"21255509{i:02d}" for i in range(3)])
+    broker = SlowConfirmBroker()
+    await broker.start()
+    clock = Clock(NOON)
+    runner = ScriptedRunner(hold_s=0.01)
+    worker = Worker(pool, broker, runner, capacity=1, confirm_backlog=1, clock=lambda: clock.now)
+    consumer = EventConsumer(pool, broker)
+    await consumer.start()
+    await worker.start()
+    try:
+        await Scheduler(pool, broker, clock=clock, tenant_ids=[tenant.id]).tick()
+        for _ in range(200):
+            if broker.waiting == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert broker.waiting == 2 and len(runner.calls) == 2
+        await asyncio.sleep(0.3)
+        assert len(runner.calls) == 2  # both jobs still unacknowledged: no third delivery
+        assert not await pool.fetchval(
+            "SELECT bool_or(status = 'completed') FROM records WHERE id = ANY($1::uuid[])", ids
+        )
+        broker.confirm.set()
+        await _settle(
+            pool,
+            "SELECT bool_and(status = 'completed') FROM records WHERE id = ANY($1::uuid[])",
+            ids,
+        )
+    finally:
+        await worker.close()
+        await consumer.close()
+        await broker.close()
+    assert len(runner.calls) == 3 and worker.dialled == 3
