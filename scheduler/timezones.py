@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 import zipcodes
+from phonenumbers import is_number_type_geographical
 from phonenumbers import timezone as phone_timezone
 
 __all__ = ["zone_for_zip", "zones_for", "zones_for_number"]
@@ -69,16 +70,22 @@ def zones_for_number(phone_e164: str) -> tuple[str, ...]:
         number = phonenumbers.parse(phone_e164, None)
     except phonenumbers.NumberParseException:
         return ()
-    if not phonenumbers.is_number_geographical(number):
+    # The number's type, once: it is most of the cost (pattern matching over the
+    # region's types), and both is_number_geographical and time_zones_for_number
+    # would work it out again. Each record has its own number, so the cache
+    # above rarely spares this.
+    kind = phonenumbers.number_type(number)
+    if kind == phonenumbers.PhoneNumberType.UNKNOWN or not is_number_type_geographical(
+        kind, number.country_code
+    ):
         return ()
-    zones = tuple(
-        sorted(
-            zone
-            for zone in phone_timezone.time_zones_for_number(number)
-            if zone != _UNKNOWN_ZONE and _is_zone(zone)
-        )
-    )
-    return zones
+    return _known_zones(tuple(phone_timezone.time_zones_for_geographical_number(number)))
+
+
+@lru_cache(maxsize=4096)
+def _known_zones(zones: tuple[str, ...]) -> tuple[str, ...]:
+    """The zones of a prefix's entry that are real zones, sorted (few distinct entries)."""
+    return tuple(sorted(zone for zone in zones if zone != _UNKNOWN_ZONE and _is_zone(zone)))
 
 
 @lru_cache(maxsize=65536)
