@@ -986,9 +986,16 @@ def build_offer_description(
     small cache keyed by the media parameters, which a dialer repeats on every call.
     """
     _check_common(port, session_id, session_version, ptime_ms)
-    connection, media, tail = _offer_template(
-        address, port, tuple(codecs), telephone_event_pt, ptime_ms, direction
+    connection, template, before_port, after_port = _offer_template(
+        address, tuple(codecs), telephone_event_pt, ptime_ms, direction
     )
+    # The template's m= section with this call's port; the rtpmap table does not
+    # depend on the port, so the worked-out one is shared rather than redone.
+    media = MediaDescription(
+        template.media, port, template.proto, template.formats, attributes=template.attributes
+    )
+    object.__setattr__(media, "_rtpmaps", template._rtpmaps)
+    tail = b"%s%d%s" % (before_port, port, after_port)
     origin = Origin("-", session_id, session_version, "IN", connection.addr_type, connection.host)
     description = SessionDescription(origin=origin, connection=connection, media=(media,))
     head = f"v=0\r\no={origin.serialize()}\r\n".encode("utf-8", "surrogateescape")
@@ -998,13 +1005,15 @@ def build_offer_description(
 @functools.lru_cache(maxsize=64)
 def _offer_template(
     address: str,
-    port: int,
     codecs: tuple[str, ...],
     telephone_event_pt: int | None,
     ptime_ms: int | None,
     direction: str,
-) -> tuple[Connection, MediaDescription, bytes]:
-    # The parts of an offer that do not depend on the o= line, and their bytes.
+) -> tuple[Connection, MediaDescription, bytes, bytes]:
+    # The parts of an offer that depend on neither the o= line nor the port (each
+    # call has its own RTP port, so a key with the port would rarely hit): the
+    # connection, the m= section with port 0, and the bytes after o= split where
+    # the port goes.
     names = _check_codecs(codecs)
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {_show(direction)}")
@@ -1022,12 +1031,15 @@ def _offer_template(
     if ptime_ms is not None:
         attributes.append(Attribute("ptime", str(ptime_ms)))
     attributes.append(Attribute(direction))
-    media = MediaDescription("audio", port, "RTP/AVP", tuple(formats), attributes=tuple(attributes))
+    media = MediaDescription("audio", 0, "RTP/AVP", tuple(formats), attributes=tuple(attributes))
     media._rtpmap_table()  # worked out now, while the description is shared and cached
     serialized = _session(connection, 0, 0, [media]).serialize()
-    # serialize() writes v= then o= first (RFC 4566 §5 order); the rest is the tail.
+    # serialize() writes v= then o= first (RFC 4566 §5 order); the rest is the tail,
+    # whose one m= line is "m=audio 0 RTP/AVP ...".
     tail = serialized.split(b"\r\n", 2)[2]
-    return connection, media, tail
+    before, marker, after = tail.partition(b"\r\nm=audio 0 ")
+    assert marker and b"\r\nm=" not in after, "one m= line, port 0"
+    return connection, media, before + b"\r\nm=audio ", b" " + after
 
 
 def _session(

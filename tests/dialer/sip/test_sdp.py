@@ -753,3 +753,18 @@ def test_rtpmaps_hands_out_copies() -> None:
     maps = description.media[0].rtpmaps()
     maps.clear()
     assert set(description.media[0].rtpmaps()) == {0, 8, 101}
+
+
+@pytest.mark.parametrize("address", ["192.0.2.10", "2001:db8::10"])
+def test_offers_on_other_ports_share_the_template_but_carry_their_own_port(address: str) -> None:
+    """The cached template holds no port: each offer is its own port's, bytes and description."""
+    seen = set()
+    for port in (40000, 40002, 9, 65534, 40000):
+        description, data = build_offer_description(address, port, 7, 1)
+        assert description.media[0].port == port
+        assert data == description.serialize()
+        parsed = SessionDescription.parse(data)
+        assert parsed.media[0].port == port and parsed.serialize() == data
+        assert description.media[0].rtpmaps() == parsed.media[0].rtpmaps()
+        seen.add(data)
+    assert len(seen) == 4
