@@ -274,7 +274,12 @@ class JitterBuffer:
             if count != self._packet_samples and count:
                 self._packet_samples = count
                 self._set_thresholds()
-            self._adapt(arrival)
+            jitter_ms = self.jitter_ms
+            if not (
+                self._steady_low_ms < jitter_ms < self._steady_high_ms
+                and self._lower_need_since is None
+            ):
+                self._adapt(arrival)
             self._highest = extended
             self._highest_end = (timestamp + count) & _TS_MASK
         buffer[extended] = (timestamp, data, arrival, count)
@@ -326,6 +331,32 @@ class JitterBuffer:
         packet_ms = max(self.ptime_ms, config.frame_ms)
         over_ms = self.target_delay_ms + packet_ms + config.frame_ms
         self._over_samples = int(min(over_ms, config.max_delay_ms) * self._samples_per_ms)
+        self._set_steady_band()
+
+    def _set_steady_band(self) -> None:
+        # The jitter estimates for which _adapt would find the need equal to
+        # the target and change nothing: put() skips it inside this band
+        # (strictly inside, so a boundary case still goes through _adapt).
+        config = self.config
+        frame_ms = config.frame_ms
+        target = self.target_delay_ms
+        base = max(self._packet_samples / self._samples_per_ms, frame_ms)
+        low = high = math.inf  # empty: always adapt
+        whole = target / frame_ms
+        if whole == int(whole) and config.min_delay_ms <= target <= config.max_delay_ms:
+            factor = config.jitter_factor
+            if factor > 0:
+                # need = ceil((base + factor * jitter) / frame) * frame equals the
+                # target when target - frame < base + factor * jitter <= target;
+                # the edges themselves (and float noise near them) are left out.
+                low = (target - frame_ms - base) / factor + 1e-6
+                high = (target - base) / factor - 1e-6
+                if target <= config.min_delay_ms:
+                    low = -math.inf
+                if target >= config.max_delay_ms:
+                    high = math.inf
+        self._steady_low_ms = low
+        self._steady_high_ms = high
 
     # -- output ----------------------------------------------------------------------
 

@@ -59,10 +59,11 @@ class RecordingResult:
 @dataclass(slots=True)
 class _Run:
     buffer: NDArray[np.int16]
-    encoded: bytearray  # G.711 frames of the run, when it is made of payloads
+    parts: list[bytes]  # G.711 frames of the run, when it is made of payloads
     start: int = 0  # frame index of the first frame in the run
     count: int = 0  # frames in the run
     table: NDArray[np.int16] | None = None  # the decode table of an encoded run
+    next_index: int = -1  # the index that continues an encoded run (-1: none)
 
 
 class CallRecorder:
@@ -96,13 +97,13 @@ class CallRecorder:
             chunk_phase = zlib.crc32(str(self.path).encode())
         self._phase = chunk_phase % self.chunk_frames
         self._chunk = 0  # (index + phase) // chunk_frames of the latest frame
+        self._chunk_end = self.chunk_frames - self._phase  # first index of the next chunk
         self._closed = False
         self._result: RecordingResult | None = None
         self.chunks_written = 0
 
     def _new_run(self) -> _Run:
-        size = self.chunk_frames * self.frame_samples
-        return _Run(np.empty(size, dtype=np.int16), bytearray(size))
+        return _Run(np.empty(self.chunk_frames * self.frame_samples, dtype=np.int16), [])
 
     @property
     def closed(self) -> bool:
@@ -122,11 +123,7 @@ class CallRecorder:
         """
         if self._closed:
             return
-        chunk = (index + self._phase) // self.chunk_frames
-        if chunk > self._chunk:
-            # A chunk boundary: both legs' runs go out, whatever their holes.
-            self._chunk = chunk
-            self._flush_all()
+        self._enter_chunk(index)
         run = self._runs[leg]
         if run.count and (
             index != run.start + run.count
@@ -152,28 +149,40 @@ class CallRecorder:
         code to its sample (``media.g711.ULAW_DECODE_TABLE`` or the A-law one).
         The payload must be one frame long (``ValueError`` otherwise).
         """
+        run = self._runs[leg]
+        if (
+            index == run.next_index
+            and index < self._chunk_end
+            and run.table is decode_table
+            and len(payload) == self.frame_samples
+        ):
+            # The common case: the next frame of the run, inside the chunk.
+            run.parts.append(payload)
+            run.count += 1
+            run.next_index = index + 1
+            return
         if self._closed:
             return
         n = self.frame_samples
         if len(payload) != n:
             raise ValueError(f"a {len(payload)}-byte payload is not one {n}-sample frame")
-        chunk = (index + self._phase) // self.chunk_frames
-        if chunk > self._chunk:
-            self._chunk = chunk
-            self._flush_all()
-        run = self._runs[leg]
-        if run.count and (
-            index != run.start + run.count
-            or run.count == self.chunk_frames
-            or run.table is not decode_table
-        ):
+        self._enter_chunk(index)
+        if run.count and (index != run.start + run.count or run.table is not decode_table):
             self._flush_leg(leg)
         if not run.count:
             run.start = index
             run.table = decode_table
-        offset = run.count * n
-        run.encoded[offset : offset + n] = payload
+        run.parts.append(payload)
         run.count += 1
+        run.next_index = index + 1
+
+    def _enter_chunk(self, index: int) -> None:
+        chunk = (index + self._phase) // self.chunk_frames
+        if chunk > self._chunk:
+            # A chunk boundary: both legs' runs go out, whatever their holes.
+            self._chunk = chunk
+            self._chunk_end = (chunk + 1) * self.chunk_frames - self._phase
+            self._flush_all()
 
     def _flush_leg(self, leg: Leg | int) -> None:
         run = self._runs[leg]
@@ -183,8 +192,9 @@ class CallRecorder:
         table = run.table
         if table is not None:
             # One look-up for the whole run; the result is a new array.
-            codes = np.frombuffer(run.encoded, dtype=np.uint8, count=run.count * n)
-            samples = table.take(codes)
+            samples = table.take(np.frombuffer(b"".join(run.parts), dtype=np.uint8))
+            run.parts = []
+            run.next_index = -1
         else:
             # The aligner keeps the array until it is written: hand it this
             # run's buffer and start the next run in a fresh one.
@@ -227,6 +237,7 @@ class CallRecorder:
 
     def _drain(self) -> None:
         self._closed = True
+        self._chunk_end = -1  # no frame takes the fast path any more
         self._flush_all()
         self._ready.append(self._aligner.flush())
         self._write()

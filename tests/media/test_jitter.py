@@ -453,3 +453,32 @@ def test_payloads_held_undecoded_play_out_the_same():
         assert np.array_equal(a, b)
     assert eager.stats == lazy.stats
     assert lazy.stats.concealed > 0 and lazy.stats.lost > 0 and lazy.stats.late > 0
+
+
+class _AlwaysAdapting(JitterBuffer):
+    """The reference: _adapt on every packet (no steady band)."""
+
+    def _set_steady_band(self) -> None:
+        self._steady_low_ms = self._steady_high_ms = float("inf")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_skipping_adapt_in_the_steady_band_changes_nothing(seed):
+    """put() skips _adapt while the need equals the target: same targets, same frames."""
+    rng = np.random.default_rng(seed)
+    config = JitterConfig(shrink_after_s=0.5)
+    fast, reference = JitterBuffer(config, decode=tagged), _AlwaysAdapting(config, decode=tagged)
+    targets_fast, targets_reference = [], []
+    for n in range(900):
+        # Calm stretches and bursts of jitter, so the target grows and shrinks.
+        spread = 0.045 if (n // 150) % 2 else 0.002
+        arrival = n * FRAME_S + abs(rng.normal(0, spread))
+        for buffer in (fast, reference):
+            buffer.put(n & 0xFFFF, (n * 160) & 0xFFFFFFFF, payload(n % 30000), arrival)
+            buffer.next_frame(n * FRAME_S + 0.001)
+        targets_fast.append(fast.target_delay_ms)
+        targets_reference.append(reference.target_delay_ms)
+        assert fast.kind is reference.kind
+    assert targets_fast == targets_reference
+    assert len(set(targets_reference)) > 2  # the target did move both ways
+    assert fast.stats == reference.stats
