@@ -17,7 +17,7 @@ Python process reaches in a tight send/receive loop against the same peer
 
     python bench/media_concurrency.py [--loops uvloop,asyncio] [--start 100]
         [--step 100] [--max 3000] [--duration 4] [--warmup 1] [--repeats 3]
-        [--profile] [--json]
+        [--profile] [--realtime] [--json]
 
 ``--profile`` samples the worker with py-spy (when installed) at the largest
 N that passed with uvloop and prints where the time goes.
@@ -57,6 +57,14 @@ PIN = os.environ.get("MEDIA_BENCH_PIN") == "1"
 
 
 def _pin(cores: set[int]) -> None:
+    if os.environ.get("MEDIA_BENCH_REALTIME") == "1":
+        # Round-robin real-time priority, as media servers are run (Asterisk
+        # -p, FreeSWITCH -rp): other programs on the machine cannot delay the
+        # frame clock. Needs root or CAP_SYS_NICE.
+        try:
+            os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(10))
+        except PermissionError:
+            print("--realtime: not permitted here; running at normal priority", flush=True)
     if not PIN:
         return
     available = os.sched_getaffinity(0)
@@ -552,8 +560,15 @@ def main() -> None:
         action="store_true",
         help="a timer per call instead of one shared FrameTicker (for comparison)",
     )
+    parser.add_argument(
+        "--realtime",
+        action="store_true",
+        help="run the worker, the peers and the ceiling loop at SCHED_RR priority (needs root)",
+    )
     parser.add_argument("--json", action="store_true", help="also print the results as JSON")
     args = parser.parse_args()
+    if args.realtime:
+        os.environ["MEDIA_BENCH_REALTIME"] = "1"  # the spawned processes read it
 
     cores = os.sched_getaffinity(0)
     peer_cores = (cores - {WORKER_CORE}) or cores
@@ -561,7 +576,8 @@ def main() -> None:
         f"media concurrency: worker on core {WORKER_CORE}, {args.peers} echo peer(s) on "
         f"{sorted(peer_cores)}; pass = loss < {LOSS_LIMIT * 100} % and p99 lateness < "
         f"{LATENESS_LIMIT_MS} ms; {args.duration} s measured after {args.warmup} s, "
-        f"median of {args.repeats}"
+        f"median of {args.repeats}; {'SCHED_RR' if args.realtime else 'normal'} priority; "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
     summary: dict[str, dict[str, object]] = {}
     with echo_peers(args.peers, peer_cores) as ports:
