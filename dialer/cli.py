@@ -173,8 +173,12 @@ async def _run_worker(settings: Settings, capacity: int) -> int:
     from dialer.bus import Broker, make_broker
     from dialer.call_relay import AnnouncingCallControl
     from dialer.db import apply_migrations, connect_pool
+    from dialer.priority import apply_realtime_priority
     from dialer.stack import default_trunk, start_worker
 
+    refused = apply_realtime_priority(settings.realtime_priority)
+    if refused is not None:
+        print(f"dialer worker: DIALER_REALTIME_PRIORITY: {refused}", file=sys.stderr)
     trunk = default_trunk(settings)
     if not (settings.amqp_url or settings.broker_socket) or trunk is None:
         print(

@@ -175,6 +175,7 @@ class Settings:
     sip_listen: HostPort = HostPort("127.0.0.1", 5070)
     rtp_port_min: int = 20000
     rtp_port_max: int = 29999
+    realtime_priority: int = 0  # SCHED_RR priority of worker processes (0: normal)
     trunk_uri: str | None = None
     trunk_username: str | None = None
     trunk_password: Secret = Secret("")
@@ -231,6 +232,8 @@ class Settings:
             values["rtp_port_min"] = _parse_int("DIALER_RTP_PORT_MIN", raw, 1024, 65534)
         if (raw := get("RTP_PORT_MAX")) is not None:
             values["rtp_port_max"] = _parse_int("DIALER_RTP_PORT_MAX", raw, 1025, 65535)
+        if (raw := get("REALTIME_PRIORITY")) is not None:
+            values["realtime_priority"] = _parse_int("DIALER_REALTIME_PRIORITY", raw, 0, 99)
         if (raw := get("TRUNK_URI")) is not None:
             if not raw.startswith(("sip:", "sips:")):
                 raise SettingsError(
