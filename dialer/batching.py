@@ -9,6 +9,9 @@ statement and one transaction for a batch instead of one per item.
 Batches form by themselves under load: while one batch is in the database,
 the next one gathers. ``linger_s`` waits a little longer for more items when
 a batch would start small (0 by default: never add latency for its own sake).
+``concurrency`` lets that many batches be in the database at once (1 by
+default): where a batch is several round trips, one batch at a time is bound
+by their latency, not by the database's work.
 """
 
 from __future__ import annotations
@@ -39,15 +42,22 @@ class Batcher(Generic[T, R]):
         *,
         max_size: int = 100,
         linger_s: float = 0.0,
+        concurrency: int = 1,
     ) -> None:
         if max_size < 1:
             raise ValueError("max_size must be at least 1")
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
         self._handle_many = handle_many
         self.max_size = max_size
         self.linger_s = linger_s
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # Batches in the database; a slot is taken before a batch forms, so items
+        # keep gathering while every slot is busy.
+        self._slots = asyncio.Semaphore(concurrency)
+        self._running: set[asyncio.Task[None]] = set()
         # Batches handled and the items in them: tests and benches read these.
         self.batches = 0
         self.items = 0
@@ -67,47 +77,68 @@ class Batcher(Generic[T, R]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        for task in list(self._running):
+            task.cancel()
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
         for _, future in self._pending:
             future.cancel()
         self._pending.clear()
 
     async def _run(self) -> None:
         while self._pending:
+            await self._slots.acquire()
             loop = asyncio.get_running_loop()
-            if self.linger_s > 0:
-                # Whatever arrives within the linger joins; a burst fills it at once.
-                deadline = loop.time() + self.linger_s
-                while len(self._pending) < self.max_size and (left := deadline - loop.time()) > 0:
-                    self._wake.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), left)
-            else:
-                # Let items whose frames have already arrived join this batch.
-                await asyncio.sleep(0)
+            try:
+                if self.linger_s > 0:
+                    # Whatever arrives within the linger joins; a burst fills it at once.
+                    deadline = loop.time() + self.linger_s
+                    while (
+                        len(self._pending) < self.max_size and (left := deadline - loop.time()) > 0
+                    ):
+                        self._wake.clear()
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._wake.wait(), left)
+                else:
+                    # Let items whose frames have already arrived join this batch.
+                    await asyncio.sleep(0)
+            except BaseException:
+                self._slots.release()
+                raise
             batch = self._pending[: self.max_size]
             del self._pending[: self.max_size]
             live = [(item, future) for item, future in batch if not future.cancelled()]
             if not live:
+                self._slots.release()
                 continue
-            try:
-                results = await self._handle_many([item for item, _ in live])
-            except asyncio.CancelledError:
-                for _, future in live:
-                    future.cancel()
-                raise
-            except Exception as exc:  # handed to every caller of the batch
-                for _, future in live:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            self.batches += 1
-            self.items += len(live)
-            if len(results) != len(live):
-                error = RuntimeError(f"batch of {len(live)} gave {len(results)} results")
-                for _, future in live:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            for (_, future), result in zip(live, results, strict=True):
+            task = loop.create_task(self._handle(live))
+            self._running.add(task)
+            task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._slots.release()
+
+    async def _handle(self, live: list[tuple[T, asyncio.Future[R]]]) -> None:
+        try:
+            results = await self._handle_many([item for item, _ in live])
+        except asyncio.CancelledError:
+            for _, future in live:
+                future.cancel()
+            raise
+        except Exception as exc:  # handed to every caller of the batch
+            for _, future in live:
                 if not future.done():
-                    future.set_result(result)
+                    future.set_exception(exc)
+            return
+        self.batches += 1
+        self.items += len(live)
+        if len(results) != len(live):
+            error = RuntimeError(f"batch of {len(live)} gave {len(results)} results")
+            for _, future in live:
+                if not future.done():
+                    future.set_exception(error)
+            return
+        for (_, future), result in zip(live, results, strict=True):
+            if not future.done():
+                future.set_result(result)

@@ -79,3 +79,46 @@ async def test_a_cancelled_caller_is_left_out_of_its_batch() -> None:
     await asyncio.sleep(0.03)
     assert handler.batches == [[1]]
     await batcher.close()
+
+
+class Gate:
+    """Holds every batch until released; counts batches in the handler at once."""
+
+    def __init__(self) -> None:
+        self.open = asyncio.Event()
+        self.inside = 0
+        self.most_inside = 0
+
+    async def __call__(self, items: Sequence[int]) -> list[int]:
+        self.inside += 1
+        self.most_inside = max(self.most_inside, self.inside)
+        try:
+            await self.open.wait()
+        finally:
+            self.inside -= 1
+        return [i * 10 for i in items]
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+async def test_concurrency_bounds_the_batches_in_the_handler(concurrency: int) -> None:
+    handler = Gate()
+    batcher: Batcher[int, int] = Batcher(handler, max_size=2, concurrency=concurrency)
+    waiting = [asyncio.ensure_future(batcher.submit(i)) for i in range(7)]
+    for _ in range(20):
+        await asyncio.sleep(0.005)
+    assert handler.inside == concurrency  # the others gather meanwhile
+    handler.open.set()
+    assert await asyncio.gather(*waiting) == [i * 10 for i in range(7)]
+    assert handler.most_inside == concurrency and batcher.batches == 4
+    await batcher.close()
+
+
+async def test_close_cancels_batches_in_the_handler() -> None:
+    handler = Gate()
+    batcher: Batcher[int, int] = Batcher(handler, max_size=1, concurrency=2)
+    waiting = [asyncio.ensure_future(batcher.submit(i)) for i in range(3)]
+    await asyncio.sleep(0.01)
+    await batcher.close()
+    results = await asyncio.gather(*waiting, return_exceptions=True)
+    assert all(isinstance(r, asyncio.CancelledError) for r in results)
+    assert handler.inside == 0
