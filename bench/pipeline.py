@@ -263,7 +263,7 @@ async def one_run(
         start_worker(i, database_url, amqp_url, uas.port, args.capacity, workdir)
         for i in range(workers)
     ]
-    consumer = EventConsumer(pool, broker, prefetch=args.capacity * workers)
+    consumer = EventConsumer(pool, broker)
     await consumer.start()
     stop = asyncio.Event()
     try:

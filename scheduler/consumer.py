@@ -132,7 +132,12 @@ def _json_text(value: Any) -> str | None:
 class EventConsumer:
     """Call events in batches: whatever is ready (up to ``batch_size``, gathered
     for at most ``linger_s``) is handled in one transaction with set-based
-    statements, and each message is acknowledged only after that commit."""
+    statements, and each message is acknowledged only after that commit.
+
+    ``concurrency`` batches may be in the database at once: a batch is some ten
+    round trips, so one at a time is bound by their latency. Batches lock calls,
+    then records, each in id order, so two of them wait for each other rather
+    than deadlock; a batch that fails all the same is retried event by event."""
 
     QUEUE_SUFFIX = "scheduler.events"
 
@@ -141,17 +146,22 @@ class EventConsumer:
         pool: asyncpg.Pool,
         broker: Broker,
         *,
-        prefetch: int = 100,
+        prefetch: int | None = None,
         batch_size: int = 100,
         linger_s: float = 0.02,
+        concurrency: int = 2,
     ) -> None:
         self.pool = pool
         self.broker = broker
-        self.prefetch = prefetch
+        # More in hand than one batch (default three batches' worth): while a batch is
+        # in the database, the next one gathers. With the prefetch equal to the
+        # batch, a full batch held every event and the next could form only after
+        # its commit and acks, so the consumer fell behind the workers.
+        self.prefetch = 3 * batch_size if prefetch is None else prefetch
         self.graphs = GraphCache()
         self._subscription: Subscription | None = None
         self._batcher: Batcher[CallEvent, BaseException | None] = Batcher(
-            self._handle_batch, max_size=batch_size, linger_s=linger_s
+            self._handle_batch, max_size=batch_size, linger_s=linger_s, concurrency=concurrency
         )
 
     async def start(self) -> None:

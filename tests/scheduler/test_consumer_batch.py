@@ -129,3 +129,25 @@ async def test_events_through_the_broker_are_handled_in_batches(
         await consumer.close()
     assert 1 <= consumer._batcher.batches < 20
     assert await broker.queue_depth(f"{broker.namespace}.{EventConsumer.QUEUE_SUFFIX}") == 0
+
+
+async def test_batches_at_once_sharing_calls_end_each_call_once(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    """Two batches in the database at once, each with every call's end (in opposite
+    orders): each waits for the other's locks, none deadlocks, each call ends once."""
+    calls = await _placed(pool, broker, 8)
+    events = [_ended(c, "answered", sip_status=200) for c in calls]
+    consumer = EventConsumer(pool, broker, concurrency=2)
+    await asyncio.gather(consumer.handle_many(events), consumer.handle_many(events[::-1]))
+    ids = [c["id"] for c in calls]
+    assert await pool.fetchval(
+        "SELECT count(*) FROM calls WHERE id = ANY($1::uuid[]) AND state = 'ended'", ids
+    ) == len(calls)
+    completed = await pool.fetch(
+        """SELECT payload->'data'->>'call_id' AS call_id FROM outbox
+           WHERE event_type = 'call.completed'
+             AND payload->'data'->>'call_id' = ANY($1::text[])""",
+        [str(i) for i in ids],
+    )
+    assert sorted(r["call_id"] for r in completed) == sorted(str(i) for i in ids)
