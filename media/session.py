@@ -26,7 +26,12 @@ Rules of this file:
   packet the kernel cannot take now is dropped and counted (RTP is never
   queued to be sent late). RTCP, a packet every few seconds, keeps its
   transport.
-- Callbacks (``on_audio``, ``on_dtmf``, ``on_timeout``) are plain functions
+- ``on_payload`` gets every played frame as 160 bytes in the call's codec
+  (``codec``): a frame that is one whole packet as it came off the wire,
+  anything the jitter buffer made up (silence, concealment, a frame cut
+  from two packets) encoded. A caller that wants G.711 (a voicebot stream)
+  takes this instead of ``on_audio`` and nothing is decoded for it.
+- Callbacks (``on_audio``, ``on_payload``, ``on_dtmf``, ``on_timeout``) are plain functions
   called from the datagram handler or the timer: they must not block and
   cannot await. Arrays handed to them are valid only during the call.
 - The per-packet path parses only the fixed RTP header (a ``struct``
@@ -252,6 +257,7 @@ class RtpSession:
         source: AudioSource | None = None,
         recorder: FrameRecorder | None = None,
         on_audio: Callable[[NDArray[np.int16]], None] | None = None,
+        on_payload: Callable[[bytes], None] | None = None,
         on_dtmf: Callable[[DtmfDigit], None] | None = None,
         on_timeout: Callable[[str], None] | None = None,
         rng: random.Random | None = None,
@@ -265,6 +271,7 @@ class RtpSession:
         self.source = source
         self.recorder = recorder
         self.on_audio = on_audio
+        self.on_payload = on_payload
         self.on_dtmf = on_dtmf
         self.on_timeout = on_timeout
         self._rng = rng or random.SystemRandom()
@@ -376,6 +383,11 @@ class RtpSession:
             lambda: _Datagrams(self._on_rtcp), sock=self.ports.rtcp_socket
         )
         self._rtcp_transport = rtcp  # type: ignore[assignment]
+
+    @property
+    def codec(self) -> G711Codec:
+        """The audio codec in use (PCMU until ``start`` says otherwise)."""
+        return PCMU if self._params is None else self._params.codec
 
     @property
     def local_rtp_port(self) -> int:
@@ -709,6 +721,14 @@ class RtpSession:
         if self.on_audio is not None:
             self.on_audio(samples)
         kind = jitter.kind
+        on_payload = self.on_payload
+        if on_payload is not None:
+            if type(frame) is bytes:
+                on_payload(frame)  # as it came off the wire: no decode, no encode
+            elif kind is FrameKind.SILENCE:
+                on_payload(self._silence_payload)
+            else:  # made up by the jitter buffer (parts of packets, concealment)
+                on_payload(self._encode_table.take(frame.view(np.uint16)).tobytes())
         if kind is FrameKind.SILENCE:
             return  # a hole the recorder fills with zeros
         if self._recorder is not None:

@@ -17,7 +17,7 @@ import pytest
 
 from media.clock import FramePacer, LatenessHistogram
 from media.dtmf import DtmfDigit
-from media.g711 import PCMA, PCMU, G711Codec, ulaw_encode
+from media.g711 import PCMA, PCMU, G711Codec, alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from media.playback import PlaybackQueue, prompt_from_samples
 from media.ports import PortAllocator, bind_pair
 from media.rtp import pack_rtp
@@ -533,3 +533,38 @@ async def test_a_lone_call_is_read_within_a_few_ms(allocator):
     finally:
         b.close()
         sink_transport.close()
+
+
+@pytest.mark.parametrize("codec", [PCMU, PCMA], ids=["pcmu", "pcma"])
+async def test_on_payload_hands_over_the_wire_bytes(allocator, codec: G711Codec):
+    """Every played frame as G.711 in the call's codec: the sender's bytes where whole."""
+    sent, heard = Collector(), Collector()
+    payloads: list[bytes] = []
+    queue = PlaybackQueue(on_mark=sent.on_mark)
+    queue.enqueue(prompt_from_samples(tone(700.0, 0.4)))
+    queue.mark("tone")
+    a = await make_session(allocator, sent, source=queue)
+    b = await make_session(allocator, heard, on_payload=payloads.append)
+    try:
+        a.start(MediaParams(remote_rtp=(HOST, b.local_rtp_port), codec=codec))
+        b.start(MediaParams(remote_rtp=(HOST, a.local_rtp_port), codec=codec))
+        assert b.codec is codec
+        await sent.until(lambda: ("tone", True) in sent.marks)
+        await heard.frames_more(10)
+    finally:
+        a.close()
+        b.close()
+    # One payload per frame on_audio saw, each decoding to exactly those samples.
+    assert len(payloads) == len(heard.frames) and len(payloads) >= 30
+    decode = ulaw_decode if codec is PCMU else alaw_decode
+    encode = ulaw_encode if codec is PCMU else alaw_encode
+    for payload, samples in zip(payloads, heard.frames, strict=True):
+        assert len(payload) == 160
+        if samples.any():
+            assert np.array_equal(decode(payload), samples)
+        else:  # silence: A-law has no code for 0, its silence decodes to +-8
+            assert np.abs(decode(payload).astype(int)).max() <= 8
+    # The tone's frames are the bytes the sender put on the wire, unchanged.
+    wire = encode(prompt_from_samples(tone(700.0, 0.4)).samples).tobytes()
+    joined = b"".join(payloads)
+    assert wire[160 * 2 : 160 * 18] in joined
