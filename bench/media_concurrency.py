@@ -187,6 +187,7 @@ class RunResult:
     packets_received: int
     cpu_fraction: float
     cpu_us_per_packet: float  # worker CPU per packet sent or received: the load-free figure
+    kernel_fraction: float  # the part of that CPU spent in the kernel (system time)
     frames_skipped: int
     record_write_us: float  # mean time of one chunk write to disk
     recorded_mib: float
@@ -300,10 +301,12 @@ async def _run_calls(
     received_before = sum(s.receive_stats.packets_received for s in sessions)
     skipped_before = sum(s.stats().frames_skipped for s in sessions)
     write_times.clear()
-    cpu_start, wall_start = time.process_time(), time.perf_counter()
+    times_start, wall_start = os.times(), time.perf_counter()
     await asyncio.sleep(duration_s)  # the measured interval
-    cpu = time.process_time() - cpu_start
+    times_end = os.times()
     wall = time.perf_counter() - wall_start
+    system = times_end.system - times_start.system
+    cpu = times_end.user - times_start.user + system
 
     expected = lost = 0
     lateness = LatenessHistogram()
@@ -332,6 +335,7 @@ async def _run_calls(
         packets_received=received,
         cpu_fraction=cpu / wall,
         cpu_us_per_packet=cpu / max(1, sent + received) * 1e6,
+        kernel_fraction=system / cpu if cpu else 0.0,
         frames_skipped=skipped,
         record_write_us=statistics.fmean(write_times) * 1e6 if write_times else 0.0,
         recorded_mib=recorded / 2**20,
@@ -391,7 +395,8 @@ def _line(result: RunResult) -> str:
     return (
         f"  {result.loop:8} N={result.calls:5}  loss {result.loss * 100:7.3f} %  "
         f"p99 late {result.lateness_p99_ms:6.1f} ms (max {result.lateness_max_ms:6.1f})  "
-        f"cpu {result.cpu_fraction * 100:5.1f} % ({result.cpu_us_per_packet:4.1f} us/packet)  "
+        f"cpu {result.cpu_fraction * 100:5.1f} % ({result.cpu_us_per_packet:4.1f} us/packet, "
+        f"{result.kernel_fraction * 100:2.0f} % kernel)  "
         f"skipped {result.frames_skipped:6}  "
         f"chunk write {result.record_write_us:5.0f} us  {verdict}"
     )
