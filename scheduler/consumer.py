@@ -28,7 +28,8 @@ from dialer.bus import Broker, Delivery, Subscription
 from dialer.db import DATABASE_AWAY, while_database_away
 from dialer.ids import new_id
 from dialer.messages import CallEvent, MessageError
-from dialer.progress import notify_progress
+from dialer.progress import CHANNEL as PROGRESS_CHANNEL
+from dialer.progress import MAX_PAYLOAD as PROGRESS_MAX_PAYLOAD
 from scheduler.steps import (
     RECORD_COLUMNS,
     GraphCache,
@@ -79,10 +80,8 @@ def call_completed_payload(
     }
 
 
-async def _progress(
-    conn: asyncpg.Connection, call: asyncpg.Record, event: CallEvent, **extra: Any
-) -> None:
-    """Tell live viewers, on commit, how the call is going."""
+def _progress_payload(call: asyncpg.Record, event: CallEvent, **extra: Any) -> str | None:
+    """The live viewers' notification of how the call is going (None: too long to send)."""
     data = {
         "call_id": str(call["id"]),
         "record_id": str(call["record_id"]),
@@ -92,7 +91,25 @@ async def _progress(
         "at": event.at,
         **extra,
     }
-    await notify_progress(conn, call["tenant_id"], f"call.{event.kind}", data)
+    # As notify_progress writes it; sent for the whole batch in one statement.
+    payload = jsonutil.dumps(
+        {"tenant_id": str(call["tenant_id"]), "type": f"call.{event.kind}", "data": data}
+    )
+    return payload if len(payload) < PROGRESS_MAX_PAYLOAD else None
+
+
+# A batch's progress: each call's new state and first stamps, one statement.
+_STAMP_CALLS = """
+    UPDATE calls c SET state = u.state,
+        dialing_at = coalesce(c.dialing_at, to_timestamp(u.dialing)),
+        ringing_at = coalesce(c.ringing_at, to_timestamp(u.ringing)),
+        answered_at = coalesce(c.answered_at, to_timestamp(u.answered))
+    FROM unnest($1::uuid[], $2::text[], $3::float8[], $4::float8[], $5::float8[])
+         AS u(id, state, dialing, ringing, answered)
+    WHERE c.id = u.id"""
+
+# Notifications go out on commit in the order sent: the array's order.
+_NOTIFY_ALL = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"
 
 
 class _BadEvent(Exception):
@@ -235,6 +252,11 @@ class EventConsumer:
         }
         states = {call_id: call["state"] for call_id, call in calls.items()}
         ending: dict[uuid.UUID, CallEvent] = {}
+        # Progress is gathered and written once for the batch (a long call sends
+        # three progress events, each was two round trips): per call, its latest
+        # state and the first time of each stamp; the notifications in event order.
+        stamps: dict[uuid.UUID, dict[str, float]] = {}
+        notes: list[str | None] = []
         for event in events:
             call_id = uuid.UUID(event.call_id)
             call = calls.get(call_id)
@@ -248,19 +270,21 @@ class EventConsumer:
                     call_id,
                     event.data.get("verdict"),
                 )
-                await _progress(conn, call, event, verdict=event.data.get("verdict"))
+                notes.append(_progress_payload(call, event, verdict=event.data.get("verdict")))
             elif event.kind in _STAMPS and _ORDER[_STATES[event.kind]] > _ORDER[states[call_id]]:
-                await conn.execute(
-                    f"""UPDATE calls SET state = $2,
-                            {_STAMPS[event.kind]} = coalesce({_STAMPS[event.kind]},
-                                                             to_timestamp($3))
-                        WHERE id = $1""",
-                    call_id,
-                    _STATES[event.kind],
-                    event.at,
-                )
+                stamps.setdefault(call_id, {}).setdefault(_STAMPS[event.kind], event.at)
                 states[call_id] = _STATES[event.kind]
-                await _progress(conn, call, event)
+                notes.append(_progress_payload(call, event))
+        if stamps:
+            ordered = sorted(stamps)  # rows already locked; id order all the same
+            await conn.execute(
+                _STAMP_CALLS,
+                ordered,
+                [states[i] for i in ordered],
+                *([stamps[i].get(column) for i in ordered] for column in _STAMPS.values()),
+            )
+        if sendable := [note for note in notes if note is not None]:
+            await conn.execute(_NOTIFY_ALL, PROGRESS_CHANNEL, sendable)
         if ending:
             await self._end(conn, [(calls[i], e) for i, e in ending.items()])
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import uuid
 
 import asyncpg
 
 from dialer.bus import Broker
 from dialer.messages import CallEvent
+from dialer.progress import CHANNEL as PROGRESS_CHANNEL
 from scheduler.consumer import EventConsumer
 from scheduler.engine import Scheduler
 from tests.conftest import make_tenant
@@ -151,3 +153,58 @@ async def test_batches_at_once_sharing_calls_end_each_call_once(
         [str(i) for i in ids],
     )
     assert sorted(r["call_id"] for r in completed) == sorted(str(i) for i in ids)
+
+
+async def test_a_batch_of_progress_stamps_each_call_once_and_notifies_in_order(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    first, second = await _placed(pool, broker, 2)
+
+    def progress(call: asyncpg.Record, kind: str, at: float) -> CallEvent:
+        return dataclasses.replace(_ended(call, "answered"), kind=kind, at=at, data={})
+
+    heard: list[tuple[str, str]] = []
+
+    def hear(*args: object) -> None:
+        note = json.loads(str(args[3]))
+        heard.append((note["data"]["call_id"], note["type"]))
+
+    listener = await pool.acquire()
+    await listener.add_listener(PROGRESS_CHANNEL, hear)
+    try:
+        await EventConsumer(pool, broker).handle_many(
+            [
+                progress(first, "dialing", NOON + 1),
+                progress(second, "ringing", NOON + 2),
+                progress(first, "ringing", NOON + 3),
+                progress(second, "dialing", NOON + 4),  # late: changes and says nothing
+                progress(first, "answered", NOON + 5),
+                progress(first, "ringing", NOON + 6),  # a duplicate: nothing either
+            ]
+        )
+        for _ in range(100):
+            if len(heard) >= 4:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        await listener.remove_listener(PROGRESS_CHANNEL, hear)
+        await pool.release(listener)
+    a, b = str(first["id"]), str(second["id"])
+    assert heard == [
+        (a, "call.dialing"), (b, "call.ringing"), (a, "call.ringing"), (a, "call.answered")
+    ]  # fmt: skip
+    rows = {
+        r["id"]: r
+        for r in await pool.fetch(
+            """SELECT id, state, extract(epoch FROM dialing_at) AS dialing,
+                      extract(epoch FROM ringing_at) AS ringing,
+                      extract(epoch FROM answered_at) AS answered
+               FROM calls WHERE id = ANY($1::uuid[])""",
+            [first["id"], second["id"]],
+        )
+    }
+    one, two = rows[first["id"]], rows[second["id"]]
+    assert (one["state"], one["dialing"], one["ringing"], one["answered"]) == (
+        "answered", NOON + 1, NOON + 3, NOON + 5
+    )  # fmt: skip
+    assert (two["state"], two["dialing"], two["ringing"]) == ("ringing", None, NOON + 2)
