@@ -3,7 +3,11 @@
 One worker process, pinned to one core, runs N calls: each an ``RtpSession``
 sending a prompt at 50 packets/s, receiving the echo of it (50 packets/s),
 playing it out through the jitter buffer and recording both legs to a WAV.
-The peer is a uvloop UDP echo in other processes, pinned to the other core.
+The peer is a UDP echo in other processes (on the other core when pinned)
+that reads its socket every 1 ms and sends each packet back: a peer across a
+network costs the sender nothing to wake, while one on loopback sleeping on
+its socket is woken inside each of our ``sendto`` calls (``--peer-wakeups``
+measures that way too; it adds about a third to the worker's CPU).
 A run passes when, after a warm-up, packet loss is under 0.1 % (gaps in the
 echoed sequence numbers, so loss either way counts) and the p99 send
 lateness (actual send time minus the frame's deadline) is under 5 ms.
@@ -17,7 +21,7 @@ Python process reaches in a tight send/receive loop against the same peer
 
     python bench/media_concurrency.py [--loops uvloop,asyncio] [--start 100]
         [--step 100] [--max 3000] [--duration 4] [--warmup 1] [--repeats 3]
-        [--profile] [--realtime] [--json]
+        [--profile] [--realtime] [--peer-wakeups] [--json]
 
 ``--profile`` samples the worker with py-spy (when installed) at the largest
 N that passed with uvloop and prints where the time goes.
@@ -96,8 +100,40 @@ class _Echo(asyncio.DatagramProtocol):
         self.transport.sendto(data, addr)  # type: ignore[union-attr]
 
 
-def _peer_main(port: int, ready: mp.Event, stop: mp.Event, cores: set[int]) -> None:
+def _timed_echo(port: int, ready: mp.Event, stop: mp.Event) -> None:
+    # Reads its socket every 1 ms instead of sleeping on it: a peer across a
+    # network costs the sender nothing to wake, but one on loopback that
+    # sleeps on its socket is woken inside each of our sendto calls, which
+    # would charge the worker about half its kernel time for the peer.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        sock.setsockopt(socket.SOL_SOCKET, option, 8 * 1024 * 1024)
+    sock.bind((HOST, port))
+    sock.setblocking(False)
+    ready.set()
+    recvfrom, sendto = sock.recvfrom, sock.sendto
+    checked = 0
+    while True:
+        time.sleep(0.001)
+        while True:
+            try:
+                data, addr = recvfrom(2048)
+            except BlockingIOError:
+                break
+            sendto(data, addr)
+        checked += 1
+        if checked % 100 == 0 and stop.is_set():
+            break
+    sock.close()
+
+
+def _peer_main(
+    port: int, ready: mp.Event, stop: mp.Event, cores: set[int], timed: bool = False
+) -> None:
     _pin(cores)
+    if timed:
+        _timed_echo(port, ready, stop)
+        return
     loop = _new_loop("uvloop")
     asyncio.set_event_loop(loop)
 
@@ -117,8 +153,8 @@ def _peer_main(port: int, ready: mp.Event, stop: mp.Event, cores: set[int]) -> N
 
 
 @contextlib.contextmanager
-def echo_peers(count: int, cores: set[int]) -> Iterator[list[int]]:
-    """Start ``count`` echo processes; yield their ports."""
+def echo_peers(count: int, cores: set[int], *, timed: bool = False) -> Iterator[list[int]]:
+    """Start ``count`` echo processes (``timed``: reading every 1 ms); yield their ports."""
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
     peers = []
@@ -128,7 +164,9 @@ def echo_peers(count: int, cores: set[int]) -> Iterator[list[int]]:
             probe.bind((HOST, 0))
             port = probe.getsockname()[1]
         ready = ctx.Event()
-        process = ctx.Process(target=_peer_main, args=(port, ready, stop, cores), daemon=True)
+        process = ctx.Process(
+            target=_peer_main, args=(port, ready, stop, cores, timed), daemon=True
+        )
         process.start()
         if not ready.wait(10):
             raise RuntimeError("an echo peer did not start")
@@ -566,6 +604,12 @@ def main() -> None:
         help="a timer per call instead of one shared FrameTicker (for comparison)",
     )
     parser.add_argument(
+        "--peer-wakeups",
+        action="store_true",
+        help="echo peers that sleep on their socket (woken by each of our packets, inside "
+        "our sendto) instead of reading it every 1 ms",
+    )
+    parser.add_argument(
         "--realtime",
         action="store_true",
         help="run the worker, the peers and the ceiling loop at SCHED_RR priority (needs root)",
@@ -577,17 +621,22 @@ def main() -> None:
 
     cores = os.sched_getaffinity(0)
     peer_cores = (cores - {WORKER_CORE}) or cores
+    peer_mode = "woken per packet" if args.peer_wakeups else "reading every 1 ms"
     print(
         f"media concurrency: worker on core {WORKER_CORE}, {args.peers} echo peer(s) on "
-        f"{sorted(peer_cores)}; pass = loss < {LOSS_LIMIT * 100} % and p99 lateness < "
+        f"{sorted(peer_cores)} ({peer_mode})"
+        f"; pass = loss < {LOSS_LIMIT * 100} % and p99 lateness < "
         f"{LATENESS_LIMIT_MS} ms; {args.duration} s measured after {args.warmup} s, "
         f"median of {args.repeats}; {'SCHED_RR' if args.realtime else 'normal'} priority; "
         f"load average {os.getloadavg()[0]:.1f}"
     )
     summary: dict[str, dict[str, object]] = {}
-    with echo_peers(args.peers, peer_cores) as ports:
+    with (
+        echo_peers(1, peer_cores) as ceiling_ports,
+        echo_peers(args.peers, peer_cores, timed=not args.peer_wakeups) as ports,
+    ):
         for loop_kind in args.loops.split(","):
-            rate = ceiling(loop_kind, ports[0], min(args.duration, 2.0), args.repeats)
+            rate = ceiling(loop_kind, ceiling_ports[0], min(args.duration, 2.0), args.repeats)
             print(
                 f"ceiling {loop_kind}: {rate:,.0f} packets/s each way in a tight loop "
                 f"= {rate / 50:,.0f} calls at 50 packets/s"
