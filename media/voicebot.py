@@ -20,7 +20,16 @@ Rules of this file:
   than waiting: the session, and every other call on the loop, goes on at
   20 ms. Marks and DTMF take the same way; frames from before ``start``
   queue too.
-- The bot's audio goes into the call's ``PlaybackQueue``, which the session
+- The call's audio stays G.711 on its way through: the session hands each
+  played frame over as it came off the wire (``on_payload``), and a PCMU
+  call's bytes go into the ``media`` message as they are (a PCMA call's are
+  turned into mu-law by a 256-entry table). The bot's mu-law is decoded from
+  base64 only, kept as bytes in the stream's own queue (``_BotAudio``), and
+  handed to the session as the payload it sends (``read_payload``): as they
+  are on a PCMU call, through a table on PCMA. Nothing is decoded to linear
+  audio for the stream; whoever still wants samples (``read_frame``, a
+  recorder without ``frame_payload``, in-band DTMF) gets them decoded.
+- The bot's audio goes into that queue, which the session
   pulls one 20 ms frame per period from: never faster, and never a gap
   while audio is queued. A talk-spurt starts only once it has waited
   ``playout_hold_ms`` (or two frames are queued), so a bot streaming in
@@ -71,7 +80,14 @@ from numpy.typing import NDArray
 
 from media.clock import LatenessHistogram
 from media.dtmf import DtmfDigit
-from media.g711 import ULAW_DECODE_TABLE, ULAW_ENCODE_TABLE
+from media.g711 import (
+    ALAW_DECODE_TABLE,
+    ALAW_ENCODE_TABLE,
+    PCMU,
+    ULAW_DECODE_TABLE,
+    ULAW_ENCODE_TABLE,
+    ULAW_SILENCE,
+)
 from media.playback import FRAME_SAMPLES, SAMPLE_RATE, PlaybackQueue
 from media.streams import (
     BotClear,
@@ -290,13 +306,134 @@ def _take_over(
     return transport, early
 
 
+# A-law <-> mu-law, one entry per code (for ``bytes.translate``): a code
+# decoded with one law's table and encoded with the other's, as G.711 does.
+_ALAW_TO_ULAW = ULAW_ENCODE_TABLE.take(ALAW_DECODE_TABLE.view(np.uint16)).tobytes()
+_ULAW_TO_ALAW = ALAW_ENCODE_TABLE.take(ULAW_DECODE_TABLE.view(np.uint16)).tobytes()
+_FRAME_SILENCE = bytes([ULAW_SILENCE]) * FRAME_SAMPLES
+
+
+class _BotAudio:
+    """The bot's audio as mu-law bytes, and its marks, in order: a playback queue of bytes.
+
+    As ``media.playback.PlaybackQueue`` does with samples: one 20 ms frame
+    per read; a frame made of the ends of several pieces is joined, and
+    padded with silence when the queue runs dry; ``on_mark(name, played)``
+    is called with ``played=True`` once the audio queued before the mark has
+    been read, and with ``played=False`` for the marks ``clear`` dropped.
+    A frame is a slice of what the bot sent: nothing is decoded.
+    """
+
+    __slots__ = ("_items", "_position", "on_mark", "queued_samples")
+
+    def __init__(self, on_mark: Callable[[str, bool], None] | None = None) -> None:
+        self.on_mark = on_mark
+        # bytes: audio; str: a mark's name.
+        self._items: deque[bytes | str] = deque()
+        self._position = 0  # into the audio at the head
+        self.queued_samples = 0
+
+    @property
+    def idle(self) -> bool:
+        """True when neither audio nor marks are waiting."""
+        return not self._items
+
+    def enqueue(self, ulaw: bytes) -> None:
+        """Queue mu-law bytes of any length (kept, not copied)."""
+        if ulaw:
+            self._items.append(ulaw)
+            self.queued_samples += len(ulaw)
+
+    def mark(self, name: str) -> None:
+        """Queue a mark: reported once the audio queued before it has been read."""
+        self._items.append(name)
+
+    def clear(self) -> list[str]:
+        """Drop everything queued (barge-in); report and return the marks dropped."""
+        dropped = [item for item in self._items if type(item) is str]
+        self._items.clear()
+        self._position = 0
+        self.queued_samples = 0
+        if self.on_mark is not None:
+            for name in dropped:
+                self.on_mark(name, False)
+        return dropped
+
+    def drain(self) -> list[bytes | str]:
+        """Take out everything queued, in order (audio and mark names), untold."""
+        items = list(self._items)
+        if items and self._position:
+            items[0] = items[0][self._position :]
+        self._items.clear()
+        self._position = 0
+        self.queued_samples = 0
+        return items
+
+    def _fire_marks(self) -> None:
+        items = self._items
+        on_mark = self.on_mark
+        while items and type(items[0]) is str:
+            name = items.popleft()
+            if on_mark is not None:
+                on_mark(name, True)  # type: ignore[arg-type]
+
+    def read(self) -> bytes | None:
+        """The next frame as 160 bytes of mu-law, or ``None`` when nothing is queued."""
+        items = self._items
+        if items and type(items[0]) is str:
+            self._fire_marks()
+        if not items:
+            return None
+        head: bytes = items[0]  # type: ignore[assignment]
+        start = self._position
+        end = start + FRAME_SAMPLES
+        size = len(head)
+        if size < end:
+            return self._gather()
+        # The common case: a whole frame inside one piece.
+        self.queued_samples -= FRAME_SAMPLES
+        if size == end:
+            items.popleft()
+            self._position = 0
+            if items and type(items[0]) is str:
+                self._fire_marks()
+            return head if start == 0 else head[start:]
+        self._position = end
+        return head[start:end]
+
+    def _gather(self) -> bytes:
+        parts: list[bytes] = []
+        wanted = FRAME_SAMPLES
+        items = self._items
+        while wanted and items:
+            head = items[0]
+            if type(head) is str:
+                self._fire_marks()
+                continue
+            start = self._position
+            piece = head[start : start + wanted]
+            parts.append(piece)  # type: ignore[arg-type]
+            wanted -= len(piece)
+            self.queued_samples -= len(piece)
+            if start + len(piece) == len(head):
+                items.popleft()
+                self._position = 0
+            else:
+                self._position = start + len(piece)
+        if wanted:
+            parts.append(_FRAME_SILENCE[:wanted])
+        if items and type(items[0]) is str:
+            self._fire_marks()
+        return b"".join(parts)
+
+
 _LATE_S = 0.060
 _STEP_S = 0.010
 _CALM_FRAMES = 500  # 10 s
 
 
 class _TimedSource:
-    """The session's audio source: the playback queue, with a playout hold and timing.
+    """The session's audio source: the bot's audio queue, with a playout hold and timing.
 
     A talk-spurt (audio arriving while nothing is queued) starts playing at
     the first frame deadline at least ``hold_s`` after it arrived, or at
@@ -311,6 +448,10 @@ class _TimedSource:
     such an empty deadline was late, not a pause, and raises the hold by
     ``_STEP_S`` (up to ``max_hold_s``); ``_CALM_FRAMES`` frames played
     without that lower it again.
+
+    The session takes frames as payloads (``read_payload``): the bot's
+    mu-law as it is on a PCMU call, through a 256-entry table on PCMA.
+    ``read_frame`` decodes, for whoever wants samples.
     """
 
     __slots__ = (
@@ -331,7 +472,7 @@ class _TimedSource:
 
     def __init__(
         self,
-        playback: PlaybackQueue,
+        playback: _BotAudio,
         histogram: LatenessHistogram,
         hold_s: float,
         max_hold_s: float | None = None,
@@ -352,7 +493,7 @@ class _TimedSource:
         # the bot's pauses, or its audio arriving late (a gap).
         self.underruns = 0
 
-    def enqueue(self, samples: NDArray[np.int16], now: float) -> None:
+    def enqueue(self, ulaw: bytes, now: float) -> None:
         playback = self.playback
         queued = playback.queued_samples
         if self._holding and not queued:
@@ -363,8 +504,8 @@ class _TimedSource:
         # Audio already queued ahead plays first: that wait is the bot's
         # doing, not ours, so it is taken out of the latency.
         self._arrivals.append((self._enqueued, now + queued / SAMPLE_RATE))
-        self._enqueued += samples.shape[0]
-        playback.enqueue(samples)
+        self._enqueued += len(ulaw)
+        playback.enqueue(ulaw)
 
     def cleared(self) -> None:
         self._arrivals.clear()
@@ -372,6 +513,13 @@ class _TimedSource:
         self._holding = True
 
     def read_frame(self) -> NDArray[np.int16] | None:
+        ulaw = self.read_payload(ULAW_ENCODE_TABLE)
+        if ulaw is None:
+            return None
+        return ULAW_DECODE_TABLE.take(np.frombuffer(ulaw, dtype=np.uint8))
+
+    def read_payload(self, encode_table: NDArray[np.uint8]) -> bytes | None:
+        """The next frame encoded with ``encode_table`` (the session's codec), or ``None``."""
         playback = self.playback
         loop = self._loop
         queued = playback.queued_samples
@@ -381,7 +529,7 @@ class _TimedSource:
                 self.underruns += self._enqueued > queued
                 return None
             self._holding = False
-        frame = playback.read_frame()
+        frame = playback.read()
         if frame is None:
             if self._enqueued:
                 self.underruns += 1
@@ -402,17 +550,25 @@ class _TimedSource:
             now = loop.time()
             while arrivals and arrivals[0][0] < played:
                 self._histogram.record(now - arrivals.popleft()[1])
-        return frame
+        if frame is None or encode_table is ULAW_ENCODE_TABLE:
+            return frame
+        if encode_table is ALAW_ENCODE_TABLE:
+            return frame.translate(_ULAW_TO_ALAW)
+        # Any other table: through linear samples.
+        samples = ULAW_DECODE_TABLE.take(np.frombuffer(frame, dtype=np.uint8))
+        return encode_table.take(samples.view(np.uint16)).tobytes()
 
 
 class VoicebotStream:
     """One call's stream to its bot.
 
-    ``attach(session)`` (or the callbacks ``on_audio``, ``on_dtmf`` and
-    ``source`` wired by hand) connects it to the call's ``RtpSession``;
-    ``await run()`` opens the socket and streams until the bot or
-    ``stop()`` ends it, and returns a ``VoicebotResult``. The playback queue
-    belongs to the stream while it runs: its ``on_mark`` is taken over.
+    ``attach(session)`` (or the callbacks ``on_payload`` or ``on_audio``,
+    ``on_dtmf`` and ``source`` wired by hand) connects it to the call's
+    ``RtpSession``; ``await run()`` opens the socket and streams until the
+    bot or ``stop()`` ends it, and returns a ``VoicebotResult``. The bot's
+    audio plays from the stream's own queue; what is left of it when the
+    stream is detached (audio and marks) goes on into ``playback``, the
+    call's queue, so that "transferring you now" still plays out.
     """
 
     def __init__(
@@ -475,11 +631,11 @@ class VoicebotStream:
         self._max_playback_samples = int(config.max_playback_s * SAMPLE_RATE)
         self._latency_to_bot = LatenessHistogram()
         self._latency_from_bot = LatenessHistogram()
-        self._source = _TimedSource(playback, self._latency_from_bot, config.playout_hold_ms / 1000)
-        self._saved_on_mark = playback.on_mark
-        playback.on_mark = self._on_mark
+        self._audio = _BotAudio(self._on_mark)
+        hold_s = config.playout_hold_ms / 1000
+        self._source = _TimedSource(self._audio, self._latency_from_bot, hold_s)
         self._attached: RtpSession | None = None
-        self._saved_session: tuple[Any, Any, Any] | None = None
+        self._saved_session: tuple[Any, Any, Any, Any] | None = None
 
         self.outcome: VoicebotOutcome | None = None
         self.reason: str | None = None
@@ -506,28 +662,55 @@ class VoicebotStream:
         return self._source
 
     def attach(self, session: RtpSession) -> None:
-        """Take over a session's ``source``, ``on_audio`` and ``on_dtmf`` (see ``detach``)."""
-        self._saved_session = (session.source, session.on_audio, session.on_dtmf)
+        """Take over a session's ``source``, ``on_payload`` and ``on_dtmf`` (see ``detach``).
+
+        Its ``on_audio`` is turned off meanwhile: the stream takes the
+        callee's frames as G.711 payloads, and with no ``on_audio`` the
+        session decodes nothing for it.
+        """
+        saved = (session.source, session.on_audio, session.on_payload, session.on_dtmf)
+        self._saved_session = saved
         self._attached = session
         session.source = self._source
-        session.on_audio = self.on_audio
+        session.on_audio = None
+        session.on_payload = self._on_session_payload
         session.on_dtmf = self.on_dtmf
 
     def detach(self) -> None:
-        """Give the session back what ``attach`` took, and the playback queue its ``on_mark``."""
+        """Give the session back what ``attach`` took; the bot's audio left goes to ``playback``."""
         session, saved = self._attached, self._saved_session
         if session is not None and saved is not None:
-            session.source, session.on_audio, session.on_dtmf = saved
+            session.source, session.on_audio, session.on_payload, session.on_dtmf = saved
         self._attached = self._saved_session = None
-        self.playback.on_mark = self._saved_on_mark
         self._accepting = False
+        playback = self.playback
+        for item in self._audio.drain():
+            if type(item) is str:
+                playback.mark(item)
+            else:
+                playback.enqueue(ULAW_DECODE_TABLE.take(np.frombuffer(item, dtype=np.uint8)))
+        self._source.cleared()
+
+    def _on_session_payload(self, payload: bytes) -> None:
+        # The attached session's frame in its codec: mu-law is what the bot takes.
+        session = self._attached
+        if session is not None and session.codec is not PCMU:
+            payload = payload.translate(_ALAW_TO_ULAW)
+        self.on_payload(payload)
 
     def on_audio(self, samples: NDArray[np.int16]) -> None:
-        """The session's callback for each 20 ms frame of the callee (never awaits)."""
+        """A 20 ms frame of the callee as samples: encoded, then as ``on_payload``."""
+        if self._accepting:
+            self.on_payload(ULAW_ENCODE_TABLE.take(samples.view(np.uint16)).tobytes())
+
+    def on_payload(self, payload: bytes) -> None:
+        """The callee's next 20 ms frame as 160 bytes of mu-law (never awaits).
+
+        The bytes go into the ``media`` message as they are; they are kept
+        (not copied) while the frame waits in the queue.
+        """
         if not self._accepting:
             return
-        # Encoded now: the array is only valid during this call.
-        payload = ULAW_ENCODE_TABLE.take(samples.view(np.uint16)).tobytes()
         timestamp_ms = self._frame_number * 20
         self._frame_number += 1
         if self._direct:
@@ -933,9 +1116,9 @@ class VoicebotStream:
         elif kind is BotClear:
             self.clears += 1
             self._source.cleared()
-            self.playback.clear()  # echoes the dropped marks through _on_mark
+            self._audio.clear()  # echoes the dropped marks through _on_mark
         elif kind is BotMark:
-            self.playback.mark(event.name)  # type: ignore[union-attr]
+            self._audio.mark(event.name)  # type: ignore[union-attr]
         elif kind is BotResult:
             self.values.update(event.values)  # type: ignore[union-attr]
             for tag in event.tags:  # type: ignore[union-attr]
@@ -966,11 +1149,11 @@ class VoicebotStream:
         if not size or self._stopping:
             return
         self.bot_audio_samples += size
-        if self.playback.queued_samples + size > self._max_playback_samples:
+        if self._audio.queued_samples + size > self._max_playback_samples:
             self.bot_audio_dropped_samples += size
             return
-        samples = ULAW_DECODE_TABLE.take(np.frombuffer(payload, dtype=np.uint8))
-        self._source.enqueue(samples, loop.time())
+        # Kept as the bot sent it: mu-law, one byte per sample.
+        self._source.enqueue(payload, loop.time())
 
     def result(self) -> VoicebotResult:
         """A snapshot of what happened so far (final once ``run`` has returned)."""

@@ -204,8 +204,12 @@ def assert_timed_to_bot(result: VoicebotResult) -> None:
     assert result.frames_sent - queue <= result.latency_to_bot.count <= result.frames_sent
 
 
+def ulaw(samples: np.ndarray) -> bytes:
+    return ulaw_encode(samples).tobytes()
+
+
 def media_message(samples: np.ndarray, sid: str = CALL.stream_sid) -> bytes:
-    return BotMedia(ulaw_encode(samples).tobytes()).serialize(sid)
+    return BotMedia(ulaw(samples)).serialize(sid)
 
 
 # -- echo: the call's audio goes to the bot and comes back -------------------------------------
@@ -354,30 +358,27 @@ async def test_mark_comes_back_after_its_audio_has_played(call: Call, bots) -> N
     assert bot.sessions[0].stopped  # stop follows the bot's hangup
 
 
-class TimedPlayback(PlaybackQueue):
-    """Remembers when it was cleared and when each frame was read."""
+class TimedReads:
+    """The stream's source as the session sees it, remembering when each frame was read."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__()
+    def __init__(self, source: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.source = source
         self.loop = loop
-        self.cleared_at: float | None = None
         self.reads: list[tuple[float, bool]] = []
 
-    def clear(self) -> list[str]:
-        self.cleared_at = self.loop.time()
-        return super().clear()
+    def read_payload(self, encode_table: np.ndarray) -> bytes | None:
+        payload = self.source.read_payload(encode_table)
+        self.reads.append((self.loop.time(), payload is not None))
+        return payload
 
     def read_frame(self) -> np.ndarray | None:
-        frame = super().read_frame()
+        frame = self.source.read_frame()
         self.reads.append((self.loop.time(), frame is not None))
         return frame
 
 
 async def test_clear_stops_playback_within_one_frame(call: Call, bots) -> None:
     loop = asyncio.get_running_loop()
-    playback = TimedPlayback(loop)
-    call.ours.source = playback
-    call.playback = playback
 
     async def script(ws: web.WebSocketResponse, session: BotSession) -> None:
         sid = session.stream_sid
@@ -390,17 +391,30 @@ async def test_clear_stops_playback_within_one_frame(call: Call, bots) -> None:
         await ws.send_str(BotHangup().serialize(sid).decode())
 
     server = await bots(scripted(script, call.watch))
-    result = await call.stream(server.url).run()
+    stream = call.stream(server.url)
+    playback = TimedReads(stream.source, loop)
+    call.ours.source = playback
+    cleared_at: list[float] = []
+    on_mark = stream._audio.on_mark
+    assert on_mark is not None
+
+    def marked(name: str, played: bool) -> None:
+        if not played:  # dropped by the clear, in the callback that cleared
+            cleared_at.append(loop.time())
+        on_mark(name, played)
+
+    stream._audio.on_mark = marked
+    result = await stream.run()
     await call.frames_later(2)
     assert result.clears == 1 and result.marks_echoed == 1
-    assert playback.cleared_at is not None
-    after = [(at, audio) for at, audio in playback.reads if at > playback.cleared_at]
+    assert len(cleared_at) == 1
+    after = [(at, audio) for at, audio in playback.reads if at > cleared_at[0]]
     # The very next frame taken after the clear is silence, and it is taken
     # on the next tick: at most 20 ms later, plus however late the session's
     # timer ran on this machine (the timer's 1 ms grain at best).
     assert after and after[0][1] is False
     late_s = max(0.001, call.ours.lateness.maximum_s)
-    assert after[0][0] - playback.cleared_at <= 0.020 + late_s
+    assert after[0][0] - cleared_at[0] <= 0.020 + late_s
     assert not any(audio for _, audio in after)
     assert len(call.loud_frames()) < 100  # far from the 150 frames queued
 
@@ -739,14 +753,14 @@ def test_playout_hold_starts_a_talk_spurt_with_cushion(
     arrive_before_tick_ms: float, chunk_frames: int, silent_ticks: int
 ) -> None:
     from media.clock import LatenessHistogram
-    from media.voicebot import _TimedSource
+    from media.voicebot import _BotAudio, _TimedSource
 
     histogram = LatenessHistogram()
     loop = FakeLoop()
-    source = _TimedSource(PlaybackQueue(), histogram, hold_s=0.010)
+    source = _TimedSource(_BotAudio(), histogram, hold_s=0.010)
     source._loop = loop  # type: ignore[assignment]
     tick = loop.now + arrive_before_tick_ms / 1000
-    source.enqueue(tone(500, 20 * chunk_frames).samples, loop.now)
+    source.enqueue(ulaw(tone(500, 20 * chunk_frames).samples), loop.now)
     reads = []
     for n in range(silent_ticks + chunk_frames + 1):
         loop.now = tick + n * 0.020
@@ -760,12 +774,12 @@ def test_playout_hold_starts_a_talk_spurt_with_cushion(
 
 def test_a_fed_stream_is_held_once_and_late_audio_raises_the_hold() -> None:
     from media.clock import LatenessHistogram
-    from media.voicebot import _TimedSource
+    from media.voicebot import _BotAudio, _TimedSource
 
     loop = FakeLoop()
-    source = _TimedSource(PlaybackQueue(), LatenessHistogram(), hold_s=0.010, max_hold_s=0.040)
+    source = _TimedSource(_BotAudio(), LatenessHistogram(), hold_s=0.010, max_hold_s=0.040)
     source._loop = loop  # type: ignore[assignment]
-    frame = tone(500, 20).samples
+    frame = ulaw(tone(500, 20).samples)
     # Frame k lands 2 ms before deadline k, until the bot stalls for 32 ms
     # before frame 12: longer than the one frame of cushion the start's hold gave.
     arrivals = [(k * 0.020 - 0.002 + (0.032 if k >= 12 else 0.0), "audio") for k in range(20)]
@@ -787,18 +801,18 @@ def test_a_fed_stream_is_held_once_and_late_audio_raises_the_hold() -> None:
 
 def test_playout_hold_rearms_after_a_clear() -> None:
     from media.clock import LatenessHistogram
-    from media.voicebot import _TimedSource
+    from media.voicebot import _BotAudio, _TimedSource
 
     loop = FakeLoop()
-    playback = PlaybackQueue()
+    playback = _BotAudio()
     source = _TimedSource(playback, LatenessHistogram(), hold_s=0.010)
     source._loop = loop  # type: ignore[assignment]
-    source.enqueue(tone(500, 200).samples, loop.now)
+    source.enqueue(ulaw(tone(500, 200).samples), loop.now)
     loop.now += 0.015
     assert source.read_frame() is not None
     playback.clear()
     source.cleared()
-    source.enqueue(tone(500, 20).samples, loop.now)
+    source.enqueue(ulaw(tone(500, 20).samples), loop.now)
     assert source.read_frame() is None  # a new talk-spurt: held
     loop.now += 0.010
     assert source.read_frame() is not None
