@@ -52,7 +52,8 @@ class Batcher(Generic[T, R]):
         self.max_size = max_size
         self.linger_s = linger_s
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
-        self._wake = asyncio.Event()
+        # Set while a batch lingers: resolved when the linger ends or the batch is full.
+        self._full: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         # Batches in the database; a slot is taken before a batch forms, so items
         # keep gathering while every slot is busy.
@@ -65,7 +66,9 @@ class Batcher(Generic[T, R]):
     async def submit(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
-        self._wake.set()
+        full = self._full
+        if full is not None and len(self._pending) >= self.max_size and not full.done():
+            full.set_result(None)  # a lingering batch is full: no need to wait longer
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
         return await future
@@ -91,14 +94,17 @@ class Batcher(Generic[T, R]):
             loop = asyncio.get_running_loop()
             try:
                 if self.linger_s > 0:
-                    # Whatever arrives within the linger joins; a burst fills it at once.
-                    deadline = loop.time() + self.linger_s
-                    while (
-                        len(self._pending) < self.max_size and (left := deadline - loop.time()) > 0
-                    ):
-                        self._wake.clear()
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._wake.wait(), left)
+                    if len(self._pending) < self.max_size:
+                        # Whatever arrives within the linger joins; the batch goes
+                        # as soon as it is full. One timer per batch, not a wake
+                        # (and a task for wait_for) per item.
+                        self._full = full = loop.create_future()
+                        timer = loop.call_later(self.linger_s, _settle, full)
+                        try:
+                            await full
+                        finally:
+                            timer.cancel()
+                            self._full = None
                 else:
                     # Let items whose frames have already arrived join this batch.
                     await asyncio.sleep(0)
@@ -142,3 +148,8 @@ class Batcher(Generic[T, R]):
         for (_, future), result in zip(live, results, strict=True):
             if not future.done():
                 future.set_result(result)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -81,6 +81,20 @@ async def test_a_cancelled_caller_is_left_out_of_its_batch() -> None:
     await batcher.close()
 
 
+async def test_a_lingering_batch_goes_as_soon_as_it_is_full() -> None:
+    handler = Recorder()
+    batcher: Batcher[int, int] = Batcher(handler, max_size=3, linger_s=5.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    first = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.01)  # lingering now, with one item of three
+    rest = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2, 3)]
+    assert await asyncio.wait_for(asyncio.gather(first, *rest[:2]), 1.0) == [0, 10, 20]
+    assert loop.time() - started < 1.0 and handler.batches == [[0, 1, 2]]
+    rest[2].cancel()  # the fourth item lingers alone: not waited for here
+    await batcher.close()
+
+
 class Gate:
     """Holds every batch until released; counts batches in the handler at once."""
 
