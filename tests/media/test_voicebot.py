@@ -23,7 +23,17 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from media.bots import BotServer, BotSession, EchoBot, serve_bot, tone
 from media.dtmf import DtmfDigit
-from media.g711 import ulaw_encode
+from media.g711 import (
+    ALAW_ENCODE_TABLE,
+    PCMA,
+    PCMU,
+    ULAW_ENCODE_TABLE,
+    G711Codec,
+    alaw_decode,
+    alaw_encode,
+    ulaw_decode,
+    ulaw_encode,
+)
 from media.playback import PlaybackQueue
 from media.ports import PortAllocator, bind_pair
 from media.session import MediaParams, RtpSession
@@ -35,6 +45,7 @@ from media.streams import (
     BotResult,
     BotTransfer,
     CallMark,
+    CallMedia,
     CallStop,
     StreamError,
     parse_call_event,
@@ -330,6 +341,187 @@ async def test_dtmf_reaches_the_bot_once_per_key(call: Call, bots) -> None:
     result = await task
     assert bot.sessions[0].digits == ["1", "5", "9", "#"]
     assert result.dtmf_sent == 4
+
+
+# -- G.711 straight through ---------------------------------------------------------------------
+
+
+def coded_frames(count: int, seed: int) -> list[bytes]:
+    """Distinct frames of random codes, all 256 of them among the frames, each frame
+    starting with 0x7F: mu-law's negative zero, which a decode and re-encode turns to 0xFF."""
+    rng = np.random.default_rng(seed)
+    frames = [b"\x7f" + rng.integers(0, 256, 159, dtype=np.uint8).tobytes() for _ in range(count)]
+    assert len(set(b"".join(frames))) == 256 and len(set(frames)) == count
+    return frames
+
+
+class FramesSource:
+    """An audio source that hands the session fixed payloads, untouched."""
+
+    def __init__(self, frames: list[bytes]) -> None:
+        self.frames = list(frames)
+
+    def read_payload(self, encode_table: np.ndarray) -> bytes | None:
+        return self.frames.pop(0) if self.frames else None
+
+    def read_frame(self) -> np.ndarray | None:
+        raise AssertionError("the session asked for samples")
+
+
+@pytest.mark.parametrize("codec", [PCMU, PCMA], ids=["PCMU", "PCMA"])
+async def test_g711_passes_through_byte_for_byte(
+    allocator: PortAllocator, bots, codec: G711Codec
+) -> None:
+    """The callee's payloads reach the bot as mu-law with no decode; the bot's mu-law
+    reaches the callee as the payloads sent: the same bytes on PCMU, one table on PCMA."""
+    watch = Watch()
+    frames = coded_frames(25, seed=1)
+    from_callee = FramesSource(frames)
+    ours = await RtpSession.create(bind_pair(allocator, HOST), source=PlaybackQueue())
+    callee = await RtpSession.create(bind_pair(allocator, HOST), source=from_callee)
+    heard: list[bytes] = []  # what the callee's phone got, payload by payload
+
+    def on_heard(payload: bytes) -> None:
+        heard.append(payload)
+        watch.poke()
+
+    callee.on_payload = on_heard
+    bot_heard: list[bytes] = []
+    bot_sends = b"".join(coded_frames(25, seed=2))
+
+    async def handle(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        session = BotSession(listener=watch.poke)
+        async for message in ws:
+            if message.type is WSMsgType.TEXT:
+                event = session.observe(message.data)
+                if type(event) is CallMedia:
+                    bot_heard.append(event.payload)
+                    if len(bot_heard) == 1:
+                        sid = session.stream_sid
+                        await ws.send_str(BotMedia(bot_sends).serialize(sid).decode())
+                        await ws.send_str(BotMark("said").serialize(sid).decode())
+        return ws
+
+    server = await bots(handle)
+    stream = VoicebotStream(VoicebotConfig(server.url), CALL, ours.source)  # type: ignore[arg-type]
+    marks: list[str] = []
+    stream._on_mark = lambda name, played: marks.append(name)  # type: ignore[method-assign]
+    stream._audio.on_mark = lambda name, played: (marks.append(name), watch.poke())
+    stream.attach(ours)
+    assert ours.on_audio is None  # nothing decoded on the session's side for the stream
+    task = asyncio.ensure_future(stream.run())
+    # The calls start once the bot is there, so no frame waits (or is dropped) meanwhile.
+    await watch.until(lambda: stream._direct)
+    ours.start(MediaParams((HOST, callee.local_rtp_port), codec=codec))
+    callee.start(MediaParams((HOST, ours.local_rtp_port), codec=codec))
+    try:
+        await watch.until(lambda: marks == ["said"] and from_callee.frames == [])
+        # Ten more frames each way: the last ones through both jitter buffers.
+        bot_count, callee_count = len(bot_heard), len(heard)
+        await watch.until(lambda: len(bot_heard) >= bot_count + 10)
+        await watch.until(lambda: len(heard) >= callee_count + 10)
+        stream.stop()
+        result = await task
+    finally:
+        stream.detach()
+        ours.close()
+        callee.close()
+    skipped = ours.stats().frames_skipped + callee.stats().frames_skipped
+    assert result.outcome is VoicebotOutcome.COMPLETED and result.invalid_frames == 0
+
+    def to_ulaw(payload: bytes) -> bytes:
+        if codec is PCMU:
+            return payload
+        return ULAW_ENCODE_TABLE.take(alaw_decode(payload).view(np.uint16)).tobytes()
+
+    def from_ulaw(payload: bytes) -> bytes:
+        if codec is PCMU:
+            return payload
+        return ALAW_ENCODE_TABLE.take(ulaw_decode(payload).view(np.uint16)).tobytes()
+
+    def arrived_in_order(expected: list[bytes], received: list[bytes]) -> None:
+        # Each frame whole and in order (the jitter buffer may put a made-up
+        # frame between two; a frame a loaded machine made a session skip is
+        # the only excuse for one missing).
+        where = {frame: n for n, frame in enumerate(received)}
+        found = [where[frame] for frame in expected if frame in where]
+        missing = [k for k, frame in enumerate(expected) if frame not in where]
+        assert len(missing) <= skipped, (
+            missing,
+            result.frames_dropped,
+            ours.stats(),
+            callee.stats(),
+        )
+        assert found == sorted(found)
+
+    # Callee -> bot: each frame the callee sent is one media message, in mu-law.
+    arrived_in_order([to_ulaw(frame) for frame in frames], bot_heard)
+    # Bot -> callee: the bot's bytes, frame by frame, in the call's codec.
+    sent = [from_ulaw(bot_sends[i : i + 160]) for i in range(0, len(bot_sends), 160)]
+    arrived_in_order(sent, heard)
+
+
+def test_bot_audio_queue_frames_marks_and_clear() -> None:
+    from media.voicebot import _BotAudio
+
+    marks: list[tuple[str, bool]] = []
+    audio = _BotAudio(lambda name, played: marks.append((name, played)))
+    data = bytes(range(256)) * 2  # 512 bytes in pieces of odd lengths
+    audio.mark("before")
+    audio.enqueue(data[:100])
+    audio.enqueue(data[100:333])
+    audio.mark("middle")
+    audio.enqueue(data[333:])
+    audio.mark("end")
+    assert audio.queued_samples == 512
+    out = [audio.read() for _ in range(3)]
+    assert marks == [("before", True), ("middle", True)]
+    assert b"".join(out) == data[:480]  # type: ignore[arg-type]
+    assert audio.queued_samples == 32
+    last = audio.read()
+    assert last == data[480:] + b"\xff" * 128  # padded with mu-law silence
+    assert marks[-1] == ("end", True)
+    assert audio.read() is None and audio.idle
+
+    audio.enqueue(data)
+    audio.mark("cut")
+    assert audio.read() == data[:160]
+    assert audio.clear() == ["cut"]
+    assert marks[-1] == ("cut", False)
+    assert audio.read() is None and audio.queued_samples == 0
+
+
+def test_timed_source_hands_payloads_in_the_sessions_codec() -> None:
+    from media.clock import LatenessHistogram
+    from media.voicebot import _BotAudio, _TimedSource
+
+    loop = FakeLoop()
+    source = _TimedSource(_BotAudio(), LatenessHistogram(), hold_s=0.0)
+    source._loop = loop  # type: ignore[assignment]
+    frames = coded_frames(30, seed=3)[:3]
+    source.enqueue(b"".join(frames), loop.now)
+    loop.now += 0.001
+    assert source.read_payload(ULAW_ENCODE_TABLE) == frames[0]  # the bot's bytes as they are
+    alaw = source.read_payload(ALAW_ENCODE_TABLE)
+    assert alaw == alaw_encode(ulaw_decode(frames[1])).tobytes()
+    samples = source.read_frame()
+    assert samples is not None and np.array_equal(samples, ulaw_decode(frames[2]))
+    assert source.read_payload(ULAW_ENCODE_TABLE) is None
+
+
+async def test_what_the_bot_said_plays_on_after_detach(call: Call) -> None:
+    stream = call.stream("ws://127.0.0.1:1/")
+    loop = asyncio.get_running_loop()
+    stream._play(ulaw(tone(500, 100).samples), loop)
+    stream._audio.mark("done")
+    assert call.ours.source is stream.source
+    stream.detach()
+    # The session has the call's queue back, with the bot's audio and mark in it.
+    assert call.ours.source is call.playback and call.ours.on_payload is None
+    assert call.playback.queued_samples == 800
+    assert stream._audio.idle
 
 
 # -- marks and clear ---------------------------------------------------------------------------
