@@ -14,6 +14,10 @@ Each test checks a promise of the stream:
   consecutive 20 ms packets, found by FFT;
 - the callee's audio reaches the bot: a 600 Hz tone SIPp plays is in the
   ``media`` the bot receives, for its length;
+- G.711 goes straight through on a PCMU call: the payloads SIPp sends are
+  the bot's ``media`` byte for byte, and the bot's bytes are the payloads
+  the callee receives (codes covering all 256, mu-law's negative zero in
+  every frame: a decode and re-encode would change it);
 - each RFC 4733 key SIPp sends reaches the bot once, as ``dtmf``;
 - ``clear`` stops playback within 20 ms: after the moment the bot sent it,
   at most one packet of its audio still arrives, within 20 ms, and only
@@ -25,6 +29,7 @@ Each test checks a promise of the stream:
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -53,7 +58,7 @@ from tests.integration.botcall import (
     until,
 )
 from tests.integration.peers import require
-from tests.media.test_sipp_rtp import PCAP_DIR, dtmf_pcap
+from tests.media.test_sipp_rtp import PCAP_DIR, dtmf_pcap, udp_frame, write_pcap
 
 pytestmark = pytest.mark.integration
 
@@ -148,6 +153,60 @@ async def test_callee_audio_reaches_the_bot(tmp_path: Path) -> None:
     assert tone_ulaw(CALLEE_TONE_HZ, 1000) in received
     assert heard.session.chunk_gaps == 0 and heard.session.sequence_errors == 0
     assert output.first("bot_ended")["frames_dropped"] == 0
+
+
+def coded_frames(count: int, seed: int) -> list[bytes]:
+    """Distinct 20 ms frames of random codes, all 256 among them, each starting with 0x7F."""
+    rng = np.random.default_rng(seed)
+    frames = [b"\x7f" + rng.integers(0, 256, 159, dtype=np.uint8).tobytes() for _ in range(count)]
+    assert len(set(b"".join(frames))) == 256 and len(set(frames)) == count
+    return frames
+
+
+def frames_pcap(target: Path, frames: list[bytes]) -> None:
+    """PCMU packets of the given payloads, 20 ms apart, for SIPp's ``play_pcap_audio``."""
+    packets = []
+    for k, payload in enumerate(frames):
+        rtp = struct.pack("!BBHII", 0x80, 0, 3000 + k, FRAME_SAMPLES * k, 0x7171)
+        packets.append((0.020 * k, udp_frame(rtp + payload)))
+    write_pcap(target, packets)
+
+
+async def test_callee_bytes_reach_the_bot_byte_for_byte(tmp_path: Path) -> None:
+    frames = coded_frames(50, seed=5)
+    frames_pcap(tmp_path / "callee.pcap", frames)
+
+    async def script(ws: web.WebSocketResponse, heard: Heard) -> None:
+        await until(lambda: frames[-1] in heard.media, timeout=8.0)
+        await hang_up(ws, heard)
+
+    output, heard = await call_bot(script, "uas_bot_play_pcap.xml", tmp_path)
+    # Each packet is one media message, as SIPp sent it, in order and unbroken.
+    assert b"".join(frames) in b"".join(heard.media)
+    assert output.first("bot_ended")["frames_dropped"] == 0
+
+
+async def test_bot_bytes_reach_the_callee_byte_for_byte(
+    tmp_path: Path, receiver: RtpReceiver
+) -> None:
+    said = b"".join(coded_frames(50, seed=6))
+
+    async def script(ws: web.WebSocketResponse, heard: Heard) -> None:
+        sid = heard.session.stream_sid
+        await ws.send_str(BotMedia(said).serialize(sid).decode())
+        await ws.send_str(BotMark("said").serialize(sid).decode())
+        await until(lambda: "said" in heard.session.marks)
+        await asyncio.sleep(0.1)
+        await hang_up(ws, heard)
+
+    await call_bot(
+        script, "uas_bot_rtp_receiver.xml", tmp_path, ("rtp_receiver", str(receiver.port))
+    )
+    pcmu = [p for p in receiver.snapshot() if p.payload_type == 0]
+    sequence = np.array([p.sequence for p in pcmu])
+    assert np.all(np.diff(sequence) % 65536 == 1), "packets lost or reordered on loopback"
+    # The bot's mu-law is the payload of 50 consecutive packets, byte for byte.
+    assert said in b"".join(p.payload for p in pcmu)
 
 
 async def test_each_key_reaches_the_bot_once(tmp_path: Path) -> None:
