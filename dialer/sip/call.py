@@ -499,6 +499,9 @@ class _Transfer:
     seq: int
     state: TransferState
     progress: int | None = None  # the last 1xx sipfrag reported
+    headers: list[Header] = field(default_factory=list)  # the REFER's own, to send it again
+    authorized: bool = False  # the REFER was sent again with credentials (once only)
+    uri: str = ""  # the REFER's request-URI, which a digest answer covers
 
     @property
     def pending(self) -> bool:
@@ -678,11 +681,14 @@ class Call:
         headers = refer_headers(
             target, NameAddr(config.local_uri, config.display_name), dialog.local_contact
         )
-        request = dialog.create_request("REFER", self._via(), headers=headers + self._user_agent())
+        headers += self._user_agent()
+        request = dialog.create_request("REFER", self._via(), headers=headers)
         key, actions = self.layer.send_request(request, self._next_hop(), self._tp, now)
         seq = request.cseq.seq
         self._refer_seqs.append(seq)
-        self._transfer = _Transfer(text, key, seq, TransferState.REFERRING)
+        self._transfer = _Transfer(
+            text, key, seq, TransferState.REFERRING, headers=headers, uri=request.uri.serialize()
+        )
         out += actions
         if timeout_s is None:
             timeout_s = config.ring_timeout_s + config.timers.transaction_timeout_s
@@ -1126,10 +1132,53 @@ class Call:
             transfer.state = TransferState.ACCEPTED
             out.append(TransferAccepted(self.call_id, status))
             return
+        if (
+            status in (401, 407)
+            and not transfer.authorized
+            and self._refer_with_credentials(response, now, out)
+        ):
+            return
         self._transfer_failed(status, "refer_rejected", out)
         if status == 481 and self.state is CallState.CONFIRMED:
             # §12.2.1.2: the callee has no such dialog: it is gone.
             self._send_bye(now, Disposition.ANSWERED, "refer_failed", out)
+
+    def _refer_with_credentials(self, response: Response, now: float, out: list[Action]) -> bool:
+        """Send the REFER again answering a 401/407 (§22.2, as for the INVITE); False: cannot."""
+        transfer = self._transfer
+        dialog = self.dialog
+        invite = self._invite
+        if self.digest is None or transfer is None or dialog is None or invite is None:
+            return False
+        proxy = response.status == 407
+        # The credentials are the call's: offered to the host the INVITE went
+        # to (the REFER's request-URI is the callee's Contact, another host).
+        target = invite.uri
+        host = target.host if isinstance(target, SipUri) else self.config.proxy[0]
+        answer = self.digest.respond(
+            response.get_all("Proxy-Authenticate" if proxy else "WWW-Authenticate"),
+            proxy=proxy,
+            method="REFER",
+            uri=transfer.uri,
+            target_host=host,
+            cnonce=self.ids.cnonce(),
+        )
+        if not isinstance(answer, Authorize):
+            return False
+        # A new CSeq in the dialog, the headers as before, and the answer.
+        headers = [*transfer.headers, (answer.header_name, answer.header_value)]
+        request = dialog.create_request("REFER", self._via(), headers=headers)
+        key, actions = self.layer.send_request(request, self._next_hop(), self._tp, now)
+        # The challenged REFER made no subscription: a NOTIFY without id
+        # (§2.4.6, the dialog's first REFER) is about this one if it is first.
+        self._refer_seqs.remove(transfer.seq)
+        transfer.key = key
+        transfer.seq = request.cseq.seq
+        transfer.uri = request.uri.serialize()
+        transfer.authorized = True
+        self._refer_seqs.append(transfer.seq)
+        out += actions
+        return True
 
     def _answer_notify(self, request: Request) -> InDialogResult:
         return answer_notify(request, self._refer_seqs)
