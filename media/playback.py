@@ -424,26 +424,16 @@ class PlaybackQueue:
         The array may be a view of a prompt or a reused scratch buffer: it is
         valid until the next call, and must not be written to.
         """
-        items = self._items
-        if items and type(items[0]) is _Mark:
-            self._fire_marks()
-        if not items:
+        head = self._next_piece()
+        if head is None:
             return None
-        n = self.frame_samples
-        head = items[0]
-        assert isinstance(head, _Audio)
         start = head.position
-        if head.samples.shape[0] - start >= n:
-            # The common case: a whole frame inside one piece of audio.
-            frame = head.samples[start : start + n]
-            head.position = start + n
-            self._queued -= n
-            if head.position == head.samples.shape[0]:
-                items.popleft()
-                if items and type(items[0]) is _Mark:
-                    self._fire_marks()
-            return frame
-        return self._gather()
+        n = self.frame_samples
+        if head.samples.shape[0] - start < n:
+            return self._gather()
+        # The common case: a whole frame inside one piece of audio.
+        self._step(head, start)
+        return head.samples[start : start + n]
 
     def read_payload(self, encode_table: NDArray[np.uint8]) -> bytes | None:
         """Like ``read_frame``, the frame encoded with a G.711 ``encode_table``.
@@ -452,29 +442,35 @@ class PlaybackQueue:
         read this way (one table look-up per prompt, not per frame), and its
         frames are handed out as slices of that.
         """
-        items = self._items
-        if items and type(items[0]) is _Mark:
-            self._fire_marks()
-        if not items:
+        head = self._next_piece()
+        if head is None:
             return None
-        n = self.frame_samples
-        head = items[0]
-        assert isinstance(head, _Audio)
         start = head.position
-        end = head.samples.shape[0]
-        if end - start < n:
-            frame = self._gather()
-            return encode_table.take(frame.view(np.uint16)).tobytes()
+        n = self.frame_samples
+        if head.samples.shape[0] - start < n:
+            return encode_table.take(self._gather().view(np.uint16)).tobytes()
         if head.encoded_by is not encode_table:
             head.encoded = encode_table.take(head.samples.view(np.uint16)).tobytes()
             head.encoded_by = encode_table
-        head.position = start + n
-        self._queued -= n
-        if head.position == end:
+        self._step(head, start)
+        return head.encoded[start : start + n]
+
+    def _next_piece(self) -> _Audio | None:
+        # The audio the next frame starts in, once the marks before it have fired.
+        items = self._items
+        if items and type(items[0]) is _Mark:
+            self._fire_marks()
+        return items[0] if items else None  # type: ignore[return-value]
+
+    def _step(self, head: _Audio, start: int) -> None:
+        # Past one whole frame of ``head`` from ``start``; fire the marks it reaches.
+        head.position = start + self.frame_samples
+        self._queued -= self.frame_samples
+        if head.position == head.samples.shape[0]:
+            items = self._items
             items.popleft()
             if items and type(items[0]) is _Mark:
                 self._fire_marks()
-        return head.encoded[start : start + n]
 
     def _gather(self) -> NDArray[np.int16]:
         # A frame made of the ends of several pieces (raw audio of odd
