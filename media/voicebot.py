@@ -633,7 +633,9 @@ class VoicebotStream:
         self._latency_from_bot = LatenessHistogram()
         self._audio = _BotAudio(self._on_mark)
         hold_s = config.playout_hold_ms / 1000
-        self._source = _TimedSource(self._audio, self._latency_from_bot, hold_s)
+        self._source = _TimedSource(
+            self._audio, self._latency_from_bot, hold_s, config.max_playout_hold_ms / 1000
+        )
         self._attached: RtpSession | None = None
         self._saved_session: tuple[Any, Any, Any, Any] | None = None
 

@@ -1100,3 +1100,11 @@ async def test_on_dtmf_ignores_non_keys(call: Call, bots) -> None:
     stream.on_dtmf(DtmfDigit(digit="4", event=4, duration_ms=100, timestamp=0))
     assert list(stream._control) == [("dtmf", "4")]
     stream.detach()
+
+
+def test_the_streams_hold_may_grow_to_the_configured_maximum() -> None:
+    """VoicebotConfig's playout hold and its maximum reach the stream's source."""
+    config = VoicebotConfig("ws://127.0.0.1:9/", playout_hold_ms=10.0, max_playout_hold_ms=60.0)
+    stream = VoicebotStream(config, CALL, PlaybackQueue())  # type: ignore[arg-type]
+    assert stream.source.base_hold_s == pytest.approx(0.010)
+    assert stream.source.max_hold_s == pytest.approx(0.060)
