@@ -9,7 +9,10 @@ Three kinds of process on loopback:
   number (mu-law codes that survive decode and re-encode unchanged), and it
   checks what each call sends back: after the echo has started, a frame of
   silence, or an RTP timestamp jump (a frame our session had to skip), is
-  a gap in the audio sent to the callee;
+  a gap in the audio sent to the callee. It reads its socket every 1 ms, as
+  a phone across a network costs the worker nothing to wake (one on loopback
+  sleeping on its socket is woken inside each of the worker's ``sendto``
+  calls; ``--callee-wakeups`` measures that way);
 - the bot: ``media.bots.EchoBot`` in its own process (``--bots`` of them),
   sending back every ``media`` payload.
 
@@ -33,7 +36,7 @@ also holds both jitter buffers and the bot), and CPU use of each process.
 
     python bench/voicebot.py [--start 100] [--step 100] [--max 1500]
         [--duration 5] [--warmup 2] [--bots 1] [--calls N] [--own-clocks]
-        [--frames-per-write 1] [--json]
+        [--frames-per-write 1] [--callee-wakeups] [--json]
 
 ``--frames-per-write n`` writes the callee's frames to the bot n at a time
 (each its own ``media`` message; one write and one wake-up of the bot per n),
@@ -204,7 +207,7 @@ class _Callees(asyncio.DatagramProtocol):
                 self.round_trips.append(now - self.sent_at[k % _RING])
 
 
-def _callee_main(conn, warmup_s: float, duration_s: float) -> None:
+def _callee_main(conn, warmup_s: float, duration_s: float, woken: bool = False) -> None:
     _pin(PEER_CORE)
     loop = _new_loop()
     asyncio.set_event_loop(loop)
@@ -218,11 +221,33 @@ def _callee_main(conn, warmup_s: float, duration_s: float) -> None:
         ports = await loop.run_in_executor(None, conn.recv)
         begin = time.monotonic()
         window = (begin + warmup_s, begin + warmup_s + duration_s)
-        transport, callees = await loop.create_datagram_endpoint(
-            lambda: _Callees(ports, window), sock=sock
-        )
-        origin = loop.time()
         done = loop.create_future()
+        if woken:
+            transport, callees = await loop.create_datagram_endpoint(
+                lambda: _Callees(ports, window), sock=sock
+            )
+        else:
+            # The phones read their socket every 1 ms instead of sleeping on
+            # it: a phone across a network costs the worker nothing to wake,
+            # but one on loopback sleeping on its socket is woken inside each
+            # of the worker's sendto calls (--callee-wakeups measures so).
+            sock.setblocking(False)
+            callees = _Callees(ports, window)
+            callees.transport = sock  # type: ignore[assignment]  # sendto(data, address)
+            transport = sock
+
+            def drain() -> None:
+                while True:
+                    try:
+                        data, address = sock.recvfrom(2048)
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    callees.datagram_received(data, address)
+                if not done.done():
+                    loop.call_later(0.001, drain)
+
+            loop.call_soon(drain)
+        origin = loop.time()
         cpu = [0.0, 0.0]
 
         def tick() -> None:
@@ -544,7 +569,10 @@ def run_once(calls: int, args: argparse.Namespace, *, baseline: bool = False) ->
     urls = [ready.get(timeout=30) for _ in bots]
     callee_conn, callee_child = ctx.Pipe()
     worker_conn, worker_child = ctx.Pipe()
-    callee = ctx.Process(target=_callee_main, args=(callee_child, args.warmup, args.duration))
+    callee = ctx.Process(
+        target=_callee_main,
+        args=(callee_child, args.warmup, args.duration, args.callee_wakeups),
+    )
     callee.start()
     callee_port = callee_conn.recv()
     worker = ctx.Process(
@@ -662,6 +690,12 @@ def main() -> None:
         default=1,
         help="callee frames written to the bot together (latency to the bot: +(n-1) x 20 ms)",
     )
+    parser.add_argument(
+        "--callee-wakeups",
+        action="store_true",
+        help="phones that sleep on their socket (woken by each of our packets, inside our "
+        "sendto) instead of reading it every 1 ms",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     print(
@@ -669,6 +703,7 @@ def main() -> None:
         f"pinned: {PIN}, cores: {os.cpu_count()}, "
         f"clock: {'one per session' if args.own_clocks else 'shared'}, "
         f"frames per write: {args.frames_per_write}, "
+        f"callee {'woken per packet' if args.callee_wakeups else 'reading every 1 ms'}, "
         f"load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
