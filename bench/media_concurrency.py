@@ -272,6 +272,7 @@ async def _run_calls(
     record_dir: Path,
     shared_clock: bool = True,
 ) -> RunResult:
+    from dialer.gc_policy import freeze_startup_objects
     from media import recording
     from media.clock import LatenessHistogram
     from media.playback import prompt_from_samples
@@ -280,6 +281,8 @@ async def _run_calls(
     from media.ticker import FrameTicker
 
     loop = asyncio.get_running_loop()
+    # As `dialer worker` does once it is set up, before its first call (dialer.gc_policy).
+    freeze_startup_objects()
     rng = random.Random(7)
     t = np.arange(8000 * 2) / 8000
     prompt = prompt_from_samples(

@@ -173,6 +173,7 @@ async def _run_worker(settings: Settings, capacity: int) -> int:
     from dialer.bus import Broker, make_broker
     from dialer.call_relay import AnnouncingCallControl
     from dialer.db import apply_migrations, connect_pool
+    from dialer.gc_policy import freeze_startup_objects
     from dialer.priority import apply_realtime_priority
     from dialer.stack import default_trunk, start_worker
 
@@ -209,6 +210,9 @@ async def _run_worker(settings: Settings, capacity: int) -> int:
             worker, agent = await start_worker(
                 settings, pool, broker, trunk, capacity=capacity, control=control
             )
+            # Everything loaded so far lives as long as the process: out of the
+            # collector's sight, so full collections do not stall the RTP clock.
+            freeze_startup_objects()
             print(f"worker {worker.worker_id} running", file=sys.stderr, flush=True)
             try:
                 await _wait_for_stop(lost)
