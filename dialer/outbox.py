@@ -83,17 +83,16 @@ async def write_event(
     record_id: uuid.UUID | None = None,
     workflow_id: uuid.UUID | None = None,
 ) -> uuid.UUID:
-    if event_type not in EVENT_TYPES:
-        raise ValueError(f"unknown outbox event type {event_type!r}")
-    event_id = new_id()
+    row = outbox_row(
+        tenant_id=tenant_id,
+        event_type=event_type,
+        payload=payload,
+        record_id=record_id,
+        workflow_id=workflow_id,
+    )
     await conn.execute(
         """INSERT INTO outbox (tenant_id, event_id, event_type, record_id, workflow_id, payload)
            VALUES ($1, $2, $3, $4, $5, $6)""",
-        tenant_id,
-        event_id,
-        event_type,
-        record_id,
-        workflow_id,
-        {"type": event_type, "id": str(event_id), "data": payload},
+        *row,
     )
-    return event_id
+    return row[1]
