@@ -284,12 +284,35 @@ class Sipp:
         self.scenario.write_text(
             SCENARIO.replace("{media}", media).replace("{payload_type}", str(payload_type))
         )
-        self.sip_port = free_udp_port()
-        self.media_port = free_udp_port(count=4)
+        self._pick_ports()
         self.echo = echo
         self.process: asyncio.subprocess.Process | None = None
 
+    def _pick_ports(self) -> None:
+        self.media_port = free_udp_port(count=4)
+        self.sip_port = free_udp_port()
+        while self.media_port <= self.sip_port < self.media_port + 4:
+            self.sip_port = free_udp_port()
+
     async def __aenter__(self) -> Sipp:
+        # SIPp exits at once when a port it wants is taken between our probe and
+        # its bind; start again on fresh ports rather than wait out the test.
+        failures = []
+        for _ in range(3):
+            self.process = await self._spawn()
+            status = await self._listening()
+            if status is None:
+                await asyncio.sleep(0.1)  # a port taken by someone else looks bound too
+                if self.process.returncode is None:
+                    return self
+                status = self.process.returncode
+            assert self.process.stderr is not None
+            failures.append(f"status {status}: {(await self.process.stderr.read()).decode()}")
+            self.sip_port = free_udp_port()
+            self.media_port = free_udp_port(count=4)
+        pytest.fail("SIPp did not start:\n" + "\n".join(failures))
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
         arguments = [
             "-sf", str(self.scenario), "-i", HOST, "-p", str(self.sip_port),
             "-mi", HOST, "-mp", str(self.media_port), "-m", "1",
@@ -297,7 +320,7 @@ class Sipp:
         ]  # fmt: skip
         if self.echo:
             arguments.append("-rtp_echo")
-        self.process = await asyncio.create_subprocess_exec(
+        return await asyncio.create_subprocess_exec(
             "sipp",
             *arguments,
             cwd=self.tmp_path,
@@ -305,16 +328,37 @@ class Sipp:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )
-        return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def _listening(self) -> int | None:
+        """None once SIPp holds its SIP port; its exit status if it ended first."""
         assert self.process is not None
+        deadline = asyncio.get_running_loop().time() + WAIT_S
+        while asyncio.get_running_loop().time() < deadline:
+            if self.process.returncode is not None:
+                return self.process.returncode
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                try:
+                    probe.bind((HOST, self.sip_port))
+                except OSError:
+                    return None
+            await asyncio.sleep(0.02)
+        self.process.kill()
+        return await self.process.wait()
+
+    async def __aexit__(self, error_type: type | None, *exc_info: object) -> None:
+        assert self.process is not None
+        if error_type is not None and self.process.returncode is None:
+            self.process.kill()  # the test already failed: do not wait out SIPp's timeout
         try:
-            await asyncio.wait_for(self.process.wait(), WAIT_S)
+            status = await asyncio.wait_for(self.process.wait(), WAIT_S)
         except TimeoutError:
             self.process.kill()
             await self.process.wait()
             raise
+        if error_type is not None:
+            assert self.process.stderr is not None
+            stderr = (await self.process.stderr.read()).decode(errors="replace")
+            print(f"SIPp ended with status {status}; its stderr:\n{stderr}")
 
     async def succeeded(self) -> bool:
         assert self.process is not None
