@@ -345,7 +345,9 @@ async def one_run(
             print(
                 "  median s: "
                 + " ".join(f"{k}={(v or 0):.3f}" for k, v in phases.items())
-                + f"; events per consumer batch: {batches.items / max(batches.batches, 1):.1f}",
+                + f"; events per consumer batch: {batches.items / max(batches.batches, 1):.1f}"
+                # Above 1: progress events of calls that outlasted the worker's hold.
+                + f", events per call: {batches.items / max(done, 1):.2f}",
                 file=sys.stderr,
             )
         if webhooks != done:
@@ -413,23 +415,24 @@ async def main_async(args: argparse.Namespace) -> int:
                     f"workers={workers} runs={[round(r.rate, 1) for r in results]} "
                     f"median={medians[workers]:.1f} attempts/s "
                     f"(failed {sum(r.failed for r in results)}); CPU per call: workers "
-                    f"{statistics.median(r.worker_cpu_ms for r in results):.1f} ms, "
+                    f"{statistics.median(r.worker_cpu_ms for r in results):.2f} ms, "
                     f"scheduler+consumer "
-                    f"{statistics.median(r.central_cpu_ms for r in results):.1f} ms, "
+                    f"{statistics.median(r.central_cpu_ms for r in results):.2f} ms, "
                     + ", ".join(
-                        f"{k} {statistics.median(r.servers_cpu_ms[k] for r in results):.1f} ms"
+                        f"{k} {statistics.median(r.servers_cpu_ms[k] for r in results):.2f} ms"
                         for k in ("postgres", "rabbitmq")
                     )
                     + " (servers: upper bounds; postgres backends of this database "
-                    f"{statistics.median(r.backends_cpu_ms for r in results):.1f} ms); "
+                    f"{statistics.median(r.backends_cpu_ms for r in results):.2f} ms); "
                     f"{statistics.median(r.commits for r in results):.0f} "
                     "database transactions per call",
                     flush=True,
                 )
-        peer = statistics.median(sipp_peer(uas.port, args.records, workdir) for _ in range(3))
-        print(f"peer: sipp uac -> the same uas: {peer:,.0f} calls/s")
-        best = max(medians, key=lambda w: medians[w])
-        print(f"ratio ({best} worker(s) / peer): {medians[best] / peer:.3f}")
+        if not args.no_peer:
+            peer = statistics.median(sipp_peer(uas.port, args.records, workdir) for _ in range(3))
+            print(f"peer: sipp uac -> the same uas: {peer:,.0f} calls/s")
+            best = max(medians, key=lambda w: medians[w])
+            print(f"ratio ({best} worker(s) / peer): {medians[best] / peer:.3f}")
     finally:
         uas.stop()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -447,6 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seats", type=int, default=5000, help="the workflow's seats")
     parser.add_argument("--verbose", action="store_true", help="median time of each phase")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run at most")
+    parser.add_argument("--no-peer", action="store_true", help="skip SIPp's own UAC run")
     args = parser.parse_args(argv)
     args.workers = [int(w) for w in args.workers.split(",")]
     if shutil.which("sipp") is None:
