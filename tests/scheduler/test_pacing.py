@@ -157,6 +157,21 @@ def test_budget_opens_in_debt():
     assert 0.5 * 0.03 < on_target < 2.0 * 0.03
 
 
+def test_one_abandon_moves_the_threshold_less_as_the_window_fills():
+    # Early in a day (30 live answers) an abandon more than halves the
+    # threshold, which keeps short days near the target; over a day's window
+    # (5,000 live answers, about 150 abandons expected) it moves it by about a
+    # sixth, not near half: a threshold that jumps with every abandon costs
+    # occupancy.
+    def step(live: int, abandoned: int) -> float:
+        before = risk_threshold(stats(window_live=live, window_abandoned=abandoned))
+        after = risk_threshold(stats(window_live=live, window_abandoned=abandoned + 1))
+        return after / before
+
+    assert step(30, 0) < 0.5
+    assert 0.8 < step(5000, 146) < 0.9
+
+
 def test_conservative_start():
     # Nothing observed yet: behave like progressive, one call per free seat at most.
     cold = stats(
