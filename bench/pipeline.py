@@ -268,10 +268,15 @@ async def one_run(
     stop = asyncio.Event()
     try:
         tenant, workflow = await _workflow(pool, args.seats)
-        # Workers up (registered) before the clock starts.
+        # Workers up (registered) before the clock starts; one that never comes up
+        # (its broker or database unreachable) fails the run instead of hanging it.
+        up_by = time.perf_counter() + 60
         while (
             await pool.fetchval("SELECT count(*) FROM workers WHERE stopped_at IS NULL") < workers
         ):
+            if time.perf_counter() > up_by:
+                logs = "".join(log.read_text()[-2000:] for log in workdir.glob("worker*.log"))
+                raise RuntimeError(f"workers not up after 60 s; their logs:\n{logs}")
             await asyncio.sleep(0.1)
         scheduler = Scheduler(pool, broker, tick_s=0.1, batch_size=500, tenant_ids=[tenant])
         records = [
