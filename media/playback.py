@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -323,7 +324,10 @@ class SpeechRenderer:
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
             )
-            _, stderr = await process.communicate(text.encode())
+            # Through Any: typeshed says (bytes, bytes), but stdout is None here,
+            # and a compiled build (setup.py) checks a call's declared type.
+            communicate: Any = process.communicate
+            stderr: bytes = (await communicate(text.encode()))[1]
             if process.returncode != 0:
                 message = stderr.decode(errors="replace").strip()
                 raise PromptError(f"espeak-ng exited with {process.returncode}: {message}")

@@ -54,7 +54,7 @@ class ReceivePoller:
             self._timeout: float = 0.0
         else:  # pragma: no cover - not Linux
             self._poll_set = select.poll()
-            self._timeout = 0
+            self._timeout = 0.0
         self.max_rounds = max_rounds
         self.on_error = on_error
         self._handlers: dict[int, tuple[Callable[[int], tuple[bytes, Address]], DatagramHandler]]

@@ -30,6 +30,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from time import perf_counter
 from typing import BinaryIO
 
 import numpy as np
@@ -101,6 +102,7 @@ class CallRecorder:
         self._closed = False
         self._result: RecordingResult | None = None
         self.chunks_written = 0
+        self.write_seconds = 0.0
 
     def _new_run(self) -> _Run:
         return _Run(np.empty(self.chunk_frames * self.frame_samples, dtype=np.int16), [])
@@ -218,7 +220,10 @@ class CallRecorder:
             ready = self._ready
             stereo = ready[0] if len(ready) == 1 else np.concatenate(ready)
             ready.clear()
+            started = perf_counter()
             self._writer.write(stereo)
+            # Disk time, for benchmarks and metrics: a write that stalls delays every call.
+            self.write_seconds += perf_counter() - started
             self.chunks_written += 1
 
     def _finish(self) -> RecordingResult:

@@ -210,7 +210,8 @@ class RtpPacket:
             parts.append(bytes(self.padding_size - 1) + bytes([self.padding_size]))
         return b"".join(parts)
 
-    __bytes__ = serialize
+    def __bytes__(self) -> bytes:
+        return self.serialize()
 
 
 def pack_rtp(

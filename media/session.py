@@ -225,7 +225,7 @@ class _Datagrams(asyncio.DatagramProtocol):
 
     def __init__(self, receive: Callable[[bytes, Address], None]) -> None:
         # An instance attribute: the loop calls the session's method directly.
-        self.datagram_received = receive  # type: ignore[method-assign]
+        self.datagram_received = receive  # type: ignore[method-assign,assignment]
         self.errors = 0
 
     def error_received(self, exc: Exception) -> None:
@@ -266,7 +266,7 @@ class RtpSession:
     ) -> None:
         self.ports = ports
         self.config = config or SessionConfig()
-        self._read_payload: Callable[[NDArray[np.int16]], bytes | None] | None = None
+        self._read_payload: Callable[[NDArray[np.uint8]], bytes | None] | None = None
         self._record_payload: Callable[[int, int, bytes, NDArray[np.int16]], None] | None = None
         self.source = source
         self.recorder = recorder
@@ -593,7 +593,7 @@ class RtpSession:
         sendto = self._rtp_sendto
         if sendto is not None:
             try:
-                sendto(data, self.latched or self._send_to)
+                sendto(data, self.latched or self._send_to)  # type: ignore[arg-type]  # set by start()
             except OSError:
                 # Buffer full (EAGAIN), no route, ICMP refusal: this packet is lost.
                 self.send_errors += 1
@@ -633,7 +633,7 @@ class RtpSession:
                     marker=marker,
                 )
                 try:
-                    sendto(data, self.latched or self._send_to)
+                    sendto(data, self.latched or self._send_to)  # type: ignore[arg-type]  # set by start()
                 except OSError:
                     self.send_errors += 1
                     continue
@@ -713,34 +713,47 @@ class RtpSession:
         # payload, decoded here only for whoever needs the samples.
         frame = jitter.next_payload(now)
         detector = self._detector
-        samples = None
-        if type(frame) is not bytes:
+        on_audio = self.on_audio
+        payload: bytes | None = None
+        samples: NDArray[np.int16] | None = None
+        if isinstance(frame, bytes):
+            payload = frame
+            if on_audio is not None or detector is not None:
+                samples = self._decode_table.take(np.frombuffer(frame, dtype=np.uint8))
+        else:
             samples = frame
-        elif self.on_audio is not None or detector is not None:
-            samples = self._decode_table.take(np.frombuffer(frame, dtype=np.uint8))
-        if self.on_audio is not None:
-            self.on_audio(samples)
+        if on_audio is not None and samples is not None:
+            on_audio(samples)
         kind = jitter.kind
         on_payload = self.on_payload
         if on_payload is not None:
-            if type(frame) is bytes:
-                on_payload(frame)  # as it came off the wire: no decode, no encode
-            elif kind is FrameKind.SILENCE:
+            if payload is not None:
+                on_payload(payload)  # as it came off the wire: no decode, no encode
+            elif kind is FrameKind.SILENCE or samples is None:
                 on_payload(self._silence_payload)
             else:  # made up by the jitter buffer (parts of packets, concealment)
-                on_payload(self._encode_table.take(frame.view(np.uint16)).tobytes())
+                on_payload(self._encode_table.take(samples.view(np.uint16)).tobytes())
         if kind is FrameKind.SILENCE:
             return  # a hole the recorder fills with zeros
-        if self._recorder is not None:
+        recorder = self._recorder
+        if recorder is not None:
             if samples is not None:
-                self._recorder.frame(_CALLEE, index, samples)
-            elif self._record_payload is not None:
-                self._record_payload(_CALLEE, index, frame, self._decode_table)
-            else:
-                self._recorder.frame(
-                    _CALLEE, index, self._decode_table.take(np.frombuffer(frame, dtype=np.uint8))
-                )
-        if kind is FrameKind.AUDIO and detector is not None and not self._peer_sends_events:
+                recorder.frame(_CALLEE, index, samples)
+            elif payload is not None:
+                if self._record_payload is not None:
+                    self._record_payload(_CALLEE, index, payload, self._decode_table)
+                else:
+                    recorder.frame(
+                        _CALLEE,
+                        index,
+                        self._decode_table.take(np.frombuffer(payload, dtype=np.uint8)),
+                    )
+        if (
+            kind is FrameKind.AUDIO
+            and detector is not None
+            and samples is not None
+            and not self._peer_sends_events
+        ):
             for digit in detector.process(samples):
                 self._report_dtmf(digit)
 

@@ -19,7 +19,8 @@ ensure_debian_packages() {
     command -v sox >/dev/null || missing+=(sox)
     command -v espeak-ng >/dev/null || missing+=(espeak-ng)
     command -v tshark >/dev/null || missing+=(tshark)
-    command -v python3 >/dev/null || missing+=(python3 python3-venv)
+    command -v python3 >/dev/null || missing+=(python3 python3-venv python3-dev)
+    command -v gcc >/dev/null || missing+=(gcc)  # compiles the media hot path (setup.py)
     if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
 }
 
