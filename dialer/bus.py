@@ -480,6 +480,9 @@ class AmqpBroker(Broker):
                         message_id=message_id,
                     ),
                     mandatory=True,
+                    # The confirm comes after the frame is written: waiting for the
+                    # write as well cost a future and a wake-up per message.
+                    wait=False,
                 )
                 for routing_key, message_id, body in messages
             ]
