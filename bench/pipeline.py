@@ -347,12 +347,19 @@ async def one_run(
         )
         if args.verbose:
             batches = consumer._batcher
+            # Media a call that ends at once still costs: the frames sent while it was up.
+            packets = await pool.fetchval(
+                """SELECT avg((media_stats->>'packets_sent')::int) FROM calls
+                   WHERE workflow_id = $1""",
+                workflow["id"],
+            )
             print(
                 "  median s: "
                 + " ".join(f"{k}={(v or 0):.3f}" for k, v in phases.items())
                 + f"; events per consumer batch: {batches.items / max(batches.batches, 1):.1f}"
                 # Above 1: progress events of calls that outlasted the worker's hold.
-                + f", events per call: {batches.items / max(done, 1):.2f}",
+                + f", events per call: {batches.items / max(done, 1):.2f}"
+                + f", RTP packets sent per call: {float(packets or 0):.2f}",
                 file=sys.stderr,
             )
         if webhooks != done:
