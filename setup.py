@@ -18,8 +18,10 @@ from pathlib import Path
 
 from setuptools import setup
 
-# The modules every RTP packet goes through, and what they import on that path.
+# The modules every RTP packet or voicebot frame goes through, and what they
+# import on that path.
 COMPILED = [
+    "media/bridge.py",
     "media/clock.py",
     "media/dtmf.py",
     "media/jitter.py",
@@ -29,8 +31,11 @@ COMPILED = [
     "media/rtp.py",
     "media/session.py",
     "media/stats.py",
+    "media/streams.py",
     "media/ticker.py",
+    "media/voicebot.py",
     "media/wav.py",
+    "media/websocket.py",
 ]
 
 

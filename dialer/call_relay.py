@@ -24,7 +24,7 @@ import asyncpg
 
 from dialer import jsonutil
 from dialer.pg_listen import ChannelListener
-from media.voicebot import CallControl
+from media.call_control import CallControl
 
 __all__ = ["CHANNEL", "AnnouncingCallControl", "RelayedCallControl"]
 

@@ -42,7 +42,7 @@ import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -107,7 +107,9 @@ MAX_URI_CHARS = 512
 class StreamError(ValueError):
     """A frame from the other side that cannot be used (blame: remote)."""
 
-    blame = "remote"
+    # ClassVar: a class attribute even when compiled (setup.py), where a plain
+    # one is an instance default that a subclass's own __init__ never sets.
+    blame: ClassVar[str] = "remote"
 
 
 class InvalidFrame(StreamError):
@@ -133,7 +135,7 @@ class WrongStream(StreamError):
 class StreamEncodeError(ValueError):
     """A value we were asked to send that JSON cannot carry (blame: local)."""
 
-    blame = "local"
+    blame: ClassVar[str] = "local"
 
 
 # -- messages to the bot (what a Twilio call sends) ---------------------------------------
@@ -213,7 +215,7 @@ class CallStop:
 CallEvent = CallConnected | CallStart | CallMedia | CallDtmf | CallMark | CallStop
 
 
-def _dumps(value: dict[str, Any]) -> bytes:
+def _dumps(value: object) -> bytes:
     try:
         return orjson.dumps(value)
     except (TypeError, orjson.JSONEncodeError) as error:

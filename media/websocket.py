@@ -25,7 +25,8 @@ Rules of this file:
 from __future__ import annotations
 
 import struct
-from typing import Final
+from collections.abc import Callable
+from typing import ClassVar, Final
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -66,6 +67,7 @@ _HEAD16 = struct.Struct("!BBH")
 _HEAD64 = struct.Struct("!BBQ")
 _CODE = struct.Struct("!H")
 
+_mask_in_place: Callable[[bytes, bytearray], None] | None
 try:
     # aiohttp's compiled XOR of a bytearray with a 4-octet key, in place.
     from aiohttp._websocket.helpers import websocket_mask as _mask_in_place
@@ -76,7 +78,7 @@ except ImportError:  # pragma: no cover - aiohttp always ships it; the pure fall
 class WebSocketProtocolError(ValueError):
     """The server broke RFC 6455, or sent a message over the size limit (blame: remote)."""
 
-    blame = "remote"
+    blame: ClassVar[str] = "remote"  # a class attribute, compiled or not
 
     def __init__(self, message: str, close_code: int = CLOSE_PROTOCOL_ERROR) -> None:
         super().__init__(message)

@@ -407,7 +407,6 @@ async def test_g711_passes_through_byte_for_byte(
     server = await bots(handle)
     stream = VoicebotStream(VoicebotConfig(server.url), CALL, ours.source)  # type: ignore[arg-type]
     marks: list[str] = []
-    stream._on_mark = lambda name, played: marks.append(name)  # type: ignore[method-assign]
     stream._audio.on_mark = lambda name, played: (marks.append(name), watch.poke())
     stream.attach(ours)
     assert ours.on_audio is None  # nothing decoded on the session's side for the stream
