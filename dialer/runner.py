@@ -31,7 +31,7 @@ from media.g711 import PCMA, PCMU
 from media.playback import PlaybackQueue, SpeechRenderer, silence
 from media.ports import PortAllocator, bind_pair
 from media.recording import CallRecorder
-from media.session import MediaParams, RtpSession, SessionConfig
+from media.session import MediaParams, RtpSession, SessionConfig, SessionStats
 from media.ticker import FrameTicker
 from media.voicebot import (
     CallControl,
@@ -182,6 +182,7 @@ class SipCallRunner:
         handle: CallHandle | None = None
         amd_verdict: AmdVerdict | None = None
         seat = _Seat()
+        stats: SessionStats | None = None
         try:
             trunk = self.default_trunk
             if job.trunk is not None and self.trunks is not None:
@@ -201,20 +202,26 @@ class SipCallRunner:
                 )
                 if amd_verdict is not None:
                     publish("amd", {"verdict": amd_verdict.answered_by.value})
+                # The call is over or our BYE is out, and with it the session (RFC 3261
+                # §15.1.1): no more frames while the BYE's answer is awaited.
+                stats = session.stats()
+                session.close()
             result = await handle.ended()
         finally:
             if handle is not None and handle.result is None:
                 handle.hangup()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(handle.ended(), 5)
+            # Media stops with the call, not after the seat's release.
+            if stats is None:
+                stats = session.stats()
+            session.close()
             if seat.held and self.seats is not None:
                 try:
                     await self.seats.release(job.call_id)
                 except SEAT_ERRORS as exc:
                     # The seat stops counting once the call is ended in the database.
                     log.warning("seat release failed: %s", exc, extra={"call_id": job.call_id})
-            stats = session.stats()
-            session.close()
             pair.close()
             recording = await recorder.close() if recorder is not None else None
             if pending:
