@@ -98,12 +98,8 @@ def _cpu_s() -> float:
 
 
 def _shared_clock(loop: asyncio.AbstractEventLoop, own_clocks: bool):
-    """One 20 ms clock for the worker's calls, where this checkout has one."""
-    import inspect
-
-    from media.session import RtpSession
-
-    if own_clocks or "ticker" not in inspect.signature(RtpSession).parameters:
+    """One 20 ms clock for the worker's calls (None: each call its own)."""
+    if own_clocks:
         return None
     from media.ticker import FrameTicker
 

@@ -23,6 +23,10 @@ Rules of this file:
   and skipped; the handler decides about the datagram's content. A handler
   that raises does not stop the pass: the error goes to ``on_error`` and the
   other sockets are read.
+- A socket connected to its peer (``connected``: symmetric RTP once the
+  peer's source is known) is read with ``recv``: the kernel drops datagrams
+  from anyone else, and no address tuple is made per datagram; the handler
+  gets the connected address.
 - Linux has ``epoll``; elsewhere ``select.poll`` does the same job.
 """
 
@@ -57,8 +61,16 @@ class ReceivePoller:
             self._timeout = 0.0
         self.max_rounds = max_rounds
         self.on_error = on_error
-        self._handlers: dict[int, tuple[Callable[[int], tuple[bytes, Address]], DatagramHandler]]
-        self._handlers = {}
+        # fd -> (recvfrom, recv, handler, the connected address or None)
+        self._handlers: dict[
+            int,
+            tuple[
+                Callable[[int], tuple[bytes, Address]],
+                Callable[[int], bytes],
+                DatagramHandler,
+                Address | None,
+            ],
+        ] = {}
         self.received = 0
         self.errors = 0
         self.polls = 0
@@ -73,7 +85,13 @@ class ReceivePoller:
             raise ValueError(f"socket {fd} is already polled")
         sock.setblocking(False)
         self._poll_set.register(fd, select.POLLIN)
-        self._handlers[fd] = (sock.recvfrom, handler)
+        self._handlers[fd] = (sock.recvfrom, sock.recv, handler, None)
+
+    def connected(self, sock: socket.socket, address: Address | None) -> None:
+        """``sock`` is now connected to ``address`` (None: no longer connected)."""
+        entry = self._handlers.get(sock.fileno())
+        if entry is not None:
+            self._handlers[sock.fileno()] = (entry[0], entry[1], entry[2], address)
 
     def remove(self, sock: socket.socket) -> None:
         """Stop watching ``sock`` (no-op when it is not watched or already closed)."""
@@ -101,9 +119,12 @@ class ReceivePoller:
                 entry = handlers.get(fd)
                 if entry is None:
                     continue  # removed by a handler earlier in this pass
-                recvfrom, handler = entry
+                recvfrom, recv, handler, address = entry
                 try:
-                    data, address = recvfrom(_MAX_DATAGRAM)
+                    if address is None:
+                        data, address = recvfrom(_MAX_DATAGRAM)
+                    else:
+                        data = recv(_MAX_DATAGRAM)
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError:

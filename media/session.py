@@ -85,6 +85,7 @@ from media.rtcp import (
 from media.rtp import RtpError, RtpPacket, RtpSender
 from media.stats import PacketVerdict, ReceiveStatistics, SendStatistics, estimate_mos
 from media.ticker import FrameTicker
+from media.udp_association import associate, can_dissolve, dissolve
 from media.wav import Leg
 
 __all__ = [
@@ -177,6 +178,10 @@ class SessionConfig:
     # seen sending RFC 4733 events, so a key is not reported twice).
     inband_dtmf: bool = False
     jitter: JitterConfig | None = None
+    # Connect the RTP socket to the peer once its packets latch the address:
+    # cheaper sends and receives, and the kernel drops other sources (which
+    # are then not counted in dropped_foreign). Off: filtered and counted here.
+    associate: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +283,9 @@ class RtpSession:
         self._wall_clock = wall_clock
         self._loop: asyncio.AbstractEventLoop | None = None
         self._rtp_sendto: Callable[[bytes, Address], int] | None = None
+        # The RTP socket's send once it is associated with the latched peer.
+        self._rtp_send: Callable[[bytes], int] | None = None
+        self._associate_with: Address | None = None
         self._receiver: ReceivePoller | None = None
         self._rtcp_transport: asyncio.DatagramTransport | None = None
         self._params: MediaParams | None = None
@@ -453,6 +461,8 @@ class RtpSession:
         self._params = params
         self._send_to = params.remote_rtp
         self._rtcp_send_to = params.remote_rtcp or (params.remote_rtp[0], params.remote_rtp[1] + 1)
+        self._dissociate()
+        self._associate_with = None
         self.latched = None
         self.rtcp_latched = None
         self._audio_pt = codec.payload_type
@@ -483,7 +493,7 @@ class RtpSession:
         if self._receiver is not None:
             self._receiver.remove(self.ports.rtp_socket)
             self._receiver = None
-        self._rtp_sendto = None
+        self._rtp_sendto = self._rtp_send = None
         self.ports.rtp_socket.close()
         if self._rtcp_transport is not None:
             # The transport closes the RTCP socket; the pair goes back to the
@@ -535,6 +545,8 @@ class RtpSession:
             self._play_frame(index, now)
             index += 1
 
+        if self._associate_with is not None:
+            self._associate(self._associate_with)
         if self._peer_sends_events:
             for digit in self._dtmf_receiver.poll(now):
                 self._report_dtmf(digit)
@@ -590,13 +602,15 @@ class RtpSession:
                 _OURS, index, self._decode_table.take(np.frombuffer(payload, dtype=np.uint8))
             )
         data = self.sender.packet(payload)
-        sendto = self._rtp_sendto
-        if sendto is not None:
-            try:
-                sendto(data, self.latched or self._send_to)  # type: ignore[arg-type]  # set by start()
-            except OSError:
-                # Buffer full (EAGAIN), no route, ICMP refusal: this packet is lost.
-                self.send_errors += 1
+        send = self._rtp_send
+        try:
+            if send is not None:
+                send(data)
+            elif self._rtp_sendto is not None:
+                self._rtp_sendto(data, self.latched or self._send_to)  # type: ignore[arg-type]  # set by start()
+        except OSError:
+            # Buffer full (EAGAIN), no route, ICMP refusal: this packet is lost.
+            self.send_errors += 1
         # SendStatistics.on_sent, inline: this runs for every packet of every call.
         send_stats = self.send_stats
         send_stats.packets_sent += 1
@@ -633,7 +647,10 @@ class RtpSession:
                     marker=marker,
                 )
                 try:
-                    sendto(data, self.latched or self._send_to)  # type: ignore[arg-type]  # set by start()
+                    if self._rtp_send is not None:
+                        self._rtp_send(data)
+                    else:
+                        sendto(data, self.latched or self._send_to)  # type: ignore[arg-type]  # set by start()
                 except OSError:
                     self.send_errors += 1
                     continue
@@ -677,6 +694,8 @@ class RtpSession:
             return
         if self.latched is None:
             self.latched = addr
+            if self.config.associate:
+                self._associate_with = addr  # at the next frame, outside the poller's pass
         now = self._loop.time()  # type: ignore[union-attr]
         self._last_rx = now
         if self._timed_out:
@@ -756,6 +775,39 @@ class RtpSession:
         ):
             for digit in detector.process(samples):
                 self._report_dtmf(digit)
+
+    # -- the association with the latched peer ------------------------------------------
+
+    def _associate(self, addr: Address) -> None:
+        # Symmetric RTP, done by the kernel from here on: the socket sends to
+        # and takes datagrams from the latched address only (media.udp_association).
+        self._associate_with = None
+        if addr != self.latched or not can_dissolve() or self._receiver is None:
+            return
+        sock = self.ports.rtp_socket
+        try:
+            associate(sock, addr)
+        except OSError:
+            return  # stay unconnected: the session works the same, a little dearer
+        self._rtp_send = sock.send
+        # What arrived before the association is still queued, from whoever
+        # sent it: read it with its source before the poller reads by recv.
+        while True:
+            try:
+                data, source = sock.recvfrom(2048)
+            except OSError:
+                break
+            self._on_rtp(data, source)
+        self._receiver.connected(sock, addr)
+
+    def _dissociate(self) -> None:
+        if self._rtp_send is None:
+            return
+        sock = self.ports.rtp_socket
+        self._rtp_send = None
+        if self._receiver is not None:
+            self._receiver.connected(sock, None)
+        dissolve(sock)
 
     # -- RTCP ---------------------------------------------------------------------------
 

@@ -121,3 +121,25 @@ def test_without_an_error_callback_the_handlers_error_propagates(
     with pytest.raises(RuntimeError):
         poller.poll()
     poller.close()
+
+
+def test_a_connected_socket_is_read_without_source_and_handed_its_peer(
+    sockets: list[socket.socket], sender: socket.socket
+) -> None:
+    poller = ReceivePoller()
+    got: list[tuple[bytes, tuple[str, int]]] = []
+    sock = sockets[0]
+    poller.add(sock, lambda data, address: got.append((data, address)))
+    peer = sender.getsockname()
+    sock.connect(peer)
+    poller.connected(sock, peer)
+    sender.sendto(b"one", sock.getsockname())
+    _settle()
+    assert poller.poll() == 1
+    assert got == [(b"one", peer)]
+    poller.connected(sock, None)  # back to recvfrom: the source comes from the datagram
+    sender.sendto(b"two", sock.getsockname())
+    _settle()
+    assert poller.poll() == 1
+    assert got[-1] == (b"two", peer)
+    poller.close()

@@ -282,12 +282,14 @@ def test_the_same_exchange_on_uvloop(allocator):
     assert peak_frequency(audio[loud[0] : loud[-1] + 1]) == pytest.approx(700.0, abs=15.0)
 
 
-async def test_symmetric_rtp_latches_and_drops_a_third_source(allocator):
+@pytest.mark.parametrize("associate", [False, True], ids=["filtered_here", "by_the_kernel"])
+async def test_symmetric_rtp_latches_and_drops_a_third_source(allocator, associate):
     heard = Collector()
     third_transport, third = await open_sink()
     third_port = third_transport.get_extra_info("sockname")[1]
+    config = SessionConfig(associate=associate)
     a = await make_session(allocator)
-    b = await make_session(allocator, heard)
+    b = await make_session(allocator, heard, config)
     try:
         # B's SDP names the third socket: B sends there until A's packets arrive.
         b.start(MediaParams(remote_rtp=(HOST, third_port)))
@@ -296,15 +298,23 @@ async def test_symmetric_rtp_latches_and_drops_a_third_source(allocator):
         await heard.frames_more(5)
         assert b.latched == (HOST, a.local_rtp_port)
         received_before = b.stats().packets_received
+        if associate:
+            assert b.ports.rtp_socket.getpeername() == (HOST, a.local_rtp_port)
+        else:
+            with pytest.raises(OSError):
+                b.ports.rtp_socket.getpeername()
 
-        # The third socket now sends well-formed RTP to B: dropped, counted.
+        # The third socket now sends well-formed RTP to B: dropped (counted
+        # when B filters; the kernel drops them silently for an associated socket).
+        third_payload = bytes([0x11]) * 160
         for seq in range(10):
             third_transport.sendto(
-                pack_rtp(0, seq, seq * 160, 0x1234, bytes(160)), (HOST, b.local_rtp_port)
+                pack_rtp(0, seq, seq * 160, 0x1234, third_payload), (HOST, b.local_rtp_port)
             )
-        await heard.until(lambda: b.dropped_foreign >= 10)
+        if not associate:
+            await heard.until(lambda: b.dropped_foreign >= 10)
         await heard.frames_more(3)
-        assert b.stats().dropped_foreign == 10
+        assert b.stats().dropped_foreign == (0 if associate else 10)
         # All B counted since is A's stream, whose SSRC never changed.
         assert b.receive_stats.ssrc == a.sender.ssrc
         assert b.receive_stats.ssrc_changes == 0
@@ -313,6 +323,36 @@ async def test_symmetric_rtp_latches_and_drops_a_third_source(allocator):
         a.close()
         b.close()
         third_transport.close()
+
+
+async def test_a_new_answer_dissolves_the_association_and_latches_again(allocator):
+    """A re-INVITE's new address: the socket takes anyone's packets again, and the
+    new peer's latch it (and associate it) anew."""
+    heard = Collector()
+    a = await make_session(allocator)
+    c = await make_session(allocator)
+    b = await make_session(allocator, heard)
+    try:
+        a.start(MediaParams(remote_rtp=(HOST, b.local_rtp_port)))
+        b.start(MediaParams(remote_rtp=(HOST, a.local_rtp_port)))
+        await heard.frames_more(5)
+        assert b.ports.rtp_socket.getpeername() == (HOST, a.local_rtp_port)
+
+        a.close()
+        await heard.frames_more(3)  # A's last packets are read while B is still A's
+        b.update(MediaParams(remote_rtp=(HOST, c.local_rtp_port)))
+        with pytest.raises(OSError):
+            b.ports.rtp_socket.getpeername()  # dissolved at once
+        c.start(MediaParams(remote_rtp=(HOST, b.local_rtp_port)))
+        await heard.until(lambda: b.latched == (HOST, c.local_rtp_port))
+        await heard.frames_more(3)
+        assert b.ports.rtp_socket.getpeername() == (HOST, c.local_rtp_port)
+        assert b.receive_stats.ssrc == c.sender.ssrc
+        assert b.send_errors == 0
+    finally:
+        a.close()
+        b.close()
+        c.close()
 
 
 async def test_rfc4733_digits_are_reported_once_each(allocator):
