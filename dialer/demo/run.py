@@ -299,7 +299,12 @@ async def execute_demo(settings: Settings, options: DemoOptions, console: Consol
                         tenant_id = await create_tenant(conn, f"demo-{secrets.token_hex(4)}")
                         key = await create_api_key(conn, tenant_id, "dialer demo")
                 broker = make_broker(settings.amqp_url)
+                stack_started = datetime.now(UTC)
                 async with running_stack(settings, pool, broker, worker_processes=True) as stack:
+                    if stack.worker_processes is not None:
+                        await _wait_for_workers(
+                            pool, stack.worker_processes.pids, stack_started, console
+                        )
                     api = f"http://{settings.api_listen}"
                     console.print(
                         f"API on {api} (tenant key {key.key}); sandbox carrier at "
@@ -323,6 +328,26 @@ async def execute_demo(settings: Settings, options: DemoOptions, console: Consol
     finally:
         await bot.close()
         await sinks.close()
+
+
+async def _wait_for_workers(
+    pool: Any, pids: Sequence[int], since: datetime, console: Console, timeout_s: float = 30.0
+) -> None:
+    """Wait until the worker processes have registered (each then takes jobs at once),
+    so the list is shared by all of them rather than taken by whoever came up first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ready = await pool.fetchval(
+            """SELECT count(*) FROM workers
+               WHERE pid = ANY($1::int[]) AND stopped_at IS NULL AND last_seen_at >= $2""",
+            list(pids),
+            since,
+        )
+        if ready >= len(pids) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    if ready < len(pids):
+        console.print(f"only {ready} of {len(pids)} worker processes came up; going on")
 
 
 async def _drive(
