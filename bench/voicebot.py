@@ -36,7 +36,7 @@ also holds both jitter buffers and the bot), and CPU use of each process.
 
     python bench/voicebot.py [--start 100] [--step 100] [--max 1500]
         [--duration 5] [--warmup 2] [--bots 1] [--calls N] [--own-clocks]
-        [--frames-per-write 1] [--callee-wakeups] [--json]
+        [--frames-per-write 1] [--callee-wakeups] [--realtime] [--json]
 
 ``--frames-per-write n`` writes the callee's frames to the bot n at a time
 (each its own ``media`` message; one write and one wake-up of the bot per n),
@@ -72,6 +72,16 @@ _RTP = struct.Struct("!BBHII")
 _SEQ_TS = struct.Struct("!HI")
 _STAMP_BASE = 0x10  # codes 0x10-0x4F: six bits each, all kept exactly by mu-law round trips
 _RING = 1 << 18
+
+
+def _realtime() -> None:
+    # As `dialer worker` runs with DIALER_REALTIME_PRIORITY=1: round-robin
+    # real-time priority, so other programs on the machine cannot hold the
+    # frame clock. Needs root or CAP_SYS_NICE.
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(10))
+    except PermissionError:
+        print("--realtime: not permitted here; running at normal priority", flush=True)
 
 
 def _pin(core: int) -> None:
@@ -294,6 +304,8 @@ def _worker_main(
     frames_per_write: int = 1,
 ) -> None:
     _pin(WORKER_CORE)
+    if os.environ.get("VOICEBOT_BENCH_REALTIME") == "1":
+        _realtime()
     _raise_file_limit(4 * calls + 256)
     loop = _new_loop()
     asyncio.set_event_loop(loop)
@@ -695,10 +707,18 @@ def main() -> None:
         help="phones that sleep on their socket (woken by each of our packets, inside our "
         "sendto) instead of reading it every 1 ms",
     )
+    parser.add_argument(
+        "--realtime",
+        action="store_true",
+        help="the worker at SCHED_RR priority, as DIALER_REALTIME_PRIORITY=1 runs workers",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.realtime:
+        os.environ["VOICEBOT_BENCH_REALTIME"] = "1"  # read by the worker process
     print(
         f"voicebot calls per worker process (uvloop), echo bot x{args.bots}, "
+        f"{'SCHED_RR worker, ' if args.realtime else ''}"
         f"pinned: {PIN}, cores: {os.cpu_count()}, "
         f"clock: {'one per session' if args.own_clocks else 'shared'}, "
         f"frames per write: {args.frames_per_write}, "
