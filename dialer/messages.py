@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from dialer import jsonutil
+from dialer.sip.slot_init import slot_init
 
 __all__ = ["EVENT_KINDS", "CallEvent", "DialJob", "MessageError"]
 
@@ -38,6 +39,7 @@ def _dumps(message: DialJob | CallEvent) -> bytes:
         return jsonutil.dumps_bytes(asdict(message))
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class DialJob:
     call_id: str
@@ -71,6 +73,7 @@ class DialJob:
             raise MessageError(f"not a dial job: {exc}") from None
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class CallEvent:
     call_id: str

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from dialer.sip.message import Request, Response
+from dialer.sip.slot_init import slot_init
 
 __all__ = [
     "Action",
@@ -55,6 +56,7 @@ class Action:
     __slots__ = ()
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Send(Action):
     """Send ``data`` to ``addr`` over ``transport`` ("UDP", "TCP" or "TLS")."""
@@ -65,6 +67,7 @@ class Send(Action):
     message: Request | Response = field(repr=False, compare=False)
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class StartTimer(Action):
     """Call ``timer_fired(key, timer, now)`` once the clock reaches ``at`` (seconds)."""
@@ -74,6 +77,7 @@ class StartTimer(Action):
     at: float
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class CancelTimer(Action):
     """Forget timer ``(key, timer)`` if it is still pending."""
@@ -82,6 +86,7 @@ class CancelTimer(Action):
     timer: str
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Deliver(Action):
     """A message for the transaction user.

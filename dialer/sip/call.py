@@ -88,6 +88,7 @@ from dialer.sip.headers import CSeq, Header, Via, canonical_name, get_param, par
 from dialer.sip.message import Request, Response, make_response
 from dialer.sip.refer import ReferNotified, answer_notify, refer_headers
 from dialer.sip.sdp import MediaAnswer, SdpError
+from dialer.sip.slot_init import slot_init
 from dialer.sip.timers import DEFAULT_TIMERS, TimerConfig
 from dialer.sip.transaction import (
     MAGIC_COOKIE,
@@ -260,6 +261,7 @@ class UserAgentConfig:
     timers: TimerConfig = DEFAULT_TIMERS
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Dial:
     """One call to place: the Request-URI, our media, optional To and extra headers."""
@@ -275,6 +277,7 @@ class Dial:
 # --- events for the application -----------------------------------------------------------
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class CallResult:
     """What the call came to, with the time of every phase (``now`` values)."""
@@ -307,6 +310,7 @@ class CallEvent(Action):
     __slots__ = ()
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Ringing(CallEvent):
     """The callee is alerted (180, 181 or 182, the first time)."""
@@ -315,6 +319,7 @@ class Ringing(CallEvent):
     status: int
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class EarlyMedia(CallEvent):
     """A provisional response carried an answer: play or record it before the answer."""
@@ -323,6 +328,7 @@ class EarlyMedia(CallEvent):
     media: MediaAnswer
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Answered(CallEvent):
     """The callee answered and the media is agreed; the ACK is on its way."""
@@ -331,6 +337,7 @@ class Answered(CallEvent):
     media: MediaAnswer
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Held(CallEvent):
     """The callee put the call on hold (re-INVITE with sendonly, inactive or 0.0.0.0)."""
@@ -339,6 +346,7 @@ class Held(CallEvent):
     media: MediaAnswer
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Resumed(CallEvent):
     """The callee took the call off hold."""
@@ -347,6 +355,7 @@ class Resumed(CallEvent):
     media: MediaAnswer
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class MediaUpdated(CallEvent):
     """The media changed without a hold change (new address, port or codec)."""
@@ -355,6 +364,7 @@ class MediaUpdated(CallEvent):
     media: MediaAnswer
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Dtmf(CallEvent):
     """A digit relayed by the callee in an INFO request."""
@@ -364,6 +374,7 @@ class Dtmf(CallEvent):
     duration_ms: int | None
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class TransferAccepted(CallEvent):
     """The callee accepted our REFER (a 2xx, usually 202): the verdict comes by NOTIFY."""
@@ -372,6 +383,7 @@ class TransferAccepted(CallEvent):
     status: int
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class TransferProgress(CallEvent):
     """A NOTIFY reported a provisional status of the transferee's INVITE (a 1xx sipfrag)."""
@@ -381,6 +393,7 @@ class TransferProgress(CallEvent):
     reason: str | None
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class TransferSucceeded(CallEvent):
     """The transfer took: a 2xx sipfrag (``status``), or the callee left after accepting it
@@ -391,6 +404,7 @@ class TransferSucceeded(CallEvent):
     status: int | None
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class TransferFailed(CallEvent):
     """The transfer did not take; the call is still up unless ``Ended`` follows.
@@ -408,6 +422,7 @@ class TransferFailed(CallEvent):
     reason: str
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Ended(CallEvent):
     """The call is over (reported once)."""
@@ -454,6 +469,7 @@ class CallTimer(StrEnum):
 _CALL_TIMER_NAMES: dict[CallTimer, str] = {timer: timer.value for timer in CallTimer}
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class CallTimerKey:
     """The ``key`` of a call's ``StartTimer``: route it back with ``CallRouter.timer_fired``."""

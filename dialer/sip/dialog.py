@@ -36,6 +36,7 @@ from dialer.sip.sdp import (
     negotiate_answer,
     negotiate_offer,
 )
+from dialer.sip.slot_init import slot_init
 from dialer.sip.uri import NameAddr, SipUri, Uri
 
 __all__ = [
@@ -80,6 +81,7 @@ class DialogState(Enum):
     TERMINATED = "Terminated"
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class DialogId:
     """Call-ID, local tag and remote tag (§12): what names a dialog on our side."""

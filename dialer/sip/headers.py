@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import TypeAlias
 
 from dialer.sip.errors import LocalProtocolError, ParseError
+from dialer.sip.slot_init import slot_init
 
 __all__ = [
     "CANONICAL_NAMES",
@@ -441,6 +442,7 @@ def parse_seq_number(text: str, limit: int = 2**32 - 1) -> int:
 # --- typed headers -------------------------------------------------------------------
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class CSeq:
     """CSeq (§20.16): a sequence number and the method it numbers."""
@@ -464,6 +466,7 @@ class CSeq:
         return f"{self.seq} {self.method}"
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Via:
     """One Via value (§20.42): sent-protocol, sent-by and via-params.

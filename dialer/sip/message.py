@@ -38,6 +38,7 @@ from dialer.sip.headers import (
     parse_seq_number,
     split_values,
 )
+from dialer.sip.slot_init import slot_init
 from dialer.sip.uri import NameAddr, Uri, parse_name_addr
 
 __all__ = [
@@ -454,6 +455,7 @@ def _check_header(name: str, value: str) -> None:
         raise LocalProtocolError(f"line break in {name} value")
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Request(Message):
     """A SIP request. ``uri`` is the Request-URI; ``method`` is case-sensitive (§7.1)."""
@@ -472,6 +474,7 @@ class Request(Message):
         return "".join(out).encode("utf-8", "surrogateescape") + self.body
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class Response(Message):
     """A SIP response."""

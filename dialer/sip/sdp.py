@@ -29,6 +29,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from dialer.sip.slot_init import slot_init
+
 __all__ = [
     "DIRECTIONS",
     "STATIC_PAYLOAD_TYPES",
@@ -136,6 +138,7 @@ _UNSPECIFIED = frozenset({"0.0.0.0", "::"})
 # --- the data model ----------------------------------------------------------------------
 
 
+@slot_init
 @dataclass(slots=True, frozen=True)
 class Origin:
     """The ``o=`` line: who made the description and its version (RFC 4566 §5.2)."""
@@ -154,6 +157,7 @@ class Origin:
         )
 
 
+@slot_init
 @dataclass(slots=True, frozen=True)
 class Connection:
     """A ``c=`` line (RFC 4566 §5.7). ``address`` keeps any multicast ``/ttl`` suffix."""
@@ -171,6 +175,7 @@ class Connection:
         return f"{self.net_type} {self.addr_type} {self.address}"
 
 
+@slot_init
 @dataclass(slots=True, frozen=True)
 class Timing:
     """A ``t=`` line: start and stop as NTP seconds; ``0 0`` means unbounded."""
@@ -179,6 +184,7 @@ class Timing:
     stop: int = 0
 
 
+@slot_init
 @dataclass(slots=True, frozen=True)
 class Attribute:
     """An ``a=`` line: a flag (``value`` None) or ``name:value``."""
@@ -190,6 +196,7 @@ class Attribute:
         return self.name if self.value is None else f"{self.name}:{self.value}"
 
 
+@slot_init
 @dataclass(slots=True, frozen=True)
 class RtpMap:
     """One ``a=rtpmap`` mapping, or the implied one of a static payload type."""
@@ -200,6 +207,7 @@ class RtpMap:
     channels: int | None = None
 
 
+@slot_init
 @dataclass(slots=True, frozen=True)
 class MediaDescription:
     """An ``m=`` section: the ``m=`` line fields, its ``c=``, attributes and other lines."""
@@ -272,6 +280,7 @@ class MediaDescription:
         return _direction_of(self.attributes)
 
 
+@slot_init
 @dataclass(slots=True, frozen=True)
 class SessionDescription:
     """A whole session description (RFC 4566 §5).
@@ -681,6 +690,7 @@ def _check_single_direction(attributes: list[Attribute], where: str) -> None:
 # --- offer/answer (RFC 3264) -------------------------------------------------------------
 
 
+@slot_init
 @dataclass(slots=True, frozen=True)
 class Codec:
     """The audio codec agreed on: its name, payload type number and RTP clock rate."""
@@ -690,6 +700,7 @@ class Codec:
     clock_rate: int
 
 
+@slot_init
 @dataclass(slots=True, frozen=True)
 class MediaAnswer:
     """What the media layer needs from a completed offer/answer exchange.

@@ -43,6 +43,7 @@ from dialer.sip.actions import (
 from dialer.sip.errors import LocalProtocolError
 from dialer.sip.headers import Via, canonical_name, split_values
 from dialer.sip.message import Request, Response
+from dialer.sip.slot_init import slot_init
 from dialer.sip.timers import DEFAULT_TIMERS, TimerConfig, TimerName
 
 __all__ = [
@@ -150,6 +151,7 @@ class Role(Enum):
     SERVER = "server"
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class TransactionKey:
     """What identifies a transaction (§17.1.3 for clients, §17.2.3 for servers).

@@ -34,6 +34,7 @@ from dialer.sip.headers import (
     set_param,
     unquote,
 )
+from dialer.sip.slot_init import slot_init
 
 __all__ = [
     "AbsoluteUri",
@@ -104,6 +105,7 @@ def escape(text: str, safe: bytes = _USER_SAFE) -> str:
     return quote_from_bytes(text.encode("utf-8", "surrogateescape"), safe=safe)
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class SipUri:
     """A ``sip:`` or ``sips:`` URI. Text fields are as on the wire (still escaped)."""
@@ -349,6 +351,7 @@ def uris_equivalent(a: Uri, b: Uri) -> bool:
 # --- name-addr ------------------------------------------------------------------------
 
 
+@slot_init
 @dataclass(frozen=True, slots=True)
 class NameAddr:
     """A From/To/Contact/Route-style value: optional display name, URI, header params.
