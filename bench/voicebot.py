@@ -121,8 +121,6 @@ def _shared_clock(loop: asyncio.AbstractEventLoop, own_clocks: bool):
 
 def _bot_main(ready: mp.Queue, stop: mp.Event, results: mp.Queue) -> None:
     _pin(PEER_CORE)
-    if os.environ.get("VOICEBOT_BENCH_REALTIME") == "1":
-        _realtime()  # the apparatus too: a starved bot or phone would fail the worker's run
     _raise_file_limit(4096)
     loop = _new_loop()
     asyncio.set_event_loop(loop)
@@ -217,8 +215,6 @@ class _Callees(asyncio.DatagramProtocol):
 
 def _callee_main(conn, warmup_s: float, duration_s: float, woken: bool = False) -> None:
     _pin(PEER_CORE)
-    if os.environ.get("VOICEBOT_BENCH_REALTIME") == "1":
-        _realtime()  # the apparatus too: a starved bot or phone would fail the worker's run
     loop = _new_loop()
     asyncio.set_event_loop(loop)
 
@@ -714,8 +710,7 @@ def main() -> None:
     parser.add_argument(
         "--realtime",
         action="store_true",
-        help="the worker at SCHED_RR priority, as DIALER_REALTIME_PRIORITY=1 runs workers "
-        "(the bot and the phones too, so other programs cannot starve them)",
+        help="the worker at SCHED_RR priority, as DIALER_REALTIME_PRIORITY=1 runs workers",
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
