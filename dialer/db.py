@@ -21,6 +21,7 @@ import asyncpg
 from dialer import jsonutil
 
 __all__ = [
+    "CLIENT_DATA_ERROR",
     "DATABASE_AWAY",
     "Migration",
     "apply_migrations",
@@ -48,6 +49,10 @@ DATABASE_AWAY: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
 )
+# A value asyncpg could not encode or decode on our side: the statement's fault,
+# which waiting never mends. asyncpg files it under InterfaceError, beside a lost
+# connection, so it must be told apart before DATABASE_AWAY is matched.
+CLIENT_DATA_ERROR: type[BaseException] = asyncpg.exceptions._base.DataError
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +165,8 @@ async def while_database_away(
     while True:
         try:
             return await operation()
+        except CLIENT_DATA_ERROR:
+            raise
         except DATABASE_AWAY as exc:
             log.warning("%s: database away (%s); retrying in %.1f s", what, exc, delay_s)
             await asyncio.sleep(delay_s)

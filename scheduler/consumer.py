@@ -25,7 +25,7 @@ import asyncpg
 from dialer import jsonutil
 from dialer.batching import Batcher
 from dialer.bus import Broker, Delivery, Subscription
-from dialer.db import DATABASE_AWAY, while_database_away
+from dialer.db import CLIENT_DATA_ERROR, DATABASE_AWAY, while_database_away
 from dialer.ids import new_id
 from dialer.messages import CallEvent, MessageError
 from dialer.progress import CHANNEL as PROGRESS_CHANNEL
@@ -226,9 +226,9 @@ class EventConsumer:
         try:
             await self.handle_many(events)
             return [None] * len(events)
-        except asyncpg.DataError as exc:
+        except (asyncpg.DataError, CLIENT_DATA_ERROR) as exc:
             # A value asyncpg could not encode: the event's fault, not the
-            # database being away (asyncpg files it under InterfaceError).
+            # database being away (asyncpg files its own under InterfaceError).
             failure = _BadEvent(str(exc))
         except DATABASE_AWAY:
             raise  # every caller waits and submits again

@@ -7,7 +7,7 @@ import secrets
 
 import asyncpg
 
-from dialer.db import apply_migrations, load_migrations
+from dialer.db import apply_migrations, load_migrations, while_database_away
 from tests.conftest import ADMIN_URL, _with_database
 
 EXPECTED_TABLES = {
@@ -56,3 +56,36 @@ async def test_migrations_concurrent_and_twice() -> None:
     finally:
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
+
+
+async def test_a_value_asyncpg_cannot_encode_is_not_waited_for() -> None:
+    """A client-side data error is an InterfaceError to asyncpg, like a lost
+    connection; waiting for the database would retry it for ever."""
+    attempts = 0
+
+    async def operation() -> None:
+        nonlocal attempts
+        attempts += 1
+        raise asyncpg.exceptions._base.DataError("cannot encode")
+
+    try:
+        await asyncio.wait_for(while_database_away(operation, what="test"), timeout=5)
+    except asyncpg.exceptions._base.DataError:
+        pass
+    else:
+        raise AssertionError("the data error was swallowed")
+    assert attempts == 1
+
+
+async def test_a_lost_connection_is_waited_for() -> None:
+    attempts = 0
+
+    async def operation() -> str:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            raise asyncpg.InterfaceError("connection lost")
+        return "done"
+
+    assert await while_database_away(operation, what="test", max_delay_s=0.01) == "done"
+    assert attempts == 3
