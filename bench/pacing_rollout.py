@@ -1,0 +1,404 @@
+"""Does a non-myopic pacer move the occupancy-vs-abandonment curve? Rollout experiment.
+
+(Docstring completed with the measured figures at the end of the experiment.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy.special import gammaln
+
+import scheduler.simulate as sim
+from scheduler.pacing import (
+    _SLOTS,
+    PacingMode,
+    PacingPolicy,
+    PacingStats,
+    _bounds,
+    _risk_model,
+    _shift_in,
+)
+from scheduler.simulate import SimConfig, SimResult
+
+POLICY = PacingPolicy(mode=PacingMode.PREDICTIVE)
+
+
+def base_dials(stats: PacingStats, theta: float) -> tuple[int, float]:
+    """The predictive pacer's count with its threshold fixed at ``theta`` (controller off).
+
+    Also returns the risk of the first dial not placed (how far from dialling one more).
+    """
+    pmf, seat_cdf, other = _risk_model(POLICY, stats)
+    limit = math.floor(POLICY.max_dials_per_free_seat * max(1, stats.seats))
+    n = 0
+    risk = float((pmf * seat_cdf).sum()) / _SLOTS
+    while n < limit and risk <= theta:
+        _shift_in(pmf, other)
+        n += 1
+        risk = float((pmf * seat_cdf).sum()) / _SLOTS
+    return n, risk
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Observed:
+    """What the rollout may use: the pacer's observations and the laws estimated from them."""
+
+    seats: int
+    p: float
+    ring_lo: float
+    ring_hi: float
+    hold_lo: float
+    hold_hi: float
+    talk_mean: float
+    wrap_mean: float
+    ages: np.ndarray
+    wrap_remaining: np.ndarray
+    talking: int
+    waiting: int
+
+    @classmethod
+    def from_stats(cls, stats: PacingStats) -> Observed:
+        samples, warm = stats.answer_samples, POLICY.warmup_samples
+        p = (stats.answer_rate * samples + warm) / (samples + warm)
+        ring_lo, ring_w = _bounds(stats.ring_to_answer)
+        hold_lo, hold_w = _bounds(stats.not_answered_hold)
+        wrap = max(0.0, stats.wrap_mean_s)
+        talk = max(1.0, stats.handle.mean_s - wrap)
+        wraps = np.asarray(stats.wrap_remaining_s or (), dtype=float)
+        return cls(
+            seats=stats.seats,
+            p=min(1.0, max(1e-3, p)),
+            ring_lo=ring_lo,
+            ring_hi=ring_lo + ring_w,
+            hold_lo=hold_lo,
+            hold_hi=hold_lo + hold_w,
+            talk_mean=talk,
+            wrap_mean=wrap,
+            ages=np.asarray(stats.in_flight_ages_s or (), dtype=float),
+            wrap_remaining=wraps,
+            talking=stats.seats_busy - stats.seats_wrapping,
+            waiting=stats.calls_waiting,
+        )
+
+
+_NSLOT = 6
+_SHARE = (np.arange(_NSLOT) + 0.5) / _NSLOT
+
+
+def _batch_base(
+    obs: Observed,
+    t: float,
+    dial_t: np.ndarray,
+    resolve_t: np.ndarray,
+    live: np.ndarray,
+    placed: np.ndarray,
+    seat_free: np.ndarray,
+    waiting: np.ndarray,
+    theta: float,
+    cap: int,
+) -> np.ndarray:
+    """The fixed-threshold predictive rule, per simulated path, from what the path shows.
+
+    The same exact-count risk as scheduler.pacing (fewer answer-time slots), computed
+    for every path at once. Uses only observable facts of the path: ages of calls
+    still in flight, seats free / in wrap-up (remaining known) / talking.
+    """
+    m, seats = seat_free.shape
+    size = seats + 1
+    ring_w = max(1e-9, obs.ring_hi - obs.ring_lo)
+    hold_w = max(1e-9, obs.hold_hi - obs.hold_lo)
+    slot_t = obs.ring_lo + ring_w * _SHARE  # (S,)
+    active = placed & (resolve_t > t)
+    # Gather each path's calls in flight to the front (fewer columns to shift in).
+    counts = active.sum(axis=1)
+    width = int(counts.max()) if m else 0
+    order = np.argsort(~active, axis=1, kind="stable")[:, :width]
+    keep = np.arange(width)[None, :] < counts[:, None]
+    age = np.where(keep, t - np.take_along_axis(dial_t, order, 1), 0.0)
+    fr = np.minimum(1.0, np.maximum(0.0, (age - obs.ring_lo) / ring_w))
+    fh = np.minimum(1.0, np.maximum(0.0, (age - obs.hold_lo) / hold_w))
+    ringing = obs.p * (1.0 - fr)
+    holding = (1.0 - obs.p) * (1.0 - fh)
+    denom = np.maximum(ringing + holding, 1e-12)
+    later = np.minimum(1.0, np.maximum(0.0, (age[:, :, None] + slot_t - obs.ring_lo) / ring_w))
+    q = (obs.p / denom)[:, :, None] * (later - fr[:, :, None])
+    q = np.where((keep & (ringing > 0))[:, :, None], np.minimum(1.0, np.maximum(0.0, q)), 0.0)
+    # Answers-ahead law by shifting in each call.
+    pmf = np.zeros((m, _NSLOT, size))
+    w0 = np.minimum(waiting, seats)
+    pmf[np.arange(m), :, w0] = 1.0
+    for c in range(width):
+        qc = q[:, c, :][:, :, None]
+        moved = pmf * qc
+        pmf -= moved
+        pmf[:, :, 1:] += moved[:, :, :-1]
+        pmf[:, :, -1] += moved[:, :, -1]
+    # Seats free in time: free now or wrap-up ending (known), talking ones memoryless.
+    horizon = t + slot_t + POLICY.max_wait_s  # (S,)
+    talking_mask = seat_free - obs.wrap_mean > t
+    sure = ((seat_free[:, None, :] <= horizon[None, :, None]) & ~talking_mask[:, None, :]).sum(
+        axis=2
+    )  # (m, S)
+    n_talk = talking_mask.sum(axis=1)  # (m,)
+    rel = slot_t + POLICY.max_wait_s
+    f = np.where(rel > obs.wrap_mean, -np.expm1(-(rel - obs.wrap_mean) / obs.talk_mean), 0.0)
+    f = np.clip(f, 1e-300, 1 - 1e-16)
+    i = np.arange(size)
+    nt = n_talk[:, None, None]
+    valid = i[None, None, :] <= nt
+    logc = gammaln(nt + 1) - gammaln(i + 1) - gammaln(np.maximum(nt - i, 0) + 1)
+    law = np.where(
+        valid,
+        np.exp(logc + i * np.log(f)[None, :, None] + (nt - i) * np.log1p(-f)[None, :, None]),
+        0.0,
+    )  # (m, S, size): law of talking seats freed
+    # P(sure + B <= x) for x = 0..seats.
+    cum = np.cumsum(law, axis=2)
+    shift = i[None, None, :] - sure[:, :, None]
+    seat_cdf = np.where(shift >= 0, np.take_along_axis(cum, np.clip(shift, 0, size - 1), 2), 0.0)
+    seat_cdf[:, :, -1] = 1.0
+    other = obs.p * _SHARE
+    n = np.zeros(m, dtype=int)
+    going = np.ones(m, dtype=bool)
+    for _ in range(cap):
+        risk = (pmf * seat_cdf).sum(axis=(1, 2)) / _NSLOT
+        going &= risk <= theta
+        if not going.any():
+            break
+        n += going
+        moved = pmf * other[None, :, None]
+        pmf -= moved
+        pmf[:, :, 1:] += moved[:, :, :-1]
+        pmf[:, :, -1] += moved[:, :, -1]
+    return n
+
+
+def rollout_scores(
+    obs: Observed,
+    candidates: Sequence[int],
+    paths: int,
+    horizon_s: int,
+    lam: float,
+    theta: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Mean of (talk seconds within the horizon - lam * abandons) per candidate count.
+
+    Every candidate sees the same ``paths`` futures (common random numbers): the
+    calls in flight, the seats' talk, and the k-th dial of each second share their
+    draws; futures are sampled only from the observations. After the first second
+    every path follows the fixed-threshold base rule, asked once a second.
+    """
+    ncand = len(candidates)
+    m = ncand * paths
+    seats = obs.seats
+    grace = POLICY.max_wait_s
+    per_step = max(3, seats // 4)
+    first = max(candidates)
+    n_old = len(obs.ages)
+    cap_slots = n_old + first + (horizon_s - 1) * per_step
+    # Calls already in flight: live given their age, answer or end time.
+    a = obs.ages
+    ring_w = max(1e-9, obs.ring_hi - obs.ring_lo)
+    hold_w = max(1e-9, obs.hold_hi - obs.hold_lo)
+    fr = np.clip((a - obs.ring_lo) / ring_w, 0.0, 1.0)
+    fh = np.clip((a - obs.hold_lo) / hold_w, 0.0, 1.0)
+    ringing = obs.p * (1.0 - fr)
+    holding = (1.0 - obs.p) * (1.0 - fh)
+    q_live = np.where(ringing > 0, ringing / np.maximum(ringing + holding, 1e-12), 0.0)
+    u = rng.random((paths, n_old))
+    is_live = u < q_live
+    ans = np.maximum(a, obs.ring_lo) + rng.random((paths, n_old)) * (
+        obs.ring_hi - np.maximum(a, obs.ring_lo)
+    )
+    end = np.maximum(a, obs.hold_lo) + rng.random((paths, n_old)) * np.maximum(
+        0.0, obs.hold_hi - np.maximum(a, obs.hold_lo)
+    )
+    old_resolve = np.where(is_live, ans, end) - a
+    old_talk = rng.exponential(obs.talk_mean, (paths, n_old))
+    # New dials: per (second, index) draws.
+    nd = first + (horizon_s - 1) * per_step
+    new_live = rng.random((paths, nd)) < obs.p
+    new_resolve = np.where(
+        new_live,
+        rng.uniform(obs.ring_lo, obs.ring_hi, (paths, nd)),
+        rng.uniform(obs.hold_lo, obs.hold_hi, (paths, nd)),
+    )
+    new_talk = rng.exponential(obs.talk_mean, (paths, nd))
+    # Seats: free now, wrap-up remaining (known), talking (memoryless talk then wrap-up).
+    busy = len(obs.wrap_remaining) + obs.talking
+    seat0 = np.zeros((paths, seats))
+    nw = len(obs.wrap_remaining)
+    seat0[:, :nw] = obs.wrap_remaining
+    seat0[:, nw:busy] = rng.exponential(obs.talk_mean, (paths, obs.talking)) + obs.wrap_mean
+    wait_deadline = rng.uniform(0.0, grace, (paths, obs.waiting))
+
+    def tile(x: np.ndarray) -> np.ndarray:
+        return np.tile(x, (ncand,) + (1,) * (x.ndim - 1))
+
+    dial_t = np.zeros((m, cap_slots))
+    resolve_t = np.full((m, cap_slots), np.inf)
+    live = np.zeros((m, cap_slots), dtype=bool)
+    talk = np.zeros((m, cap_slots))
+    placed = np.zeros((m, cap_slots), dtype=bool)
+    dial_t[:, :n_old] = -a[None, :]
+    resolve_t[:, :n_old] = tile(old_resolve)
+    live[:, :n_old] = tile(is_live)
+    talk[:, :n_old] = tile(old_talk)
+    placed[:, :n_old] = True
+    seat_free = tile(seat0)
+    waiting = np.zeros(m, dtype=int)
+    score = np.zeros(m)
+    rows = np.arange(m)
+    talk_new = tile(new_talk)
+    live_new = tile(new_live)
+    resolve_new = tile(new_resolve)
+    # Answers already waiting take the first seats to free, or are abandoned.
+    wd = tile(wait_deadline)
+    for j in range(obs.waiting):
+        k = np.argmin(seat_free, axis=1)
+        fk = seat_free[rows, k]
+        ok = fk <= wd[:, j]
+        c = np.maximum(fk, 0.0)
+        tk = rng.exponential(obs.talk_mean, m)
+        score += np.where(ok, np.minimum(c + tk, horizon_s) - c, -lam)
+        seat_free[rows, k] = np.where(ok, c + tk + obs.wrap_mean, fk)
+    nxt = n_old
+    cand = np.repeat(np.asarray(candidates), paths)
+    src = 0
+    for step in range(horizon_s):
+        t = float(step)
+        if step == 0:
+            count = cand
+            width = first
+        else:
+            count = _batch_base(
+                obs, t, dial_t, resolve_t, live, placed, seat_free, waiting, theta, per_step
+            )
+            width = per_step
+        idx = np.arange(width)
+        put = idx[None, :] < count[:, None]
+        cols = slice(nxt, nxt + width)
+        placed[:, cols] = put
+        dial_t[:, cols] = t
+        resolve_t[:, cols] = np.where(put, t + resolve_new[:, src : src + width], np.inf)
+        live[:, cols] = live_new[:, src : src + width]
+        talk[:, cols] = talk_new[:, src : src + width]
+        nxt += width
+        src += width
+        # Live answers in [t, t + 1), in time order, take the first seat to free.
+        in_step = live & placed & (resolve_t >= t) & (resolve_t < t + 1.0)
+        if not in_step.any():
+            continue
+        times = np.where(in_step, resolve_t, np.inf)
+        order = np.argsort(times, axis=1)
+        most = int(in_step.sum(axis=1).max())
+        for j in range(most):
+            col = order[:, j]
+            at = times[rows, col]
+            has = np.isfinite(at)
+            k = np.argmin(seat_free, axis=1)
+            fk = seat_free[rows, k]
+            ok = has & (fk <= at + grace)
+            c = np.maximum(fk, at)
+            tk = talk[rows, col]
+            gain = np.where(ok, np.minimum(c + tk, horizon_s) - np.minimum(c, horizon_s), 0.0)
+            score += gain - lam * (has & ~ok)
+            seat_free[rows, k] = np.where(ok, c + tk + obs.wrap_mean, fk)
+    return score.reshape(ncand, paths).mean(axis=1)
+
+
+@dataclasses.dataclass
+class RolloutPacer:
+    """At each decision: the base count n0 and its neighbours, chosen by rollout."""
+
+    theta: float
+    lam: float
+    paths: int = 32
+    horizon_s: int = 60
+    band: float = 4.0
+    seed: int = 0
+    rollouts: int = 0
+    changed: int = 0
+    rng: np.random.Generator = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = np.random.default_rng(self.seed)
+
+    def __call__(self, policy: PacingPolicy, stats: PacingStats, now: float) -> int:
+        n0, risk = base_dials(stats, self.theta)
+        warm = stats.answer_samples < 2 * POLICY.warmup_samples
+        if warm or stats.ring_to_answer.samples < POLICY.warmup_samples:
+            return n0
+        if stats.handle.samples < 5 or stats.not_answered_hold.samples < POLICY.warmup_samples:
+            return n0
+        if n0 == 0 and risk > self.band * self.theta:
+            return n0
+        candidates = [n for n in (n0 - 1, n0, n0 + 1) if n >= 0]
+        obs = Observed.from_stats(stats)
+        scores = rollout_scores(
+            obs, candidates, self.paths, self.horizon_s, self.lam, self.theta, self.rng
+        )
+        self.rollouts += 1
+        best = candidates[int(np.argmax(scores))]
+        self.changed += best != n0
+        return best
+
+
+def run(decide: Callable[[PacingPolicy, PacingStats, float], int], config: SimConfig, seed: int):
+    saved = sim.dials_to_place
+    sim.dials_to_place = decide
+    try:
+        return sim.simulate(POLICY, config, random.Random(seed))
+    finally:
+        sim.dials_to_place = saved
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seats", type=int, default=10)
+    parser.add_argument("--hours", type=float, default=1.0)
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--thetas", default="", help="base curve: fixed thresholds")
+    parser.add_argument("--lams", default="", help="rollout: lambdas (talk s per abandon)")
+    parser.add_argument("--theta", type=float, default=0.03, help="rollout's base threshold")
+    parser.add_argument("--paths", type=int, default=32)
+    parser.add_argument("--horizon", type=int, default=60)
+    args = parser.parse_args(argv)
+    config = SimConfig(seats=args.seats, hours=args.hours)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for theta in [float(x) for x in args.thetas.split(",") if x]:
+        t0 = time.perf_counter()
+        runs = [run(lambda p, s, n, th=theta: base_dials(s, th)[0], config, sd) for sd in seeds]
+        _report(f"base theta={theta}", runs, time.perf_counter() - t0)
+    for lam in [float(x) for x in args.lams.split(",") if x]:
+        t0 = time.perf_counter()
+        runs = []
+        extra = ""
+        for sd in seeds:
+            pacer = RolloutPacer(args.theta, lam, args.paths, args.horizon, seed=sd)
+            runs.append(run(pacer, config, sd))
+            extra += f" rollouts={pacer.rollouts} changed={pacer.changed}"
+        _report(f"rollout theta={args.theta} lam={lam}", runs, time.perf_counter() - t0, extra)
+    return 0
+
+
+def _report(name: str, runs: list[SimResult], elapsed: float, extra: str = "") -> None:
+    occ = statistics.fmean(r.occupancy for r in runs)
+    ab = sum(r.abandoned for r in runs) / max(1, sum(r.live_answers for r in runs))
+    each = " ".join(f"{r.occupancy:.4f}/{r.abandonment:.4f}" for r in runs)
+    print(f"{name} occupancy={occ:.4f} abandonment={ab:.4f} runs={each} s={elapsed:.0f}{extra}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
