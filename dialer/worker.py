@@ -32,7 +32,7 @@ import asyncpg
 from dialer.batching import Batcher
 from dialer.bus import Broker, BrokerUnavailable, Delivery, Subscription
 from dialer.db import DATABASE_AWAY, while_database_away
-from dialer.messages import CallEvent, DialJob, MessageError
+from dialer.messages import CallEvent, DialJob, MessageError, encode_events
 
 __all__ = ["CallRunner", "Emit", "Worker"]
 
@@ -68,6 +68,7 @@ class Worker:
         progress_delay_s: float = 0.0,
         claim_linger_s: float = 0.005,
         confirm_backlog: int | None = None,
+        ended_batch: int = 64,
     ) -> None:
         self.pool = pool
         self.broker = broker
@@ -95,6 +96,11 @@ class Worker:
         # in one round trip; claim_linger_s gathers a little longer.
         self._claims: Batcher[tuple[uuid.UUID, bool], bool] = Batcher(
             self._claim_many, max_size=max(1, capacity), linger_s=claim_linger_s
+        )
+        # Ended events ready together go out as one message (see dialer.messages):
+        # while one message awaits its confirm, the next gathers.
+        self._ends: Batcher[CallEvent, None] = Batcher(
+            self._publish_ends, max_size=ended_batch, concurrency=2
         )
 
     async def start(self) -> None:
@@ -128,6 +134,8 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
             self._heartbeat = None
+        await self._ends.close()
+        await self._claims.close()
         with contextlib.suppress(asyncpg.PostgresError, *DATABASE_AWAY):
             await self.pool.execute(
                 "UPDATE workers SET stopped_at = now() WHERE id = $1", self.worker_id
@@ -143,10 +151,10 @@ class Worker:
                 log.warning("heartbeat failed: %s", exc, extra={"worker_id": self.worker_id})
             await asyncio.sleep(self.heartbeat_s)
 
-    async def _publish(
+    def _event(
         self, job: DialJob, kind: str, data: dict[str, Any], at: float | None = None
-    ) -> None:
-        event = CallEvent(
+    ) -> CallEvent:
+        return CallEvent(
             call_id=job.call_id,
             record_id=job.record_id,
             tenant_id=job.tenant_id,
@@ -156,9 +164,21 @@ class Worker:
             worker_id=self.worker_id,
             data=data,
         )
+
+    async def _publish(
+        self, job: DialJob, kind: str, data: dict[str, Any], at: float | None = None
+    ) -> None:
+        event = self._event(job, kind, data, at)
         await self.broker.publish_events(
             [(event.routing_key, f"{job.call_id}:{kind}", event.to_bytes())]
         )
+
+    async def _publish_ends(self, events: Sequence[CallEvent]) -> list[None]:
+        """One message for the ended events at hand (raises BrokerUnavailable for all)."""
+        first = events[0].call_id
+        message_id = f"{first}:ended" if len(events) == 1 else f"{first}:ended+{len(events) - 1}"
+        await self.broker.publish_events([("call.ended", message_id, encode_events(events))])
+        return [None] * len(events)
 
     async def _progress(self, job: DialJob, kind: str, data: dict[str, Any], at: float) -> None:
         """Progress is for the live view and pacing: lost while the broker is away,
@@ -175,10 +195,11 @@ class Worker:
         job comes back (to us or another worker), finds its call claimed, and
         is acknowledged without dialling.
         """
+        event = self._event(job, "ended", data)
         delay_s = 0.2
         while True:
             try:
-                await self._publish(job, "ended", data)
+                await self._ends.submit(event)
                 return
             except BrokerUnavailable as exc:
                 log.warning("ended event not published yet, retrying: %s", exc)

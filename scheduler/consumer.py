@@ -15,6 +15,7 @@ database refuses is retried event by event, so one bad event fails alone.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
@@ -27,7 +28,7 @@ from dialer.batching import Batcher
 from dialer.bus import Broker, Delivery, Subscription
 from dialer.db import CLIENT_DATA_ERROR, DATABASE_AWAY, while_database_away
 from dialer.ids import new_id
-from dialer.messages import CallEvent, MessageError
+from dialer.messages import CallEvent, MessageError, decode_events
 from dialer.progress import CHANNEL as PROGRESS_CHANNEL
 from dialer.progress import MAX_PAYLOAD as PROGRESS_MAX_PAYLOAD
 from scheduler.steps import (
@@ -196,19 +197,43 @@ class EventConsumer:
         await self._batcher.close()
 
     async def _on_delivery(self, delivery: Delivery) -> None:
-        try:
-            event = CallEvent.from_bytes(delivery.body)
-            uuid.UUID(event.call_id)
-        except (MessageError, ValueError) as exc:
-            log.warning("dead-lettering an unreadable call event: %s", exc)
-            await delivery.dead_letter()
-            return
+        """One message: one event, or a worker's ended events sent together.
+
+        The readable events are handled even when others in the message are
+        not; the message is then dead-lettered whole, and handling its events
+        again later changes nothing (a duplicate changes nothing).
+        """
+        events, unreadable = decode_events(delivery.body)
+        readable: list[CallEvent] = []
+        for event in events:
+            try:
+                uuid.UUID(event.call_id)
+            except ValueError as exc:
+                unreadable.append(MessageError(f"bad call_id {event.call_id!r}: {exc}"))
+            else:
+                readable.append(event)
         # Held, not requeued, while the database is away: a requeue loop would
         # reach the queue's delivery limit and dead-letter a call's outcome.
-        error = await while_database_away(lambda: self._batcher.submit(event), what="call event")
-        if error is not None:
-            raise error  # requeued by the broker's task owner, dead-lettered in the end
+        if len(readable) == 1:  # most messages: no task per event for gather
+            results = [await self._submit(readable[0])]
+        else:
+            results = await asyncio.gather(*(self._submit(event) for event in readable))
+        if unreadable:
+            log.warning(
+                "dead-lettering a call event message: %d of %d unreadable (%s)",
+                len(unreadable),
+                len(unreadable) + len(readable),
+                unreadable[0],
+            )
+            await delivery.dead_letter()
+            return
+        for error in results:
+            if error is not None:
+                raise error  # requeued by the broker's task owner, dead-lettered in the end
         await delivery.ack()
+
+    async def _submit(self, event: CallEvent) -> BaseException | None:
+        return await while_database_away(lambda: self._batcher.submit(event), what="call event")
 
     async def handle(self, event: CallEvent) -> None:
         """Handle one event now, in a transaction of its own."""

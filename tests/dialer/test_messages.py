@@ -8,7 +8,7 @@ from dataclasses import asdict
 import orjson
 import pytest
 
-from dialer.messages import CallEvent, DialJob, MessageError
+from dialer.messages import CallEvent, DialJob, MessageError, decode_events, encode_events
 
 
 def test_dial_job_round_trip_with_wide_integers_in_meta() -> None:
@@ -49,3 +49,33 @@ def test_bodies_are_the_same_json_as_the_fields_as_a_dict() -> None:
     # Non-string keys: orjson refuses them, the stdlib path writes them as strings.
     odd = CallEvent("c", "r", "t", "w", kind="ended", at=1.0, data={"by_code": {486: 2}})
     assert CallEvent.from_bytes(odd.to_bytes()).data == {"by_code": {"486": 2}}
+
+
+def _event(i: int) -> CallEvent:
+    return CallEvent(f"c{i}", f"r{i}", "t", "w", "ended", 1.5, "w1", {"disposition": "busy"})
+
+
+def test_events_sent_together_read_back_in_order() -> None:
+    events = [_event(i) for i in range(3)]
+    assert decode_events(encode_events(events)) == (events, [])
+    # One event alone is the event itself, as a progress event's message is.
+    assert encode_events(events[:1]) == events[0].to_bytes()
+    assert decode_events(events[0].to_bytes()) == (events[:1], [])
+
+
+@pytest.mark.parametrize(
+    ("body", "readable", "errors"),
+    [
+        (b"not json", 0, 1),
+        (b"[]", 0, 1),
+        (b"7", 0, 1),
+        (b'[1, {"kind": "ended"}]', 0, 2),
+        (b"[" + _event(0).to_bytes() + b', {"kind": "nope"}]', 1, 1),
+    ],
+)
+def test_an_unreadable_element_does_not_hide_the_rest(
+    body: bytes, readable: int, errors: int
+) -> None:
+    events, problems = decode_events(body)
+    assert (len(events), len(problems)) == (readable, errors)
+    assert all(isinstance(p, MessageError) for p in problems)

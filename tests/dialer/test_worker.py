@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 
 from dialer.bus import Broker
-from dialer.messages import DialJob
+from dialer.messages import DialJob, decode_events
 from dialer.worker import Emit, Worker
 from scheduler.consumer import EventConsumer
 from scheduler.engine import Scheduler
@@ -161,3 +161,54 @@ async def test_jobs_arriving_together_claim_in_one_statement_and_a_copy_is_not_d
         runner.release.set()
         await worker.close()
         await consumer.close()
+
+
+async def test_calls_ending_together_report_their_ends_in_fewer_messages(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    """Ended events ready at once share a message: every call's end arrives, in
+    fewer persistent messages than calls."""
+    tenant = await make_tenant(pool, "wrk")
+    workflow = await _workflow(pool, tenant)
+    await pool.execute(
+        """UPDATE workflow_versions SET settings = jsonb_set(settings, '{pacing,seats}', '20')
+           WHERE workflow_id = $1""",
+        workflow["id"],
+    )
+    ids = await _records(pool, tenant, workflow, [f"21255509{i:02d}" for i in range(12)])
+    clock = Clock(NOON)
+    runner = ScriptedRunner(hold_s=0.0)
+    runner.release.clear()
+    worker = Worker(pool, broker, runner, capacity=20, clock=lambda: clock.now)
+    ended_messages: list[int] = []
+    real_publish = broker.publish_events
+
+    async def counting(messages):
+        for routing_key, _, body in messages:
+            if routing_key == "call.ended":
+                ended_messages.append(len(decode_events(body)[0]))
+        await real_publish(messages)
+
+    broker.publish_events = counting  # type: ignore[method-assign]
+    consumer = EventConsumer(pool, broker)
+    await consumer.start()
+    await worker.start()
+    try:
+        scheduler = Scheduler(pool, broker, clock=clock, tenant_ids=[tenant.id])
+        assert (await scheduler.tick()).published == 12
+        for _ in range(200):
+            if len(runner.calls) == 12:
+                break
+            await asyncio.sleep(0.02)
+        runner.release.set()  # all twelve calls end at once
+        await _settle(
+            pool,
+            "SELECT bool_and(status = 'completed') FROM records WHERE id = ANY($1::uuid[])",
+            ids,
+        )
+    finally:
+        broker.publish_events = real_publish  # type: ignore[method-assign]
+        await worker.close()
+        await consumer.close()
+    assert sum(ended_messages) == 12
+    assert len(ended_messages) < 12

@@ -15,7 +15,7 @@ import uuid
 import asyncpg
 
 from dialer.bus import Broker
-from dialer.messages import CallEvent
+from dialer.messages import CallEvent, encode_events
 from dialer.progress import CHANNEL as PROGRESS_CHANNEL
 from scheduler.consumer import EventConsumer
 from scheduler.engine import Scheduler
@@ -131,6 +131,40 @@ async def test_events_through_the_broker_are_handled_in_batches(
         await consumer.close()
     assert 1 <= consumer._batcher.batches < 20
     assert await broker.queue_depth(f"{broker.namespace}.{EventConsumer.QUEUE_SUFFIX}") == 0
+
+
+async def test_a_message_of_several_ends_is_handled_and_a_bad_element_parks_it(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    """Workers send ended events ready together in one message: every readable
+    event is handled; an unreadable element dead-letters the message, whose
+    readable events handled again would change nothing."""
+    calls = await _placed(pool, broker, 5)
+    events = [_ended(c, "busy", sip_status=486) for c in calls]
+    consumer = EventConsumer(pool, broker)
+    await consumer.start()
+    try:
+        await broker.publish_events([("call.ended", "m1", encode_events(events[:3]))])
+        mixed = encode_events(events[3:])[:-1] + b',{"kind": "ended"}]'
+        await broker.publish_events([("call.ended", "m2", mixed)])
+        deadline = asyncio.get_running_loop().time() + 10
+        while await pool.fetchval(
+            "SELECT count(*) FROM calls WHERE id = ANY($1::uuid[]) AND state <> 'ended'",
+            [c["id"] for c in calls],
+        ):
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        while await broker.queue_depth(broker.dead_queue) != 1:
+            assert asyncio.get_running_loop().time() < deadline, "nothing dead-lettered"
+            await asyncio.sleep(0.05)
+    finally:
+        await consumer.close()
+    assert await broker.queue_depth(f"{broker.namespace}.{EventConsumer.QUEUE_SUFFIX}") == 0
+    outcomes = await pool.fetch(
+        "SELECT disposition, sip_status FROM calls WHERE id = ANY($1::uuid[])",
+        [c["id"] for c in calls],
+    )
+    assert [(r["disposition"], r["sip_status"]) for r in outcomes] == [("busy", 486)] * 5
 
 
 async def test_batches_at_once_sharing_calls_end_each_call_once(
