@@ -196,7 +196,8 @@ def start_worker(
             "DIALER_RTP_PORT_MAX": str(rtp_min + 4 * capacity - 1),
             "DIALER_DATA_DIR": str(workdir / f"worker{index}"),
             "DIALER_LOG_LEVEL": "ERROR",
-            "PYTHONPATH": str(ROOT),
+            # Ours first; the caller's after it (a profiler's sitecustomize, say).
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         }
     )
     return subprocess.Popen(

@@ -198,6 +198,28 @@ def test_timer_m_passes_2xx_retransmissions_up() -> None:
     assert key not in pair.client.layer
 
 
+def test_what_each_client_transaction_holds_while_absorbing_retransmissions() -> None:
+    """After its final response a client transaction holds no INVITE: Timer M's
+    32 s and Timer K's 5 s would keep every recent call's parsed request alive."""
+    pair = Pair()
+    key = pair.send(request("INVITE"))
+    pair.answer(200)
+    tx = pair.client.layer.get(key)
+    assert tx is not None and tx.state is TransactionState.ACCEPTED and tx.request is None
+    # A failed call: only its ACK, resent on each retransmitted final response.
+    failed = Pair()
+    key = failed.send(request("INVITE", branch="z9hG4bKbusy"))
+    failed.answer(486)
+    tx = failed.client.layer.get(key)
+    assert tx is not None and tx.state is TransactionState.COMPLETED
+    assert tx.request is not None and tx.request.method == "ACK"
+    bye = Pair()
+    key = bye.send(request("BYE", branch="z9hG4bKbye"))
+    bye.answer(200)
+    tx = bye.client.layer.get(key)
+    assert tx is not None and tx.state is TransactionState.COMPLETED and tx.request is None
+
+
 # --- client non-INVITE: E, F, K --------------------------------------------------------------
 
 
