@@ -471,7 +471,8 @@ class RtpSession:
         self._encode_table = _ENCODE_TABLES[codec.payload_type]
         self._decode_table = _DECODE_TABLES[codec.payload_type]
         self._silence_payload = bytes([codec.silence]) * SAMPLES_PER_FRAME
-        if old is None or old.codec is not codec:
+        # The buffer made with the session decodes PCMU: kept unless the codec differs.
+        if (PCMU if old is None else old.codec) is not codec:
             self.jitter = JitterBuffer(
                 self.config.jitter, _DECODERS[codec.payload_type], samples_in=len
             )
