@@ -437,7 +437,7 @@ async def main_async(args: argparse.Namespace) -> int:
                     )
                     + " (servers: upper bounds; postgres backends of this database "
                     f"{statistics.median(r.backends_cpu_ms for r in results):.2f} ms); "
-                    f"{statistics.median(r.commits for r in results):.0f} "
+                    f"{statistics.median(r.commits for r in results):.2f} "
                     "database transactions per call",
                     flush=True,
                 )
