@@ -149,7 +149,7 @@ def _token(text: str, pos: int) -> tuple[str, int]:
 
 def _quoted_string(text: str, pos: int) -> tuple[str, int]:
     """Read a quoted-string starting at its opening quote (RFC 3261 §25.1)."""
-    chars = []
+    chars: list[str] = []
     pos += 1
     while pos < len(text):
         char = text[pos]

@@ -261,7 +261,6 @@ class UserAgentConfig:
     timers: TimerConfig = DEFAULT_TIMERS
 
 
-@slot_init
 @dataclass(frozen=True, slots=True)
 class Dial:
     """One call to place: the Request-URI, our media, optional To and extra headers."""
@@ -277,7 +276,6 @@ class Dial:
 # --- events for the application -----------------------------------------------------------
 
 
-@slot_init
 @dataclass(frozen=True, slots=True)
 class CallResult:
     """What the call came to, with the time of every phase (``now`` values)."""
@@ -310,7 +308,6 @@ class CallEvent(Action):
     __slots__ = ()
 
 
-@slot_init
 @dataclass(frozen=True, slots=True)
 class Ringing(CallEvent):
     """The callee is alerted (180, 181 or 182, the first time)."""
@@ -319,7 +316,6 @@ class Ringing(CallEvent):
     status: int
 
 
-@slot_init
 @dataclass(frozen=True, slots=True)
 class EarlyMedia(CallEvent):
     """A provisional response carried an answer: play or record it before the answer."""
@@ -328,7 +324,6 @@ class EarlyMedia(CallEvent):
     media: MediaAnswer
 
 
-@slot_init
 @dataclass(frozen=True, slots=True)
 class Answered(CallEvent):
     """The callee answered and the media is agreed; the ACK is on its way."""
@@ -337,7 +332,6 @@ class Answered(CallEvent):
     media: MediaAnswer
 
 
-@slot_init
 @dataclass(frozen=True, slots=True)
 class Held(CallEvent):
     """The callee put the call on hold (re-INVITE with sendonly, inactive or 0.0.0.0)."""
@@ -346,7 +340,6 @@ class Held(CallEvent):
     media: MediaAnswer
 
 
-@slot_init
 @dataclass(frozen=True, slots=True)
 class Resumed(CallEvent):
     """The callee took the call off hold."""
@@ -355,7 +348,6 @@ class Resumed(CallEvent):
     media: MediaAnswer
 
 
-@slot_init
 @dataclass(frozen=True, slots=True)
 class MediaUpdated(CallEvent):
     """The media changed without a hold change (new address, port or codec)."""
@@ -364,7 +356,6 @@ class MediaUpdated(CallEvent):
     media: MediaAnswer
 
 
-@slot_init
 @dataclass(frozen=True, slots=True)
 class Dtmf(CallEvent):
     """A digit relayed by the callee in an INFO request."""
@@ -374,7 +365,6 @@ class Dtmf(CallEvent):
     duration_ms: int | None
 
 
-@slot_init
 @dataclass(frozen=True, slots=True)
 class TransferAccepted(CallEvent):
     """The callee accepted our REFER (a 2xx, usually 202): the verdict comes by NOTIFY."""
@@ -383,7 +373,6 @@ class TransferAccepted(CallEvent):
     status: int
 
 
-@slot_init
 @dataclass(frozen=True, slots=True)
 class TransferProgress(CallEvent):
     """A NOTIFY reported a provisional status of the transferee's INVITE (a 1xx sipfrag)."""
@@ -393,7 +382,6 @@ class TransferProgress(CallEvent):
     reason: str | None
 
 
-@slot_init
 @dataclass(frozen=True, slots=True)
 class TransferSucceeded(CallEvent):
     """The transfer took: a 2xx sipfrag (``status``), or the callee left after accepting it
@@ -404,7 +392,6 @@ class TransferSucceeded(CallEvent):
     status: int | None
 
 
-@slot_init
 @dataclass(frozen=True, slots=True)
 class TransferFailed(CallEvent):
     """The transfer did not take; the call is still up unless ``Ended`` follows.
@@ -422,7 +409,6 @@ class TransferFailed(CallEvent):
     reason: str
 
 
-@slot_init
 @dataclass(frozen=True, slots=True)
 class Ended(CallEvent):
     """The call is over (reported once)."""
@@ -469,7 +455,6 @@ class CallTimer(StrEnum):
 _CALL_TIMER_NAMES: dict[CallTimer, str] = {timer: timer.value for timer in CallTimer}
 
 
-@slot_init
 @dataclass(frozen=True, slots=True)
 class CallTimerKey:
     """The ``key`` of a call's ``StartTimer``: route it back with ``CallRouter.timer_fired``."""
@@ -1587,3 +1572,22 @@ class CallRouter:
         except SipError:
             return []
         return self.layer.send_response(key, response, now)
+
+
+# Called, not a decorator: mypyc builds a class under a decorator it does not know
+# as a plain Python class (slot_init.py, rule 4).
+slot_init(Dial)
+slot_init(CallResult)
+slot_init(Ringing)
+slot_init(EarlyMedia)
+slot_init(Answered)
+slot_init(Held)
+slot_init(Resumed)
+slot_init(MediaUpdated)
+slot_init(Dtmf)
+slot_init(TransferAccepted)
+slot_init(TransferProgress)
+slot_init(TransferSucceeded)
+slot_init(TransferFailed)
+slot_init(Ended)
+slot_init(CallTimerKey)

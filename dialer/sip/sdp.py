@@ -138,7 +138,6 @@ _UNSPECIFIED = frozenset({"0.0.0.0", "::"})
 # --- the data model ----------------------------------------------------------------------
 
 
-@slot_init
 @dataclass(slots=True, frozen=True)
 class Origin:
     """The ``o=`` line: who made the description and its version (RFC 4566 §5.2)."""
@@ -157,7 +156,6 @@ class Origin:
         )
 
 
-@slot_init
 @dataclass(slots=True, frozen=True)
 class Connection:
     """A ``c=`` line (RFC 4566 §5.7). ``address`` keeps any multicast ``/ttl`` suffix."""
@@ -175,7 +173,6 @@ class Connection:
         return f"{self.net_type} {self.addr_type} {self.address}"
 
 
-@slot_init
 @dataclass(slots=True, frozen=True)
 class Timing:
     """A ``t=`` line: start and stop as NTP seconds; ``0 0`` means unbounded."""
@@ -184,7 +181,6 @@ class Timing:
     stop: int = 0
 
 
-@slot_init
 @dataclass(slots=True, frozen=True)
 class Attribute:
     """An ``a=`` line: a flag (``value`` None) or ``name:value``."""
@@ -196,7 +192,6 @@ class Attribute:
         return self.name if self.value is None else f"{self.name}:{self.value}"
 
 
-@slot_init
 @dataclass(slots=True, frozen=True)
 class RtpMap:
     """One ``a=rtpmap`` mapping, or the implied one of a static payload type."""
@@ -207,7 +202,6 @@ class RtpMap:
     channels: int | None = None
 
 
-@slot_init
 @dataclass(slots=True, frozen=True)
 class MediaDescription:
     """An ``m=`` section: the ``m=`` line fields, its ``c=``, attributes and other lines."""
@@ -280,7 +274,6 @@ class MediaDescription:
         return _direction_of(self.attributes)
 
 
-@slot_init
 @dataclass(slots=True, frozen=True)
 class SessionDescription:
     """A whole session description (RFC 4566 §5).
@@ -690,7 +683,6 @@ def _check_single_direction(attributes: list[Attribute], where: str) -> None:
 # --- offer/answer (RFC 3264) -------------------------------------------------------------
 
 
-@slot_init
 @dataclass(slots=True, frozen=True)
 class Codec:
     """The audio codec agreed on: its name, payload type number and RTP clock rate."""
@@ -700,7 +692,6 @@ class Codec:
     clock_rate: int
 
 
-@slot_init
 @dataclass(slots=True, frozen=True)
 class MediaAnswer:
     """What the media layer needs from a completed offer/answer exchange.
@@ -1097,8 +1088,8 @@ def build_answer(
     for index, offered in enumerate(offer.media):
         if index != agreed.media_index:
             # RFC 3264 §6: decline with port 0, keeping the offered formats.
-            formats = offered.formats or ("0",)
-            media.append(MediaDescription(offered.media, 0, offered.proto, formats))
+            declined = offered.formats or ("0",)
+            media.append(MediaDescription(offered.media, 0, offered.proto, declined))
             continue
         codec = agreed.codec
         formats = [str(codec.payload_type)]
@@ -1118,3 +1109,16 @@ def build_answer(
             )
         )
     return _session(connection, session_id, session_version, media).serialize()
+
+
+# Called, not a decorator: mypyc builds a class under a decorator it does not know
+# as a plain Python class (slot_init.py, rule 4).
+slot_init(Origin)
+slot_init(Connection)
+slot_init(Timing)
+slot_init(Attribute)
+slot_init(RtpMap)
+slot_init(MediaDescription)
+slot_init(SessionDescription)
+slot_init(Codec)
+slot_init(MediaAnswer)

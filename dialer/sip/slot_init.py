@@ -18,6 +18,16 @@ Rules of this file:
 3. Everything else stays the dataclass's: ``__setattr__`` still raises,
    ``__eq__``, ``__hash__``, ``__repr__``, ``replace`` and pickling are
    untouched (``replace`` calls the new ``__init__`` with keywords).
+4. It is called after the class statement (``slot_init(Cls)``), not used as a
+   decorator, in the modules setup.py compiles: mypyc builds a class under a
+   decorator it does not know as a plain Python class (no fixed layout, every
+   attribute looked up). A compiled frozen dataclass still gets its
+   ``__init__`` from ``dataclasses`` (mypyc calls the type's ``tp_init``), the
+   same ``object.__setattr__`` per field, so it is given this one too: its
+   fields are native attributes whose descriptors set them directly. mypyc's
+   own ``__setstate__`` sets attributes through the frozen ``__setattr__``
+   and would refuse to unpickle; such a class gets one that sets them as the
+   ``__init__`` does.
 """
 
 from __future__ import annotations
@@ -41,7 +51,8 @@ _UNSET = _Unset()
 def slot_init(cls: _T) -> _T:
     """Give a frozen ``slots=True`` dataclass an ``__init__`` that fills its slots directly."""
     params = cls.__dataclass_params__  # type: ignore[attr-defined]
-    if not params.frozen or "__slots__" not in cls.__dict__:
+    native = "__mypyc_attrs__" in cls.__dict__  # compiled by mypyc: fixed layout, no __slots__
+    if not params.frozen or not (native or "__slots__" in cls.__dict__):
         raise TypeError(f"{cls.__name__}: slot_init is for frozen dataclasses with slots=True")
     if hasattr(cls, "__post_init__"):
         raise TypeError(f"{cls.__name__}: a __post_init__ is not supported")
@@ -74,6 +85,14 @@ def slot_init(cls: _T) -> _T:
     init = names["__init__"]
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     init.__module__ = cls.__module__
-    init.__doc__ = cls.__init__.__doc__
+    init.__doc__ = cls.__dict__["__init__"].__doc__
     cls.__init__ = init  # type: ignore[misc]
+    if native:
+        cls.__setstate__ = _native_setstate  # type: ignore[attr-defined]
     return cls
+
+
+def _native_setstate(self: object, state: dict[str, Any]) -> None:
+    # The attributes mypyc's __getstate__ saved, set past the frozen __setattr__.
+    for name, value in state.items():
+        object.__setattr__(self, name, value)

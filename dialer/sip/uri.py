@@ -105,7 +105,6 @@ def escape(text: str, safe: bytes = _USER_SAFE) -> str:
     return quote_from_bytes(text.encode("utf-8", "surrogateescape"), safe=safe)
 
 
-@slot_init
 @dataclass(frozen=True, slots=True)
 class SipUri:
     """A ``sip:`` or ``sips:`` URI. Text fields are as on the wire (still escaped)."""
@@ -351,7 +350,6 @@ def uris_equivalent(a: Uri, b: Uri) -> bool:
 # --- name-addr ------------------------------------------------------------------------
 
 
-@slot_init
 @dataclass(frozen=True, slots=True)
 class NameAddr:
     """A From/To/Contact/Route-style value: optional display name, URI, header params.
@@ -465,3 +463,9 @@ def ip_literal_address(uri: Uri) -> tuple[str, int] | None:
     if not (bare.replace(".", "").isdigit() or ":" in bare):
         return None
     return (bare, uri.port or (5061 if uri.secure else 5060))
+
+
+# Called, not a decorator: mypyc builds a class under a decorator it does not know
+# as a plain Python class (slot_init.py, rule 4).
+slot_init(SipUri)
+slot_init(NameAddr)
