@@ -184,26 +184,30 @@ def _batch_base(
 
 def rollout_scores(
     obs: Observed,
-    candidates: Sequence[int],
+    rows: Sequence[tuple[int, int]],
     paths: int,
     horizon_s: int,
     lam: float,
     theta: float,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """Mean of (talk seconds within the horizon - lam * abandons) per candidate count.
+    """Talk seconds within the horizon - lam * abandons, per row and path: ``(rows, paths)``.
+
+    A row is ``(count, force)``: dial ``count`` now; ``force`` 1 or 0 makes the last of
+    them live or not (stratified on the one random fact that separates two counts),
+    -1 leaves it to chance.
 
     Every candidate sees the same ``paths`` futures (common random numbers): the
     calls in flight, the seats' talk, and the k-th dial of each second share their
     draws; futures are sampled only from the observations. After the first second
     every path follows the fixed-threshold base rule, asked once a second.
     """
-    ncand = len(candidates)
+    ncand = len(rows)
     m = ncand * paths
     seats = obs.seats
     grace = POLICY.max_wait_s
     per_step = max(3, seats // 4)
-    first = max(candidates)
+    first = max(1, max(count for count, _ in rows))
     n_old = len(obs.ages)
     cap_slots = n_old + first + (horizon_s - 1) * per_step
     # Calls already in flight: live given their age, answer or end time.
@@ -228,11 +232,8 @@ def rollout_scores(
     # New dials: per (second, index) draws.
     nd = first + (horizon_s - 1) * per_step
     new_live = rng.random((paths, nd)) < obs.p
-    new_resolve = np.where(
-        new_live,
-        rng.uniform(obs.ring_lo, obs.ring_hi, (paths, nd)),
-        rng.uniform(obs.hold_lo, obs.hold_hi, (paths, nd)),
-    )
+    new_ring = rng.uniform(obs.ring_lo, obs.ring_hi, (paths, nd))
+    new_hold = rng.uniform(obs.hold_lo, obs.hold_hi, (paths, nd))
     new_talk = rng.exponential(obs.talk_mean, (paths, nd))
     # Seats: free now, wrap-up remaining (known), talking (memoryless talk then wrap-up).
     busy = len(obs.wrap_remaining) + obs.talking
@@ -258,22 +259,24 @@ def rollout_scores(
     seat_free = tile(seat0)
     waiting = np.zeros(m, dtype=int)
     score = np.zeros(m)
-    rows = np.arange(m)
+    rows_idx = np.arange(m)
     talk_new = tile(new_talk)
     live_new = tile(new_live)
-    resolve_new = tile(new_resolve)
+    ring_new = tile(new_ring)
+    hold_new = tile(new_hold)
     # Answers already waiting take the first seats to free, or are abandoned.
     wd = tile(wait_deadline)
     for j in range(obs.waiting):
         k = np.argmin(seat_free, axis=1)
-        fk = seat_free[rows, k]
+        fk = seat_free[rows_idx, k]
         ok = fk <= wd[:, j]
         c = np.maximum(fk, 0.0)
         tk = rng.exponential(obs.talk_mean, m)
         score += np.where(ok, np.minimum(c + tk, horizon_s) - c, -lam)
-        seat_free[rows, k] = np.where(ok, c + tk + obs.wrap_mean, fk)
+        seat_free[rows_idx, k] = np.where(ok, c + tk + obs.wrap_mean, fk)
     nxt = n_old
-    cand = np.repeat(np.asarray(candidates), paths)
+    cand = np.repeat(np.asarray([count for count, _ in rows]), paths)
+    force = np.repeat(np.asarray([f for _, f in rows]), paths)
     src = 0
     for step in range(horizon_s):
         t = float(step)
@@ -290,8 +293,14 @@ def rollout_scores(
         cols = slice(nxt, nxt + width)
         placed[:, cols] = put
         dial_t[:, cols] = t
-        resolve_t[:, cols] = np.where(put, t + resolve_new[:, src : src + width], np.inf)
-        live[:, cols] = live_new[:, src : src + width]
+        is_live = live_new[:, src : src + width].copy()
+        if step == 0:
+            last = np.maximum(cand - 1, 0)
+            forced = force >= 0
+            is_live[rows_idx[forced], last[forced]] = force[forced] == 1
+        drawn = np.where(is_live, ring_new[:, src : src + width], hold_new[:, src : src + width])
+        resolve_t[:, cols] = np.where(put, t + drawn, np.inf)
+        live[:, cols] = is_live
         talk[:, cols] = talk_new[:, src : src + width]
         nxt += width
         src += width
@@ -304,17 +313,17 @@ def rollout_scores(
         most = int(in_step.sum(axis=1).max())
         for j in range(most):
             col = order[:, j]
-            at = times[rows, col]
+            at = times[rows_idx, col]
             has = np.isfinite(at)
             k = np.argmin(seat_free, axis=1)
-            fk = seat_free[rows, k]
+            fk = seat_free[rows_idx, k]
             ok = has & (fk <= at + grace)
             c = np.maximum(fk, at)
-            tk = talk[rows, col]
+            tk = talk[rows_idx, col]
             gain = np.where(ok, np.minimum(c + tk, horizon_s) - np.minimum(c, horizon_s), 0.0)
             score += gain - lam * (has & ~ok)
-            seat_free[rows, k] = np.where(ok, c + tk + obs.wrap_mean, fk)
-    return score.reshape(ncand, paths).mean(axis=1)
+            seat_free[rows_idx, k] = np.where(ok, c + tk + obs.wrap_mean, fk)
+    return score.reshape(ncand, paths)
 
 
 @dataclasses.dataclass
@@ -343,15 +352,31 @@ class RolloutPacer:
             return n0
         if n0 == 0 and risk > self.band * self.theta:
             return n0
-        candidates = [n for n in (n0 - 1, n0, n0 + 1) if n >= 0]
         obs = Observed.from_stats(stats)
-        scores = rollout_scores(
-            obs, candidates, self.paths, self.horizon_s, self.lam, self.theta, self.rng
-        )
+        # Q(n + 1) - Q(n), the extra dial's liveness stratified (weights p, 1 - p).
+        rows = [(n0, -1), (n0 + 1, 1), (n0 + 1, 0)]
+        if n0 >= 1:
+            rows += [(n0 - 1, -1), (n0, 1), (n0, 0)]
+        q = rollout_scores(
+            obs, rows, self.paths, self.horizon_s, self.lam, self.theta, self.rng
+        ).mean(axis=1)
         self.rollouts += 1
-        best = candidates[int(np.argmax(scores))]
+        best = n0
+        if obs.p * q[1] + (1 - obs.p) * q[2] > q[0]:
+            best = n0 + 1
+        elif n0 >= 1 and obs.p * q[4] + (1 - obs.p) * q[5] < q[3]:
+            best = n0 - 1
         self.changed += best != n0
         return best
+
+
+def _tilted(theta: float, tilt: float) -> Callable[[PacingPolicy, PacingStats, float], int]:
+    """The base rule, its threshold times ``tilt`` while a seat is idle now."""
+
+    def decide(policy: PacingPolicy, stats: PacingStats, now: float) -> int:
+        return base_dials(stats, theta * tilt if stats.seats_free > 0 else theta)[0]
+
+    return decide
 
 
 def run(decide: Callable[[PacingPolicy, PacingStats, float], int], config: SimConfig, seed: int):
@@ -370,22 +395,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--thetas", default="", help="base curve: fixed thresholds")
     parser.add_argument("--lams", default="", help="rollout: lambdas (talk s per abandon)")
+    parser.add_argument(
+        "--tilts", default="", help="base with threshold * tilt while a seat is free now"
+    )
     parser.add_argument("--theta", type=float, default=0.03, help="rollout's base threshold")
     parser.add_argument("--paths", type=int, default=32)
     parser.add_argument("--horizon", type=int, default=60)
+    parser.add_argument("--band", type=float, default=4.0, help="skip when risk > band * theta")
     args = parser.parse_args(argv)
     config = SimConfig(seats=args.seats, hours=args.hours)
     seeds = [int(s) for s in args.seeds.split(",")]
-    for theta in [float(x) for x in args.thetas.split(",") if x]:
+    for theta in [float(x) for x in args.thetas.split(",") if x] if not args.tilts else []:
         t0 = time.perf_counter()
         runs = [run(lambda p, s, n, th=theta: base_dials(s, th)[0], config, sd) for sd in seeds]
         _report(f"base theta={theta}", runs, time.perf_counter() - t0)
+    for tilt in [float(x) for x in args.tilts.split(",") if x]:
+        for theta in [float(x) for x in args.thetas.split(",") if x]:
+            t0 = time.perf_counter()
+            runs = [run(_tilted(theta, tilt), config, sd) for sd in seeds]
+            _report(f"tilted theta={theta} tilt={tilt}", runs, time.perf_counter() - t0)
     for lam in [float(x) for x in args.lams.split(",") if x]:
         t0 = time.perf_counter()
         runs = []
         extra = ""
         for sd in seeds:
-            pacer = RolloutPacer(args.theta, lam, args.paths, args.horizon, seed=sd)
+            pacer = RolloutPacer(args.theta, lam, args.paths, args.horizon, args.band, seed=sd)
             runs.append(run(pacer, config, sd))
             extra += f" rollouts={pacer.rollouts} changed={pacer.changed}"
         _report(f"rollout theta={args.theta} lam={lam}", runs, time.perf_counter() - t0, extra)
