@@ -1475,12 +1475,12 @@ class CallRouter:
     config: UserAgentConfig
     ids: IdGenerators
     digest: DigestClient | None = None
-    layer: TransactionLayer = field(default=None)  # type: ignore[assignment]
+    # Made from the config's timers; not a parameter (no caller passes its own).
+    layer: TransactionLayer = field(init=False)
     calls: dict[str, Call] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.layer is None:
-            self.layer = TransactionLayer(self.config.timers)
+        self.layer = TransactionLayer(self.config.timers)
 
     def place(self, dial: Dial, now: float) -> tuple[Call, list[Action]]:
         """Create a call and send its INVITE."""

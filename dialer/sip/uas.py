@@ -662,14 +662,14 @@ class InboundRouter:
 
     config: UasConfig
     ids: IdGenerators
-    layer: TransactionLayer = field(default=None)  # type: ignore[assignment]
+    # Made from the config's timers; not a parameter (no caller passes its own).
+    layer: TransactionLayer = field(init=False)
     calls: dict[str, InboundCall] = field(default_factory=dict)
     # Requests answered outside any call, by status (for the edge's counters).
     answered: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.layer is None:
-            self.layer = TransactionLayer(self.config.timers)
+        self.layer = TransactionLayer(self.config.timers)
 
     def call(self, call_id: str) -> InboundCall:
         """The live call with this Call-ID (``UasStateError`` if there is none)."""

@@ -195,7 +195,8 @@ class TelUri:
         """The URI text, e.g. ``"tel:+1-201-555-0123;ext=1234"``."""
         return f"tel:{self.number}{format_params(self.params)}"
 
-    __str__ = serialize
+    def __str__(self) -> str:  # an alias would not compile: mypyc needs a def
+        return self.serialize()
 
     def param(self, name: str) -> str | None:
         """A parameter's value (case-insensitive name)."""
@@ -218,7 +219,8 @@ class AbsoluteUri:
         """The URI text, exactly as parsed (scheme lower-cased)."""
         return f"{self.scheme}:{self.opaque}"
 
-    __str__ = serialize
+    def __str__(self) -> str:  # an alias would not compile: mypyc needs a def
+        return self.serialize()
 
 
 Uri: TypeAlias = SipUri | TelUri | AbsoluteUri
@@ -373,7 +375,8 @@ class NameAddr:
         head = "" if self.display_name is None else quote(self.display_name) + " "
         return f"{head}<{self.uri.serialize()}>{format_params(self.params)}"
 
-    __str__ = serialize
+    def __str__(self) -> str:  # an alias would not compile: mypyc needs a def
+        return self.serialize()
 
     @property
     def tag(self) -> str | None:
