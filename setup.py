@@ -1,4 +1,5 @@
-"""Build: the per-packet media modules compiled with mypyc where a C compiler is at hand.
+"""Build: the per-packet media modules and the per-call SIP core compiled with mypyc
+where a C compiler is at hand.
 
 pyproject.toml holds the project's metadata; this file only adds the compiled
 modules. mypyc turns these typed modules into C extensions (native classes,
@@ -36,6 +37,26 @@ COMPILED = [
     "media/voicebot.py",
     "media/wav.py",
     "media/websocket.py",
+    # The sans-IO SIP core: every message a call sends or receives is parsed,
+    # matched to its transaction and dialog and serialised here. The modules
+    # compile together because their classes subclass one another across
+    # modules (uas.py and refer.py extend actions.py's and dialog.py's), and an
+    # interpreted class may not subclass a compiled one. errors.py stays plain
+    # Python (exceptions only); slot_init.py must, as it rewrites classes.
+    "dialer/sip/actions.py",
+    "dialer/sip/auth.py",
+    "dialer/sip/call.py",
+    "dialer/sip/dialog.py",
+    "dialer/sip/framing.py",
+    "dialer/sip/headers.py",
+    "dialer/sip/message.py",
+    "dialer/sip/parser.py",
+    "dialer/sip/refer.py",
+    "dialer/sip/sdp.py",
+    "dialer/sip/timers.py",
+    "dialer/sip/transaction.py",
+    "dialer/sip/uas.py",
+    "dialer/sip/uri.py",
 ]
 
 
@@ -58,7 +79,7 @@ def _can_compile() -> str | None:
 def _ext_modules() -> list:
     reason = _can_compile()
     if reason is not None:
-        print(f"dialer: media modules stay pure Python: {reason}", file=sys.stderr)
+        print(f"dialer: media and SIP modules stay pure Python: {reason}", file=sys.stderr)
         return []
     from mypyc.build import mypycify
 

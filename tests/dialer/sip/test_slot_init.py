@@ -140,3 +140,23 @@ def test_the_sip_values_parse_and_serialize_as_before() -> None:
         True,
     )
     assert CSeq.parse("0009 INVITE") == CSeq(9, "INVITE")
+
+
+def test_the_sip_classes_get_it_compiled_or_not() -> None:
+    # Called after the class statement (a decorator would make mypyc build a
+    # plain Python class): plain slotted classes and mypyc's native ones alike.
+    from dialer.sip.actions import Send
+    from dialer.sip.call import Ended
+    from dialer.sip.message import Request, Response
+    from dialer.sip.sdp import SessionDescription
+    from dialer.sip.transaction import TransactionKey
+
+    classes = (SipUri, NameAddr, Via, CSeq, Request, Response, Send, Ended)
+    for cls in (*classes, SessionDescription, TransactionKey):
+        assert "_unset" in cls.__init__.__globals__, cls  # slot_init's, not dataclasses'
+        assert ("__mypyc_attrs__" in vars(cls)) != ("__slots__" in vars(cls)), cls
+    request = Request("BYE", SipUri("example.com", "bob"), (("Via", "SIP/2.0/UDP h"),))
+    assert request._views == {} and request.with_header("Max-Forwards", "70").headers == (
+        ("Via", "SIP/2.0/UDP h"),
+        ("Max-Forwards", "70"),
+    )
