@@ -13,6 +13,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.special import gammaln
@@ -190,7 +191,8 @@ def rollout_scores(
     lam: float,
     theta: float,
     rng: np.random.Generator,
-) -> np.ndarray:
+    with_abandons: bool = False,
+) -> Any:
     """Talk seconds within the horizon - lam * abandons, per row and path: ``(rows, paths)``.
 
     A row is ``(count, force)``: dial ``count`` now; ``force`` 1 or 0 makes the last of
@@ -259,6 +261,7 @@ def rollout_scores(
     seat_free = tile(seat0)
     waiting = np.zeros(m, dtype=int)
     score = np.zeros(m)
+    lost = np.zeros(m)  # abandoned calls, to report talk and abandons apart
     rows_idx = np.arange(m)
     talk_new = tile(new_talk)
     live_new = tile(new_live)
@@ -273,6 +276,7 @@ def rollout_scores(
         c = np.maximum(fk, 0.0)
         tk = rng.exponential(obs.talk_mean, m)
         score += np.where(ok, np.minimum(c + tk, horizon_s) - c, -lam)
+        lost += ~ok
         seat_free[rows_idx, k] = np.where(ok, c + tk + obs.wrap_mean, fk)
     nxt = n_old
     cand = np.repeat(np.asarray([count for count, _ in rows]), paths)
@@ -322,7 +326,10 @@ def rollout_scores(
             tk = talk[rows_idx, col]
             gain = np.where(ok, np.minimum(c + tk, horizon_s) - np.minimum(c, horizon_s), 0.0)
             score += gain - lam * (has & ~ok)
+            lost += has & ~ok
             seat_free[rows_idx, k] = np.where(ok, c + tk + obs.wrap_mean, fk)
+    if with_abandons:
+        return score.reshape(ncand, paths), lost.reshape(ncand, paths)
     return score.reshape(ncand, paths)
 
 
@@ -388,6 +395,91 @@ def run(decide: Callable[[PacingPolicy, PacingStats, float], int], config: SimCo
         sim.dials_to_place = saved
 
 
+def advantage(
+    config: SimConfig,
+    seed: int,
+    theta: float,
+    lam: float,
+    paths: int,
+    horizon_s: int,
+    every: int,
+    band: float,
+) -> None:
+    """Q(n0 + 1) - Q(n0) and Q(n0) - Q(n0 - 1) by rollout, in states a base day visits.
+
+    States come from one day under the fixed threshold ``theta``, after the first
+    five minutes, where the next dial's risk is within ``band * theta`` (every
+    ``every``-th such state). If the one-step improvement saw value the myopic risk
+    does not, Q(n0 + 1) - Q(n0) would scatter around any function of that risk by
+    more than its standard error.
+    """
+    states: list[tuple[float, PacingStats, int, float]] = []
+
+    def grab(policy: PacingPolicy, stats: PacingStats, now: float) -> int:
+        n0, risk = base_dials(stats, theta)
+        if now > 300 and stats.answer_samples > 100 and not (n0 == 0 and risk > band * theta):
+            states.append((now, stats, n0, risk))
+        return n0
+
+    run(grab, config, seed)
+    rng = np.random.default_rng(seed + 1000)
+    ups: list[tuple[float, float, float]] = []  # (risk, mean, standard error)
+    talks: list[tuple[float, float]] = []
+    losts: list[tuple[float, float]] = []
+    downs: list[tuple[float, float]] = []
+    for now, stats, n0, risk in states[::every]:
+        obs = Observed.from_stats(stats)
+        rows = [(n0, -1), (n0 + 1, 1), (n0 + 1, 0)]
+        if n0 >= 1:
+            rows += [(n0 - 1, -1), (n0, 1), (n0, 0)]
+        s, lost = rollout_scores(obs, rows, paths, horizon_s, 0.0, theta, rng, True)
+        # Stratified differences, per path: talk seconds gained, abandons added.
+        d_talk = obs.p * s[1] + (1 - obs.p) * s[2] - s[0]
+        d_lost = obs.p * lost[1] + (1 - obs.p) * lost[2] - lost[0]
+        up = d_talk - lam * d_lost
+        se = float(up.std() / math.sqrt(paths))
+        ups.append((risk, float(up.mean()), se))
+        talks.append((float(d_talk.mean()), float(d_talk.std() / math.sqrt(paths))))
+        losts.append((float(d_lost.mean()), float(d_lost.std() / math.sqrt(paths))))
+        line = (
+            f"t={now:.0f} free={stats.seats_free} in_flight={stats.calls_in_flight} n0={n0}"
+            f" next_risk={risk:.3f} d_talk={talks[-1][0]:.2f}+-{talks[-1][1]:.2f}"
+            f" d_abandons={losts[-1][0]:.4f}+-{losts[-1][1]:.4f} up={up.mean():.2f}+-{se:.2f}"
+        )
+        if n0 >= 1:
+            dt = obs.p * s[4] + (1 - obs.p) * s[5] - s[3]
+            dl = obs.p * lost[4] + (1 - obs.p) * lost[5] - lost[3]
+            down = dt - lam * dl
+            downs.append((float(down.mean()), float(down.std() / math.sqrt(paths))))
+            line += f" down={down.mean():.2f}+-{downs[-1][1]:.2f}"
+        print(line, flush=True)
+    u = np.asarray(ups)
+    fit = np.polyfit(u[:, 0], u[:, 1], 1)
+    resid = u[:, 1] - np.polyval(fit, u[:, 0])
+    print(
+        f"states={len(u)} up: mean={u[:, 1].mean():.2f}"
+        f" above_2se={(u[:, 1] > 2 * u[:, 2]).mean():.2f}"
+        f" fit up = {fit[1]:.2f} + {fit[0]:.1f} * risk, residual sd={resid.std(ddof=2):.2f}"
+        f" vs rms se={math.sqrt((u[:, 2] ** 2).mean()):.2f}"
+    )
+    # Is the talk an extra dial buys explained by the abandons it adds? A ratio
+    # that varies beyond noise is value a risk threshold cannot see.
+    t_, l_ = np.asarray(talks), np.asarray(losts)
+    fit2 = np.polyfit(l_[:, 0], t_[:, 0], 1)
+    resid2 = t_[:, 0] - np.polyval(fit2, l_[:, 0])
+    print(
+        f"d_talk = {fit2[1]:.2f} + {fit2[0]:.1f} * d_abandons, residual sd={resid2.std(ddof=2):.2f}"
+        f" vs rms se={math.sqrt((t_[:, 1] ** 2).mean()):.2f};"
+        f" d_abandons vs risk corr={np.corrcoef(l_[:, 0], u[:, 0])[0, 1]:.2f}"
+    )
+    if downs:
+        d = np.asarray(downs)
+        print(
+            f"down: states={len(d)} mean={d[:, 0].mean():.2f}"
+            f" below_-2se={(d[:, 0] < -2 * d[:, 1]).mean():.2f}"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seats", type=int, default=10)
@@ -402,9 +494,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--paths", type=int, default=32)
     parser.add_argument("--horizon", type=int, default=60)
     parser.add_argument("--band", type=float, default=4.0, help="skip when risk > band * theta")
+    parser.add_argument("--advantage", type=int, default=0, help="every n-th state: Q diffs")
     args = parser.parse_args(argv)
     config = SimConfig(seats=args.seats, hours=args.hours)
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.advantage:
+        for sd in seeds:
+            advantage(
+                config,
+                sd,
+                args.theta,
+                float(args.lams.split(",")[0]) if args.lams else 150.0,
+                args.paths,
+                args.horizon,
+                args.advantage,
+                args.band,
+            )
+        return 0
     for theta in [float(x) for x in args.thetas.split(",") if x] if not args.tilts else []:
         t0 = time.perf_counter()
         runs = [run(lambda p, s, n, th=theta: base_dials(s, th)[0], config, sd) for sd in seeds]
