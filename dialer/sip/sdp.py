@@ -84,6 +84,7 @@ _PTIME_RE = re.compile(r"([0-9]{1,5})(?:\.[0-9]{1,3})?")
 _FQDN_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9])?")
 _LINE_TYPE_RE = re.compile(r"[a-z]")
 _IP4_CHARS_RE = re.compile(r"[0-9.]+")
+_PROTO_RE = re.compile(r"[A-Za-z0-9\-_.]+(?:/[A-Za-z0-9\-_.]+)*")
 
 _MAX_PAYLOAD_TYPE = 127
 _MAX_CLOCK_RATE = 0xFFFFFFFF
@@ -618,7 +619,7 @@ class _Parser:
         port_count = None if match.group(2) is None else int(match.group(2))
         if port_count == 0:
             raise SdpError(f"{where}: port count 0")
-        if re.fullmatch(r"[A-Za-z0-9\-_.]+(?:/[A-Za-z0-9\-_.]+)*", proto) is None:
+        if _PROTO_RE.fullmatch(proto) is None:
             raise SdpError(f"{where}: bad transport protocol {_show(proto)}")
         # RFC 3264 §6: a rejected stream still lists formats, but some stacks send none.
         if not formats and port != 0:

@@ -166,6 +166,22 @@ class TransactionKey:
     method: str
     sent_by: str = ""
 
+    # Written out, as dataclasses would make them, so that mypyc compiles them: the
+    # ones dataclasses generates stay interpreted, and every dict of transactions
+    # and timers hashes these keys.
+    def __hash__(self) -> int:
+        return hash((self.role, self.branch, self.method, self.sent_by))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TransactionKey):  # no subclasses: as the class check
+            return NotImplemented
+        return (
+            self.branch == other.branch
+            and self.method == other.method
+            and self.sent_by == other.sent_by
+            and self.role is other.role
+        )
+
 
 def _server_key(request: Request) -> TransactionKey:
     via = request.top_via
