@@ -480,6 +480,130 @@ def advantage(
         )
 
 
+_FEATURES = ("risk", "free", "in_flight", "talking", "wrapping", "waiting")
+
+
+def _features(stats: PacingStats, planned: int, theta: float) -> list[float]:
+    """What a richer rule could see of the marginal dial (the one after ``planned``)."""
+    pmf, seat_cdf, other = _risk_model(POLICY, stats)
+    for _ in range(planned):
+        _shift_in(pmf, other)
+    risk = float((pmf * seat_cdf).sum()) / _SLOTS
+    return [
+        risk,
+        float(stats.seats_free),
+        float(stats.calls_in_flight + planned),
+        float(stats.seats_busy - stats.seats_wrapping),
+        float(stats.seats_wrapping),
+        float(stats.calls_waiting),
+    ]
+
+
+def collect(
+    config: SimConfig,
+    seed: int,
+    theta: float,
+    paths: int,
+    horizon_s: int,
+    every: int,
+    band: float,
+    out: str,
+) -> None:
+    """Marginal dials' features and rollout outcomes (talk gained, abandons added), to .npz."""
+    states: list[tuple[float, PacingStats, int, float]] = []
+
+    def grab(policy: PacingPolicy, stats: PacingStats, now: float) -> int:
+        n0, risk = base_dials(stats, theta)
+        if now > 300 and stats.answer_samples > 100 and not (n0 == 0 and risk > band * theta):
+            states.append((now, stats, n0, risk))
+        return n0
+
+    run(grab, config, seed)
+    rng = np.random.default_rng(seed + 2000)
+    feats: list[list[float]] = []
+    outs: list[list[float]] = []
+    for i, (_, stats, n0, _) in enumerate(states[::every]):
+        obs = Observed.from_stats(stats)
+        rows = [(n0, -1), (n0 + 1, 1), (n0 + 1, 0)]
+        if n0 >= 1:
+            rows += [(n0 - 1, -1), (n0, 1), (n0, 0)]
+        s, lost = rollout_scores(obs, rows, paths, horizon_s, 0.0, theta, rng, True)
+        for base_row, planned in ((0, n0), (3, n0 - 1)):
+            if planned < 0:
+                continue
+            d_talk = obs.p * s[base_row + 1] + (1 - obs.p) * s[base_row + 2] - s[base_row]
+            d_lost = obs.p * lost[base_row + 1] + (1 - obs.p) * lost[base_row + 2] - lost[base_row]
+            feats.append(_features(stats, planned, theta))
+            root = math.sqrt(paths)
+            outs.append([d_talk.mean(), d_lost.mean(), d_talk.std() / root, d_lost.std() / root])
+        if i % 20 == 0:
+            print(f"state {i} of {len(states[::every])}", file=sys.stderr, flush=True)
+            np.savez(out, features=np.asarray(feats), outcomes=np.asarray(outs))
+    np.savez(out, features=np.asarray(feats), outcomes=np.asarray(outs))
+
+
+def _design(f: np.ndarray, seats: int, rich: bool) -> np.ndarray:
+    """Regressors: the risk alone (and its square), or with the seat and call counts."""
+    cols = [np.ones(len(f)), f[:, 0], f[:, 0] ** 2]
+    if rich:
+        cols += [f[:, j] / seats for j in range(1, f.shape[1])]
+    return np.column_stack(cols)
+
+
+def fit(path: str, seats: int) -> dict[str, np.ndarray]:
+    """Weighted least squares of talk gained and abandons added on the marginal dial's features.
+
+    Prints chi-squared per degree of freedom: about 1 means the model explains all
+    but the rollout's noise; if the risk alone already gets there, the counts a
+    richer rule could add carry no value the threshold misses.
+    """
+    data = np.load(path)
+    f, o = data["features"], data["outcomes"]
+    coefs: dict[str, np.ndarray] = {}
+    for name, col in (("talk", 0), ("abandons", 1)):
+        y, se = o[:, col], np.maximum(o[:, col + 2], 1e-6)
+        for rich in (False, True):
+            x = _design(f, seats, rich)
+            w = 1.0 / se
+            beta, *_ = np.linalg.lstsq(x * w[:, None], y * w, rcond=None)
+            chi2 = float((((y - x @ beta) / se) ** 2).sum() / (len(y) - x.shape[1]))
+            label = "risk+counts" if rich else "risk only"
+            print(f"fit {name} on {label}: n={len(y)} chi2/dof={chi2:.2f} coef={np.round(beta, 3)}")
+            coefs[f"{name}_{'rich' if rich else 'risk'}"] = beta
+    return coefs
+
+
+@dataclasses.dataclass
+class FittedPacer:
+    """The rollout's choice among n0 - 1, n0, n0 + 1 with fitted, noiseless Q differences.
+
+    The marginal dial after ``k`` planned is worth placing when the fitted talk it
+    gains exceeds ``lam`` times the abandons it adds. Used only where the data came
+    from (the base count and its neighbours), the base count elsewhere.
+    """
+
+    coefs: dict[str, np.ndarray]
+    lam: float
+    rich: bool = True
+    theta: float = 0.03
+    band: float = 2.0
+
+    def _worth(self, stats: PacingStats, planned: int) -> float:
+        f = np.asarray([_features(stats, planned, self.theta)], dtype=float)
+        x = _design(f, stats.seats, self.rich)[0]
+        return float(x @ self.coefs["talk"]) - self.lam * float(x @ self.coefs["abandons"])
+
+    def __call__(self, policy: PacingPolicy, stats: PacingStats, now: float) -> int:
+        n0, risk = base_dials(stats, self.theta)
+        if stats.answer_samples <= 100 or (n0 == 0 and risk > self.band * self.theta):
+            return n0
+        if self._worth(stats, n0) > 0:
+            return n0 + 1
+        if n0 >= 1 and self._worth(stats, n0 - 1) <= 0:
+            return n0 - 1
+        return n0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seats", type=int, default=10)
@@ -495,9 +619,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--horizon", type=int, default=60)
     parser.add_argument("--band", type=float, default=4.0, help="skip when risk > band * theta")
     parser.add_argument("--advantage", type=int, default=0, help="every n-th state: Q diffs")
+    parser.add_argument("--collect", default="", help=".npz: marginal dials for a fitted rule")
+    parser.add_argument("--fitted", default="", help=".npz from --collect: fit, run at --lams")
     args = parser.parse_args(argv)
     config = SimConfig(seats=args.seats, hours=args.hours)
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.fitted:
+        coefs = fit(args.fitted, args.seats)
+        for rich in (False, True):
+            kind = "rich" if rich else "risk"
+            use = {"talk": coefs[f"talk_{kind}"], "abandons": coefs[f"abandons_{kind}"]}
+            for lam in [float(x) for x in args.lams.split(",") if x]:
+                t0 = time.perf_counter()
+                pacer = FittedPacer(use, lam, rich, args.theta, args.band)
+                runs = [run(pacer, config, sd) for sd in seeds]
+                _report(f"fitted {kind} lam={lam}", runs, time.perf_counter() - t0)
+        return 0
+    if args.collect:
+        collect(
+            config,
+            seeds[0],
+            args.theta,
+            args.paths,
+            args.horizon,
+            args.advantage or 10,
+            args.band,
+            args.collect,
+        )
+        return 0
     if args.advantage:
         for sd in seeds:
             advantage(
