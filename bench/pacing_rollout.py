@@ -565,7 +565,18 @@ def advantage(
         )
 
 
-_FEATURES = ("risk", "free", "in_flight", "talking", "wrapping", "waiting")
+_FEATURES = (
+    "risk",
+    "free",
+    "in_flight",
+    "talking",
+    "wrapping",
+    "waiting",
+    # Timing, the lever a non-myopic rule would have: expected answers (from the
+    # calls in flight, by age, and the planned dials) and seats free within w s.
+    *(f"answers_{w}s" for w in (5, 10, 20)),
+    *(f"seats_{w}s" for w in (5, 10, 20)),
+)
 
 
 def _features(stats: PacingStats, planned: int, theta: float) -> list[float]:
@@ -574,6 +585,24 @@ def _features(stats: PacingStats, planned: int, theta: float) -> list[float]:
     for _ in range(planned):
         _shift_in(pmf, other)
     risk = float((pmf * seat_cdf).sum()) / _SLOTS
+    obs = Observed.from_stats(stats)
+    ring_w = max(1e-9, obs.ring_hi - obs.ring_lo)
+    hold_w = max(1e-9, obs.hold_hi - obs.hold_lo)
+    a = obs.ages
+    fr = np.clip((a - obs.ring_lo) / ring_w, 0.0, 1.0)
+    fh = np.clip((a - obs.hold_lo) / hold_w, 0.0, 1.0)
+    ringing = obs.p * (1.0 - fr)
+    holding = (1.0 - obs.p) * (1.0 - fh)
+    timing: list[float] = []
+    for w in (5.0, 10.0, 20.0):
+        later = np.clip((a + w - obs.ring_lo) / ring_w, 0.0, 1.0)
+        mine = obs.p * (later - fr) / np.maximum(ringing + holding, 1e-12)
+        planned_share = planned * obs.p * min(1.0, max(0.0, (w - obs.ring_lo) / ring_w))
+        timing.append(float(mine.sum()) + planned_share)
+    for w in (5.0, 10.0, 20.0):
+        freed = obs.talking * (-math.expm1(-max(0.0, w - obs.wrap_mean) / obs.talk_mean))
+        wraps = float((obs.wrap_remaining <= w).sum())
+        timing.append(stats.seats - stats.seats_busy + wraps + freed)
     return [
         risk,
         float(stats.seats_free),
@@ -581,6 +610,7 @@ def _features(stats: PacingStats, planned: int, theta: float) -> list[float]:
         float(stats.seats_busy - stats.seats_wrapping),
         float(stats.seats_wrapping),
         float(stats.calls_waiting),
+        *timing,
     ]
 
 
@@ -674,7 +704,8 @@ class FittedPacer:
     band: float = 2.0
 
     def _worth(self, stats: PacingStats, planned: int) -> float:
-        f = np.asarray([_features(stats, planned, self.theta)], dtype=float)
+        width = len(self.coefs["talk"]) - 2 if self.rich else 1
+        f = np.asarray([_features(stats, planned, self.theta)[:width]], dtype=float)
         x = _design(f, stats.seats, self.rich)[0]
         return float(x @ self.coefs["talk"]) - self.lam * float(x @ self.coefs["abandons"])
 
