@@ -7,23 +7,9 @@ be ignored without a word: that is refused here, with what to run.
 
 from __future__ import annotations
 
-import importlib.machinery
 from pathlib import Path
 
+from media.stale_build import refuse_stale_builds
 
-def _refuse_stale_builds() -> None:
-    here = Path(__file__).parent
-    if not (here.parent.parent / "pyproject.toml").exists():
-        return  # installed, not a checkout: built and copied together
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        for built in here.glob(f"*{suffix}"):
-            source = built.with_name(built.name[: -len(suffix)] + ".py")
-            if source.exists() and source.stat().st_mtime > built.stat().st_mtime + 1:
-                raise ImportError(
-                    f"{source} changed after it was compiled into {built.name}: "
-                    "rebuild (pip install -e .) or remove the build "
-                    "(rm dialer/sip/*.so; DIALER_PURE_PYTHON=1 pip install -e . keeps it off)"
-                )
-
-
-_refuse_stale_builds()
+_HERE = Path(__file__).parent
+refuse_stale_builds(_HERE, _HERE.parent.parent, what="dialer/sip/*.so")
