@@ -272,7 +272,7 @@ async def _run_calls(
     record_dir: Path,
     shared_clock: bool = True,
 ) -> RunResult:
-    from dialer.gc_policy import freeze_startup_objects
+    from dialer.gc_policy import tune_collector
     from media import recording
     from media.clock import LatenessHistogram
     from media.playback import prompt_from_samples
@@ -282,7 +282,7 @@ async def _run_calls(
 
     loop = asyncio.get_running_loop()
     # As `dialer worker` does once it is set up, before its first call (dialer.gc_policy).
-    freeze_startup_objects()
+    tune_collector()
     rng = random.Random(7)
     t = np.arange(8000 * 2) / 8000
     prompt = prompt_from_samples(

@@ -341,7 +341,7 @@ async def _run_calls(
 ) -> dict:
     import aiohttp
 
-    from dialer.gc_policy import freeze_startup_objects
+    from dialer.gc_policy import tune_collector
     from media.clock import LatenessHistogram
     from media.playback import PlaybackQueue
     from media.ports import PortAllocator, bind_pair
@@ -351,7 +351,7 @@ async def _run_calls(
     loop = asyncio.get_running_loop()
     http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     # As `dialer worker` does once it is set up, before its first call (dialer.gc_policy).
-    freeze_startup_objects()
+    tune_collector()
     allocator = PortAllocator(20000, 39999, start_port=20000 + 2 * (os.getpid() % 9000))
     config = SessionConfig(media_timeout_s=None, rtcp=False)
     clock = _shared_clock(loop, own_clocks)

@@ -173,7 +173,7 @@ async def _run_worker(settings: Settings, capacity: int) -> int:
     from dialer.bus import Broker, make_broker
     from dialer.call_relay import AnnouncingCallControl
     from dialer.db import apply_migrations, connect_pool
-    from dialer.gc_policy import freeze_startup_objects
+    from dialer.gc_policy import tune_collector
     from dialer.priority import apply_realtime_priority
     from dialer.stack import default_trunk, start_worker
 
@@ -211,8 +211,9 @@ async def _run_worker(settings: Settings, capacity: int) -> int:
                 settings, pool, broker, trunk, capacity=capacity, control=control
             )
             # Everything loaded so far lives as long as the process: out of the
-            # collector's sight, so full collections do not stall the RTP clock.
-            freeze_startup_objects()
+            # collector's sight, so full collections do not stall the RTP clock;
+            # and young collections rarer (dialer.gc_policy says why).
+            tune_collector()
             print(f"worker {worker.worker_id} running", file=sys.stderr, flush=True)
             try:
                 await _wait_for_stop(lost)

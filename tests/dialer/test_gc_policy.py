@@ -27,3 +27,20 @@ def test_startup_objects_are_frozen_and_new_garbage_is_still_collected() -> None
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_a_worker_collector_is_frozen_and_collects_the_young_less_often() -> None:
+    code = (
+        "import gc\n"
+        "from dialer.gc_policy import WORKER_THRESHOLDS, tune_collector\n"
+        "default = gc.get_threshold()\n"
+        "assert tune_collector() == gc.get_freeze_count() > 1000\n"
+        "assert gc.get_threshold() == WORKER_THRESHOLDS\n"
+        "assert WORKER_THRESHOLDS[0] > default[0]\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
