@@ -19,30 +19,45 @@ seconds within the horizon minus lam times abandons. Common random numbers
 across candidates, and Q(n + 1) is stratified on the extra dial's liveness.
 
 Fitted rollout (``--collect`` then ``--fitted``). Rollouts with K = 200, H = 40 s
-in states of a base day (theta 0.03, 10 seats 2 h: 487 marginal dials; 25 seats
-1 h: 357), talk gained and abandons added apart; least squares on the marginal
-dial's risk (and its square), or on risk plus free seats, calls in flight,
-talking, wrapping and waiting seats (``rich``). `FittedPacer` then makes the
-rollout's choice among n0 - 1, n0, n0 + 1 with the fitted, noiseless Q.
+in states of a base day (theta 0.03), talk gained and abandons added apart; least
+squares on the marginal dial's risk (and its square), or (``rich``) on risk plus
+free seats, calls in flight, talking, wrapping and waiting seats and, in the
+second round, timing: expected answers and seats free within 5, 10 and 20 s.
+`FittedPacer` then makes the rollout's choice among n0 - 1, n0, n0 + 1 with the
+fitted, noiseless Q. Data: round 1 (counts only) 10 seats seed 11, 2 h, 487
+marginal dials; 25 seats seed 11, 1 h, 357. Round 2 (counts and timing) 10 seats
+seed 12, 2 h, 477; 50 seats seed 12, 1 h, 284.
 
-Measured (2026-12-07, 2 shared cores, load average 2-5 from other jobs):
+Measured (2026-12-07, 2 shared cores, load average 1.3-5.4 from other jobs):
 
 10 seats, 2-hour days, seeds 0-7, base curve (abandonment, occupancy):
-  theta 0.02 (1.44 %, 0.7752)   0.025 (1.82 %, 0.7820)   0.03 (2.46 %, 0.7860)
+  theta 0.008 (0.48 %, 0.7522)   0.012 (0.67 %, 0.7603)   0.016 (1.03 %, 0.7673)
+  0.02 (1.44 %, 0.7752)   0.025 (1.82 %, 0.7820)   0.03 (2.46 %, 0.7860)
   0.035 (2.95 %, 0.7915)   0.04 (3.27 %, 0.7930)   0.05 (3.83 %, 0.8018)
   0.06 (5.16 %, 0.8078)
 Fitted rollout, same seeds (difference from the curve at equal abandonment):
-  risk only  lam  60: 5.15 % 0.8028 (-0.0050)   lam  80: 2.99 % 0.7918 (+0.0001)
-             lam 100: 2.00 % 0.7829 (-0.0002)   lam 130: 1.44 % 0.7787 (+0.0035)
-  rich       lam  60: 4.55 % 0.8033 (-0.0017)   lam  80: 3.28 % 0.7951 (+0.0019)
-             lam 100: 2.19 % 0.7839 (-0.0004)   lam 130: 1.47 % 0.7756 (-0.0001)
+  round 1 risk only lam  60: 5.15 % 0.8028 (-0.0050)  lam  80: 2.99 % 0.7918 (+0.0001)
+                    lam 100: 2.00 % 0.7829 (-0.0002)  lam 130: 1.44 % 0.7787 (+0.0035)
+  round 1 rich      lam  60: 4.55 % 0.8033 (-0.0017)  lam  80: 3.28 % 0.7951 (+0.0019)
+                    lam 100: 2.19 % 0.7839 (-0.0004)  lam 130: 1.47 % 0.7756 (-0.0001)
+  round 2 risk only lam  60: 4.82 % 0.8009 (-0.0054)  lam  80: 3.12 % 0.7969 (+0.0046)
+                    lam 100: 1.56 % 0.7777 (+0.0004)  lam 130: 0.85 % 0.7694 (+0.0056)
+  round 2 rich      lam  60: 4.13 % 0.8000 (-0.0032)  lam  80: 2.55 % 0.7834 (-0.0036)
+                    lam 100: 1.53 % 0.7813 (+0.0045)  lam 130: 1.45 % 0.7706 (-0.0048)
 25 seats, 2-hour days, seeds 0-3, base curve: theta 0.012 (1.61 %, 0.8310)
   0.02 (2.67 %, 0.8367)   0.03 (3.64 %, 0.8442)   0.04 (4.81 %, 0.8516)
   0.05 (5.85 %, 0.8539)   0.07 (7.67 %, 0.8635)   0.10 (10.47 %, 0.8720)
   0.14 (14.17 %, 0.8774)
-Fitted rollout: risk only lam 40: 7.15 % 0.8626 (+0.0018); lam 60 and 90 (the
-  same decisions): 2.44 % 0.8374 (+0.0019); rich lam 40: 10.47 % 0.8647
+Fitted rollout (round 1): risk only lam 40: 7.15 % 0.8626 (+0.0018); lam 60 and
+  90 (the same decisions): 2.44 % 0.8374 (+0.0019); rich lam 40: 10.47 % 0.8647
   (-0.0073), lam 60: 4.69 % 0.8467 (-0.0041), lam 90: 2.30 % 0.8381 (+0.0034).
+50 seats, 2-hour days, seeds 0-3, base curve: theta 0.01 (1.98 %, 0.8621)
+  0.02 (2.88 %, 0.8733)   0.03 (4.05 %, 0.8768)   0.04 (5.53 %, 0.8818)
+  0.06 (7.60 %, 0.8868)   0.10 (11.70 %, 0.8916)
+Fitted rollout (round 2): risk only lam 30: 6.55 % 0.8835 (-0.0008), lam 50:
+  5.50 % 0.8804 (-0.0013), lam 80: 3.61 % 0.8745 (-0.0010); rich lam 30: 6.44 %
+  0.8835 (-0.0005), lam 50: 5.86 % 0.8803 (-0.0023), lam 80: 5.06 % 0.8773
+  (-0.0029).
 Plain rollout, 10 seats 2-hour days: K = 32, H = 60, not stratified, seeds 0-1
   (base curve from seeds 0-3): lam 100: 8.04 % 0.8148 (-0.0072), lam 200:
   8.16 % 0.8081 (-0.0141); K = 128, H = 30, stratified, seed 0 (against the
@@ -55,14 +70,17 @@ path's difference has a deviation of 40-80 s (lam 150-200, H 40-60), so K = 32
 curve; K = 400 took 2-3 s a decision (both comparisons, H 40, loaded machine).
 Measured with K = 400, H = 40 (``--advantage``, seed 7): of 34 states (10 seats,
 lam 150) and 25 states (25 seats, lam 60), none had n0 + 1 or n0 - 1 better
-than n0 by 2 standard errors. Fitted over the 487 / 357 marginal dials, the
-talk an extra dial gains and the abandons it adds are both functions of its own
-myopic risk: chi-squared per degree of freedom of the fit on risk alone 1.26
-(talk) and 1.14 (abandons) at 10 seats, 0.92 and 1.09 at 25 seats; adding the
-five counts moves them to 1.21 / 1.14 and 0.91 / 1.09. A rule that sees what
-the rollout sees therefore reduces to a threshold on that risk, and it measures
-on the curve (above: every fitted point within -0.0073 .. +0.0035 of it, about
-the noise of the curve itself).
+than n0 by 2 standard errors. Over the marginal dials, the talk an extra dial
+gains and the abandons it adds are mostly functions of its own myopic risk:
+chi-squared per degree of freedom of the fit on risk alone, talk / abandons,
+then with the other features: round 1, 10 seats 1.26 / 1.14 -> 1.21 / 1.14,
+25 seats 0.92 / 1.09 -> 0.91 / 1.09; round 2, 10 seats 1.54 / 1.16 -> 1.19 /
+1.08, 50 seats 1.04 / 0.98 -> 1.05 / 0.97. Where counts and timing do explain
+some of the rest (10 seats, round 2), a rule that uses them still measures on
+the curve: every fitted point above lies within -0.0073 .. +0.0056 of it, the
+size of the curve's own noise (one 2-hour day at 10 seats, theta 0.03, seeds
+0-7: standard deviation 0.0077 occupancy, 0.65 points of abandonment), against
+the +0.01 looked for.
 Also on the curve: the threshold tilted by the seats free now (``--tilts``:
 x0.5, x2, x4 while a seat is idle; 10 seats 2 h, seeds 0-3, against the seeds
 0-3 curve of thetas 0.015-0.12): the eight points inside the curve's range lie
@@ -77,8 +95,12 @@ Re-run (about 20 s to 3 min each on one core, the rollout runs 10-20 min):
       --hours 2 --seeds 11 --paths 200 --horizon 40 --band 2
   python bench/pacing_rollout.py --fitted /tmp/col10.npz --seats 10 --hours 2 \
       --seeds 0,1,2,3,4,5,6,7 --lams 60,80,100,130
-  (25 seats: --collect ... --advantage 15 --seats 25 --hours 1; --fitted ...
-   --seats 25 --seeds 0,1,2,3 --lams 40,60,90; thetas as listed above)
+  (round 1 above was collected before the timing features existed: its fit used
+   the first six; the same command now collects round 2's twelve. Round 2 used
+   --seeds 12. 25 seats: --collect ... --advantage 15 --seats 25 --hours 1
+   --seeds 11; --fitted ... --seats 25 --seeds 0,1,2,3 --lams 40,60,90. 50 seats:
+   --collect ... --advantage 30 --seats 50 --hours 1 --seeds 12; --fitted ...
+   --seats 50 --seeds 0,1,2,3 --lams 30,50,80. Thetas as listed above.)
   python bench/pacing_rollout.py --advantage 50 --seats 10 --hours 1 --seeds 7 \
       --lams 150 --paths 400 --horizon 40 --band 2
   python bench/pacing_rollout.py --seats 10 --hours 2 --seeds 0 --lams 150 \
@@ -86,6 +108,9 @@ Re-run (about 20 s to 3 min each on one core, the rollout runs 10-20 min):
   python bench/pacing_rollout.py --seats 10 --hours 2 --seeds 0,1,2,3 \
       --thetas 0.02,0.03,0.04,0.06 --tilts 0.5,2,4
 With no arguments: three base points, 10 seats, a 1-hour day (seconds).
+Figures from earlier states of this file (same model and seeds): the K = 32
+rollout at e03daf8 (not stratified); K = 128 and --tilts at ec15c76;
+--advantage at 6f43a14; round 1 at 85bbbdf (six features).
 """
 
 from __future__ import annotations
