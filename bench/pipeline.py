@@ -459,7 +459,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--workers", default="1,2", help="comma-separated worker counts (default 1,2)"
     )
-    parser.add_argument("--capacity", type=int, default=50, help="calls at once per worker")
+    parser.add_argument(
+        "--capacity", type=int, default=100, help="calls at once per worker (as dialer worker)"
+    )
     parser.add_argument("--seats", type=int, default=5000, help="the workflow's seats")
     parser.add_argument("--verbose", action="store_true", help="median time of each phase")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run at most")
