@@ -96,6 +96,11 @@ class RunnerConfig:
     poll_interval_s: float = 1.0
     max_response_bytes: int = 512
     stop_grace_s: float = 5.0
+    # Finished actions are deleted this long after they finished (their
+    # requests hold people's names and message texts), at most this often.
+    retention_s: float = 30 * 86400.0
+    purge_interval_s: float = 3600.0
+    purge_batch: int = 10_000
 
     @property
     def lease_s(self) -> float:
@@ -228,6 +233,28 @@ class ActionRunner:
                     await listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
                 await self.pool.release(listener)
 
+    async def purge(self) -> int:
+        """Delete actions finished longer than the retention ago; the number deleted.
+
+        In batches, so that no statement holds many row locks for long.
+        """
+        total = 0
+        while True:
+            deleted = await self.pool.fetchval(
+                """WITH gone AS (
+                       DELETE FROM actions WHERE id IN (
+                           SELECT id FROM actions WHERE status <> 'pending'
+                             AND completed_at < now() - make_interval(secs => $1)
+                           LIMIT $2)
+                       RETURNING 1)
+                   SELECT count(*) FROM gone""",
+                self.config.retention_s,
+                self.config.purge_batch,
+            )
+            total += deleted
+            if deleted < self.config.purge_batch:
+                return total
+
     async def run_once(self) -> int:
         """Claim what is due now and carry it all out; the number of actions tried."""
         claims = await self._claim(self.config.batch_size)
@@ -246,8 +273,16 @@ class ActionRunner:
     async def _feed(self, stop: asyncio.Event) -> None:
         cfg = self.config
         backoff = cfg.poll_interval_s
+        next_purge = time.monotonic()
         while not stop.is_set():
             self._wake.clear()
+            if time.monotonic() >= next_purge:
+                next_purge = time.monotonic() + cfg.purge_interval_s
+                try:
+                    if removed := await self.purge():
+                        log.info("deleted %d finished actions past their retention", removed)
+                except (TimeoutError, asyncpg.PostgresError, OSError) as exc:
+                    log.warning("purging finished actions failed: %s", exc)
             free = min(cfg.concurrency - len(self._inflight), cfg.batch_size)
             claims: list[asyncpg.Record] = []
             if free > 0:

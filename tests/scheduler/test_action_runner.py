@@ -427,6 +427,38 @@ async def test_sms_without_gateway_fails_clearly(pool: asyncpg.Pool) -> None:
     assert await pool.fetchval("SELECT status FROM records WHERE id = $1", record_id) == "failed"
 
 
+async def test_finished_actions_are_deleted_after_the_retention(pool: asyncpg.Pool) -> None:
+    """Rendered requests hold names and message texts: kept 30 days by default."""
+    tenant = await make_tenant(pool, "act")
+    workflow = await _workflow(pool, tenant, SMS_ONLY)
+    old, recent = [await _record(pool, tenant, workflow) for _ in range(2)]
+    await Scheduler(pool, MemoryBroker("unused"), tenant_ids=[tenant.id]).tick()
+    async with _runner(pool, tenant, Gateways()) as runner:
+        assert await runner.run_once() == 2
+        pending = await _record(pool, tenant, workflow)
+        await Scheduler(pool, MemoryBroker("unused"), tenant_ids=[tenant.id]).tick()
+        await pool.execute(
+            """UPDATE actions SET completed_at = now() - interval '31 days',
+                   created_at = now() - interval '31 days'
+               WHERE record_id = $1 OR record_id = $2""",
+            old,
+            pending,
+        )
+        runs_before = await _runs(pool, old)
+        assert await runner.purge() == 1
+        assert await runner.purge() == 0
+    left = await pool.fetch(
+        "SELECT record_id, status FROM actions WHERE record_id = ANY($1::uuid[])",
+        [old, recent, pending],
+    )
+    assert sorted((r["record_id"] == recent, r["status"]) for r in left) == [
+        (False, "pending"),
+        (True, "done"),
+    ]
+    # The record's node runs stay: only the action's copy of the request goes.
+    assert await _runs(pool, old) == runs_before and runs_before
+
+
 async def test_no_sms_to_a_number_on_the_dnc_list(pool: asyncpg.Pool, receiver: Receiver) -> None:
     tenant = await make_tenant(pool, "act")
     workflow = await _workflow(pool, tenant, SMS_ONLY)
