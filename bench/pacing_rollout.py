@@ -14,7 +14,8 @@ remaining wrap-up / talking, answers waiting, and the rates and duration laws
 estimated from finished calls; never which calls are live or when talk ends):
 each ringing call is live with its posterior given its age, talk is memoryless,
 and after the first second every future follows the base rule once a second
-(`_batch_base`, the same exact-count risk, vectorised over paths). Score: talk
+(`_batch_base`: the same exact-count risk with 6 answer-time slots, not 12,
+vectorised over paths). Candidates n0 - 1, n0, n0 + 1. Score: talk
 seconds within the horizon minus lam times abandons. Common random numbers
 across candidates, and Q(n + 1) is stratified on the extra dial's liveness.
 
