@@ -141,7 +141,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-from scipy.special import gammaln
 
 import scheduler.simulate as sim
 from scheduler.pacing import (
@@ -281,7 +280,9 @@ def _batch_base(
     i = np.arange(size)
     nt = n_talk[:, None, None]
     valid = i[None, None, :] <= nt
-    logc = gammaln(nt + 1) - gammaln(i + 1) - gammaln(np.maximum(nt - i, 0) + 1)
+    # log k! for k = 0..size (whole counts only: a table, not a gamma function)
+    log_fact = np.concatenate(([0.0], np.cumsum(np.log(np.arange(1, size + 1)))))
+    logc = log_fact[nt] - log_fact[i] - log_fact[np.maximum(nt - i, 0)]
     law = np.where(
         valid,
         np.exp(logc + i * np.log(f)[None, :, None] + (nt - i) * np.log1p(-f)[None, :, None]),
