@@ -243,6 +243,8 @@ def _callee_main(conn, warmup_s: float, duration_s: float, woken: bool = False) 
             transport = sock
 
             def drain() -> None:
+                if done.done():
+                    return  # the socket may be closed already: a drain booked before the end
                 while True:
                     try:
                         data, address = sock.recvfrom(2048)
