@@ -6,8 +6,19 @@ import subprocess
 import sys
 
 
+def _in_a_child(code: str) -> None:
+    """Run ``code`` in a fresh interpreter; it prints ok when its asserts hold.
+
+    In a child: freezing the test runner's own objects would outlive the test.
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
 def test_startup_objects_are_frozen_and_new_garbage_is_still_collected() -> None:
-    # In a child: freezing the test runner's own objects would outlive the test.
     code = (
         "import gc\n"
         "from dialer.gc_policy import freeze_startup_objects\n"
@@ -22,11 +33,7 @@ def test_startup_objects_are_frozen_and_new_garbage_is_still_collected() -> None
         "assert gc.collect() >= 2  # a cycle made after the freeze is found\n"
         "print('ok')\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
+    _in_a_child(code)
 
 
 def test_a_worker_collector_is_frozen_and_collects_the_young_less_often() -> None:
@@ -39,8 +46,4 @@ def test_a_worker_collector_is_frozen_and_collects_the_young_less_often() -> Non
         "assert WORKER_THRESHOLDS[0] > default[0]\n"
         "print('ok')\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
+    _in_a_child(code)

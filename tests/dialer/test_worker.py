@@ -34,6 +34,18 @@ class ScriptedRunner:
         return {"disposition": "answered", "sip_status": 200, "hangup_by": "caller", "talk_s": 0.05}
 
 
+async def _twenty_seats(pool: asyncpg.Pool) -> tuple[Any, asyncpg.Record]:
+    """A tenant and a workflow whose 20 seats let a burst of calls through at once."""
+    tenant = await make_tenant(pool, "wrk")
+    workflow = await _workflow(pool, tenant)
+    await pool.execute(
+        """UPDATE workflow_versions SET settings = jsonb_set(settings, '{pacing,seats}', '20')
+           WHERE workflow_id = $1""",
+        workflow["id"],
+    )
+    return tenant, workflow
+
+
 async def test_pipeline_with_worker_and_redelivered_job(pool: asyncpg.Pool, broker: Broker) -> None:
     tenant = await make_tenant(pool, "wrk")
     workflow = await _workflow(pool, tenant)
@@ -117,13 +129,7 @@ async def test_jobs_arriving_together_claim_in_one_statement_and_a_copy_is_not_d
 ) -> None:
     """A burst of jobs (with one job published twice) is claimed in one round trip,
     and the call whose job came twice in that burst is dialled once."""
-    tenant = await make_tenant(pool, "wrk")
-    workflow = await _workflow(pool, tenant)
-    await pool.execute(
-        """UPDATE workflow_versions SET settings = jsonb_set(settings, '{pacing,seats}', '20')
-           WHERE workflow_id = $1""",
-        workflow["id"],
-    )
+    tenant, workflow = await _twenty_seats(pool)
     ids = await _records(pool, tenant, workflow, [f"21255508{i:02d}" for i in range(8)])
     clock = Clock(NOON)
     runner = ScriptedRunner()
@@ -168,13 +174,7 @@ async def test_calls_ending_together_report_their_ends_in_fewer_messages(
 ) -> None:
     """Ended events ready at once share a message: every call's end arrives, in
     fewer persistent messages than calls."""
-    tenant = await make_tenant(pool, "wrk")
-    workflow = await _workflow(pool, tenant)
-    await pool.execute(
-        """UPDATE workflow_versions SET settings = jsonb_set(settings, '{pacing,seats}', '20')
-           WHERE workflow_id = $1""",
-        workflow["id"],
-    )
+    tenant, workflow = await _twenty_seats(pool)
     ids = await _records(pool, tenant, workflow, [f"21255509{i:02d}" for i in range(12)])
     clock = Clock(NOON)
     runner = ScriptedRunner(hold_s=0.0)

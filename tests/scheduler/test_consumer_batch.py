@@ -39,6 +39,15 @@ async def _placed(pool: asyncpg.Pool, broker: Broker, count: int) -> list[asyncp
     )
 
 
+async def _until_ended(pool: asyncpg.Pool, calls: list[asyncpg.Record], deadline: float) -> None:
+    while await pool.fetchval(
+        "SELECT count(*) FROM calls WHERE id = ANY($1::uuid[]) AND state <> 'ended'",
+        [c["id"] for c in calls],
+    ):
+        assert asyncio.get_running_loop().time() < deadline, "calls not ended in time"
+        await asyncio.sleep(0.05)
+
+
 def _ended(call: asyncpg.Record, disposition: str, **data: object) -> CallEvent:
     return CallEvent(
         call_id=str(call["id"]),
@@ -121,12 +130,7 @@ async def test_events_through_the_broker_are_handled_in_batches(
         events = [_ended(c, "no_answer") for c in calls]
         await broker.publish_events([(e.routing_key, e.call_id, e.to_bytes()) for e in events])
         deadline = asyncio.get_running_loop().time() + 10
-        while await pool.fetchval(
-            "SELECT count(*) FROM calls WHERE id = ANY($1::uuid[]) AND state <> 'ended'",
-            [c["id"] for c in calls],
-        ):
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.05)
+        await _until_ended(pool, calls, deadline)
     finally:
         await consumer.close()
     assert 1 <= consumer._batcher.batches < 20
@@ -148,12 +152,7 @@ async def test_a_message_of_several_ends_is_handled_and_a_bad_element_parks_it(
         mixed = encode_events(events[3:])[:-1] + b',{"kind": "ended"}]'
         await broker.publish_events([("call.ended", "m2", mixed)])
         deadline = asyncio.get_running_loop().time() + 10
-        while await pool.fetchval(
-            "SELECT count(*) FROM calls WHERE id = ANY($1::uuid[]) AND state <> 'ended'",
-            [c["id"] for c in calls],
-        ):
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.05)
+        await _until_ended(pool, calls, deadline)
         while await broker.queue_depth(broker.dead_queue) != 1:
             assert asyncio.get_running_loop().time() < deadline, "nothing dead-lettered"
             await asyncio.sleep(0.05)
