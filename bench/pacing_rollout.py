@@ -521,6 +521,23 @@ def run(decide: Callable[[PacingPolicy, PacingStats, float], int], config: SimCo
         sim.dials_to_place = saved
 
 
+def _base_day_states(
+    config: SimConfig, seed: int, theta: float, band: float
+) -> list[tuple[float, PacingStats, int, float]]:
+    """``(now, stats, n0, risk)`` of one base day's decisions worth judging: after the
+    first five minutes, with the law of answers known, and not far past the threshold."""
+    states: list[tuple[float, PacingStats, int, float]] = []
+
+    def grab(policy: PacingPolicy, stats: PacingStats, now: float) -> int:
+        n0, risk = base_dials(stats, theta)
+        if now > 300 and stats.answer_samples > 100 and not (n0 == 0 and risk > band * theta):
+            states.append((now, stats, n0, risk))
+        return n0
+
+    run(grab, config, seed)
+    return states
+
+
 def advantage(
     config: SimConfig,
     seed: int,
@@ -539,15 +556,7 @@ def advantage(
     does not, Q(n0 + 1) - Q(n0) would scatter around any function of that risk by
     more than its standard error.
     """
-    states: list[tuple[float, PacingStats, int, float]] = []
-
-    def grab(policy: PacingPolicy, stats: PacingStats, now: float) -> int:
-        n0, risk = base_dials(stats, theta)
-        if now > 300 and stats.answer_samples > 100 and not (n0 == 0 and risk > band * theta):
-            states.append((now, stats, n0, risk))
-        return n0
-
-    run(grab, config, seed)
+    states = _base_day_states(config, seed, theta, band)
     rng = np.random.default_rng(seed + 1000)
     ups: list[tuple[float, float, float]] = []  # (risk, mean, standard error)
     talks: list[tuple[float, float]] = []
@@ -666,15 +675,7 @@ def collect(
     out: str,
 ) -> None:
     """Marginal dials' features and rollout outcomes (talk gained, abandons added), to .npz."""
-    states: list[tuple[float, PacingStats, int, float]] = []
-
-    def grab(policy: PacingPolicy, stats: PacingStats, now: float) -> int:
-        n0, risk = base_dials(stats, theta)
-        if now > 300 and stats.answer_samples > 100 and not (n0 == 0 and risk > band * theta):
-            states.append((now, stats, n0, risk))
-        return n0
-
-    run(grab, config, seed)
+    states = _base_day_states(config, seed, theta, band)
     rng = np.random.default_rng(seed + 2000)
     feats: list[list[float]] = []
     outs: list[list[float]] = []
