@@ -55,6 +55,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--target", type=float, default=defaults.target_abandon_rate)
     parser.add_argument("--ratio", type=float, default=PacingPolicy().ratio, help="fixed ratio")
     parser.add_argument(
+        "--cancel-ringing-after-s",
+        type=float,
+        default=PacingPolicy().cancel_ringing_after_s,
+        help="predictive: earliest hang-up of a ringing call the pacer judges too risky",
+    )
+    parser.add_argument(
+        "--no-cancel", action="store_true", help="predictive never hangs up a ringing call"
+    )
+    parser.add_argument(
         "--seat-oracle", action="store_true", help="also run predictive with seat times revealed"
     )
     parser.add_argument("--checks", action="store_true", help="also run the other-model checks")
@@ -83,19 +92,28 @@ def _runs(policy: PacingPolicy, config: SimConfig, seeds: int) -> list[SimResult
     return [simulate(policy, config, random.Random(seed)) for seed in range(seeds)]
 
 
+def _policy(args: argparse.Namespace, mode: PacingMode) -> PacingPolicy:
+    return PacingPolicy(
+        mode=mode,
+        ratio=args.ratio,
+        max_wait_s=args.max_wait_s,
+        cancel_ringing_after_s=None if args.no_cancel else args.cancel_ringing_after_s,
+    )
+
+
 def _checks(args: argparse.Namespace, base: SimConfig) -> None:
     hours = args.check_hours if args.check_hours is not None else args.hours
     base = dataclasses.replace(base, seats=args.check_seats, hours=hours)
     for name, changes in _CHECKS:
         config = dataclasses.replace(base, **changes)  # type: ignore[arg-type]
         progressive = _runs(PacingPolicy(mode=PacingMode.PROGRESSIVE), config, args.seeds)
-        policy = PacingPolicy(mode=PacingMode.PREDICTIVE, max_wait_s=args.max_wait_s)
-        runs = _runs(policy, config, args.seeds)
+        runs = _runs(_policy(args, PacingMode.PREDICTIVE), config, args.seeds)
         print(
             f"check={name} seats={config.seats} policy=predictive"
             f" occupancy={statistics.fmean(r.occupancy for r in runs):.3f}"
             f" abandonment={statistics.fmean(r.abandonment for r in runs):.3f}"
             f" worst_abandonment={max(r.abandonment for r in runs):.3f}"
+            f" hung_up_ringing={statistics.fmean(r.cancelled_share for r in runs):.3f}"
             f" target={config.target_abandon_rate:.3f}"
             f" ceiling={config.occupancy_ceiling:.3f}"
             f" progressive_occupancy={statistics.fmean(r.occupancy for r in progressive):.3f}",
@@ -129,18 +147,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             oracle = dataclasses.replace(config, reveal_seat_times=True)
             runs_to_make.append(("predictive_seat_oracle", PacingMode.PREDICTIVE, oracle))
         for name, mode, run_config in runs_to_make:
-            policy = PacingPolicy(mode=mode, ratio=args.ratio, max_wait_s=args.max_wait_s)
-            runs = _runs(policy, run_config, args.seeds)
+            runs = _runs(_policy(args, mode), run_config, args.seeds)
             occupancy = statistics.fmean(r.occupancy for r in runs)
             occupancy_by_mode[name] = occupancy
             abandonment = statistics.fmean(r.abandonment for r in runs)
             worst = max(r.abandonment for r in runs)
             connects = statistics.fmean(r.connects_per_seat_hour for r in runs)
             dials = statistics.fmean(r.dials_per_seat_hour for r in runs)
+            hung_up = statistics.fmean(r.cancelled_share for r in runs)
             print(
                 f"seats={seats} policy={name} occupancy={occupancy:.3f}"
                 f" abandonment={abandonment:.3f} connects_per_seat_hour={connects:.1f}"
-                f" dials_per_seat_hour={dials:.1f}",
+                f" dials_per_seat_hour={dials:.1f} hung_up_ringing={hung_up:.3f}",
                 flush=True,
             )
             if name == PacingMode.PREDICTIVE.value:

@@ -27,13 +27,24 @@ Rules of this file:
 4. While little is known (few finished dials) the pacer assumes answers are
    more likely than observed, which dials fewer calls: the cost of knowing
    little is idle seats, never abandoned people.
+5. A call still ringing is a dial already placed, and it can be taken back.
+   Predictive mode hangs up a call that has rung at least
+   ``cancel_ringing_after_s`` (15 s: the FCC's floor for unanswered
+   telemarketing calls, 47 CFR 64.1200(a)(6), "15 seconds or four (4) rings")
+   when its chance of being abandoned, were it answered now or later, is over
+   the same threshold a new dial must stay under: the threshold is the price
+   of abandonment the controller has set, and a call above it costs more in
+   expected abandons than a fresh dial placed in its stead. Riskiest first,
+   each one taken back lowering the risk of the rest (`calls_to_cancel`).
+   Late answers are the dangerous ones, as seats are planned for the calls
+   dialled since; taking them back lets the pacer dial harder.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
@@ -41,12 +52,15 @@ import numpy as np
 __all__ = [
     "AbandonmentTracker",
     "DurationSummary",
+    "PacingDecision",
     "PacingMode",
     "PacingPolicy",
     "PacingStats",
     "RollingWindow",
+    "calls_to_cancel",
     "dials_to_place",
     "next_dial_risk",
+    "pace",
     "risk_threshold",
 ]
 
@@ -68,6 +82,10 @@ class PacingPolicy:
     of the pessimistic prior that everyone answers (rule 4).
     ``cps_limit`` caps dials started in any one second and ``channel_limit``
     the calls held on the trunk at once (ringing, waiting or talking).
+    ``cancel_ringing_after_s``: in predictive mode, a call that has rung this
+    long and would more likely than the threshold find no seat if answered is
+    hung up (rule 5); None never hangs up a ringing call. Under 15 s breaks
+    47 CFR 64.1200(a)(6) for telemarketing calls.
     """
 
     mode: PacingMode = PacingMode.PREDICTIVE
@@ -77,6 +95,7 @@ class PacingPolicy:
     max_dials_per_free_seat: float = 10.0
     cps_limit: float | None = None
     channel_limit: int | None = None
+    cancel_ringing_after_s: float | None = 15.0
 
     def __post_init__(self) -> None:
         if self.ratio <= 0:
@@ -89,6 +108,10 @@ class PacingPolicy:
             raise ValueError(f"cps_limit must be > 0, got {self.cps_limit}")
         if self.channel_limit is not None and self.channel_limit < 0:
             raise ValueError(f"channel_limit must be >= 0, got {self.channel_limit}")
+        if self.cancel_ringing_after_s is not None and self.cancel_ringing_after_s < 0:
+            raise ValueError(
+                f"cancel_ringing_after_s must be >= 0, got {self.cancel_ringing_after_s}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +201,37 @@ def dials_to_place(policy: PacingPolicy, stats: PacingStats, now: float) -> int:
         case PacingMode.PREDICTIVE:
             dials = _predictive(policy, stats)
     return _cap(policy, stats, now, dials)
+
+
+@dataclass(frozen=True, slots=True)
+class PacingDecision:
+    """What to do now: dial ``dials`` new calls, hang up the calls in ``cancel``.
+
+    ``cancel`` holds indices into the ``in_flight_ages_s`` the pacer was given.
+    """
+
+    dials: int
+    cancel: tuple[int, ...] = ()
+
+
+def pace(policy: PacingPolicy, stats: PacingStats, now: float) -> PacingDecision:
+    """The whole decision: which ringing calls to hang up (rule 5), then how many to dial.
+
+    The dials are counted as if the hung-up calls were already gone.
+    """
+    cancel = calls_to_cancel(policy, stats)
+    if cancel:
+        ages = stats.in_flight_ages_s or ()
+        gone = set(cancel)
+        stats = replace(
+            stats,
+            calls_in_flight=max(0, stats.calls_in_flight - len(cancel)),
+            in_flight_ages_s=tuple(a for i, a in enumerate(ages) if i not in gone),
+            channels_in_use=(
+                None if stats.channels_in_use is None else stats.channels_in_use - len(cancel)
+            ),
+        )
+    return PacingDecision(dials_to_place(policy, stats, now), cancel)
 
 
 # The marginal-risk threshold moves within these multiples of the target.
@@ -295,7 +349,7 @@ def _answers_law(waiting: int, q: np.ndarray, size: int) -> np.ndarray:
 
 def _predictive(policy: PacingPolicy, stats: PacingStats) -> int:
     """Dial while one more dial's chance of being abandoned stays under the threshold."""
-    pmf, seat_cdf, other = _risk_model(policy, stats)
+    pmf, seat_cdf, other = _new_dial_model(policy, stats)
     theta = risk_threshold(stats) * _SLOTS
     limit = math.floor(policy.max_dials_per_free_seat * max(1, stats.seats))
     n = 0
@@ -310,37 +364,94 @@ def next_dial_risk(policy: PacingPolicy, stats: PacingStats, planned: int = 0) -
 
     The quantity `dials_to_place` holds under `risk_threshold` in predictive mode.
     """
-    pmf, seat_cdf, other = _risk_model(policy, stats)
+    pmf, seat_cdf, other = _new_dial_model(policy, stats)
     for _ in range(planned):
         _shift_in(pmf, other)
     return float((pmf * seat_cdf).sum()) / _SLOTS
 
 
-def _risk_model(
-    policy: PacingPolicy, stats: PacingStats
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The laws behind a new dial's risk, per answer-time slot.
+def calls_to_cancel(policy: PacingPolicy, stats: PacingStats) -> tuple[int, ...]:
+    """The ringing calls to hang up now (rule 5), as indices into ``in_flight_ages_s``.
 
-    A new dial answered live at time t (a quantile of the ring-time law) is
-    abandoned when the live answers arriving before it (those already
-    waiting, those from calls in flight, those from the other new dials) use
-    up every seat free by t + max_wait_s. Both counts are sums of independent
-    Bernoulli terms and are computed exactly: answers from each call in
-    flight with its chance of answering given its age, seats from each busy
-    seat with its chance of being free in time (talk time memoryless, wrap-up
-    remaining known or uniform). The risk is averaged over t.
-
-    Returns ``(pmf, seat_cdf, other)``: per slot, the law of the answers ahead
-    of the new one (last cell: ``seats`` or more), P(seats free in time <= x),
-    and the chance that each further new dial answers ahead of it. The risk
-    summed over slots is ``(pmf * seat_cdf).sum()``.
+    Only in predictive mode, only calls of a known age that have rung at
+    least ``cancel_ringing_after_s``, and only once the ring-time law is
+    known. Riskiest first: each call taken back leaves fewer answers ahead
+    of the others, so their risks are computed again before the next.
     """
+    after = policy.cancel_ringing_after_s
+    if policy.mode is not PacingMode.PREDICTIVE or after is None or not stats.in_flight_ages_s:
+        return ()
+    laws = _laws(policy, stats)
+    if not laws.known_ring:
+        return ()
+    ages = laws.ages
+    candidates = np.flatnonzero(ages >= after)
+    if not len(candidates):
+        return ()
+    theta = risk_threshold(stats)
+    kept = np.ones(len(ages), dtype=bool)
+    cancelled: list[int] = []
+    while len(candidates):
+        risks = _keeping_risks(policy, stats, replace(laws, ages=ages[kept]), candidates, kept)
+        above = risks > theta
+        if not above.any():
+            break
+        worst = int(candidates[int(np.argmax(risks))])
+        cancelled.append(worst)
+        kept[worst] = False
+        # Taking a call back lowers the others' risks: those under now stay under.
+        candidates = candidates[above & (candidates != worst)]
+    return tuple(sorted(cancelled))
+
+
+def _keeping_risks(
+    policy: PacingPolicy,
+    stats: PacingStats,
+    laws: _Laws,
+    candidates: np.ndarray,
+    kept: np.ndarray,
+) -> np.ndarray:
+    """Each candidate's chance of being abandoned if it answers live (it is still ringing).
+
+    Its answer comes after the rest of the ring-time law past its age, read
+    at `_SLOTS` quantiles; the answers ahead of it are the other calls kept.
+    """
+    hi = laws.ring_lo + laws.ring_w
+    age = laws.ages
+    # Positions of the candidates among the calls kept.
+    rank = np.cumsum(kept) - 1
+    mine = rank[candidates]
+    start = np.maximum(age[mine], laws.ring_lo)
+    stop = np.maximum(start, hi)
+    slot_t = (start[:, None] + (stop - start)[:, None] * _SLOT_SHARE - age[mine][:, None]).ravel()
+    exclude = np.zeros((len(age), len(slot_t)), dtype=bool)
+    for column, row in enumerate(mine):
+        exclude[row, column * _SLOTS : (column + 1) * _SLOTS] = True
+    pmf = _answers_ahead(laws, stats, slot_t, exclude)
+    seat_cdf = _seats_free_cdf(policy, stats, slot_t)
+    return (pmf * seat_cdf).sum(axis=1).reshape(len(candidates), _SLOTS).mean(axis=1)
+
+
+@dataclass(frozen=True, slots=True)
+class _Laws:
+    """What the risk model takes from the statistics (rule 4 applied)."""
+
+    answer_p: float
+    ring_lo: float
+    ring_w: float
+    hold_lo: float
+    hold_w: float
+    known_ring: bool
+    ages: np.ndarray
+
+
+def _laws(policy: PacingPolicy, stats: PacingStats) -> _Laws:
     samples = stats.answer_samples
     warm = policy.warmup_samples
     # Rule 4: a prior that everyone answers, worth warmup_samples dials.
     p = (stats.answer_rate * samples + warm) / (samples + warm) if samples + warm else 1.0
     p = min(1.0, max(1e-3, p))
-    ring, hold, handle = stats.ring_to_answer, stats.not_answered_hold, stats.handle
+    ring, hold = stats.ring_to_answer, stats.not_answered_hold
     ages = stats.in_flight_ages_s
     # Rule 4 again: until the ring-time law is known, every call in flight may
     # still answer, and at once; until the no-answer hold law is known, a call
@@ -349,60 +460,101 @@ def _risk_model(
     known_ring = ring.samples >= max(1, warm)
     if known_ring:
         ring_lo, ring_w = _bounds(ring)
-        share = _SLOT_SHARE
     else:
         ring_lo, ring_w = 0.0, 1e-9
-        share = np.ones(_SLOTS)
         ages = None
     if ages is None:  # unknown: take them all as fresh dials (more answers to come)
         ages = (0.0,) * stats.calls_in_flight
-    seats = stats.seats
-    size = seats + 1  # X >= seats finds no seat whatever happens: one cell
-    slot_t = ring_lo + ring_w * _SLOT_SHARE
-    # Each call in flight, by age a: P(answers live before slot t | still in flight).
-    age = np.asarray(ages, dtype=float)
-    ringing = p * (1.0 - _uniform_cdf(age, ring_lo, ring_w))
-    holding = (1.0 - p) * (1.0 - _uniform_cdf(age, hold_lo, hold_w))
+    return _Laws(p, ring_lo, ring_w, hold_lo, hold_w, known_ring, np.asarray(ages, dtype=float))
+
+
+def _answers_ahead(
+    laws: _Laws, stats: PacingStats, slot_t: np.ndarray, exclude: np.ndarray | None = None
+) -> np.ndarray:
+    """Per column k, the law of the live answers arriving within ``slot_t[k]`` from now.
+
+    Counts those already waiting and each call in flight with its chance of
+    answering live in time given its age; ``exclude[i, k]`` leaves call i out
+    of column k (the call whose own risk the column measures). The last cell
+    holds ``seats`` or more.
+    """
+    size = stats.seats + 1
+    age = laws.ages
+    lo, w = laws.ring_lo, laws.ring_w
+    ringing = laws.answer_p * (1.0 - _uniform_cdf(age, lo, w))
+    holding = (1.0 - laws.answer_p) * (1.0 - _uniform_cdf(age, laws.hold_lo, laws.hold_w))
     live = ringing > 0.0
-    age = age[live]
-    spent = _uniform_cdf(age, ring_lo, ring_w)[:, None]
-    q = (p / (ringing[live] + holding[live]))[:, None] * (
-        _uniform_cdf(age[:, None] + slot_t, ring_lo, ring_w) - spent
+    spent = _uniform_cdf(age[live], lo, w)[:, None]
+    q = (laws.answer_p / (ringing[live] + holding[live]))[:, None] * (
+        _uniform_cdf(age[live][:, None] + slot_t, lo, w) - spent
     )
-    pmf = _answers_law(min(stats.calls_waiting, seats), np.clip(q, 0.0, 1.0), size)
-    # Seats free by t + grace: free now, wrap-ups ending, talks ending then wrapping up.
+    q = np.clip(q, 0.0, 1.0)
+    if exclude is not None:
+        q[exclude[live]] = 0.0
+    return _answers_law(min(stats.calls_waiting, stats.seats), q, size)
+
+
+def _seats_free_cdf(policy: PacingPolicy, stats: PacingStats, slot_t: np.ndarray) -> np.ndarray:
+    """Per column k, P(seats free by ``slot_t[k] + max_wait_s`` <= x) for x = 0 .. seats.
+
+    Seats free now, wrap-ups ending, talks ending and then wrapping up: talk
+    time memoryless, wrap-up remaining known or uniform over its mean.
+    """
+    slots = len(slot_t)
+    size = stats.seats + 1
     horizon = slot_t + policy.max_wait_s
+    handle = stats.handle
     wrap_mean = max(0.0, stats.wrap_mean_s)
     talk_mean = handle.mean_s - wrap_mean if handle.samples else 0.0
     talking = max(0, stats.seats_busy - stats.seats_wrapping)
     wraps = stats.wrap_remaining_s
-    sure = np.full(_SLOTS, max(0, stats.seats - stats.seats_busy))
+    sure = np.full(slots, max(0, stats.seats - stats.seats_busy))
     if talk_mean > 0.0:
         f = np.where(horizon > wrap_mean, -np.expm1(-(horizon - wrap_mean) / talk_mean), 0.0)
     else:
-        f = np.zeros(_SLOTS)
+        f = np.zeros(slots)
     seat_law = _binomial_pmf(talking, f)
     if wraps is not None:
         sure += np.searchsorted(np.sort(np.asarray(wraps, dtype=float)), horizon, side="right")
     elif wrap_mean > 0.0 and stats.seats_wrapping:
-        # Remaining wrap-up unknown: uniform over the mean wrap-up time.
         ending = _binomial_pmf(stats.seats_wrapping, np.minimum(1.0, horizon / wrap_mean))
         seat_law = np.array([np.convolve(a, b) for a, b in zip(seat_law, ending, strict=True)])
     else:
         sure += stats.seats_wrapping
-    # P(S <= x) for x = 0 .. seats, S = sure + the random part.
-    seat_cdf = np.ones((_SLOTS, size))
+    # P(S <= x) with S = sure + the random part: the random part's cdf shifted by sure.
     cum = np.cumsum(seat_law, axis=1)
-    for k in range(_SLOTS):
-        s0 = int(sure[k])
-        if s0 < size:
-            seat_cdf[k, :s0] = 0.0
-            width = min(size - s0, cum.shape[1])
-            seat_cdf[k, s0 : s0 + width] = cum[k, :width]
+    x = np.arange(size)[None, :] - sure[:, None]
+    seat_cdf = np.where(
+        x < 0, 0.0, np.take_along_axis(cum, np.clip(x, 0, cum.shape[1] - 1), axis=1)
+    )
     seat_cdf[:, -1] = 1.0
+    return seat_cdf
+
+
+def _new_dial_model(
+    policy: PacingPolicy, stats: PacingStats
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The laws behind a new dial's risk, per answer-time slot.
+
+    A new dial answered live at time t (a quantile of the ring-time law) is
+    abandoned when the live answers arriving before it (those already
+    waiting, those from calls in flight, those from the other new dials) use
+    up every seat free by t + max_wait_s. Both counts are sums of independent
+    Bernoulli terms and are computed exactly. The risk is averaged over t.
+
+    Returns ``(pmf, seat_cdf, other)``: per slot, the law of the answers ahead
+    of the new one (last cell: ``seats`` or more), P(seats free in time <= x),
+    and the chance that each further new dial answers ahead of it. The risk
+    summed over slots is ``(pmf * seat_cdf).sum()``.
+    """
+    laws = _laws(policy, stats)
+    slot_t = laws.ring_lo + laws.ring_w * _SLOT_SHARE
+    pmf = _answers_ahead(laws, stats, slot_t)
+    seat_cdf = _seats_free_cdf(policy, stats, slot_t)
     # The other new dials answer before slot t with the ring law's share;
     # while that law is unknown, take them all to answer first.
-    return pmf, seat_cdf, p * share
+    share = _SLOT_SHARE if laws.known_ring else np.ones(_SLOTS)
+    return pmf, seat_cdf, laws.answer_p * share
 
 
 class RollingWindow:

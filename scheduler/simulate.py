@@ -26,7 +26,7 @@ from scheduler.pacing import (
     DurationSummary,
     PacingPolicy,
     PacingStats,
-    dials_to_place,
+    pace,
 )
 
 __all__ = ["RunningMean", "SimConfig", "SimResult", "simulate"]
@@ -84,6 +84,7 @@ class SimResult:
     connects: int
     abandoned: int
     talk_s: float
+    cancelled: int = 0
 
     @property
     def occupancy(self) -> float:
@@ -102,6 +103,11 @@ class SimResult:
     @property
     def dials_per_seat_hour(self) -> float:
         return self.dials / (self.seats * self.seconds / 3600.0)
+
+    @property
+    def cancelled_share(self) -> float:
+        """Dials the pacer hung up while ringing, over all dials."""
+        return self.cancelled / self.dials if self.dials else 0.0
 
 
 class RunningMean:
@@ -154,6 +160,8 @@ def simulate(policy: PacingPolicy, config: SimConfig, rng: random.Random) -> Sim
     handle_stats = RunningMean()
     wrap_stats = RunningMean()
     dialled_at: dict[int, float] = {}  # calls in flight: event seq -> dial time
+    hung_up: set[int] = set()  # calls the pacer hung up, whose answer or end never comes
+    cancelled = 0
     wrap_ends: dict[int, float] = {}  # seats in wrap-up: event seq -> end of wrap-up
     free_at: dict[int, float] = {}  # seats talking, when revealed: event seq -> free again
     reveal = config.reveal_seat_times
@@ -181,6 +189,9 @@ def simulate(policy: PacingPolicy, config: SimConfig, rng: random.Random) -> Sim
         now, kind, key, value = heapq.heappop(events)
         if now > end:
             break
+        if key in hung_up:
+            hung_up.remove(key)
+            continue
         if kind == _WRAP_END:
             busy -= 1
             del wrap_ends[key]
@@ -243,7 +254,16 @@ def simulate(policy: PacingPolicy, config: SimConfig, rng: random.Random) -> Sim
             wrap_remaining_s=tuple(t - now for t in (*wrap_ends.values(), *free_at.values())),
             wrap_mean_s=wrap_stats.mean,
         )
-        for _ in range(dials_to_place(policy, stats, now)):
+        decision = pace(policy, stats, now)
+        if decision.cancel:
+            # Like the engine, a hung-up call is left out of the answer-rate
+            # and hold-time samples: its outcome is not known.
+            keys = list(dialled_at)
+            for index in decision.cancel:
+                del dialled_at[keys[index]]
+                hung_up.add(keys[index])
+            cancelled += len(decision.cancel)
+        for _ in range(decision.dials):
             dials += 1
             recent.append(now)
             seq += 1
@@ -254,4 +274,4 @@ def simulate(policy: PacingPolicy, config: SimConfig, rng: random.Random) -> Sim
             else:
                 hold = uniform(config.hold_min_s, config.hold_max_s)
                 push(events, (now + hold, _NO_ANSWER, seq, hold))
-    return SimResult(seats, end, dials, live, connects, abandoned, talk_s)
+    return SimResult(seats, end, dials, live, connects, abandoned, talk_s, cancelled)

@@ -12,13 +12,18 @@ from hypothesis import strategies as st
 from scheduler.pacing import (
     AbandonmentTracker,
     DurationSummary,
+    PacingDecision,
     PacingMode,
     PacingPolicy,
     PacingStats,
     RollingWindow,
     _answers_law,
+    _keeping_risks,
+    _laws,
+    calls_to_cancel,
     dials_to_place,
     next_dial_risk,
+    pace,
     risk_threshold,
 )
 
@@ -319,6 +324,100 @@ def test_dials_stop_where_the_risk_passes_the_threshold():
     assert next_dial_risk(PREDICTIVE, s, planned=n) > risk_threshold(s)
 
 
+def ringing_risks(s: PacingStats) -> list[float]:
+    """Each call in flight's risk if kept, as `calls_to_cancel` weighs it."""
+    laws = _laws(PREDICTIVE, s)
+    everyone = np.arange(len(laws.ages))
+    kept = np.ones(len(laws.ages), dtype=bool)
+    return list(_keeping_risks(PREDICTIVE, s, laws, everyone, kept))
+
+
+def test_ringing_call_risk_by_hand():
+    # The seat's wrap-up ends in 3 s. A call that has rung 16 s answers, if
+    # live, within U(0, 4) s; it finds the seat unless it answers within 1 s
+    # (the 2 s wait covers the rest): a risk of 1/4.
+    s = one_seat(
+        seats_busy=1,
+        seats_wrapping=1,
+        wrap_remaining_s=(3.0,),
+        calls_in_flight=1,
+        in_flight_ages_s=(16.0,),
+    )
+    assert ringing_risks(s) == pytest.approx([0.25])
+    # Two calls and a free seat: each is abandoned when the other answers
+    # live first. Live given still ringing at 16 s: 0.3 * 4/16 / (0.3 * 4/16 +
+    # 0.7 * 10/24) = 0.2045, at 17 s: 0.1765. The call at 16 s answers within
+    # U(0, 4) s and is beaten by the one at 17 s (within U(0, 3) s) with
+    # probability 0.625; the call at 17 s is beaten with probability 0.375.
+    two = one_seat(calls_in_flight=2, in_flight_ages_s=(16.0, 17.0))
+    live_16 = 0.075 / (0.075 + 0.7 * 10 / 24)
+    live_17 = 0.05625 / (0.05625 + 0.7 * 9 / 24)
+    assert ringing_risks(two) == pytest.approx([live_17 * 0.625, live_16 * 0.375], rel=0.02)
+
+
+def test_riskiest_ringing_call_is_hung_up_first_and_the_rest_weighed_again():
+    two = one_seat(calls_in_flight=2, in_flight_ages_s=(16.0, 17.0))
+    assert min(ringing_risks(two)) > risk_threshold(two)
+    # Once the call at 16 s is gone the other one has the seat to itself.
+    assert calls_to_cancel(PREDICTIVE, two) == (0,)
+
+
+def test_ringing_calls_kept_under_the_threshold_or_the_floor():
+    s = one_seat(
+        seats_busy=1,
+        seats_wrapping=1,
+        wrap_remaining_s=(3.0,),
+        calls_in_flight=1,
+        in_flight_ages_s=(16.0,),
+    )
+    assert calls_to_cancel(PREDICTIVE, s) == (0,)
+    # A free seat: no risk.
+    assert calls_to_cancel(PREDICTIVE, dataclasses.replace(s, seats_busy=0, seats_wrapping=0)) == ()
+    # Under 15 s of ringing (47 CFR 64.1200(a)(6)) the call rings on.
+    young = dataclasses.replace(s, in_flight_ages_s=(14.9,))
+    assert ringing_risks(young)[0] > risk_threshold(young)
+    assert calls_to_cancel(PREDICTIVE, young) == ()
+    # A threshold over the risk (a 10 % target, well under budget).
+    generous = dataclasses.replace(s, target_abandon_rate=0.10, window_live=10**5)
+    assert risk_threshold(generous) > 0.25
+    assert calls_to_cancel(PREDICTIVE, generous) == ()
+
+
+@pytest.mark.parametrize(
+    ("policy", "changes"),
+    [
+        (PROGRESSIVE, {}),
+        (FIXED, {}),
+        (PacingPolicy(cancel_ringing_after_s=None), {}),
+        (PREDICTIVE, {"in_flight_ages_s": None}),  # ages unknown
+        (PREDICTIVE, {"ring_to_answer": DurationSummary(12.0, 4.6, 3)}),  # ring law unknown
+    ],
+)
+def test_ringing_calls_never_hung_up_without_grounds(
+    policy: PacingPolicy, changes: dict[str, object]
+):
+    s = one_seat(seats_busy=1, calls_in_flight=3, in_flight_ages_s=(15.0, 16.0, 17.0))
+    assert calls_to_cancel(PREDICTIVE, s) != ()
+    assert calls_to_cancel(policy, dataclasses.replace(s, **changes)) == ()
+
+
+def test_pace_dials_as_if_the_hung_up_calls_were_gone():
+    # Two free seats, ten calls that have rung 16 s: about two live answers to come.
+    s = stats(seats_busy=48, seats_wrapping=0, wrap_remaining_s=(), in_flight_ages_s=(16.0,) * 10)
+    decision = pace(PREDICTIVE, s, now=0.0)
+    assert 0 < len(decision.cancel) < 10
+    rest = dataclasses.replace(
+        s,
+        calls_in_flight=10 - len(decision.cancel),
+        in_flight_ages_s=(16.0,) * (10 - len(decision.cancel)),
+    )
+    assert decision.dials == dials_to_place(PREDICTIVE, rest, now=0.0)
+    # What is kept sits at the threshold: the last call kept is under it.
+    assert calls_to_cancel(PREDICTIVE, rest) == ()
+    never = PacingPolicy(cancel_ringing_after_s=None)
+    assert pace(never, s, now=0.0) == PacingDecision(dials_to_place(never, s, now=0.0))
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     q=st.lists(st.lists(st.floats(0.0, 1.0), min_size=3, max_size=3), min_size=0, max_size=12),
@@ -339,7 +438,13 @@ def test_answers_law_is_the_convolution_of_its_calls(q: list[list[float]], waiti
 
 @pytest.mark.parametrize(
     "changes",
-    [{"ratio": 0.0}, {"max_wait_s": -1.0}, {"cps_limit": 0.0}, {"channel_limit": -1}],
+    [
+        {"ratio": 0.0},
+        {"max_wait_s": -1.0},
+        {"cps_limit": 0.0},
+        {"channel_limit": -1},
+        {"cancel_ringing_after_s": -1.0},
+    ],
 )
 def test_policy_validation(changes: dict[str, float]):
     with pytest.raises(ValueError):
