@@ -27,6 +27,8 @@ class ChannelListener:
     async def start(self) -> None:
         if self.listening:
             return
+        # A connection lost with the server goes back to the pool, which replaces it.
+        await self.close()
         self._conn = await self.pool.acquire()
         await self._conn.add_listener(self.channel, self._heard)
 

@@ -20,7 +20,16 @@ from typing import Any
 
 from dialer.messages import DialJob
 from dialer.seats import SEAT_ERRORS, SeatBook
-from dialer.sip.call import Answered, CallEvent, Dtmf, Ended, MediaUpdated, Resumed, Ringing
+from dialer.sip.call import (
+    Answered,
+    CallEvent,
+    CallState,
+    Dtmf,
+    Ended,
+    MediaUpdated,
+    Resumed,
+    Ringing,
+)
 from dialer.sip.dialog import LocalMedia
 from dialer.transfer import TransferConfig, TransferReport, transfer_call
 from dialer.trunk import TrunkConfig, parse_trunk_uri
@@ -128,6 +137,25 @@ class SipCallRunner:
         self._ticker: FrameTicker | None = None
         # Seat releases still on their way: a call's end does not wait for its own.
         self._releases: set[asyncio.Task[None]] = set()
+        # Calls placed and not answered yet, which the pacer may take back;
+        # those it took back, until their end is reported.
+        self._unanswered: dict[str, CallHandle] = {}
+        self._taken_back: set[str] = set()
+
+    def take_back(self, call_id: str) -> bool:
+        """Hang up a call the predictive pacer no longer wants, if it is still ringing.
+
+        The scheduler asks (``scheduler.pacing``, rule 5); only a call not yet
+        answered is touched, by CANCEL. It ends as ``no_answer`` with
+        ``end_reason`` ``pacing``; one answered as our CANCEL crossed the
+        answer is hung up and counts as ``abandoned``.
+        """
+        handle = self._unanswered.get(call_id)
+        if handle is None or handle.state not in (CallState.CALLING, CallState.PROCEEDING):
+            return False
+        self._taken_back.add(call_id)
+        handle.hangup()
+        return True
 
     def _frame_ticker(self) -> FrameTicker:
         if self._ticker is None:
@@ -197,7 +225,14 @@ class SipCallRunner:
                 max_duration_s=job.max_duration_s,
                 on_event=on_event,
             )
-            if await handle.answered() is not None:
+            self._unanswered[job.call_id] = handle
+            answer = await handle.answered()
+            self._unanswered.pop(job.call_id, None)
+            if answer is not None and job.call_id in self._taken_back:
+                # Our CANCEL crossed the answer: a person is there and no seat is planned.
+                seat.abandoned = True
+                handle.hangup()
+            elif answer is not None:
                 publish("answered", {})
                 amd_verdict = await self._run_answered(
                     job, handle, session, queue, media_timed_out, seat
@@ -210,6 +245,7 @@ class SipCallRunner:
                 session.close()
             result = await handle.ended()
         finally:
+            self._unanswered.pop(job.call_id, None)
             if handle is not None and handle.result is None:
                 handle.hangup()
                 with contextlib.suppress(Exception):
@@ -231,6 +267,11 @@ class SipCallRunner:
             disposition = "machine" if amd_verdict.answered_by.is_machine else "human"
         if seat.abandoned and disposition in ("answered", "human"):
             disposition = "abandoned"
+        end_reason = result.end_reason
+        if job.call_id in self._taken_back:
+            self._taken_back.discard(job.call_id)
+            if result.answered_at is None:
+                disposition, end_reason = "no_answer", "pacing"
         if media_timed_out.is_set() and result.answered_at is not None:
             disposition = "media_timeout" if disposition in ("answered", "human") else disposition
         bot = self.bot_results.pop(job.call_id, None)
@@ -245,7 +286,7 @@ class SipCallRunner:
             "sip_status": result.sip_status,
             "sip_reason": result.sip_reason,
             "hangup_by": {"caller": "us"}.get(result.hangup_by or "", result.hangup_by),
-            "end_reason": result.end_reason,
+            "end_reason": end_reason,
             "times": {
                 "dialing": wall(result.invite_sent_at),
                 "ringing": wall(result.ringing_at),

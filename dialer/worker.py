@@ -33,6 +33,7 @@ from dialer.batching import Batcher
 from dialer.bus import Broker, BrokerUnavailable, Delivery, Subscription
 from dialer.db import DATABASE_AWAY, while_database_away
 from dialer.messages import CallEvent, DialJob, MessageError, encode_events
+from dialer.take_back import TakeBackListener
 
 __all__ = ["CallRunner", "Emit", "Worker"]
 
@@ -102,6 +103,16 @@ class Worker:
         self._ends: Batcher[CallEvent, None] = Batcher(
             self._publish_ends, max_size=ended_batch, concurrency=2
         )
+        # The predictive pacer's requests to hang up ringing calls, for a
+        # runner that can (``take_back(call_id) -> bool``).
+        self._take_back: TakeBackListener | None = None
+        if callable(getattr(runner, "take_back", None)):
+            self._take_back = TakeBackListener(pool, self._take_back_call)
+        self.taken_back = 0
+
+    def _take_back_call(self, call_id: str) -> None:
+        if call_id in self.active and self.runner.take_back(call_id):  # type: ignore[attr-defined]
+            self.taken_back += 1
 
     async def start(self) -> None:
         await self.pool.execute(
@@ -112,6 +123,8 @@ class Worker:
             os.getpid(),
             self.capacity,
         )
+        if self._take_back is not None:
+            await self._take_back.start()
         self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
         self._subscription = await self.broker.consume_jobs(
             self._on_job, self.capacity + self.confirm_backlog
@@ -134,6 +147,8 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
             self._heartbeat = None
+        if self._take_back is not None:
+            await self._take_back.close()
         await self._ends.close()
         await self._claims.close()
         with contextlib.suppress(asyncpg.PostgresError, *DATABASE_AWAY):
@@ -149,6 +164,10 @@ class Worker:
                 )
             except (asyncpg.PostgresError, *DATABASE_AWAY) as exc:
                 log.warning("heartbeat failed: %s", exc, extra={"worker_id": self.worker_id})
+            if self._take_back is not None and not self._take_back.listening:
+                # Its connection went with a database restart: listen again.
+                with contextlib.suppress(asyncpg.PostgresError, *DATABASE_AWAY):
+                    await self._take_back.start()
             await asyncio.sleep(self.heartbeat_s)
 
     def _event(

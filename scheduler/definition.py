@@ -436,6 +436,10 @@ def validate_settings(settings: Any, prefix: str = "settings") -> dict[str, Any]
             c.number(pacing, "abandon_target", ".pacing", 0, 0.2, None)
             # How long a live answer waits for a free seat before it is abandoned.
             c.number(pacing, "max_wait_s", ".pacing", 0, 10, None)
+            # Predictive: when a ringing call may be hung up (null: never); the FCC's
+            # floor for telemarketing calls is 15 s (47 CFR 64.1200(a)(6)).
+            if pacing.get("cancel_ringing_after_s") is not None:
+                c.number(pacing, "cancel_ringing_after_s", ".pacing", 0, 600, None)
     # What an abandoned call hears ({company}: company_name, else the tenant's name):
     # spoken whole before the hang-up, so it is kept short.
     c.text(settings, "abandon_message", "", None, max_len=300)

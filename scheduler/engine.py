@@ -26,7 +26,9 @@ import asyncpg
 from dialer.bus import Broker
 from dialer.db import DATABASE_AWAY
 from dialer.messages import CallEvent, DialJob
-from scheduler.pacing import DurationSummary, PacingMode, PacingStats, dials_to_place
+from dialer.take_back import CHANNEL as TAKE_BACK_CHANNEL
+from dialer.take_back import payloads as take_back_payloads
+from scheduler.pacing import DurationSummary, PacingMode, PacingStats, pace
 from scheduler.policy import WorkflowPolicy
 from scheduler.steps import (
     RECORD_COLUMNS,
@@ -70,6 +72,8 @@ class Scheduler:
         self.tenant_ids = list(tenant_ids) if tenant_ids is not None else None
         self.broker = broker
         self.batch_size = batch_size
+        # Ringing calls the predictive pacer has asked to hang up, since start.
+        self.taken_back = 0
         self.tick_s = tick_s
         self.republish_after_s = republish_after_s
         self.worker_timeout_s = worker_timeout_s
@@ -124,25 +128,39 @@ class Scheduler:
     async def _budget(
         self, conn: asyncpg.Connection, workflow: asyncpg.Record, policy: WorkflowPolicy, now: float
     ) -> int:
+        # Calls the pacer asked to hang up count as in flight until they end, and
+        # are not asked again; once ended they are out of the answer-rate and
+        # hold-time samples (cut short, they say nothing of either).
         row = await conn.fetchrow(
             """SELECT
                  count(*) FILTER (WHERE state IN ('queued', 'dialing', 'ringing')) AS in_flight,
                  count(*) FILTER (WHERE state = 'answered') AS talking,
-                 coalesce(array_agg(extract(epoch FROM now() - coalesce(dialing_at, created_at)))
+                 coalesce(array_agg(extract(epoch FROM now() - coalesce(dialing_at, now()))
+                                    ORDER BY id)
                      FILTER (WHERE state IN ('queued', 'dialing', 'ringing')), '{}')
                      AS in_flight_ages,
-                 count(*) FILTER (WHERE state = 'ended' AND ended_at > now() - interval '1 hour')
+                 coalesce(array_agg(id::text ORDER BY id)
+                     FILTER (WHERE state IN ('queued', 'dialing', 'ringing')), '{}')
+                     AS in_flight_ids,
+                 coalesce(array_agg(state <> 'queued' AND pacing_cancel_at IS NULL ORDER BY id)
+                     FILTER (WHERE state IN ('queued', 'dialing', 'ringing')), '{}')
+                     AS cancellable,
+                 count(*) FILTER (WHERE state = 'ended' AND ended_at > now() - interval '1 hour'
+                                  AND pacing_cancel_at IS NULL)
                      AS finished,
                  count(*) FILTER (WHERE state = 'ended' AND answered_at IS NOT NULL
-                                  AND ended_at > now() - interval '1 hour') AS answered,
+                                  AND ended_at > now() - interval '1 hour'
+                                  AND pacing_cancel_at IS NULL) AS answered,
                  coalesce(avg(extract(epoch FROM answered_at - dialing_at))
                      FILTER (WHERE answered_at IS NOT NULL), 0) AS ring_mean,
                  coalesce(stddev(extract(epoch FROM answered_at - dialing_at))
                      FILTER (WHERE answered_at IS NOT NULL), 0) AS ring_sd,
                  coalesce(avg(extract(epoch FROM ended_at - dialing_at))
-                     FILTER (WHERE state = 'ended' AND answered_at IS NULL), 0) AS hold_mean,
+                     FILTER (WHERE state = 'ended' AND answered_at IS NULL
+                             AND pacing_cancel_at IS NULL), 0) AS hold_mean,
                  coalesce(stddev(extract(epoch FROM ended_at - dialing_at))
-                     FILTER (WHERE state = 'ended' AND answered_at IS NULL), 0) AS hold_sd,
+                     FILTER (WHERE state = 'ended' AND answered_at IS NULL
+                             AND pacing_cancel_at IS NULL), 0) AS hold_sd,
                  coalesce(avg(extract(epoch FROM ended_at - answered_at))
                      FILTER (WHERE answered_at IS NOT NULL AND state = 'ended'), 0) AS handle_mean
                FROM calls WHERE workflow_id = $1
@@ -189,8 +207,25 @@ class Scheduler:
                 policy.pacing,
                 max_wait_s=float(raw_pacing.get("max_wait_s", policy.pacing.max_wait_s)),
             )
-            budget = dials_to_place(pacing, stats, now)
+            decision = pace(pacing, stats, now, row["cancellable"])
+            budget = decision.dials
+            if decision.cancel:
+                await self._take_back(conn, [row["in_flight_ids"][i] for i in decision.cancel])
         return max(0, min(budget, self.batch_size))
+
+    async def _take_back(self, conn: asyncpg.Connection, call_ids: list[str]) -> None:
+        """Mark the calls and ask their workers to hang them up, both at commit."""
+        marked = await conn.fetch(
+            """UPDATE calls SET pacing_cancel_at = now()
+               WHERE id = ANY($1::uuid[]) AND state IN ('dialing', 'ringing')
+                 AND pacing_cancel_at IS NULL
+               RETURNING id::text""",
+            call_ids,
+        )
+        ids = [r["id"] for r in marked]
+        for payload in take_back_payloads(ids):
+            await conn.execute("SELECT pg_notify($1, $2)", TAKE_BACK_CHANNEL, payload)
+        self.taken_back += len(ids)
 
     async def _schedule_workflow(
         self, workflow: asyncpg.Record, now: float, result: TickResult

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -214,12 +215,19 @@ class PacingDecision:
     cancel: tuple[int, ...] = ()
 
 
-def pace(policy: PacingPolicy, stats: PacingStats, now: float) -> PacingDecision:
+def pace(
+    policy: PacingPolicy,
+    stats: PacingStats,
+    now: float,
+    cancellable: Sequence[bool] | None = None,
+) -> PacingDecision:
     """The whole decision: which ringing calls to hang up (rule 5), then how many to dial.
 
     The dials are counted as if the hung-up calls were already gone.
+    ``cancellable`` (per call in ``in_flight_ages_s``) rules calls out, such
+    as those already asked to hang up.
     """
-    cancel = calls_to_cancel(policy, stats)
+    cancel = calls_to_cancel(policy, stats, cancellable)
     if cancel:
         ages = stats.in_flight_ages_s or ()
         gone = set(cancel)
@@ -370,13 +378,16 @@ def next_dial_risk(policy: PacingPolicy, stats: PacingStats, planned: int = 0) -
     return float((pmf * seat_cdf).sum()) / _SLOTS
 
 
-def calls_to_cancel(policy: PacingPolicy, stats: PacingStats) -> tuple[int, ...]:
+def calls_to_cancel(
+    policy: PacingPolicy, stats: PacingStats, cancellable: Sequence[bool] | None = None
+) -> tuple[int, ...]:
     """The ringing calls to hang up now (rule 5), as indices into ``in_flight_ages_s``.
 
     Only in predictive mode, only calls of a known age that have rung at
-    least ``cancel_ringing_after_s``, and only once the ring-time law is
-    known. Riskiest first: each call taken back leaves fewer answers ahead
-    of the others, so their risks are computed again before the next.
+    least ``cancel_ringing_after_s`` (and are ``cancellable``, when given),
+    and only once the ring-time law is known. Riskiest first: each call
+    taken back leaves fewer answers ahead of the others, so their risks are
+    computed again before the next.
     """
     after = policy.cancel_ringing_after_s
     if policy.mode is not PacingMode.PREDICTIVE or after is None or not stats.in_flight_ages_s:
@@ -385,7 +396,10 @@ def calls_to_cancel(policy: PacingPolicy, stats: PacingStats) -> tuple[int, ...]
     if not laws.known_ring:
         return ()
     ages = laws.ages
-    candidates = np.flatnonzero(ages >= after)
+    eligible = ages >= after
+    if cancellable is not None:
+        eligible &= np.asarray(cancellable, dtype=bool)
+    candidates = np.flatnonzero(eligible)
     if not len(candidates):
         return ()
     theta = risk_threshold(stats)

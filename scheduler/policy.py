@@ -39,6 +39,14 @@ _PACING_MODES = {
 }
 
 
+def _cancel_after(raw_pacing: dict[str, Any]) -> float | None:
+    """``pacing.cancel_ringing_after_s``: absent means the default, null means never."""
+    if "cancel_ringing_after_s" not in raw_pacing:
+        return PacingPolicy().cancel_ringing_after_s
+    value = raw_pacing["cancel_ringing_after_s"]
+    return None if value is None else float(value)
+
+
 @dataclass(frozen=True, slots=True)
 class WorkflowPolicy:
     window: CallingWindow
@@ -80,6 +88,7 @@ class WorkflowPolicy:
         pacing = PacingPolicy(
             mode=_PACING_MODES[raw_pacing.get("mode", "progressive")],
             ratio=float(raw_pacing.get("ratio", 2.0)),
+            cancel_ringing_after_s=_cancel_after(raw_pacing),
         )
         return cls(
             window=window,

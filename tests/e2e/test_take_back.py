@@ -1,0 +1,184 @@
+"""The predictive pacer hangs up a ringing call whose answer would find no seat.
+
+Real parts: PostgreSQL, the in-process broker, the scheduler with predictive
+pacing, the event consumer, a worker with our SIP user agent, SIPp ringing
+without end. The workflow's history (100 finished calls: answers after 2-4 s
+of ringing, two-minute talks) tells the pacer its laws; the one seat is free
+when the record is dialled and taken (a talking call written in) while it
+rings. Past ``cancel_ringing_after_s`` (3 s here, 15 s by default) the call
+would, if answered, find no seat: the scheduler marks it and notifies, the
+worker CANCELs it, and it ends as ``no_answer`` without counting in the
+pacer's answer-rate sample.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from api.ingest import insert_records
+from api.validation import validate_record
+from dialer.bus import MemoryBroker
+from dialer.ids import new_id
+from dialer.settings import HostPort, Settings
+from dialer.stack import default_trunk, start_worker
+from scheduler.consumer import EventConsumer
+from scheduler.engine import Scheduler
+from tests.conftest import Tenant
+from tests.integration.peers import free_port, start_sipp
+
+pytestmark = pytest.mark.integration
+
+DEFINITION = {
+    "start": "call",
+    "nodes": [
+        {
+            "id": "call",
+            "type": "call",
+            "handler": {"type": "prompt", "text": "Hello."},
+            "ring_timeout_s": 40,
+        },
+        {"id": "done", "type": "end"},
+    ],
+    "edges": [{"from": "call", "on": "default", "to": "done"}],
+}
+SETTINGS = {
+    "pacing": {"mode": "predictive", "seats": 1, "cancel_ringing_after_s": 3},
+    "retry": {},
+}
+
+
+async def _history(pool: asyncpg.Pool, tenant: Tenant, workflow_id: str, record_id: str) -> None:
+    """100 calls ended within the hour: 40 answered after 2-4 s, 60 unanswered after 2-6 s."""
+    await pool.execute(
+        """INSERT INTO calls (id, tenant_id, record_id, workflow_id, node_id, phone_e164,
+                              state, disposition, dialing_at, answered_at, ended_at)
+           SELECT gen_random_uuid(), $1, $2, $3, 'call', '+442071838800', 'ended',
+                  CASE WHEN i <= 40 THEN 'answered' ELSE 'no_answer' END,
+                  t0,
+                  CASE WHEN i <= 40 THEN t0 + (2 + (i % 5) * 0.5) * interval '1 second' END,
+                  CASE WHEN i <= 40 THEN t0 + (122 + (i % 5) * 0.5) * interval '1 second'
+                       ELSE t0 + (2 + (i % 9) * 0.5) * interval '1 second' END
+           FROM generate_series(1, 100) AS i,
+                LATERAL (SELECT now() - interval '40 minutes' + i * interval '10 seconds' AS t0)
+                AS s""",
+        tenant.id,
+        record_id,
+        workflow_id,
+    )
+
+
+async def test_ringing_call_without_a_seat_in_sight_is_hung_up(
+    pool: asyncpg.Pool, tenant: Tenant, tmp_path: Path, database_url: str
+) -> None:
+    sipp = await start_sipp("uas_ring_no_answer.xml", tmp_path, calls=1, timeout_s=60)
+    workflow_id = new_id()
+    await pool.execute(
+        """INSERT INTO workflows (id, tenant_id, workflow_key, name, status)
+           VALUES ($1, $2, $3, 'take back', 'active')""",
+        workflow_id,
+        tenant.id,
+        secrets.token_hex(3),
+    )
+    await pool.execute(
+        """INSERT INTO workflow_versions (workflow_id, version, definition, settings)
+           VALUES ($1, 1, $2, $3)""",
+        workflow_id,
+        DEFINITION,
+        SETTINGS,
+    )
+    workflow = await pool.fetchrow(
+        "SELECT id, current_version, workflow_key FROM workflows WHERE id = $1", workflow_id
+    )
+    # UK numbers: US ones are only called 08:00-21:00 in New York, and tests run at any hour.
+    records = [
+        validate_record(
+            {"record_phone_number": phone, "record_first_name": "Ada"},
+            allow_e164=True,
+            allow_case_id=False,
+        )
+        for phone in ("+442071838811", "+442071838812")
+    ]
+    async with pool.acquire() as conn:
+        await insert_records(conn, tenant.id, workflow, records, None)
+    dialled, past = await pool.fetch(
+        "SELECT id FROM records WHERE workflow_id = $1 ORDER BY phone_e164", workflow_id
+    )
+    # The second record stands for the calls of the past: it is not dialled.
+    await pool.execute("UPDATE records SET status = 'completed' WHERE id = $1", past["id"])
+    await _history(pool, tenant, workflow_id, past["id"])
+    rtp_base = 20000 + (free_port() % 20000) // 2 * 2
+    settings = Settings(
+        database_url=database_url,
+        sip_listen=HostPort("127.0.0.1", free_port()),
+        trunk_uri=sipp.uri,
+        rtp_port_min=rtp_base,
+        rtp_port_max=rtp_base + 50,
+        data_dir=tmp_path,
+        recording_dir=tmp_path / "recordings",
+    )
+    broker = MemoryBroker("take-back-test")
+    await broker.start()
+    consumer = EventConsumer(pool, broker)
+    await consumer.start()
+    trunk = default_trunk(settings)
+    assert trunk is not None
+    worker, agent = await start_worker(settings, pool, broker, trunk, capacity=4)
+    scheduler = Scheduler(pool, broker, tick_s=0.2, tenant_ids=[tenant.id])
+    stop = asyncio.Event()
+    loop_task = asyncio.create_task(scheduler.run(stop))
+    loop = asyncio.get_running_loop()
+    talking = new_id()
+    try:
+        deadline = loop.time() + 20
+        while not await pool.fetchval(
+            "SELECT count(*) FROM calls WHERE record_id = $1 AND state IN ('dialing', 'ringing')",
+            dialled["id"],
+        ):
+            assert loop.time() < deadline, "the record was not dialled"
+            await asyncio.sleep(0.05)
+        # Ringing now, and not taken back while the seat is free.
+        await asyncio.sleep(3.5)
+        assert scheduler.taken_back == 0
+        # Someone else's answer takes the seat, for minutes by the history.
+        await pool.execute(
+            """INSERT INTO calls (id, tenant_id, record_id, workflow_id, node_id, phone_e164,
+                                  state, worker_id, dialing_at, answered_at)
+               VALUES ($1, $2, $3, $4, 'call', '+442071838800', 'answered', $5,
+                       now() - interval '5 seconds', now())""",
+            talking,
+            tenant.id,
+            past["id"],
+            workflow_id,
+            worker.worker_id,
+        )
+        deadline = loop.time() + 20
+        while await pool.fetchval(
+            "SELECT status <> 'completed' FROM records WHERE id = $1", dialled["id"]
+        ):
+            assert loop.time() < deadline, "the ringing call was not hung up"
+            await asyncio.sleep(0.1)
+        # SIPp saw our CANCEL (its scenario fails without one).
+        assert await sipp.finish() == 0, sipp.errors()
+    finally:
+        stop.set()
+        await loop_task
+        await pool.execute(
+            "UPDATE calls SET state = 'ended', ended_at = now() WHERE id = $1", talking
+        )
+        await worker.drain(timeout_s=10)
+        await agent.close()
+        await consumer.close()
+        await broker.close()
+        sipp.kill()
+
+    call = await pool.fetchrow("SELECT * FROM calls WHERE record_id = $1", dialled["id"])
+    assert call["disposition"] == "no_answer"
+    assert call["pacing_cancel_at"] is not None
+    rang = (call["ended_at"] - call["dialing_at"]).total_seconds()
+    assert 3.5 < rang < 15.0, rang  # long before the 40 s ring timeout
+    assert scheduler.taken_back == 1 and worker.taken_back == 1
