@@ -7,6 +7,8 @@ pacing policy and each seed, and prints one line per seat count and policy:
 
 then the occupancy ceiling (talk / (talk + wrap-up)) and, per seat count, the
 ratio of predictive to progressive occupancy. Every model figure is a flag.
+``hung_up_ringing`` is the share of dials the predictive pacer took back while
+they rang (``--cancel-ringing-after-s``, default 15 s; ``--no-cancel`` never).
 
 ``--seat-oracle`` adds a bound: the predictive pacer shown when every busy
 seat will be free again (as if talk times were known at connect), printed as

@@ -22,7 +22,13 @@ class ChannelListener:
 
     @property
     def listening(self) -> bool:
-        return self._conn is not None and not self._conn.is_closed()
+        if self._conn is None:
+            return False
+        try:
+            return not self._conn.is_closed()
+        except asyncpg.InterfaceError:
+            # The pool took the connection back (it was lost, or the pool reset).
+            return False
 
     async def start(self) -> None:
         if self.listening:

@@ -166,8 +166,10 @@ class Worker:
                 log.warning("heartbeat failed: %s", exc, extra={"worker_id": self.worker_id})
             if self._take_back is not None and not self._take_back.listening:
                 # Its connection went with a database restart: listen again.
-                with contextlib.suppress(asyncpg.PostgresError, *DATABASE_AWAY):
+                try:
                     await self._take_back.start()
+                except (asyncpg.PostgresError, *DATABASE_AWAY) as exc:
+                    log.warning("take-back listener not restarted: %s", exc)
             await asyncio.sleep(self.heartbeat_s)
 
     def _event(

@@ -78,6 +78,8 @@ def call_completed_payload(
         "amd_verdict": call["amd_verdict"],
         "bot_result": call["bot_result"],
         "media_stats": call["media_stats"],
+        # The predictive pacer hung the call up while it rang (scheduler.pacing, rule 5).
+        "pacing_cancelled": call.get("pacing_cancel_at") is not None,
     }
 
 

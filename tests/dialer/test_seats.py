@@ -6,6 +6,7 @@ import asyncio
 import secrets
 import time
 import uuid
+from collections.abc import Sequence
 
 import asyncpg
 import pytest
@@ -22,7 +23,7 @@ from scheduler import engine
 from scheduler.consumer import EventConsumer
 from scheduler.definition import DefinitionError, validate_settings
 from scheduler.engine import Scheduler
-from scheduler.pacing import PacingPolicy, PacingStats, dials_to_place
+from scheduler.pacing import PacingDecision, PacingPolicy, PacingStats, pace
 from tests.conftest import Tenant, make_tenant
 from tests.scheduler.test_engine import NOON, SETTINGS, Clock, _records, _settle, _workflow
 
@@ -239,11 +240,16 @@ async def test_abandoned_calls_count_against_live_answers_only(
     )
     seen: list[tuple[PacingPolicy, PacingStats]] = []
 
-    def spy(policy: PacingPolicy, stats: PacingStats, now: float) -> int:
+    def spy(
+        policy: PacingPolicy,
+        stats: PacingStats,
+        now: float,
+        cancellable: Sequence[bool] | None = None,
+    ) -> PacingDecision:
         seen.append((policy, stats))
-        return dials_to_place(policy, stats, now)
+        return pace(policy, stats, now, cancellable)
 
-    monkeypatch.setattr(engine, "dials_to_place", spy)
+    monkeypatch.setattr(engine, "pace", spy)
     scheduler = Scheduler(pool, broker, tenant_ids=[tenant.id])
     await scheduler.tick()
     (policy, stats), *_ = seen

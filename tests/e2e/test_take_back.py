@@ -182,3 +182,9 @@ async def test_ringing_call_without_a_seat_in_sight_is_hung_up(
     rang = (call["ended_at"] - call["dialing_at"]).total_seconds()
     assert 3.5 < rang < 15.0, rang  # long before the 40 s ring timeout
     assert scheduler.taken_back == 1 and worker.taken_back == 1
+    payload = await pool.fetchval(
+        "SELECT payload FROM outbox WHERE workflow_id = $1 AND event_type = 'call.completed'",
+        workflow_id,
+    )
+    assert payload["data"]["disposition"] == "no_answer"
+    assert payload["data"]["pacing_cancelled"] is True
