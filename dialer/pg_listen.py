@@ -36,7 +36,12 @@ class ChannelListener:
         # A connection lost with the server goes back to the pool, which replaces it.
         await self.close()
         self._conn = await self.pool.acquire()
-        await self._conn.add_listener(self.channel, self._heard)
+        try:
+            await self._conn.add_listener(self.channel, self._heard)
+        except BaseException:
+            # Not listening: give the connection back, so that `listening` says so.
+            await self.close()
+            raise
 
     def _heard(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         self.on_payload(payload)

@@ -145,13 +145,14 @@ class SipCallRunner:
     def take_back(self, call_id: str) -> bool:
         """Hang up a call the predictive pacer no longer wants, if it is still ringing.
 
-        The scheduler asks (``scheduler.pacing``, rule 5); only a call not yet
-        answered is touched, by CANCEL. It ends as ``no_answer`` with
-        ``end_reason`` ``pacing``; one answered as our CANCEL crossed the
-        answer is hung up and counts as ``abandoned``.
+        The scheduler asks (``scheduler.pacing``, rule 5); only a call that has
+        had a provisional answer and no final one is touched, by CANCEL. It
+        ends as ``no_answer`` with ``end_reason`` ``pacing``; one whose answer
+        crossed our CANCEL is hung up by the SIP core and counts as
+        ``abandoned``.
         """
         handle = self._unanswered.get(call_id)
-        if handle is None or handle.state not in (CallState.CALLING, CallState.PROCEEDING):
+        if handle is None or handle.state is not CallState.PROCEEDING:
             return False
         self._taken_back.add(call_id)
         handle.hangup()
@@ -228,11 +229,7 @@ class SipCallRunner:
             self._unanswered[job.call_id] = handle
             answer = await handle.answered()
             self._unanswered.pop(job.call_id, None)
-            if answer is not None and job.call_id in self._taken_back:
-                # Our CANCEL crossed the answer: a person is there and no seat is planned.
-                seat.abandoned = True
-                handle.hangup()
-            elif answer is not None:
+            if answer is not None:
                 publish("answered", {})
                 amd_verdict = await self._run_answered(
                     job, handle, session, queue, media_timed_out, seat
@@ -246,6 +243,8 @@ class SipCallRunner:
             result = await handle.ended()
         finally:
             self._unanswered.pop(job.call_id, None)
+            taken_back = job.call_id in self._taken_back
+            self._taken_back.discard(job.call_id)
             if handle is not None and handle.result is None:
                 handle.hangup()
                 with contextlib.suppress(Exception):
@@ -268,10 +267,13 @@ class SipCallRunner:
         if seat.abandoned and disposition in ("answered", "human"):
             disposition = "abandoned"
         end_reason = result.end_reason
-        if job.call_id in self._taken_back:
-            self._taken_back.discard(job.call_id)
-            if result.answered_at is None:
-                disposition, end_reason = "no_answer", "pacing"
+        if taken_back and result.answered_at is not None:
+            # The answer crossed our CANCEL and the SIP core hung up on it
+            # (cancelled_after_answer): a person was there and got nobody.
+            disposition, end_reason = "abandoned", "pacing"
+        elif taken_back and disposition == "cancelled":
+            # Otherwise a busy, a rejection or a failure that came first stands.
+            disposition, end_reason = "no_answer", "pacing"
         if media_timed_out.is_set() and result.answered_at is not None:
             disposition = "media_timeout" if disposition in ("answered", "human") else disposition
         bot = self.bot_results.pop(job.call_id, None)

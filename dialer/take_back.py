@@ -10,6 +10,7 @@ worker reconnecting) costs only that call ringing on to its end.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 
 import asyncpg
@@ -18,6 +19,8 @@ from dialer import jsonutil
 from dialer.pg_listen import ChannelListener
 
 __all__ = ["CHANNEL", "TakeBackListener", "call_ids", "payloads"]
+
+log = logging.getLogger(__name__)
 
 CHANNEL = "dialer_pacing_cancel"
 # PostgreSQL refuses a payload of 8,000 bytes or more.
@@ -60,7 +63,11 @@ class TakeBackListener:
 
     def _heard(self, payload: str) -> None:
         for call_id in call_ids(payload):
-            self.on_call_id(call_id)
+            try:
+                self.on_call_id(call_id)
+            except Exception:
+                # One call's failure must not cost the others their hang-up.
+                log.exception("taking back call %s failed", call_id)
 
     @property
     def listening(self) -> bool:

@@ -78,8 +78,10 @@ def call_completed_payload(
         "amd_verdict": call["amd_verdict"],
         "bot_result": call["bot_result"],
         "media_stats": call["media_stats"],
-        # The predictive pacer hung the call up while it rang (scheduler.pacing, rule 5).
-        "pacing_cancelled": call.get("pacing_cancel_at") is not None,
+        "end_reason": call.get("end_reason"),
+        # The predictive pacer hung the call up while it rang (scheduler.pacing, rule 5):
+        # no_answer, or abandoned if the answer crossed our CANCEL.
+        "pacing_cancelled": call.get("end_reason") == "pacing",
     }
 
 
@@ -129,12 +131,13 @@ _END_CALLS = """
         ringing_at = coalesce(c.ringing_at, to_timestamp(u.ringing)),
         answered_at = coalesce(c.answered_at, to_timestamp(u.answered)),
         ended_at = to_timestamp(u.ended), ring_s = u.ring_s, talk_s = u.talk_s,
-        worker_id = coalesce(c.worker_id, nullif(u.worker_id, ''))
+        worker_id = coalesce(c.worker_id, nullif(u.worker_id, '')), end_reason = u.end_reason
     FROM unnest($1::uuid[], $2::text[], $3::integer[], $4::text[], $5::text[], $6::text[],
                 $7::text[], $8::text[], $9::float8[], $10::float8[], $11::float8[],
-                $12::float8[], $13::float8[], $14::float8[], $15::text[])
+                $12::float8[], $13::float8[], $14::float8[], $15::text[], $16::text[])
          AS u(id, disposition, sip_status, sip_reason, hangup_by, amd_verdict, bot_result,
-              media_stats, dialing, ringing, answered, ended, ring_s, talk_s, worker_id)
+              media_stats, dialing, ringing, answered, ended, ring_s, talk_s, worker_id,
+              end_reason)
     WHERE c.id = u.id
     RETURNING c.*"""
 
@@ -320,7 +323,7 @@ class EventConsumer:
     ) -> None:
         """Close the calls, their node runs and records' steps: set-based, one statement
         per kind for the whole batch."""
-        columns: list[list[Any]] = [[] for _ in range(15)]
+        columns: list[list[Any]] = [[] for _ in range(16)]
         runs: list[list[Any]] = [[], [], []]
         for call, event in ending:
             data = event.data
@@ -342,6 +345,7 @@ class EventConsumer:
                 data.get("ring_s"),
                 data.get("talk_s"),
                 event.worker_id,
+                data.get("end_reason"),
             )
             for column, value in zip(columns, row, strict=True):
                 column.append(value)

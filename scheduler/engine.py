@@ -119,7 +119,13 @@ class Scheduler:
             self.tenant_ids,
         )
         for workflow in workflows:
-            await self._schedule_workflow(workflow, now, result)
+            try:
+                await self._schedule_workflow(workflow, now, result)
+            except (asyncpg.PostgresError, *DATABASE_AWAY, ConnectionError):
+                raise
+            except Exception:
+                # A bug or a bad row in one workflow must not stop the others.
+                log.exception("scheduling workflow %s failed", workflow["id"])
         result.republished = await self._republish_stale(now)
         if self._judge_workers_from is None or now >= self._judge_workers_from:
             result.lost = await self._close_lost_calls(now)
@@ -128,9 +134,12 @@ class Scheduler:
     async def _budget(
         self, conn: asyncpg.Connection, workflow: asyncpg.Record, policy: WorkflowPolicy, now: float
     ) -> int:
-        # Calls the pacer asked to hang up count as in flight until they end, and
-        # are not asked again; once ended they are out of the answer-rate and
-        # hold-time samples (cut short, they say nothing of either).
+        # A call may be taken back once it has *rung* cancel_ringing_after_s (the
+        # FCC counts from the ring, not the dial), by the ringing stamp the worker
+        # reported; a call already asked counts as in flight until it ends and is
+        # not asked again. Calls taken back unanswered leave the answer-rate and
+        # hold-time samples: cut short, they say nothing of either.
+        after = policy.pacing.cancel_ringing_after_s
         row = await conn.fetchrow(
             """SELECT
                  count(*) FILTER (WHERE state IN ('queued', 'dialing', 'ringing')) AS in_flight,
@@ -142,30 +151,34 @@ class Scheduler:
                  coalesce(array_agg(id::text ORDER BY id)
                      FILTER (WHERE state IN ('queued', 'dialing', 'ringing')), '{}')
                      AS in_flight_ids,
-                 coalesce(array_agg(state <> 'queued' AND pacing_cancel_at IS NULL ORDER BY id)
+                 coalesce(array_agg(state = 'ringing' AND pacing_cancel_at IS NULL
+                                    AND $2::float8 IS NOT NULL
+                                    AND ringing_at <= now() - $2::float8 * interval '1 second'
+                                    ORDER BY id)
                      FILTER (WHERE state IN ('queued', 'dialing', 'ringing')), '{}')
                      AS cancellable,
                  count(*) FILTER (WHERE state = 'ended' AND ended_at > now() - interval '1 hour'
-                                  AND pacing_cancel_at IS NULL)
+                                  AND (end_reason IS DISTINCT FROM 'pacing'
+                                       OR answered_at IS NOT NULL))
                      AS finished,
                  count(*) FILTER (WHERE state = 'ended' AND answered_at IS NOT NULL
-                                  AND ended_at > now() - interval '1 hour'
-                                  AND pacing_cancel_at IS NULL) AS answered,
+                                  AND ended_at > now() - interval '1 hour') AS answered,
                  coalesce(avg(extract(epoch FROM answered_at - dialing_at))
                      FILTER (WHERE answered_at IS NOT NULL), 0) AS ring_mean,
                  coalesce(stddev(extract(epoch FROM answered_at - dialing_at))
                      FILTER (WHERE answered_at IS NOT NULL), 0) AS ring_sd,
                  coalesce(avg(extract(epoch FROM ended_at - dialing_at))
                      FILTER (WHERE state = 'ended' AND answered_at IS NULL
-                             AND pacing_cancel_at IS NULL), 0) AS hold_mean,
+                             AND end_reason IS DISTINCT FROM 'pacing'), 0) AS hold_mean,
                  coalesce(stddev(extract(epoch FROM ended_at - dialing_at))
                      FILTER (WHERE state = 'ended' AND answered_at IS NULL
-                             AND pacing_cancel_at IS NULL), 0) AS hold_sd,
+                             AND end_reason IS DISTINCT FROM 'pacing'), 0) AS hold_sd,
                  coalesce(avg(extract(epoch FROM ended_at - answered_at))
                      FILTER (WHERE answered_at IS NOT NULL AND state = 'ended'), 0) AS handle_mean
                FROM calls WHERE workflow_id = $1
                  AND (state <> 'ended' OR ended_at > now() - interval '1 hour')""",
             workflow["id"],
+            after,
         )
         # Abandonment is measured as the FCC rule measures it: over 30 days, as a
         # share of live answers (a machine is not a person waiting for a seat). The
@@ -207,17 +220,24 @@ class Scheduler:
                 policy.pacing,
                 max_wait_s=float(raw_pacing.get("max_wait_s", policy.pacing.max_wait_s)),
             )
-            decision = pace(pacing, stats, now, row["cancellable"])
+            # Off the event loop: with many calls in flight the exact laws take a while.
+            decision = await asyncio.to_thread(pace, pacing, stats, now, row["cancellable"])
             budget = decision.dials
             if decision.cancel:
-                await self._take_back(conn, [row["in_flight_ids"][i] for i in decision.cancel])
+                asked = [row["in_flight_ids"][i] for i in decision.cancel]
+                # The dials assumed every one of them gone: a call that ended or
+                # was answered meanwhile was not marked, so it takes a dial back.
+                budget -= len(asked) - await self._take_back(conn, asked)
         return max(0, min(budget, self.batch_size))
 
-    async def _take_back(self, conn: asyncpg.Connection, call_ids: list[str]) -> None:
-        """Mark the calls and ask their workers to hang them up, both at commit."""
+    async def _take_back(self, conn: asyncpg.Connection, call_ids: list[str]) -> int:
+        """Mark the calls and ask their workers to hang them up, both at commit.
+
+        Returns how many were still ringing and so were marked.
+        """
         marked = await conn.fetch(
             """UPDATE calls SET pacing_cancel_at = now()
-               WHERE id = ANY($1::uuid[]) AND state IN ('dialing', 'ringing')
+               WHERE id = ANY($1::uuid[]) AND state = 'ringing'
                  AND pacing_cancel_at IS NULL
                RETURNING id::text""",
             call_ids,
@@ -226,6 +246,7 @@ class Scheduler:
         for payload in take_back_payloads(ids):
             await conn.execute("SELECT pg_notify($1, $2)", TAKE_BACK_CHANNEL, payload)
         self.taken_back += len(ids)
+        return len(ids)
 
     async def _schedule_workflow(
         self, workflow: asyncpg.Record, now: float, result: TickResult

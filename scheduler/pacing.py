@@ -265,6 +265,13 @@ _ROOTS_MINUS_ONE = {
 }
 # Keeps logarithms of probabilities finite; exp() of the results is exact enough.
 _TINY = 1e-300
+# Bounds on the work behind one answer: complex cells held at once by
+# `_answers_law`; rounds of `calls_to_cancel` (calls past them wait for the next
+# decision, half a second later in the scheduler); and cells of one round's
+# laws, which limit the candidates weighed in it to the longest ringing.
+_CELLS = 1 << 20
+_CANCEL_ROUNDS = 8
+_CANCEL_WORK = 1 << 24
 
 
 def risk_threshold(stats: PacingStats) -> float:
@@ -341,7 +348,11 @@ def _answers_law(waiting: int, q: np.ndarray, size: int) -> np.ndarray:
         z1 = _ROOTS_MINUS_ONE.get(span)
         if z1 is None:
             z1 = np.exp(-2j * np.pi * np.arange(span) / span) - 1.0
-        pgf = np.prod(1.0 + q[:, :, None] * z1, axis=0)
+        # A few calls at a time: the product's terms take calls * slots * span cells.
+        step = max(1, _CELLS // (slots * span))
+        pgf = np.prod(1.0 + q[:step, :, None] * z1, axis=0)
+        for first in range(step, calls, step):
+            pgf *= np.prod(1.0 + q[first : first + step, :, None] * z1, axis=0)
         if waiting:
             pgf *= (z1 + 1.0) ** waiting
         full = np.clip(np.fft.ifft(pgf, axis=1).real, 0.0, None)
@@ -405,7 +416,13 @@ def calls_to_cancel(
     theta = risk_threshold(stats)
     kept = np.ones(len(ages), dtype=bool)
     cancelled: list[int] = []
-    while len(candidates):
+    span = 1 << max(1, (stats.calls_waiting + len(ages)).bit_length())
+    weighable = max(1, _CANCEL_WORK // (len(ages) * _SLOTS * span))
+    if len(candidates) > weighable:
+        candidates = np.sort(candidates[np.argsort(-ages[candidates], kind="stable")[:weighable]])
+    for _ in range(_CANCEL_ROUNDS):
+        if not len(candidates):
+            break
         risks = _keeping_risks(policy, stats, replace(laws, ages=ages[kept]), candidates, kept)
         above = risks > theta
         if not above.any():

@@ -5,7 +5,8 @@ pacing, the event consumer, a worker with our SIP user agent, SIPp ringing
 without end. The workflow's history (100 finished calls: answers after 2-4 s
 of ringing, two-minute talks) tells the pacer its laws; the one seat is free
 when the record is dialled and taken (a talking call written in) while it
-rings. Past ``cancel_ringing_after_s`` (3 s here, 15 s by default) the call
+rings. Once it has rung ``cancel_ringing_after_s`` (3 s here, 15 s by
+default; counted from the ringing the worker reported, not the dial) the call
 would, if answered, find no seat: the scheduler marks it and notifies, the
 worker CANCELs it, and it ends as ``no_answer`` without counting in the
 pacer's answer-rate sample.
@@ -177,8 +178,9 @@ async def test_ringing_call_without_a_seat_in_sight_is_hung_up(
         sipp.kill()
 
     call = await pool.fetchrow("SELECT * FROM calls WHERE record_id = $1", dialled["id"])
-    assert call["disposition"] == "no_answer"
-    assert call["pacing_cancel_at"] is not None
+    assert (call["disposition"], call["end_reason"]) == ("no_answer", "pacing")
+    assert call["pacing_cancel_at"] is not None and call["ringing_at"] is not None
+    assert (call["pacing_cancel_at"] - call["ringing_at"]).total_seconds() >= 3.0
     rang = (call["ended_at"] - call["dialing_at"]).total_seconds()
     assert 3.5 < rang < 15.0, rang  # long before the 40 s ring timeout
     assert scheduler.taken_back == 1 and worker.taken_back == 1
@@ -188,3 +190,4 @@ async def test_ringing_call_without_a_seat_in_sight_is_hung_up(
     )
     assert payload["data"]["disposition"] == "no_answer"
     assert payload["data"]["pacing_cancelled"] is True
+    assert payload["data"]["end_reason"] == "pacing"

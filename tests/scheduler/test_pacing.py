@@ -383,6 +383,32 @@ def test_ringing_calls_kept_under_the_threshold_or_the_floor():
     assert calls_to_cancel(PREDICTIVE, generous) == ()
 
 
+def test_only_cancellable_calls_are_hung_up():
+    two = one_seat(calls_in_flight=2, in_flight_ages_s=(16.0, 17.0))
+    # The riskier call may not be taken back (already asked, or not heard ringing
+    # long enough): the other one is weighed with it still ahead, and goes.
+    assert calls_to_cancel(PREDICTIVE, two, cancellable=(False, True)) == (1,)
+    assert calls_to_cancel(PREDICTIVE, two, cancellable=(False, False)) == ()
+    decision = pace(PREDICTIVE, two, now=0.0, cancellable=(True, True))
+    assert decision.cancel == (0,)
+
+
+def test_the_work_of_one_decision_is_bounded():
+    # 2,000 calls in flight for 1,000 seats all busy, half of them ringing past
+    # 15 s: a decision takes at most _CANCEL_ROUNDS calls back, without
+    # holding the laws of every candidate at once.
+    ages = tuple(float(a) for a in np.random.default_rng(0).uniform(0.0, 30.0, 2000))
+    s = stats(
+        seats=1000,
+        seats_busy=1000,
+        seats_wrapping=0,
+        wrap_remaining_s=(),
+        calls_in_flight=2000,
+        in_flight_ages_s=ages,
+    )
+    assert 1 <= len(calls_to_cancel(PREDICTIVE, s)) <= 8
+
+
 @pytest.mark.parametrize(
     ("policy", "changes"),
     [

@@ -1,0 +1,93 @@
+"""The runner's side of taking back a ringing call, against SIPp callees.
+
+A call that rings is taken back by CANCEL and ends ``no_answer`` with
+``end_reason`` ``pacing``; a callee whose answer crosses our CANCEL is hung
+up on by the SIP core and the call counts as ``abandoned``. A call that has
+heard nothing yet, or that the runner does not hold, is not touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dialer.messages import DialJob
+from dialer.runner import SipCallRunner
+from dialer.trunk import TrunkConfig
+from dialer.user_agent import UserAgent
+from media.playback import SpeechRenderer
+from media.ports import PortAllocator
+from media.session import SessionConfig
+from tests.integration.peers import free_port, require, start_sipp
+from tests.integration.test_sipp import FAST, options
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _sipp_installed() -> None:
+    require("sipp")
+
+
+async def take_back_while_ringing(tmp_path: Path, scenario: str) -> tuple[dict[str, Any], bool]:
+    media = ("-mi", "127.0.0.1", "-mp", str(free_port()))
+    callee = await start_sipp(scenario, tmp_path, extra=media)
+    rang = asyncio.Event()
+
+    async def emit(kind: str, data: dict[str, Any]) -> None:
+        if kind == "ringing":
+            rang.set()
+
+    try:
+        async with UserAgent(options(FAST), [TrunkConfig.from_uri(callee.uri, name="c")]) as agent:
+            runner = SipCallRunner(
+                agent,
+                rtp_host="127.0.0.1",
+                ports=PortAllocator(45000, 45999),
+                speech=SpeechRenderer(tmp_path / "tts"),
+                recording_dir=tmp_path / "recordings",
+                session_config=SessionConfig(media_timeout_s=None),
+                default_trunk="c",
+            )
+            job = DialJob(
+                call_id=str(uuid.uuid4()),
+                record_id=str(uuid.uuid4()),
+                tenant_id=str(uuid.uuid4()),
+                workflow_id=str(uuid.uuid4()),
+                node_id="call",
+                phone_e164="1000",
+                handler={"type": "prompt", "text": "Hello."},
+                ring_timeout_s=30,
+            )
+            async with asyncio.timeout(20):
+                call = asyncio.create_task(runner.run(job, emit))
+                await rang.wait()
+                assert not runner.take_back(str(uuid.uuid4()))  # not ours
+                taken = runner.take_back(job.call_id)
+                assert not runner.take_back(job.call_id)  # already cancelling
+                data = await call
+                assert await agent.drain(5.0), "a call was not over on both sides"
+            assert not runner._unanswered and not runner._taken_back
+        assert await callee.finish() == 0, callee.errors()
+    finally:
+        callee.kill()
+    return data, taken
+
+
+async def test_ringing_call_taken_back_ends_no_answer(tmp_path: Path) -> None:
+    data, taken = await take_back_while_ringing(tmp_path, "uas_ring_no_answer.xml")
+    assert taken
+    assert (data["disposition"], data["end_reason"]) == ("no_answer", "pacing")
+    assert data["sip_status"] == 487
+    assert data["times"]["answered"] is None
+
+
+async def test_answer_crossing_the_cancel_counts_as_abandoned(tmp_path: Path) -> None:
+    data, taken = await take_back_while_ringing(tmp_path, "uas_200_after_cancel.xml")
+    assert taken
+    assert (data["disposition"], data["end_reason"]) == ("abandoned", "pacing")
+    assert data["times"]["answered"] is not None
