@@ -37,7 +37,10 @@ Rules of this file:
    expected abandons than a fresh dial placed in its stead. Riskiest first,
    each one taken back lowering the risk of the rest (`calls_to_cancel`).
    Late answers are the dangerous ones, as seats are planned for the calls
-   dialled since; taking them back lets the pacer dial harder.
+   dialled since; taking them back lets the pacer dial harder. One decision
+   takes back at most `_CANCEL_ROUNDS` calls and weighs only as many of the
+   longest-ringing candidates as `_CANCEL_WORK` allows; the rest wait for the
+   next decision.
 """
 
 from __future__ import annotations

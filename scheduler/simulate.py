@@ -54,6 +54,9 @@ class SimConfig:
     # A bound, not a pacer: show the pacer when every seat will be free again
     # (talk end plus wrap-up), as if talk times were known at connect.
     reveal_seat_times: bool = False
+    # From the pacer's decision to take back a ringing call to its CANCEL (the
+    # scheduler's tick, the notification, the worker): an answer meanwhile wins.
+    take_back_lag_s: float = 0.5
 
     def __post_init__(self) -> None:
         if self.seats < 1:
@@ -66,6 +69,8 @@ class SimConfig:
             raise ValueError("need 0 <= hold_min_s <= hold_max_s")
         if self.talk_mean_s <= 0 or self.wrap_s < 0 or self.hours <= 0 or self.tick_s <= 0:
             raise ValueError("talk_mean_s, hours and tick_s must be > 0; wrap_s >= 0")
+        if self.take_back_lag_s < 0:
+            raise ValueError("take_back_lag_s must be >= 0")
 
     @property
     def occupancy_ceiling(self) -> float:
@@ -139,6 +144,7 @@ _ANSWER = 2
 _NO_ANSWER = 3
 _TICK = 4
 _DEADLINE = 5
+_TAKE_BACK = 6
 
 
 def simulate(policy: PacingPolicy, config: SimConfig, rng: random.Random) -> SimResult:
@@ -161,6 +167,7 @@ def simulate(policy: PacingPolicy, config: SimConfig, rng: random.Random) -> Sim
     wrap_stats = RunningMean()
     dialled_at: dict[int, float] = {}  # calls in flight: event seq -> dial time
     hung_up: set[int] = set()  # calls the pacer hung up, whose answer or end never comes
+    asked: set[int] = set()  # calls the pacer decided to take back, until their CANCEL
     cancelled = 0
     wrap_ends: dict[int, float] = {}  # seats in wrap-up: event seq -> end of wrap-up
     free_at: dict[int, float] = {}  # seats talking, when revealed: event seq -> free again
@@ -192,7 +199,19 @@ def simulate(policy: PacingPolicy, config: SimConfig, rng: random.Random) -> Sim
         if key in hung_up:
             hung_up.remove(key)
             continue
-        if kind == _WRAP_END:
+        if kind == _TAKE_BACK:
+            call = int(value)
+            asked.discard(call)
+            if call not in dialled_at:
+                continue  # answered or ended before the CANCEL went out
+            del dialled_at[call]
+            hung_up.add(call)
+            cancelled += 1
+        elif kind in (_ANSWER, _NO_ANSWER):
+            asked.discard(key)
+        if kind == _TAKE_BACK:
+            pass
+        elif kind == _WRAP_END:
             busy -= 1
             del wrap_ends[key]
             # Handle time is observed when the seat is free again.
@@ -254,15 +273,15 @@ def simulate(policy: PacingPolicy, config: SimConfig, rng: random.Random) -> Sim
             wrap_remaining_s=tuple(t - now for t in (*wrap_ends.values(), *free_at.values())),
             wrap_mean_s=wrap_stats.mean,
         )
-        decision = pace(policy, stats, now)
-        if decision.cancel:
-            # Like the engine, a hung-up call is left out of the answer-rate
-            # and hold-time samples: its outcome is not known.
-            keys = list(dialled_at)
-            for index in decision.cancel:
-                del dialled_at[keys[index]]
-                hung_up.add(keys[index])
-            cancelled += len(decision.cancel)
+        keys = list(dialled_at)
+        decision = pace(policy, stats, now, [k not in asked for k in keys])
+        # Like the engine, a call taken back is left out of the answer-rate and
+        # hold-time samples (its outcome is not known), and counts as in flight
+        # until its CANCEL.
+        for index in decision.cancel:
+            asked.add(keys[index])
+            seq += 1
+            push(events, (now + config.take_back_lag_s, _TAKE_BACK, seq, float(keys[index])))
         for _ in range(decision.dials):
             dials += 1
             recent.append(now)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
 from scheduler.pacing import PacingMode, PacingPolicy
 from scheduler.simulate import SimConfig, simulate
+
+PROGRESSIVE = PacingPolicy(mode=PacingMode.PROGRESSIVE)
 
 # Room for the noise of half an hour (~150 live answers) over the 3 % target;
 # the warm-up is cautious, so an overshoot past it means the pacer is wrong.
@@ -63,9 +66,29 @@ def test_totals_are_consistent():
     assert result.connects_per_seat_hour == pytest.approx(result.connects / 2.5)
 
 
+def test_ringing_calls_taken_back_only_when_their_cancel_comes_in_time():
+    config = SimConfig(seats=10, hours=0.5)
+    policy = PacingPolicy()
+    result = simulate(policy, config, random.Random(2))
+    assert 0 < result.cancelled < result.dials
+    assert 0.0 < result.cancelled_share < 0.3
+    # A CANCEL later than any ring: every call answers or ends first.
+    late = simulate(policy, replace(config, take_back_lag_s=60.0), random.Random(2))
+    assert late.cancelled == 0
+    never = simulate(PacingPolicy(cancel_ringing_after_s=None), config, random.Random(2))
+    assert never.cancelled == 0
+    assert simulate(PROGRESSIVE, config, random.Random(2)).cancelled == 0
+
+
 @pytest.mark.parametrize(
     "changes",
-    [{"seats": 0}, {"answer_rate": 0.0}, {"ring_min_s": 5.0, "ring_max_s": 4.0}, {"hours": 0.0}],
+    [
+        {"seats": 0},
+        {"answer_rate": 0.0},
+        {"ring_min_s": 5.0, "ring_max_s": 4.0},
+        {"hours": 0.0},
+        {"take_back_lag_s": -1.0},
+    ],
 )
 def test_config_validation(changes: dict[str, float]):
     with pytest.raises(ValueError):
