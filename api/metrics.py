@@ -73,6 +73,12 @@ async def metrics(request: web.Request) -> web.Response:
                GROUP BY 1, 5""",
             DEFAULT_SEATS,
         )
+        taken_back = await conn.fetch(
+            """SELECT workflow_id::text, count(*) AS ended,
+                      count(*) FILTER (WHERE end_reason = 'pacing') AS taken_back
+               FROM calls WHERE state = 'ended' AND ended_at > now() - interval '1 hour'
+               GROUP BY 1"""
+        )
         media = await conn.fetchrow(
             """SELECT coalesce(avg((media_stats->>'loss_fraction')::float8), 0) AS loss,
                       coalesce(avg((media_stats->>'jitter_ms')::float8), 0) AS jitter
@@ -131,6 +137,13 @@ async def metrics(request: web.Request) -> web.Response:
         abandon.add_metric(
             [row["workflow_id"]], row["abandoned"] / row["live"] if row["live"] else 0.0
         )
+    take_back = GaugeMetricFamily(
+        "dialer_pacing_taken_back_ratio",
+        "Calls the predictive pacer hung up while ringing / calls ended, last hour, by workflow",
+        labels=["workflow_id"],
+    )
+    for row in taken_back:
+        take_back.add_metric([row["workflow_id"]], row["taken_back"] / row["ended"])
     loss = GaugeMetricFamily("dialer_rtp_loss_fraction", "Mean RTP loss of last hour's calls")
     loss.add_metric([], float(media["loss"]))
     jitter = GaugeMetricFamily("dialer_rtp_jitter_ms", "Mean RTP jitter of last hour's calls")
@@ -154,6 +167,7 @@ async def metrics(request: web.Request) -> web.Response:
                 queue,
                 ratio,
                 abandon,
+                take_back,
                 loss,
                 jitter,
                 pending,

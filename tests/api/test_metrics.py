@@ -18,20 +18,22 @@ async def test_metrics_reflect_calls(client: TestClient, tenant: Tenant, pool) -
         headers=tenant.auth,
     )
     record_id = (await resp.json())["record_id"]
-    calls_made = (("ringing", None), ("queued", None), ("answered", None), ("ended", "busy"),
-                  ("ended", "busy"))  # fmt: skip
-    for state, disposition in calls_made:
+    calls_made = (("ringing", None, None), ("queued", None, None), ("answered", None, None),
+                  ("ended", "busy", None), ("ended", "busy", None),
+                  ("ended", "no_answer", "pacing"))  # fmt: skip
+    for state, disposition, end_reason in calls_made:
         await pool.execute(
             """INSERT INTO calls (id, tenant_id, record_id, workflow_id, phone_e164, state,
-                   disposition, dialing_at, ended_at)
+                   disposition, dialing_at, ended_at, end_reason)
                VALUES ($1, $2, $3::uuid, $4::uuid, '+12125550123', $5, $6, now(),
-                       CASE WHEN $5 = 'ended' THEN now() END)""",
+                       CASE WHEN $5 = 'ended' THEN now() END, $7)""",
             new_id(),
             tenant.id,
             record_id,
             wf["id"],
             state,
             disposition,
+            end_reason,
         )
     resp = await client.get("/metrics")
     assert resp.status == 200
@@ -43,7 +45,7 @@ async def test_metrics_reflect_calls(client: TestClient, tenant: Tenant, pool) -
         if s.labels["workflow_id"] == wf["id"]
     }
     assert calls == {("ringing", ""): 1, ("queued", ""): 1, ("answered", ""): 1,
-                     ("ended", "busy"): 2}  # fmt: skip
+                     ("ended", "busy"): 2, ("ended", "no_answer"): 1}  # fmt: skip
     queue = {s.labels["workflow_id"]: s.value for s in families["dialer_dial_queue_depth"].samples}
     assert queue[wf["id"]] == 1
     # Two dialling or ringing for the 9 seats not talking (the workflow names no seats: 10).
@@ -54,3 +56,6 @@ async def test_metrics_reflect_calls(client: TestClient, tenant: Tenant, pool) -
     due = {s.labels["workflow_id"]: s.value for s in families["dialer_due_records"].samples}
     assert due.get(wf["id"]) == 1
     assert "dialer_webhook_lag_seconds" in families
+    # One of the three calls ended in the last hour was taken back while ringing.
+    taken = families["dialer_pacing_taken_back_ratio"].samples
+    assert {s.labels["workflow_id"]: s.value for s in taken}[wf["id"]] == 1 / 3
