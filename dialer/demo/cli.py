@@ -41,6 +41,28 @@ def _free_port(kind: socket.SocketKind) -> int:
         return int(probe.getsockname()[1])
 
 
+def _free_sip_ports(count: int = 8) -> int:
+    """A first port from which ``count`` ports are free for both UDP and TCP.
+
+    SIP listens on both, and worker processes take the ports after the first;
+    a free UDP port alone was seen to have its TCP twin taken by an outgoing
+    connection's ephemeral port.
+    """
+    for _ in range(100):
+        first = _free_port(socket.SOCK_DGRAM)
+        if first + count > 65535:
+            continue
+        try:
+            for port in range(first, first + count):
+                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                    with socket.socket(socket.AF_INET, kind) as probe:
+                        probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+    raise OSError("no run of free SIP ports on 127.0.0.1")
+
+
 def demo_settings_from(settings: Settings, environ: Any = None) -> Settings:
     """Free loopback ports for the API and SIP unless the environment names them.
 
@@ -51,7 +73,10 @@ def demo_settings_from(settings: Settings, environ: Any = None) -> Settings:
     if "DIALER_API_LISTEN" not in environ:
         changes["api_listen"] = HostPort("127.0.0.1", _free_port(socket.SOCK_STREAM))
     if "DIALER_SIP_LISTEN" not in environ:
-        changes["sip_listen"] = HostPort("127.0.0.1", _free_port(socket.SOCK_DGRAM))
+        from dialer.worker_processes import worker_count
+
+        first = _free_sip_ports(max(1, worker_count(settings)))
+        changes["sip_listen"] = HostPort("127.0.0.1", first)
     return dataclasses.replace(settings, **changes)
 
 
