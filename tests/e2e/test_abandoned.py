@@ -11,7 +11,6 @@ is hung up by us, and counts as ``abandoned``.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import wave
 from pathlib import Path
 
@@ -19,16 +18,13 @@ import asyncpg
 import numpy as np
 import pytest
 
-from api.ingest import insert_records
-from api.validation import validate_record
 from dialer.bus import MemoryBroker
-from dialer.ids import new_id
-from dialer.settings import HostPort, Settings
 from dialer.stack import default_trunk, start_worker
 from scheduler.consumer import EventConsumer
 from scheduler.engine import Scheduler
 from tests.conftest import Tenant
-from tests.integration.peers import free_port, require, start_sipp
+from tests.integration.peers import require, start_sipp
+from tests.workflow_setup import insert_uk_records, insert_workflow, worker_settings
 
 pytestmark = pytest.mark.integration
 
@@ -66,45 +62,10 @@ async def test_second_live_answer_without_a_seat_is_abandoned(
 ) -> None:
     require("espeak-ng")
     sipp = await start_sipp("uas_answer_wait_bye.xml", tmp_path, calls=2, timeout_s=60)
-    workflow_id = new_id()
-    await pool.execute(
-        """INSERT INTO workflows (id, tenant_id, workflow_key, name, status)
-           VALUES ($1, $2, $3, 'seats', 'active')""",
-        workflow_id,
-        tenant.id,
-        secrets.token_hex(3),
-    )
-    await pool.execute(
-        """INSERT INTO workflow_versions (workflow_id, version, definition, settings)
-           VALUES ($1, 1, $2, $3)""",
-        workflow_id,
-        DEFINITION,
-        SETTINGS,
-    )
-    workflow = await pool.fetchrow(
-        "SELECT id, current_version, workflow_key FROM workflows WHERE id = $1", workflow_id
-    )
-    # UK numbers: US ones are only called 08:00-21:00 in New York, and tests run at any hour.
-    records = [
-        validate_record(
-            {"record_phone_number": phone, "record_first_name": "Ada"},
-            allow_e164=True,
-            allow_case_id=False,
-        )
-        for phone in ("+442071838811", "+442071838812")
-    ]
-    async with pool.acquire() as conn:
-        await insert_records(conn, tenant.id, workflow, records, None)
-    rtp_base = 20000 + (free_port() % 20000) // 2 * 2
-    settings = Settings(
-        database_url=database_url,
-        sip_listen=HostPort("127.0.0.1", free_port()),
-        trunk_uri=sipp.uri,
-        rtp_port_min=rtp_base,
-        rtp_port_max=rtp_base + 50,
-        data_dir=tmp_path,
-        recording_dir=tmp_path / "recordings",
-    )
+    workflow = await insert_workflow(pool, tenant, DEFINITION, SETTINGS, "seats")
+    workflow_id = workflow["id"]
+    await insert_uk_records(pool, tenant, workflow, ["+442071838811", "+442071838812"])
+    settings = worker_settings(database_url, tmp_path, sipp.uri)
     broker = MemoryBroker("seats-test")
     await broker.start()
     consumer = EventConsumer(pool, broker)

@@ -15,22 +15,24 @@ pacer's answer-rate sample.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from api.ingest import insert_records
-from api.validation import validate_record
 from dialer.bus import MemoryBroker
 from dialer.ids import new_id
-from dialer.settings import HostPort, Settings
 from dialer.stack import default_trunk, start_worker
 from scheduler.consumer import EventConsumer
 from scheduler.engine import Scheduler
 from tests.conftest import Tenant
-from tests.integration.peers import free_port, start_sipp
+from tests.integration.peers import start_sipp
+from tests.workflow_setup import (
+    insert_uk_records,
+    insert_workflow,
+    seed_call_history,
+    worker_settings,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -53,75 +55,19 @@ SETTINGS = {
 }
 
 
-async def _history(pool: asyncpg.Pool, tenant: Tenant, workflow_id: str, record_id: str) -> None:
-    """100 calls ended within the hour: 40 answered after 2-4 s, 60 unanswered after 2-6 s."""
-    await pool.execute(
-        """INSERT INTO calls (id, tenant_id, record_id, workflow_id, node_id, phone_e164,
-                              state, disposition, dialing_at, answered_at, ended_at)
-           SELECT gen_random_uuid(), $1, $2, $3, 'call', '+442071838800', 'ended',
-                  CASE WHEN i <= 40 THEN 'answered' ELSE 'no_answer' END,
-                  t0,
-                  CASE WHEN i <= 40 THEN t0 + (2 + (i % 5) * 0.5) * interval '1 second' END,
-                  CASE WHEN i <= 40 THEN t0 + (122 + (i % 5) * 0.5) * interval '1 second'
-                       ELSE t0 + (2 + (i % 9) * 0.5) * interval '1 second' END
-           FROM generate_series(1, 100) AS i,
-                LATERAL (SELECT now() - interval '40 minutes' + i * interval '10 seconds' AS t0)
-                AS s""",
-        tenant.id,
-        record_id,
-        workflow_id,
-    )
-
-
 async def test_ringing_call_without_a_seat_in_sight_is_hung_up(
     pool: asyncpg.Pool, tenant: Tenant, tmp_path: Path, database_url: str
 ) -> None:
     sipp = await start_sipp("uas_ring_no_answer.xml", tmp_path, calls=1, timeout_s=60)
-    workflow_id = new_id()
-    await pool.execute(
-        """INSERT INTO workflows (id, tenant_id, workflow_key, name, status)
-           VALUES ($1, $2, $3, 'take back', 'active')""",
-        workflow_id,
-        tenant.id,
-        secrets.token_hex(3),
-    )
-    await pool.execute(
-        """INSERT INTO workflow_versions (workflow_id, version, definition, settings)
-           VALUES ($1, 1, $2, $3)""",
-        workflow_id,
-        DEFINITION,
-        SETTINGS,
-    )
-    workflow = await pool.fetchrow(
-        "SELECT id, current_version, workflow_key FROM workflows WHERE id = $1", workflow_id
-    )
-    # UK numbers: US ones are only called 08:00-21:00 in New York, and tests run at any hour.
-    records = [
-        validate_record(
-            {"record_phone_number": phone, "record_first_name": "Ada"},
-            allow_e164=True,
-            allow_case_id=False,
-        )
-        for phone in ("+442071838811", "+442071838812")
-    ]
-    async with pool.acquire() as conn:
-        await insert_records(conn, tenant.id, workflow, records, None)
-    dialled, past = await pool.fetch(
-        "SELECT id FROM records WHERE workflow_id = $1 ORDER BY phone_e164", workflow_id
+    workflow = await insert_workflow(pool, tenant, DEFINITION, SETTINGS, "take back")
+    workflow_id = workflow["id"]
+    dialled, past = await insert_uk_records(
+        pool, tenant, workflow, ["+442071838811", "+442071838812"]
     )
     # The second record stands for the calls of the past: it is not dialled.
-    await pool.execute("UPDATE records SET status = 'completed' WHERE id = $1", past["id"])
-    await _history(pool, tenant, workflow_id, past["id"])
-    rtp_base = 20000 + (free_port() % 20000) // 2 * 2
-    settings = Settings(
-        database_url=database_url,
-        sip_listen=HostPort("127.0.0.1", free_port()),
-        trunk_uri=sipp.uri,
-        rtp_port_min=rtp_base,
-        rtp_port_max=rtp_base + 50,
-        data_dir=tmp_path,
-        recording_dir=tmp_path / "recordings",
-    )
+    await pool.execute("UPDATE records SET status = 'completed' WHERE id = $1", past)
+    await seed_call_history(pool, tenant.id, past, workflow_id)
+    settings = worker_settings(database_url, tmp_path, sipp.uri)
     broker = MemoryBroker("take-back-test")
     await broker.start()
     consumer = EventConsumer(pool, broker)
@@ -138,7 +84,7 @@ async def test_ringing_call_without_a_seat_in_sight_is_hung_up(
         deadline = loop.time() + 20
         while not await pool.fetchval(
             "SELECT count(*) FROM calls WHERE record_id = $1 AND state IN ('dialing', 'ringing')",
-            dialled["id"],
+            dialled,
         ):
             assert loop.time() < deadline, "the record was not dialled"
             await asyncio.sleep(0.05)
@@ -153,13 +99,13 @@ async def test_ringing_call_without_a_seat_in_sight_is_hung_up(
                        now() - interval '5 seconds', now())""",
             talking,
             tenant.id,
-            past["id"],
+            past,
             workflow_id,
             worker.worker_id,
         )
         deadline = loop.time() + 20
         while await pool.fetchval(
-            "SELECT status <> 'completed' FROM records WHERE id = $1", dialled["id"]
+            "SELECT status <> 'completed' FROM records WHERE id = $1", dialled
         ):
             assert loop.time() < deadline, "the ringing call was not hung up"
             await asyncio.sleep(0.1)
@@ -177,7 +123,7 @@ async def test_ringing_call_without_a_seat_in_sight_is_hung_up(
         await broker.close()
         sipp.kill()
 
-    call = await pool.fetchrow("SELECT * FROM calls WHERE record_id = $1", dialled["id"])
+    call = await pool.fetchrow("SELECT * FROM calls WHERE record_id = $1", dialled)
     assert (call["disposition"], call["end_reason"]) == ("no_answer", "pacing")
     assert call["pacing_cancel_at"] is not None and call["ringing_at"] is not None
     assert (call["pacing_cancel_at"] - call["ringing_at"]).total_seconds() >= 3.0

@@ -23,6 +23,7 @@ from dialer.take_back import CHANNEL, call_ids
 from scheduler.engine import Scheduler
 from tests.conftest import make_tenant
 from tests.scheduler.test_engine import NOON, SETTINGS, Clock, _records, _workflow
+from tests.workflow_setup import seed_call_history
 
 # (state, seconds since dialled, seconds since ringing, already asked)
 IN_FLIGHT = {
@@ -69,21 +70,7 @@ async def test_only_calls_that_rang_long_enough_are_marked_and_notified(
         )
         return call_id
 
-    await pool.execute(
-        """INSERT INTO calls (id, tenant_id, record_id, workflow_id, node_id, phone_e164,
-                              state, disposition, dialing_at, answered_at, ended_at)
-           SELECT gen_random_uuid(), $1, $2, $3, 'call', '+12125550100', 'ended',
-                  CASE WHEN i <= 40 THEN 'answered' ELSE 'no_answer' END, t0,
-                  CASE WHEN i <= 40 THEN t0 + (2 + (i % 5) * 0.5) * interval '1 second' END,
-                  CASE WHEN i <= 40 THEN t0 + (122 + (i % 5) * 0.5) * interval '1 second'
-                       ELSE t0 + (2 + (i % 9) * 0.5) * interval '1 second' END
-           FROM generate_series(1, 100) AS i,
-                LATERAL (SELECT now() - interval '40 minutes' + i * interval '10 seconds' AS t0)
-                AS s""",
-        tenant.id,
-        record_id,
-        workflow["id"],
-    )
+    await seed_call_history(pool, tenant.id, record_id, workflow["id"])
     now = await pool.fetchval("SELECT now()")
     await call("answered", dialing_at=now, answered_at=now)  # the one seat, taken
 

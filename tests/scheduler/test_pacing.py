@@ -288,6 +288,17 @@ def one_seat(**changes: object) -> PacingStats:
     return dataclasses.replace(base, **changes)
 
 
+def wrapping_seat_one_call(wrap_left_s: float, age_s: float) -> PacingStats:
+    """The one seat in wrap-up for ``wrap_left_s`` more, one call in flight for ``age_s``."""
+    return one_seat(
+        seats_busy=1,
+        seats_wrapping=1,
+        wrap_remaining_s=(wrap_left_s,),
+        calls_in_flight=1,
+        in_flight_ages_s=(age_s,),
+    )
+
+
 def test_next_dial_risk_by_hand_new_dials():
     # One free seat. The first dial always finds it. The second is abandoned
     # when the first is answered (0.3) before it (half the time, same ring law).
@@ -300,13 +311,7 @@ def test_next_dial_risk_by_hand_call_in_flight():
     # A call in flight for 10 s answers with P = 0.3 * 10/16 / (0.3 * 10/16 +
     # 0.7 * 16/24) = 0.2866, uniformly within the next 10 s; a new dial answers
     # at t ~ U(4, 20), after it with probability E[min(t, 10) / 10] = 0.8875.
-    s = one_seat(
-        seats_busy=1,
-        seats_wrapping=1,
-        wrap_remaining_s=(1.0,),
-        calls_in_flight=1,
-        in_flight_ages_s=(10.0,),
-    )
+    s = wrapping_seat_one_call(wrap_left_s=1.0, age_s=10.0)
     answers = 0.3 * 10 / 16 / (0.3 * 10 / 16 + 0.7 * 16 / 24)
     assert next_dial_risk(PREDICTIVE, s) == pytest.approx(answers * 0.8875, rel=0.01)
     # Past the longest ring, a call in flight is a no-answer: no risk.
@@ -336,13 +341,7 @@ def test_ringing_call_risk_by_hand():
     # The seat's wrap-up ends in 3 s. A call that has rung 16 s answers, if
     # live, within U(0, 4) s; it finds the seat unless it answers within 1 s
     # (the 2 s wait covers the rest): a risk of 1/4.
-    s = one_seat(
-        seats_busy=1,
-        seats_wrapping=1,
-        wrap_remaining_s=(3.0,),
-        calls_in_flight=1,
-        in_flight_ages_s=(16.0,),
-    )
+    s = wrapping_seat_one_call(wrap_left_s=3.0, age_s=16.0)
     assert ringing_risks(s) == pytest.approx([0.25])
     # Two calls and a free seat: each is abandoned when the other answers
     # live first. Live given still ringing at 16 s: 0.3 * 4/16 / (0.3 * 4/16 +
@@ -363,13 +362,7 @@ def test_riskiest_ringing_call_is_hung_up_first_and_the_rest_weighed_again():
 
 
 def test_ringing_calls_kept_under_the_threshold_or_the_floor():
-    s = one_seat(
-        seats_busy=1,
-        seats_wrapping=1,
-        wrap_remaining_s=(3.0,),
-        calls_in_flight=1,
-        in_flight_ages_s=(16.0,),
-    )
+    s = wrapping_seat_one_call(wrap_left_s=3.0, age_s=16.0)
     assert calls_to_cancel(PREDICTIVE, s) == (0,)
     # A free seat: no risk.
     assert calls_to_cancel(PREDICTIVE, dataclasses.replace(s, seats_busy=0, seats_wrapping=0)) == ()
