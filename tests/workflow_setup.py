@@ -63,7 +63,9 @@ async def insert_uk_records(
         return await insert_records(conn, tenant.id, workflow, records, None)
 
 
-def worker_settings(database_url: str, tmp_path: Path, trunk_uri: str) -> Settings:
+def worker_settings(
+    database_url: str, tmp_path: Path, trunk_uri: str, rtp_ports: int = 50
+) -> Settings:
     """A worker's settings on free loopback ports, its files under ``tmp_path``."""
     rtp_base = 20000 + (free_port() % 20000) // 2 * 2
     return Settings(
@@ -71,7 +73,7 @@ def worker_settings(database_url: str, tmp_path: Path, trunk_uri: str) -> Settin
         sip_listen=HostPort("127.0.0.1", free_port()),
         trunk_uri=trunk_uri,
         rtp_port_min=rtp_base,
-        rtp_port_max=rtp_base + 50,
+        rtp_port_max=rtp_base + rtp_ports,
         data_dir=tmp_path,
         recording_dir=tmp_path / "recordings",
     )

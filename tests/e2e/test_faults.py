@@ -41,12 +41,13 @@ from api.validation import validate_record
 from dialer.bus import AmqpBroker
 from dialer.db import apply_migrations, connect_pool
 from dialer.ids import new_id
-from dialer.settings import HostPort, Settings
+from dialer.settings import Settings
 from dialer.stack import default_trunk, start_worker
 from dialer.tenants import create_tenant
 from scheduler.consumer import EventConsumer
 from scheduler.engine import Scheduler
 from tests.integration.peers import Sipp, free_port, require, start_sipp
+from tests.workflow_setup import worker_settings
 
 pytestmark = pytest.mark.integration
 
@@ -269,16 +270,7 @@ async def _campaign(
 
 
 def _settings(database_url: str, trunk_uri: str, workdir: Path) -> Settings:
-    rtp_base = 20000 + (free_port() % 20000) // 2 * 2
-    return Settings(
-        database_url=database_url,
-        sip_listen=HostPort("127.0.0.1", free_port()),
-        trunk_uri=trunk_uri,
-        rtp_port_min=rtp_base,
-        rtp_port_max=rtp_base + 100,
-        data_dir=workdir,
-        recording_dir=workdir / "recordings",
-    )
+    return worker_settings(database_url, workdir, trunk_uri, rtp_ports=100)
 
 
 @contextlib.asynccontextmanager

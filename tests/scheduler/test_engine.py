@@ -25,6 +25,7 @@ from dialer.messages import CallEvent, DialJob
 from scheduler.consumer import EventConsumer
 from scheduler.engine import Scheduler
 from tests.conftest import Tenant, make_tenant
+from tests.workflow_setup import insert_workflow
 
 # A Wednesday, 15:00 UTC = 10:00 in New York: inside a 09:00-20:00 window.
 NOON = datetime(2026, 11, 25, 15, 0, tzinfo=ZoneInfo("UTC")).timestamp()
@@ -64,26 +65,7 @@ class Clock:
 async def _workflow(
     pool: asyncpg.Pool, tenant: Tenant, settings: dict = SETTINGS
 ) -> asyncpg.Record:
-    workflow_id = new_id()
-    key = secrets.token_hex(3)
-    async with pool.acquire() as conn:
-        await conn.execute(
-            """INSERT INTO workflows (id, tenant_id, workflow_key, name, status)
-               VALUES ($1, $2, $3, 'engine test', 'active')""",
-            workflow_id,
-            tenant.id,
-            key,
-        )
-        await conn.execute(
-            """INSERT INTO workflow_versions (workflow_id, version, definition, settings)
-               VALUES ($1, 1, $2, $3)""",
-            workflow_id,
-            DEFINITION,
-            settings,
-        )
-        return await conn.fetchrow(
-            "SELECT id, current_version, workflow_key FROM workflows WHERE id = $1", workflow_id
-        )
+    return await insert_workflow(pool, tenant, DEFINITION, settings, "engine test")
 
 
 async def _records(pool, tenant, workflow, phones, list_id=None) -> list[uuid.UUID]:
