@@ -167,9 +167,11 @@ class Worker:
             if self._take_back is not None and not self._take_back.listening:
                 # Its connection went with a database restart: listen again.
                 try:
-                    await self._take_back.start()
-                except (asyncpg.PostgresError, *DATABASE_AWAY) as exc:
-                    log.warning("take-back listener not restarted: %s", exc)
+                    # Bounded, so that a pool with no connection to spare does
+                    # not hold up the next heartbeat.
+                    await asyncio.wait_for(self._take_back.start(), self.heartbeat_s)
+                except (TimeoutError, asyncpg.PostgresError, *DATABASE_AWAY) as exc:
+                    log.warning("take-back listener not restarted: %r", exc)
             await asyncio.sleep(self.heartbeat_s)
 
     def _event(

@@ -212,3 +212,57 @@ async def test_calls_ending_together_report_their_ends_in_fewer_messages(
         await consumer.close()
     assert sum(ended_messages) == 12
     assert len(ended_messages) < 12
+
+
+class RingingRunner(ScriptedRunner):
+    """Rings until taken back (or released), as a call the pacer may hang up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release.clear()
+        self.taken: list[str] = []
+
+    def take_back(self, call_id: str) -> bool:
+        self.taken.append(call_id)
+        self.release.set()
+        return True
+
+
+async def test_take_back_reaches_the_runner_after_the_listener_lost_its_connection(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    tenant = await make_tenant(pool, "tkb")
+    workflow = await _workflow(pool, tenant)
+    (record_id,) = await _records(pool, tenant, workflow, ["2125550700"])
+    runner = RingingRunner()
+    worker = Worker(pool, broker, runner, capacity=2, heartbeat_s=0.1, clock=lambda: NOON)
+    await worker.start()
+    scheduler = Scheduler(pool, broker, clock=Clock(NOON), tenant_ids=[tenant.id])
+    try:
+        await scheduler.tick()
+        await _settle(pool, "SELECT count(*) = 1 FROM calls WHERE record_id = $1 "
+                      "AND state = 'dialing'", record_id)  # fmt: skip
+        call_id = await pool.fetchval("SELECT id::text FROM calls WHERE record_id = $1", record_id)
+        # The listener's connection is killed, as a database restart would.
+        killed = await pool.fetchval(
+            """SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+               WHERE query LIKE 'LISTEN%' AND datname = current_database()"""
+        )
+        assert killed == 1
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            await pool.execute("SELECT pg_notify('dialer_pacing_cancel', $1)", f'["{call_id}"]')
+            if runner.taken:
+                break
+        # Heard again once the heartbeat listened anew, and only for our call.
+        assert runner.taken and set(runner.taken) == {call_id}
+        assert worker.taken_back >= 1
+        # A call this worker does not hold is not passed on.
+        await pool.execute(
+            "SELECT pg_notify('dialer_pacing_cancel', $1)", '["not-a-call-of-ours", 3]'
+        )
+        await asyncio.sleep(0.2)
+        assert set(runner.taken) == {call_id}
+    finally:
+        runner.release.set()
+        await worker.drain(timeout_s=5)
