@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +14,19 @@ import asyncpg
 
 from api.ingest import insert_records
 from api.validation import validate_record
+from dialer.bus import MemoryBroker
 from dialer.ids import new_id
 from dialer.settings import HostPort, Settings
-from tests.conftest import Tenant
+from dialer.stack import default_trunk, start_worker
+from dialer.worker import Worker
+from scheduler.consumer import EventConsumer
+from scheduler.engine import Scheduler
 from tests.integration.peers import free_port
 
 
 async def insert_workflow(
     pool: asyncpg.Pool,
-    tenant: Tenant,
+    tenant_id: uuid.UUID,
     definition: dict[str, Any],
     settings: dict[str, Any],
     name: str = "test",
@@ -30,7 +37,7 @@ async def insert_workflow(
         """INSERT INTO workflows (id, tenant_id, workflow_key, name, status)
            VALUES ($1, $2, $3, $4, 'active')""",
         workflow_id,
-        tenant.id,
+        tenant_id,
         secrets.token_hex(3),
         name,
     )
@@ -47,7 +54,7 @@ async def insert_workflow(
 
 
 async def insert_uk_records(
-    pool: asyncpg.Pool, tenant: Tenant, workflow: asyncpg.Record, phones: list[str]
+    pool: asyncpg.Pool, tenant_id: uuid.UUID, workflow: asyncpg.Record, phones: list[str]
 ) -> list[uuid.UUID]:
     """Records for UK numbers: US ones are only called 08:00-21:00 in New York,
     and tests run at any hour."""
@@ -60,7 +67,7 @@ async def insert_uk_records(
         for phone in phones
     ]
     async with pool.acquire() as conn:
-        return await insert_records(conn, tenant.id, workflow, records, None)
+        return await insert_records(conn, tenant_id, workflow, records, None)
 
 
 def worker_settings(
@@ -101,3 +108,30 @@ async def seed_call_history(
         record_id,
         workflow_id,
     )
+
+
+@contextlib.asynccontextmanager
+async def running_pipeline(
+    pool: asyncpg.Pool, settings: Settings, tenant_id: uuid.UUID, namespace: str
+) -> AsyncIterator[tuple[Scheduler, Worker]]:
+    """The in-process broker, the event consumer, one SIP worker and the scheduler
+    (0.2 s ticks, this tenant only), stopped in order on the way out."""
+    broker = MemoryBroker(namespace)
+    await broker.start()
+    consumer = EventConsumer(pool, broker)
+    await consumer.start()
+    trunk = default_trunk(settings)
+    assert trunk is not None
+    worker, agent = await start_worker(settings, pool, broker, trunk, capacity=4)
+    scheduler = Scheduler(pool, broker, tick_s=0.2, tenant_ids=[tenant_id])
+    stop = asyncio.Event()
+    loop_task = asyncio.create_task(scheduler.run(stop))
+    try:
+        yield scheduler, worker
+    finally:
+        stop.set()
+        await loop_task
+        await worker.drain(timeout_s=10)
+        await agent.close()
+        await consumer.close()
+        await broker.close()

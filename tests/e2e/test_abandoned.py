@@ -18,13 +18,14 @@ import asyncpg
 import numpy as np
 import pytest
 
-from dialer.bus import MemoryBroker
-from dialer.stack import default_trunk, start_worker
-from scheduler.consumer import EventConsumer
-from scheduler.engine import Scheduler
 from tests.conftest import Tenant
 from tests.integration.peers import require, start_sipp
-from tests.workflow_setup import insert_uk_records, insert_workflow, worker_settings
+from tests.workflow_setup import (
+    insert_uk_records,
+    insert_workflow,
+    running_pipeline,
+    worker_settings,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -62,38 +63,22 @@ async def test_second_live_answer_without_a_seat_is_abandoned(
 ) -> None:
     require("espeak-ng")
     sipp = await start_sipp("uas_answer_wait_bye.xml", tmp_path, calls=2, timeout_s=60)
-    workflow = await insert_workflow(pool, tenant, DEFINITION, SETTINGS, "seats")
+    workflow = await insert_workflow(pool, tenant.id, DEFINITION, SETTINGS, "seats")
     workflow_id = workflow["id"]
-    await insert_uk_records(pool, tenant, workflow, ["+442071838811", "+442071838812"])
+    await insert_uk_records(pool, tenant.id, workflow, ["+442071838811", "+442071838812"])
     settings = worker_settings(database_url, tmp_path, sipp.uri)
-    broker = MemoryBroker("seats-test")
-    await broker.start()
-    consumer = EventConsumer(pool, broker)
-    await consumer.start()
-    trunk = default_trunk(settings)
-    assert trunk is not None
-    worker, agent = await start_worker(settings, pool, broker, trunk, capacity=4)
-    stop = asyncio.Event()
-    loop_task = asyncio.create_task(
-        Scheduler(pool, broker, tick_s=0.2, tenant_ids=[tenant.id]).run(stop)
-    )
     try:
-        deadline = asyncio.get_running_loop().time() + 45
-        while await pool.fetchval(
-            "SELECT count(*) FILTER (WHERE status = 'completed') < 2 FROM records "
-            "WHERE workflow_id = $1",
-            workflow_id,
-        ):
-            assert asyncio.get_running_loop().time() < deadline, "records did not complete"
-            await asyncio.sleep(0.1)
-        assert await sipp.finish() == 0, sipp.errors()
+        async with running_pipeline(pool, settings, tenant.id, "seats-test"):
+            deadline = asyncio.get_running_loop().time() + 45
+            while await pool.fetchval(
+                "SELECT count(*) FILTER (WHERE status = 'completed') < 2 FROM records "
+                "WHERE workflow_id = $1",
+                workflow_id,
+            ):
+                assert asyncio.get_running_loop().time() < deadline, "records did not complete"
+                await asyncio.sleep(0.1)
+            assert await sipp.finish() == 0, sipp.errors()
     finally:
-        stop.set()
-        await loop_task
-        await worker.drain(timeout_s=10)
-        await agent.close()
-        await consumer.close()
-        await broker.close()
         sipp.kill()
 
     calls = await pool.fetch(

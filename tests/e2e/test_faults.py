@@ -21,7 +21,6 @@ import contextlib
 import glob
 import os
 import re
-import secrets
 import shutil
 import signal
 import socket
@@ -36,18 +35,15 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from api.ingest import insert_records
-from api.validation import validate_record
 from dialer.bus import AmqpBroker
 from dialer.db import apply_migrations, connect_pool
-from dialer.ids import new_id
 from dialer.settings import Settings
 from dialer.stack import default_trunk, start_worker
 from dialer.tenants import create_tenant
 from scheduler.consumer import EventConsumer
 from scheduler.engine import Scheduler
 from tests.integration.peers import Sipp, free_port, require, start_sipp
-from tests.workflow_setup import worker_settings
+from tests.workflow_setup import insert_uk_records, insert_workflow, worker_settings
 
 pytestmark = pytest.mark.integration
 
@@ -237,35 +233,11 @@ async def _campaign(
 ) -> Campaign:
     async with pool.acquire() as conn:
         tenant_id = await create_tenant(conn, f"faults-{uuid.uuid4().hex[:8]}")
-        workflow_id = new_id()
-        await conn.execute(
-            """INSERT INTO workflows (id, tenant_id, workflow_key, name, status)
-               VALUES ($1, $2, $3, 'faults', 'active')""",
-            workflow_id,
-            tenant_id,
-            secrets.token_hex(3),
-        )
-        await conn.execute(
-            """INSERT INTO workflow_versions (workflow_id, version, definition, settings)
-               VALUES ($1, 1, $2, $3)""",
-            workflow_id,
-            _definition(prompt),
-            settings,
-        )
-        workflow = await conn.fetchrow(
-            "SELECT id, current_version, workflow_key FROM workflows WHERE id = $1", workflow_id
-        )
-        offset = int(uuid.uuid4().int % 9000)
-        phones = [f"+{PHONE_BASE + offset + i}" for i in range(count)]
-        records = [
-            validate_record(
-                {"record_phone_number": p, "record_first_name": "Ada"},
-                allow_e164=True,
-                allow_case_id=False,
-            )
-            for p in phones
-        ]
-        await insert_records(conn, tenant_id, workflow, records, None)
+    workflow = await insert_workflow(pool, tenant_id, _definition(prompt), settings, "faults")
+    workflow_id = workflow["id"]
+    offset = int(uuid.uuid4().int % 9000)
+    phones = [f"+{PHONE_BASE + offset + i}" for i in range(count)]
+    await insert_uk_records(pool, tenant_id, workflow, phones)
     return Campaign(tenant_id, workflow_id, phones)
 
 

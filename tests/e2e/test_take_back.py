@@ -20,16 +20,13 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from dialer.bus import MemoryBroker
 from dialer.ids import new_id
-from dialer.stack import default_trunk, start_worker
-from scheduler.consumer import EventConsumer
-from scheduler.engine import Scheduler
 from tests.conftest import Tenant
 from tests.integration.peers import start_sipp
 from tests.workflow_setup import (
     insert_uk_records,
     insert_workflow,
+    running_pipeline,
     seed_call_history,
     worker_settings,
 )
@@ -59,68 +56,57 @@ async def test_ringing_call_without_a_seat_in_sight_is_hung_up(
     pool: asyncpg.Pool, tenant: Tenant, tmp_path: Path, database_url: str
 ) -> None:
     sipp = await start_sipp("uas_ring_no_answer.xml", tmp_path, calls=1, timeout_s=60)
-    workflow = await insert_workflow(pool, tenant, DEFINITION, SETTINGS, "take back")
+    workflow = await insert_workflow(pool, tenant.id, DEFINITION, SETTINGS, "take back")
     workflow_id = workflow["id"]
     dialled, past = await insert_uk_records(
-        pool, tenant, workflow, ["+442071838811", "+442071838812"]
+        pool, tenant.id, workflow, ["+442071838811", "+442071838812"]
     )
     # The second record stands for the calls of the past: it is not dialled.
     await pool.execute("UPDATE records SET status = 'completed' WHERE id = $1", past)
     await seed_call_history(pool, tenant.id, past, workflow_id)
     settings = worker_settings(database_url, tmp_path, sipp.uri)
-    broker = MemoryBroker("take-back-test")
-    await broker.start()
-    consumer = EventConsumer(pool, broker)
-    await consumer.start()
-    trunk = default_trunk(settings)
-    assert trunk is not None
-    worker, agent = await start_worker(settings, pool, broker, trunk, capacity=4)
-    scheduler = Scheduler(pool, broker, tick_s=0.2, tenant_ids=[tenant.id])
-    stop = asyncio.Event()
-    loop_task = asyncio.create_task(scheduler.run(stop))
     loop = asyncio.get_running_loop()
     talking = new_id()
     try:
-        deadline = loop.time() + 20
-        while not await pool.fetchval(
-            "SELECT count(*) FROM calls WHERE record_id = $1 AND state IN ('dialing', 'ringing')",
-            dialled,
+        async with running_pipeline(pool, settings, tenant.id, "take-back-test") as (
+            scheduler,
+            worker,
         ):
-            assert loop.time() < deadline, "the record was not dialled"
-            await asyncio.sleep(0.05)
-        # Ringing now, and not taken back while the seat is free.
-        await asyncio.sleep(3.5)
-        assert scheduler.taken_back == 0
-        # Someone else's answer takes the seat, for minutes by the history.
-        await pool.execute(
-            """INSERT INTO calls (id, tenant_id, record_id, workflow_id, node_id, phone_e164,
-                                  state, worker_id, dialing_at, answered_at)
-               VALUES ($1, $2, $3, $4, 'call', '+442071838800', 'answered', $5,
-                       now() - interval '5 seconds', now())""",
-            talking,
-            tenant.id,
-            past,
-            workflow_id,
-            worker.worker_id,
-        )
-        deadline = loop.time() + 20
-        while await pool.fetchval(
-            "SELECT status <> 'completed' FROM records WHERE id = $1", dialled
-        ):
-            assert loop.time() < deadline, "the ringing call was not hung up"
-            await asyncio.sleep(0.1)
-        # SIPp saw our CANCEL (its scenario fails without one).
-        assert await sipp.finish() == 0, sipp.errors()
+            deadline = loop.time() + 20
+            while not await pool.fetchval(
+                """SELECT count(*) FROM calls
+                   WHERE record_id = $1 AND state IN ('dialing', 'ringing')""",
+                dialled,
+            ):
+                assert loop.time() < deadline, "the record was not dialled"
+                await asyncio.sleep(0.05)
+            # Ringing now, and not taken back while the seat is free.
+            await asyncio.sleep(3.5)
+            assert scheduler.taken_back == 0
+            # Someone else's answer takes the seat, for minutes by the history.
+            await pool.execute(
+                """INSERT INTO calls (id, tenant_id, record_id, workflow_id, node_id,
+                                      phone_e164, state, worker_id, dialing_at, answered_at)
+                   VALUES ($1, $2, $3, $4, 'call', '+442071838800', 'answered', $5,
+                           now() - interval '5 seconds', now())""",
+                talking,
+                tenant.id,
+                past,
+                workflow_id,
+                worker.worker_id,
+            )
+            deadline = loop.time() + 20
+            while await pool.fetchval(
+                "SELECT status <> 'completed' FROM records WHERE id = $1", dialled
+            ):
+                assert loop.time() < deadline, "the ringing call was not hung up"
+                await asyncio.sleep(0.1)
+            # SIPp saw our CANCEL (its scenario fails without one).
+            assert await sipp.finish() == 0, sipp.errors()
+            await pool.execute(
+                "UPDATE calls SET state = 'ended', ended_at = now() WHERE id = $1", talking
+            )
     finally:
-        stop.set()
-        await loop_task
-        await pool.execute(
-            "UPDATE calls SET state = 'ended', ended_at = now() WHERE id = $1", talking
-        )
-        await worker.drain(timeout_s=10)
-        await agent.close()
-        await consumer.close()
-        await broker.close()
         sipp.kill()
 
     call = await pool.fetchrow("SELECT * FROM calls WHERE record_id = $1", dialled)

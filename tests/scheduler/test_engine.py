@@ -65,7 +65,7 @@ class Clock:
 async def _workflow(
     pool: asyncpg.Pool, tenant: Tenant, settings: dict = SETTINGS
 ) -> asyncpg.Record:
-    return await insert_workflow(pool, tenant, DEFINITION, settings, "engine test")
+    return await insert_workflow(pool, tenant.id, DEFINITION, settings, "engine test")
 
 
 async def _records(pool, tenant, workflow, phones, list_id=None) -> list[uuid.UUID]:
