@@ -16,14 +16,11 @@ from typing import Any
 import pytest
 
 from dialer.messages import DialJob
-from dialer.runner import SipCallRunner
 from dialer.trunk import TrunkConfig
 from dialer.user_agent import UserAgent
-from media.playback import SpeechRenderer
-from media.ports import PortAllocator
-from media.session import SessionConfig
 from tests.integration.peers import free_port, require, start_sipp
 from tests.integration.test_sipp import FAST, options
+from tests.integration.test_transfer import loopback_runner
 
 pytestmark = pytest.mark.integration
 
@@ -44,15 +41,7 @@ async def take_back_while_ringing(tmp_path: Path, scenario: str) -> tuple[dict[s
 
     try:
         async with UserAgent(options(FAST), [TrunkConfig.from_uri(callee.uri, name="c")]) as agent:
-            runner = SipCallRunner(
-                agent,
-                rtp_host="127.0.0.1",
-                ports=PortAllocator(45000, 45999),
-                speech=SpeechRenderer(tmp_path / "tts"),
-                recording_dir=tmp_path / "recordings",
-                session_config=SessionConfig(media_timeout_s=None),
-                default_trunk="c",
-            )
+            runner = loopback_runner(agent, tmp_path, "c", 45000)
             job = DialJob(
                 call_id=str(uuid.uuid4()),
                 record_id=str(uuid.uuid4()),

@@ -101,6 +101,23 @@ def media_args(*more: str) -> tuple[str, ...]:
     return ("-mi", "127.0.0.1", "-mp", str(free_port()), *more)
 
 
+def loopback_runner(
+    agent: UserAgent, tmp_path: Path, trunk: str, rtp_base: int, **options: Any
+) -> SipCallRunner:
+    """A call runner on 127.0.0.1 with 1,000 RTP ports from ``rtp_base``, files under
+    ``tmp_path``, and no media timeout."""
+    return SipCallRunner(
+        agent,
+        rtp_host="127.0.0.1",
+        ports=PortAllocator(rtp_base, rtp_base + 999),
+        speech=SpeechRenderer(tmp_path / "tts"),
+        recording_dir=tmp_path / "recordings",
+        session_config=SessionConfig(media_timeout_s=None),
+        default_trunk=trunk,
+        **options,
+    )
+
+
 async def run_job(
     tmp_path: Path, callee: Sipp, target: Sipp | None, bot_url: str, *, transfer: TransferConfig
 ) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
@@ -113,16 +130,7 @@ async def run_job(
         events.append((kind, data))
 
     async with UserAgent(options(FAST), trunks) as agent:
-        runner = SipCallRunner(
-            agent,
-            rtp_host="127.0.0.1",
-            ports=PortAllocator(44000, 44999),
-            speech=SpeechRenderer(tmp_path / "tts"),
-            recording_dir=tmp_path / "recordings",
-            session_config=SessionConfig(media_timeout_s=None),
-            default_trunk="carrier",
-            transfer=transfer,
-        )
+        runner = loopback_runner(agent, tmp_path, "carrier", 44000, transfer=transfer)
         job = DialJob(
             call_id=str(uuid.uuid4()),
             record_id=str(uuid.uuid4()),
