@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dialer.messages import DialJob
-from dialer.seats import SEAT_ERRORS, SeatBook
+from dialer.seats import SEAT_ERRORS, SeatBook, SeatRules
 from dialer.sip.call import (
     Answered,
     CallEvent,
@@ -147,15 +147,15 @@ class SipCallRunner:
 
         The scheduler asks (``scheduler.pacing``, rule 5); only a call that has
         had a provisional answer and no final one is touched, by CANCEL. It
-        ends as ``no_answer`` with ``end_reason`` ``pacing``; one whose answer
-        crossed our CANCEL is hung up by the SIP core and counts as
-        ``abandoned``.
+        ends as ``no_answer`` with ``end_reason`` ``pacing``. A person whose
+        answer crossed our CANCEL hears the identification message, is hung up
+        on and counts as ``abandoned``, as one who finds no seat does.
         """
         handle = self._unanswered.get(call_id)
         if handle is None or handle.state is not CallState.PROCEEDING:
             return False
         self._taken_back.add(call_id)
-        handle.hangup()
+        handle.withdraw()
         return True
 
     def _frame_ticker(self) -> FrameTicker:
@@ -229,7 +229,13 @@ class SipCallRunner:
             self._unanswered[job.call_id] = handle
             answer = await handle.answered()
             self._unanswered.pop(job.call_id, None)
-            if answer is not None:
+            if answer is not None and job.call_id in self._taken_back:
+                # The answer crossed the pacer's CANCEL: nobody is there for it.
+                publish("answered", {})
+                await self._abandon(job, handle, queue, seat)
+                stats = session.stats()
+                session.close()
+            elif answer is not None:
                 publish("answered", {})
                 amd_verdict = await self._run_answered(
                     job, handle, session, queue, media_timed_out, seat
@@ -268,8 +274,7 @@ class SipCallRunner:
             disposition = "abandoned"
         end_reason = result.end_reason
         if taken_back and result.answered_at is not None:
-            # The answer crossed our CANCEL and the SIP core hung up on it
-            # (cancelled_after_answer): a person was there and got nobody.
+            # The answer crossed our CANCEL: a person was there and got nobody.
             disposition, end_reason = "abandoned", "pacing"
         elif taken_back and disposition == "cancelled":
             # Otherwise a busy, a rejection or a failure that came first stands.
@@ -400,10 +405,31 @@ class SipCallRunner:
             return True
         if seat.held or handle.result is not None:
             return seat.held
+        await self._abandon(job, handle, queue, seat, rules)
+        return False
+
+    async def _abandon(
+        self,
+        job: DialJob,
+        handle: CallHandle,
+        queue: PlaybackQueue,
+        seat: _Seat,
+        rules: SeatRules | None = None,
+    ) -> None:
+        """Play the identification message to a live answer nobody takes, and hang up."""
         seat.abandoned = True
+        if rules is None:
+            rules = await self._seat_rules(job)
         await self._play(queue, handle, rules.abandon_message)
         handle.hangup()
-        return False
+
+    async def _seat_rules(self, job: DialJob) -> SeatRules:
+        if self.seats is not None:
+            try:
+                return await self.seats.rules(job.workflow_id)
+            except SEAT_ERRORS as exc:
+                log.warning("seat rules unknown: %s", exc, extra={"call_id": job.call_id})
+        return SeatRules()
 
     async def _voicebot(
         self,

@@ -467,7 +467,15 @@ class CallHandle:
 
     def hangup(self) -> None:
         """End the call from our side; nothing if it is already ending."""
-        self._agent._hangup(self)
+        self._agent._end(self, Call.hangup)
+
+    def withdraw(self) -> None:
+        """CANCEL the call if it has not been answered, keeping an answer that crosses it.
+
+        The answer then arrives as usual (``answered()``) and is the caller's to
+        speak to and hang up; see ``Call.withdraw``.
+        """
+        self._agent._end(self, Call.withdraw)
 
     def send_info(self, body: bytes, content_type: str = "application/dtmf-relay") -> None:
         """An in-dialog INFO (e.g. ``Signal=5\r\nDuration=160\r\n``); answered calls only."""
@@ -1145,12 +1153,13 @@ class UserAgent:
         now = self.loop.time()
         self._execute(step(entry[0], now), now)
 
-    def _hangup(self, handle: CallHandle) -> None:
+    def _end(self, handle: CallHandle, step: Callable[[Call, float], list[Action]]) -> None:
+        """Run a step that ends the call (hangup, withdraw); nothing if it is over."""
         entry = self._calls.get(handle.call_id)
         if entry is None:
             return
         now = self.loop.time()
-        self._execute(entry[0].hangup(now), now)
+        self._execute(step(entry[0], now), now)
         self._settle(entry[0])
 
     def _settle(self, call: Call) -> None:

@@ -47,6 +47,7 @@ How a failed INVITE maps to a disposition (first match wins)::
 
     Our side                            disposition
       hangup() before the answer        cancelled (487 or a 200 that crossed the CANCEL)
+      withdraw() before the answer      cancelled (487); a 200 that crosses it is answered
       ring timeout                      no_answer (likewise)
       2xx whose SDP we cannot use       media_negotiation_failed (ACK, then BYE)
       answered, then either side BYEs   answered
@@ -563,6 +564,8 @@ class Call:
         self._ack: Request | None = None
         self._cancel_sent = False
         self._cancel_reason: Disposition | None = None
+        # A withdrawn call (``withdraw``) keeps an answer that crosses its CANCEL.
+        self._keep_crossed_answer = False
         self._bye_key: TransactionKey | None = None
         self._auth_headers: dict[str, str] = {}
         self._auth_attempts: dict[bool, AuthAttempt] = {}
@@ -711,6 +714,21 @@ class Call:
                 self._request_cancel(Disposition.CANCELLED, now, out)
             case CallState.CONFIRMED:
                 self._send_bye(now, Disposition.ANSWERED, "hangup", out)
+        return out
+
+    def withdraw(self, now: float) -> list[Action]:
+        """CANCEL a call that is still ringing, but keep an answer that crosses it.
+
+        Unlike ``hangup``, a 200 that crosses the CANCEL is taken as an answer
+        (``Answered``), so the application can speak to the person before it
+        hangs up: a predictive dialer that takes back a ringing call owes anyone
+        who answers it the identification message (47 CFR 64.1200(a)(7)).
+        Outside CALLING and PROCEEDING it does nothing.
+        """
+        out: list[Action] = []
+        if self.state in (CallState.CALLING, CallState.PROCEEDING):
+            self._keep_crossed_answer = True
+            self._request_cancel(Disposition.CANCELLED, now, out)
         return out
 
     # --- what the router hands us ---------------------------------------------------------
@@ -977,7 +995,7 @@ class Call:
         self._cancel_timer(CallTimer.RING_TIMEOUT, out)
         self._cancel_timer(CallTimer.CANCEL_GUARD, out)
         self._peer_allow = _tokens(response, "Allow")
-        if self.state is CallState.CANCELLING:
+        if self.state is CallState.CANCELLING and not self._keep_crossed_answer:
             # The 200 crossed our CANCEL (§9.1 race): ACK it, then BYE.
             reason = self._cancel_reason or Disposition.CANCELLED
             self._send_bye(now, reason, "cancelled_after_answer", out, hangup_by="caller")
@@ -1494,6 +1512,11 @@ class CallRouter:
         """Hang up a call (CANCEL or BYE); nothing if it is unknown or already over."""
         call = self.calls.get(call_id)
         return [] if call is None else self._run(call, call.hangup(now))
+
+    def withdraw(self, call_id: str, now: float) -> list[Action]:
+        """CANCEL a ringing call, keeping a crossing answer (see ``Call.withdraw``)."""
+        call = self.calls.get(call_id)
+        return [] if call is None else self._run(call, call.withdraw(now))
 
     def transfer(
         self, call_id: str, target: Uri, now: float, *, timeout_s: float | None = None

@@ -1,9 +1,10 @@
 """The runner's side of taking back a ringing call, against SIPp callees.
 
 A call that rings is taken back by CANCEL and ends ``no_answer`` with
-``end_reason`` ``pacing``; a callee whose answer crosses our CANCEL is hung
-up on by the SIP core and the call counts as ``abandoned``. A call that has
-heard nothing yet, or that the runner does not hold, is not touched.
+``end_reason`` ``pacing``; a callee whose answer crosses our CANCEL hears the
+identification message before our BYE, and the call counts as ``abandoned``.
+A call that has heard nothing yet, or that the runner does not hold, is not
+touched.
 """
 
 from __future__ import annotations
@@ -80,3 +81,7 @@ async def test_answer_crossing_the_cancel_counts_as_abandoned(tmp_path: Path) ->
     assert taken
     assert (data["disposition"], data["end_reason"]) == ("abandoned", "pacing")
     assert data["times"]["answered"] is not None
+    assert data["hangup_by"] == "us"
+    # The identification message (several seconds of speech) went out before the BYE.
+    assert data["talk_s"] > 2.0
+    assert data["media_stats"]["packets_sent"] > 100

@@ -85,6 +85,11 @@ class Harness:
         self.wire.execute(UAC_ADDR, self.router.hangup(self.call.call_id, self.wire.now))
         self.wire.flush()
 
+    def withdraw(self) -> None:
+        assert self.call is not None
+        self.wire.execute(UAC_ADDR, self.router.withdraw(self.call.call_id, self.wire.now))
+        self.wire.flush()
+
     def answer(self, **kwargs) -> None:
         self.trunk.respond(200, self.trunk.answer_sdp(), **kwargs)
 
@@ -317,6 +322,44 @@ def test_200_crossing_our_cancel(h: Harness, by_hangup: bool, disposition: Dispo
     assert result.disposition is disposition
     assert "Answered" not in h.kinds()
     assert_quiet(h)
+
+
+def test_withdrawn_call_keeps_an_answer_that_crosses_the_cancel(h: Harness) -> None:
+    h.trunk.answer_cancel = False
+    h.trunk.respond(180)
+    h.withdraw()
+    assert len(h.sent("CANCEL")) == 1
+    h.answer()
+    assert len(h.trunk.acks) == 1
+    assert h.sent("BYE") == []  # the application speaks first, then hangs up
+    assert h.call is not None and h.call.state is CallState.CONFIRMED
+    assert "Answered" in h.kinds()
+    h.wire.advance(4)
+    h.hangup()
+    assert len(h.sent("BYE")) == 1
+    result = h.ended()
+    assert result.disposition is Disposition.ANSWERED
+    assert result.answered_at is not None and result.talk_time_s == pytest.approx(4)
+    assert_quiet(h)
+
+
+def test_withdrawn_call_ends_cancelled_on_487(h: Harness) -> None:
+    h.trunk.respond(180)
+    h.withdraw()
+    h.withdraw()  # a second ask changes nothing
+    assert len(h.sent("CANCEL")) == 1
+    result = h.ended()
+    assert (result.disposition, result.sip_status) == (Disposition.CANCELLED, 487)
+    assert "Answered" not in h.kinds()
+    assert_quiet(h)
+
+
+def test_withdraw_leaves_an_answered_call_alone(h: Harness) -> None:
+    h.trunk.respond(180)
+    h.answer()
+    h.withdraw()
+    assert h.sent("CANCEL") == [] and h.sent("BYE") == []
+    assert h.call is not None and h.call.state is CallState.CONFIRMED
 
 
 def test_cancel_guard_when_no_final_ever_comes(h: Harness) -> None:
