@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 
 # A prompt never plays forever, whatever its length: a bound on the wait.
 MAX_PROMPT_S = 120.0
+# How long after the abandoned-call message its opt-out key is still listened for.
+OPT_OUT_GRACE_S = 3.0
 
 
 class UnknownTrunk(LookupError):
@@ -173,14 +175,14 @@ class SipCallRunner:
             recorder = CallRecorder(recording_path)
         pair = bind_pair(self.ports, self.rtp_host)
         loop = asyncio.get_running_loop()
-        digits: list[dict[str, Any]] = []
+        keys = _Keys()
         media_timed_out = asyncio.Event()
         session = await RtpSession.create(
             pair,
             self.session_config,
             source=queue,
             recorder=recorder,
-            on_dtmf=lambda d: digits.append({"digit": d.digit, "duration_ms": d.duration_ms}),
+            on_dtmf=lambda d: keys.add({"digit": d.digit, "duration_ms": d.duration_ms}),
             on_timeout=lambda _cause: media_timed_out.set(),
             ticker=self._frame_ticker(),
         )
@@ -206,7 +208,7 @@ class SipCallRunner:
                     elif not session.closed:
                         session.start(params)
                 case Dtmf(digit=digit):
-                    digits.append({"digit": digit, "via": "info"})
+                    keys.add({"digit": digit, "via": "info"})
                 case Ended():
                     pass
 
@@ -232,13 +234,13 @@ class SipCallRunner:
             if answer is not None and job.call_id in self._taken_back:
                 # The answer crossed the pacer's CANCEL: nobody is there for it.
                 publish("answered", {})
-                await self._abandon(job, handle, queue, seat)
+                await self._abandon(job, handle, queue, seat, keys)
                 stats = session.stats()
                 session.close()
             elif answer is not None:
                 publish("answered", {})
                 amd_verdict = await self._run_answered(
-                    job, handle, session, queue, media_timed_out, seat
+                    job, handle, session, queue, media_timed_out, seat, keys
                 )
                 if amd_verdict is not None:
                     publish("amd", {"verdict": amd_verdict.answered_by.value})
@@ -279,6 +281,9 @@ class SipCallRunner:
         elif taken_back and disposition == "cancelled":
             # Otherwise a busy, a rejection or a failure that came first stands.
             disposition, end_reason = "no_answer", "pacing"
+        if seat.opted_out:
+            # Asked, in the abandoned-call message, not to be called again.
+            end_reason = "opt_out"
         if media_timed_out.is_set() and result.answered_at is not None:
             disposition = "media_timeout" if disposition in ("answered", "human") else disposition
         bot = self.bot_results.pop(job.call_id, None)
@@ -303,7 +308,7 @@ class SipCallRunner:
             "ring_s": _span(result.invite_sent_at, result.answered_at or result.ended_at),
             "talk_s": round(result.talk_time_s, 3),
             "amd_verdict": amd_verdict.answered_by.value if amd_verdict is not None else None,
-            "dtmf": digits,
+            "dtmf": keys.pressed,
             "bot_result": None
             if bot is None
             else {
@@ -365,6 +370,7 @@ class SipCallRunner:
         queue: PlaybackQueue,
         media_timed_out: asyncio.Event,
         seat: _Seat,
+        keys: _Keys,
     ) -> AmdVerdict | None:
         verdict: AmdVerdict | None = None
         amd = job.amd or {}
@@ -375,7 +381,7 @@ class SipCallRunner:
                     await self._play(queue, handle, amd["message"])
                 handle.hangup()
                 return verdict
-        if self.seats is not None and not await self._take_seat(job, handle, queue, seat):
+        if self.seats is not None and not await self._take_seat(job, handle, queue, seat, keys):
             return verdict
         handler = job.handler or {}
         if handler.get("type") == "prompt" and handler.get("text"):
@@ -387,7 +393,7 @@ class SipCallRunner:
         return verdict
 
     async def _take_seat(
-        self, job: DialJob, handle: CallHandle, queue: PlaybackQueue, seat: _Seat
+        self, job: DialJob, handle: CallHandle, queue: PlaybackQueue, seat: _Seat, keys: _Keys
     ) -> bool:
         """Claim a seat for a live answer; with none free in time, abandon the call."""
         assert self.seats is not None
@@ -405,7 +411,7 @@ class SipCallRunner:
             return True
         if seat.held or handle.result is not None:
             return seat.held
-        await self._abandon(job, handle, queue, seat, rules)
+        await self._abandon(job, handle, queue, seat, keys, rules)
         return False
 
     async def _abandon(
@@ -414,13 +420,38 @@ class SipCallRunner:
         handle: CallHandle,
         queue: PlaybackQueue,
         seat: _Seat,
+        keys: _Keys,
         rules: SeatRules | None = None,
     ) -> None:
-        """Play the identification message to a live answer nobody takes, and hang up."""
+        """Play the identification message to a live answer nobody takes, and hang up.
+
+        While it plays, and for ``OPT_OUT_GRACE_S`` after, the opt-out key ends
+        the call at once and marks it ``opt_out``: the scheduler then puts the
+        number on the tenant's do-not-call list (47 CFR 64.1200(a)(7)(i)(B)).
+        """
         seat.abandoned = True
         if rules is None:
             rules = await self._seat_rules(job)
-        await self._play(queue, handle, rules.abandon_message)
+        if rules.opt_out_digit is None:
+            await self._play(queue, handle, rules.abandon_message)
+        else:
+            pressed = keys.next_press(rules.opt_out_digit)
+            play = asyncio.ensure_future(self._play(queue, handle, rules.abandon_message))
+            ended = asyncio.ensure_future(handle.ended())
+            first: set[asyncio.Future[Any]] = {pressed, play}
+            try:
+                await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+                if not pressed.done() and not ended.done():
+                    # The message is over: the key may still come, for a moment.
+                    rest: set[asyncio.Future[Any]] = {pressed, ended}
+                    await asyncio.wait(rest, timeout=OPT_OUT_GRACE_S)
+            finally:
+                for task in (play, ended, pressed):
+                    task.cancel()
+                keys.forget(pressed)
+            seat.opted_out = pressed.done() and not pressed.cancelled()
+            if seat.opted_out:
+                log.info("opt-out key pressed", extra={"call_id": job.call_id})
         handle.hangup()
 
     async def _seat_rules(self, job: DialJob) -> SeatRules:
@@ -556,13 +587,41 @@ class SipCallRunner:
 
 
 class _Seat:
-    """What became of one call's seat: held (to release at the end), or abandoned."""
+    """What became of one call's seat: held (to release at the end), or abandoned,
+    and whether the abandoned person asked not to be called again."""
 
-    __slots__ = ("abandoned", "held")
+    __slots__ = ("abandoned", "held", "opted_out")
 
     def __init__(self) -> None:
         self.held = False
         self.abandoned = False
+        self.opted_out = False
+
+
+class _Keys:
+    """The keys a person pressed on a call (RFC 4733 events or SIP INFO), in order,
+    and waiters for the next press of a given key."""
+
+    __slots__ = ("_waiters", "pressed")
+
+    def __init__(self) -> None:
+        self.pressed: list[dict[str, Any]] = []
+        self._waiters: list[tuple[str, asyncio.Future[None]]] = []
+
+    def add(self, entry: dict[str, Any]) -> None:
+        self.pressed.append(entry)
+        for key, waiter in self._waiters:
+            if key == entry["digit"] and not waiter.done():
+                waiter.set_result(None)
+
+    def next_press(self, key: str) -> asyncio.Future[None]:
+        """A future done when ``key`` is pressed from now on (earlier presses do not count)."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((key, waiter))
+        return waiter
+
+    def forget(self, waiter: asyncio.Future[None]) -> None:
+        self._waiters = [(k, w) for k, w in self._waiters if w is not waiter]
 
 
 def _span(start: float | None, end: float | None) -> float | None:

@@ -5,7 +5,11 @@ than there are seats; a live answer (AMD said human, or AMD is off) then
 claims a seat. One that finds none free within ``pacing.max_wait_s`` (2 s by
 default, the FCC's figure) is *abandoned*: it hears a short identification
 message, is hung up, and ends with disposition ``abandoned``, which the
-scheduler counts against the workflow's abandonment target.
+scheduler counts against the workflow's abandonment target. The message
+offers a key (``opt_out_digit``, 9 by default) and, when the workflow sets
+one, a number to call, by which the person asks not to be called again; a
+press puts the number on the tenant's do-not-call list and ends the call
+(47 CFR 64.1200(a)(7)(i)).
 
 A claim is a row in ``seats`` keyed by call id. It is inserted under a
 per-workflow advisory transaction lock, and only while fewer than the
@@ -22,6 +26,7 @@ pure; :class:`SeatBook` is the database edge.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+import phonenumbers
 
 from dialer.batching import Batcher
 from dialer.db import DATABASE_AWAY
@@ -36,21 +42,24 @@ from dialer.db import DATABASE_AWAY
 __all__ = [
     "DEFAULT_ABANDON_MESSAGE",
     "DEFAULT_MAX_WAIT_S",
+    "DEFAULT_OPT_OUT_DIGIT",
     "DEFAULT_SEATS",
     "SEAT_ERRORS",
     "SeatBook",
     "SeatRules",
     "abandon_text",
+    "spoken_number",
 ]
 
 DEFAULT_SEATS = 10
 # 47 CFR 64.1200(a)(7)(i): a call is abandoned when it is not connected to a
 # live agent within two seconds of the person's completed greeting.
 DEFAULT_MAX_WAIT_S = 2.0
-# Short on purpose: who is calling and that we will call back, then the line is freed.
+# Short on purpose: who is calling and how not to be called again, then the line is freed.
 DEFAULT_ABANDON_MESSAGE = (
-    "This is an automated call from {company}. We will call you back. Goodbye."
+    "This is an automated call from {company}. We will call you back.{opt_out_clause} Goodbye."
 )
+DEFAULT_OPT_OUT_DIGIT = "9"
 # Rules are read again after this long: a settings edit applies within seconds.
 RULES_TTL_S = 5.0
 # How often a waiting answer asks again for a seat.
@@ -59,9 +68,49 @@ POLL_S = 0.1
 SEAT_ERRORS = (asyncpg.PostgresError, *DATABASE_AWAY)
 
 
-def abandon_text(template: str, company: str) -> str:
-    """The message an abandoned call hears, ``{company}`` filled in."""
-    return template.replace("{company}", company).strip()
+def abandon_text(
+    template: str,
+    company: str,
+    *,
+    opt_out_digit: str | None = DEFAULT_OPT_OUT_DIGIT,
+    callback_number: str | None = None,
+) -> str:
+    """The message an abandoned call hears, its placeholders filled in.
+
+    ``{company}``, ``{opt_out_digit}``, ``{callback_number}`` (spoken digit by
+    digit) and ``{opt_out_clause}``: the sentence that says how not to be
+    called again, by the key, the number or both, empty with neither.
+    """
+    key = _spoken_key(opt_out_digit) if opt_out_digit else ""
+    number = spoken_number(callback_number) if callback_number else ""
+    ways = [f"press {key} now" if key else "", f"call {number}" if number else ""]
+    clause = ", or ".join(way for way in ways if way)
+    for name, value in (
+        ("{company}", company),
+        ("{opt_out_digit}", key),
+        ("{callback_number}", number),
+        ("{opt_out_clause}", f" To ask us not to call you again, {clause}." if clause else ""),
+    ):
+        template = template.replace(name, value)
+    return template.strip()
+
+
+def spoken_number(phone: str) -> str:
+    """A phone number as speech reads it best: its national groups, digit by digit.
+
+    "+15551234567" becomes "5 5 5, 1 2 3, 4 5 6 7": a text-to-speech engine
+    reads "555" as "five hundred and fifty-five".
+    """
+    try:
+        parsed = phonenumbers.parse(phone, None)
+        national = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
+    except phonenumbers.NumberParseException:
+        national = phone
+    return ", ".join(" ".join(group) for group in re.findall(r"\d+", national))
+
+
+def _spoken_key(key: str) -> str:
+    return {"*": "star", "#": "pound"}.get(key, key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,19 +120,26 @@ class SeatRules:
     seats: int = DEFAULT_SEATS
     max_wait_s: float = DEFAULT_MAX_WAIT_S
     abandon_message: str = abandon_text(DEFAULT_ABANDON_MESSAGE, "us")
+    # The key that asks not to be called again while the message plays; None: none.
+    opt_out_digit: str | None = DEFAULT_OPT_OUT_DIGIT
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any] | None, company: str) -> SeatRules:
         """Read validated workflow settings (``pacing.seats``, ``pacing.max_wait_s``,
-        ``abandon_message``)."""
+        ``abandon_message``, ``opt_out_digit``, ``callback_number``)."""
         settings = settings or {}
         pacing = settings.get("pacing") or {}
+        digit = settings.get("opt_out_digit", DEFAULT_OPT_OUT_DIGIT) or None
         return cls(
             seats=int(pacing.get("seats", DEFAULT_SEATS)),
             max_wait_s=float(pacing.get("max_wait_s", DEFAULT_MAX_WAIT_S)),
             abandon_message=abandon_text(
-                settings.get("abandon_message") or DEFAULT_ABANDON_MESSAGE, company
+                settings.get("abandon_message") or DEFAULT_ABANDON_MESSAGE,
+                company,
+                opt_out_digit=digit,
+                callback_number=settings.get("callback_number") or None,
             ),
+            opt_out_digit=digit,
         )
 
 

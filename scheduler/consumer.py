@@ -37,6 +37,7 @@ from scheduler.steps import (
     Writes,
     apply_step,
     context_for,
+    end_as_dnc,
     record_zone,
 )
 
@@ -432,8 +433,21 @@ class EventConsumer:
             workflow_id=call["workflow_id"],
             payload=call_completed_payload(ended, record, info),
         )
+        opted_out = ended["end_reason"] == "opt_out"
+        if opted_out:
+            # The person pressed the opt-out key of the abandoned-call message.
+            writes.add(
+                """INSERT INTO dnc (tenant_id, phone_e164, reason) VALUES ($1, $2, $3)
+                   ON CONFLICT (tenant_id, phone_e164) DO NOTHING""",
+                call["tenant_id"],
+                call["phone_e164"],
+                f"opt-out key on call {call['id']}",
+            )
         if record["status"] != "in_progress" or record["last_call_id"] != call["id"]:
             return  # completed by the API or cancelled meanwhile: nothing to advance
+        if opted_out:
+            await end_as_dnc(writes, record, info)
+            return
         if disposition == "expired":
             # Never dialled (it waited in the queue past its window): not an attempt.
             writes.add(

@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import phonenumbers
+
 __all__ = [
     "BRANCH_OPERATORS",
     "NODE_OUTCOMES",
@@ -443,8 +445,38 @@ def validate_settings(settings: Any, prefix: str = "settings") -> dict[str, Any]
     # What an abandoned call hears ({company}: company_name, else the tenant's name):
     # spoken whole before the hang-up, so it is kept short.
     c.text(settings, "abandon_message", "", None, max_len=300)
+    _opt_out_settings(c, settings)
     c.text(settings, "company_name", "", None, max_len=100)
     c.number(settings, "max_attempts", "", 1, 100, None, integer=True)
     if c.problems:
         raise DefinitionError(c.problems)
     return settings
+
+
+def _opt_out_settings(c: _Checker, settings: Mapping[str, Any]) -> None:
+    """How a person who hears the abandoned-call message asks not to be called again:
+    a key (``opt_out_digit``, null for none) and a number to call (``callback_number``)."""
+    digit = settings.get("opt_out_digit", "9")
+    if digit is not None and (not isinstance(digit, str) or len(digit) != 1 or digit not in _KEYS):
+        c.add(".opt_out_digit", f"must be one key of {_KEYS} or null")
+    number = settings.get("callback_number")
+    if number is not None and (not isinstance(number, str) or not _is_phone_number(number)):
+        c.add(".callback_number", "must be a phone number in E.164 form, like +15551234567")
+    message = settings.get("abandon_message")
+    if isinstance(message, str):
+        if "{callback_number}" in message and number is None:
+            c.add(".abandon_message", "uses {callback_number} but callback_number is not set")
+        if "{opt_out_digit}" in message and digit is None:
+            c.add(".abandon_message", "uses {opt_out_digit} but opt_out_digit is null")
+
+
+_KEYS = "0123456789*#"
+
+
+def _is_phone_number(text: str) -> bool:
+    if not text.startswith("+"):
+        return False
+    try:
+        return phonenumbers.is_possible_number(phonenumbers.parse(text, None))
+    except phonenumbers.NumberParseException:
+        return False

@@ -45,6 +45,7 @@ __all__ = [
     "apply_step",
     "context_for",
     "dial_job",
+    "end_as_dnc",
     "record_zone",
 ]
 
@@ -201,6 +202,18 @@ async def _finish(w: Writes, record: RecordRow, step: Finish, workflow: Mapping[
         _node_run(w, record, step.node_id, "end", "completed", step.outcome)
     status = "failed" if step.status == "failed" else "completed"
     _record_completed(w, record, workflow, status, step.outcome)
+    if record["list_id"] is not None:
+        await _maybe_complete_list(w, record, workflow)
+
+
+async def end_as_dnc(w: Writes, record: RecordRow, workflow: Mapping[str, Any]) -> None:
+    """End a record whose number is on the do-not-call list: status and outcome ``dnc``."""
+    w.add(
+        """UPDATE records SET status = 'dnc', outcome = 'dnc', completed_at = now(),
+               updated_at = now() WHERE id = $1""",
+        record["id"],
+    )
+    _record_completed(w, record, workflow, "dnc", "dnc")
     if record["list_id"] is not None:
         await _maybe_complete_list(w, record, workflow)
 
@@ -511,16 +524,9 @@ async def _apply(
         if step.node_id != record["current_node"]:
             attempts_here = 0
         if dnc:
-            w.add(
-                """UPDATE records SET status = 'dnc', outcome = 'dnc', completed_at = now(),
-                       updated_at = now() WHERE id = $1""",
-                record["id"],
-            )
             _node_run(w, record, step.node_id, "call", "cancelled", "dnc")
-            _record_completed(w, record, workflow, "dnc", "dnc")
+            await end_as_dnc(w, record, workflow)
             result.finished = True
-            if record["list_id"] is not None:
-                await _maybe_complete_list(w, record, workflow)
             return result
         zones = record_zone(record, graph.policy)
         country = 1 if record["phone_e164"].startswith("+1") else None

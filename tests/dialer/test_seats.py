@@ -15,9 +15,11 @@ from dialer.bus import Broker
 from dialer.ids import new_id
 from dialer.seats import (
     DEFAULT_ABANDON_MESSAGE,
+    DEFAULT_OPT_OUT_DIGIT,
     SeatBook,
     SeatRules,
     abandon_text,
+    spoken_number,
 )
 from scheduler import engine
 from scheduler.consumer import EventConsumer
@@ -51,6 +53,16 @@ def test_rules_from_settings_defaults_and_values() -> None:
         ({"pacing": {"max_wait_s": -1}}, "settings.pacing.max_wait_s"),
         ({"pacing": {"max_wait_s": 11}}, "settings.pacing.max_wait_s"),
         ({"pacing": {"max_wait_s": "2"}}, "settings.pacing.max_wait_s"),
+        ({"opt_out_digit": "99"}, "settings.opt_out_digit"),
+        ({"opt_out_digit": "a"}, "settings.opt_out_digit"),
+        ({"opt_out_digit": 9}, "settings.opt_out_digit"),
+        ({"callback_number": "5551234567"}, "settings.callback_number"),
+        ({"callback_number": "+1555"}, "settings.callback_number"),
+        ({"abandon_message": "Call {callback_number}."}, "settings.abandon_message"),
+        (
+            {"opt_out_digit": None, "abandon_message": "Press {opt_out_digit}."},
+            "settings.abandon_message",
+        ),
     ],
 )
 def test_settings_validation_names_the_field(settings: dict, field: str) -> None:
@@ -62,10 +74,51 @@ def test_settings_validation_names_the_field(settings: dict, field: str) -> None
 def test_valid_seat_settings_pass() -> None:
     settings = {
         "pacing": {"mode": "predictive", "seats": 5, "max_wait_s": 1.5},
-        "abandon_message": "This is Acme. We will call back.",
+        "abandon_message": "This is Acme. Press {opt_out_digit} or call {callback_number}.",
         "company_name": "Acme",
+        "opt_out_digit": "#",
+        "callback_number": "+15551234567",
     }
     assert validate_settings(settings) == settings
+    assert validate_settings({"opt_out_digit": None}) == {"opt_out_digit": None}
+
+
+@pytest.mark.parametrize(
+    ("digit", "number", "clause"),
+    [
+        ("9", None, " To ask us not to call you again, press 9 now."),
+        (
+            "*",
+            "+15551234567",
+            " To ask us not to call you again, press star now, or call 5 5 5, 1 2 3, 4 5 6 7.",
+        ),
+        (None, "+442071838811", " To ask us not to call you again, call 0 2 0, 7 1 8 3, 8 8 1 1."),
+        (None, None, ""),
+    ],
+)
+def test_default_message_says_how_not_to_be_called_again(
+    digit: str | None, number: str | None, clause: str
+) -> None:
+    text = abandon_text(
+        DEFAULT_ABANDON_MESSAGE, "Acme", opt_out_digit=digit, callback_number=number
+    )
+    assert text == f"This is an automated call from Acme. We will call you back.{clause} Goodbye."
+
+
+def test_rules_carry_the_opt_out_key() -> None:
+    assert SeatRules.from_settings({}, "Acme").opt_out_digit == DEFAULT_OPT_OUT_DIGIT == "9"
+    rules = SeatRules.from_settings({"opt_out_digit": None, "callback_number": "+15551234567"}, "A")
+    assert rules.opt_out_digit is None
+    assert "press" not in rules.abandon_message and "5 5 5, 1 2 3" in rules.abandon_message
+    custom = SeatRules.from_settings(
+        {"abandon_message": "{company}: press {opt_out_digit}.", "opt_out_digit": "0"}, "Beta"
+    )
+    assert (custom.abandon_message, custom.opt_out_digit) == ("Beta: press 0.", "0")
+
+
+def test_spoken_number_reads_digit_by_digit() -> None:
+    assert spoken_number("+15551234567") == "5 5 5, 1 2 3, 4 5 6 7"
+    assert spoken_number("not a number 12") == "1 2"
 
 
 # -- PostgreSQL --------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 A call that rings is taken back by CANCEL and ends ``no_answer`` with
 ``end_reason`` ``pacing``; a callee whose answer crosses our CANCEL hears the
-identification message before our BYE, and the call counts as ``abandoned``.
+identification message before our BYE, and the call counts as ``abandoned``;
+its opt-out key ends it at once, as ``opt_out``.
 A call that has heard nothing yet, or that the runner does not hold, is not
 touched.
 """
@@ -85,3 +86,12 @@ async def test_answer_crossing_the_cancel_counts_as_abandoned(tmp_path: Path) ->
     # The identification message (several seconds of speech) went out before the BYE.
     assert data["talk_s"] > 2.0
     assert data["media_stats"]["packets_sent"] > 100
+
+
+async def test_crossed_answer_that_presses_the_opt_out_key(tmp_path: Path) -> None:
+    data, taken = await take_back_while_ringing(tmp_path, "uas_200_after_cancel_press_9.xml")
+    assert taken
+    assert (data["disposition"], data["end_reason"]) == ("abandoned", "opt_out")
+    assert [d["digit"] for d in data["dtmf"]] == ["9"]
+    # Hung up at the key, about 1 s into the message, not at its end.
+    assert 0.5 < data["talk_s"] < 3.0
