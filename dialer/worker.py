@@ -87,6 +87,11 @@ class Worker:
         # phase's time), so short calls cost one event, not four.
         self.progress_delay_s = progress_delay_s
         self.active: set[str] = set()
+        # Jobs holding a call slot (claiming, calling, or reporting the end):
+        # the worker is idle when there are none.
+        self._holding = 0
+        # Set by drain(): a job that gets a slot from now on goes back to the queue.
+        self._draining = False
         self.dialled = 0
         self.skipped = 0
         self._subscription: Subscription | None = None
@@ -131,7 +136,12 @@ class Worker:
         )
 
     async def drain(self, timeout_s: float | None = None) -> None:
-        """Take no new jobs; let the calls in progress finish; then stop."""
+        """Take no new jobs; let the calls in progress finish; then stop.
+
+        Jobs already delivered and waiting for a slot are not dialled: each goes
+        back to the queue, unclaimed, when it would have got its slot.
+        """
+        self._draining = True
         if self._subscription is not None:
             await self._subscription.set_prefetch(0)
         with contextlib.suppress(TimeoutError):
@@ -286,7 +296,15 @@ class Worker:
         # Claimed only once a slot is ours: a job waiting here is not yet "dialing".
         await self._slots.acquire()
         slot = True
+        self._holding += 1
+        self._idle.clear()
         try:
+            if self._draining:
+                # Delivered before the drain began: another worker will dial it.
+                self._slots.release()
+                slot = False
+                await delivery.requeue()
+                return
             if not await self._claim(job):
                 # Already dialled (a redelivery), or its record was cancelled.
                 self.skipped += 1
@@ -295,7 +313,6 @@ class Worker:
                 await delivery.ack()
                 return
             self.active.add(job.call_id)
-            self._idle.clear()
             try:
                 data, progress = await self._call(job)
                 # The call is over: its slot is free while the end goes out. The
@@ -308,11 +325,12 @@ class Worker:
                 await delivery.ack()
             finally:
                 self.active.discard(job.call_id)
-                if not self.active:
-                    self._idle.set()
         finally:
             if slot:
                 self._slots.release()
+            self._holding -= 1
+            if not self._holding:
+                self._idle.set()
 
     async def _call(self, job: DialJob) -> tuple[dict[str, Any], set[asyncio.Task[None]]]:
         """Place the claimed call: the ended event's data, and progress still on its way."""
