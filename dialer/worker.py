@@ -25,6 +25,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from enum import Enum
 from typing import Any, Protocol
 
 import asyncpg
@@ -35,11 +36,19 @@ from dialer.db import DATABASE_AWAY, while_database_away
 from dialer.messages import CallEvent, DialJob, MessageError, encode_events
 from dialer.take_back import TakeBackListener
 
-__all__ = ["CallRunner", "Emit", "Worker"]
+__all__ = ["CallRunner", "Claim", "Emit", "Worker"]
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+class Claim(Enum):
+    """What claiming a job's call row decided."""
+
+    DIAL = "dial"
+    DNC = "dnc"  # claimed, but the number is on the do-not-call list now
+    SKIP = "skip"  # claimed already (a redelivery), or its record is no longer in progress
 
 
 class CallRunner(Protocol):
@@ -100,7 +109,7 @@ class Worker:
         self._idle.set()
         # Jobs that arrive together (a refill of the prefetch) claim their calls
         # in one round trip; claim_linger_s gathers a little longer.
-        self._claims: Batcher[tuple[uuid.UUID, bool], bool] = Batcher(
+        self._claims: Batcher[tuple[uuid.UUID, bool], Claim] = Batcher(
             self._claim_many, max_size=max(1, capacity), linger_s=claim_linger_s
         )
         # Ended events ready together go out as one message (see dialer.messages):
@@ -239,7 +248,7 @@ class Worker:
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 5.0)
 
-    async def _claim(self, job: DialJob) -> bool:
+    async def _claim(self, job: DialJob) -> Claim:
         """Claim the call row; while the database is away, keep trying.
 
         A claim whose commit succeeded but whose answer was lost with the
@@ -249,7 +258,7 @@ class Worker:
         """
         retrying = False
 
-        async def claim() -> bool:
+        async def claim() -> Claim:
             nonlocal retrying
             mine = retrying and job.call_id not in self.active
             retrying = True
@@ -257,8 +266,12 @@ class Worker:
 
         return await while_database_away(claim, what="claim")
 
-    async def _claim_many(self, claims: Sequence[tuple[uuid.UUID, bool]]) -> list[bool]:
-        """Claim the calls of jobs that arrived together: one statement for all."""
+    async def _claim_many(self, claims: Sequence[tuple[uuid.UUID, bool]]) -> list[Claim]:
+        """Claim the calls of jobs that arrived together: one statement for all.
+
+        The do-not-call list is read in the same statement: a number put on it
+        after the job was planned is claimed but not dialled.
+        """
         # Rows are locked in id order: two batches sharing calls (a job and its
         # republished copy at two workers) wait for each other, never deadlock.
         rows = await self.pool.fetch(
@@ -271,19 +284,17 @@ class Worker:
                WHERE c.id = a.id AND r.id = c.record_id AND r.status = 'in_progress'
                  AND (c.state = 'queued'
                       OR (a.mine AND c.state = 'dialing' AND c.worker_id = $3))
-               RETURNING c.id""",
+               RETURNING c.id, EXISTS (
+                   SELECT 1 FROM dnc d
+                   WHERE d.tenant_id = c.tenant_id AND d.phone_e164 = c.phone_e164) AS dnc""",
             [call_id for call_id, _ in claims],
             [mine for _, mine in claims],
             self.worker_id,
         )
-        claimed = {r["id"] for r in rows}
-        results = []
-        for call_id, _ in claims:
-            # The same call twice in one batch (a job and its republished copy):
-            # the row was claimed once, so only the first may dial.
-            results.append(call_id in claimed)
-            claimed.discard(call_id)
-        return results
+        claimed = {r["id"]: Claim.DNC if r["dnc"] else Claim.DIAL for r in rows}
+        # The same call twice in one batch (a job and its republished copy):
+        # the row was claimed once, so only the first may dial.
+        return [claimed.pop(call_id, Claim.SKIP) for call_id, _ in claims]
 
     async def _on_job(self, delivery: Delivery) -> None:
         try:
@@ -305,7 +316,8 @@ class Worker:
                 slot = False
                 await delivery.requeue()
                 return
-            if not await self._claim(job):
+            claim = await self._claim(job)
+            if claim is Claim.SKIP:
                 # Already dialled (a redelivery), or its record was cancelled.
                 self.skipped += 1
                 self._slots.release()
@@ -314,7 +326,7 @@ class Worker:
                 return
             self.active.add(job.call_id)
             try:
-                data, progress = await self._call(job)
+                data, progress = await self._call(job, dnc=claim is Claim.DNC)
                 # The call is over: its slot is free while the end goes out. The
                 # job stays unacknowledged until the broker confirms that end.
                 self._slots.release()
@@ -332,9 +344,14 @@ class Worker:
             if not self._holding:
                 self._idle.set()
 
-    async def _call(self, job: DialJob) -> tuple[dict[str, Any], set[asyncio.Task[None]]]:
+    async def _call(
+        self, job: DialJob, *, dnc: bool = False
+    ) -> tuple[dict[str, Any], set[asyncio.Task[None]]]:
         """Place the claimed call: the ended event's data, and progress still on its way."""
         progress: set[asyncio.Task[None]] = set()
+        if dnc:
+            # Put on the do-not-call list since the job was planned: not dialled.
+            return {"disposition": "dnc", "hangup_by": "system"}, progress
         if job.not_after is not None and self.clock() > job.not_after:
             # The job waited in the queue past its window: not dialled.
             return {"disposition": "expired", "hangup_by": "system"}, progress

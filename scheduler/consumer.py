@@ -445,7 +445,8 @@ class EventConsumer:
             )
         if record["status"] != "in_progress" or record["last_call_id"] != call["id"]:
             return  # completed by the API or cancelled meanwhile: nothing to advance
-        if opted_out:
+        if opted_out or disposition == "dnc":
+            # Opted out now, or on the list since the job was planned (not dialled).
             await end_as_dnc(writes, record, info)
             return
         if disposition == "expired":

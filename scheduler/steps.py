@@ -23,7 +23,7 @@ from dialer.outbox import OutboxRow, outbox_row, write_events
 from scheduler.actions import ActionError, outcome_for, render_action
 from scheduler.policy import WorkflowPolicy
 from scheduler.timezones import zones_for
-from scheduler.windows import is_open, next_open
+from scheduler.windows import is_open, next_open, open_until
 from scheduler.workflow import (
     Context,
     Finish,
@@ -449,9 +449,29 @@ def dial_job(
             "meta": context.meta,
             "script": render(node.get("script", ""), context),
         },
-        not_after=now + 300,
+        not_after=_dial_by(record, graph.policy, now),
         trunk=graph.policy.trunk,
     )
+
+
+# A job that waited in the queue longer than this is not dialled (the scheduler
+# plans again with what it knows then).
+JOB_TTL_S = 300.0
+
+
+def _dial_by(record: RecordRow, policy: WorkflowPolicy, now: float) -> float:
+    """The last moment a worker may dial the job: its time to live, cut short by the
+    person's calling window (and the legal floor) closing before that."""
+    ttl = dt.timedelta(seconds=JOB_TTL_S)
+    country = 1 if record["phone_e164"].startswith("+1") else None
+    closes = open_until(
+        policy.window,
+        record_zone(record, policy),
+        dt.datetime.fromtimestamp(now, dt.UTC),
+        ttl,
+        country_code=country,
+    )
+    return now + JOB_TTL_S if closes is None else min(now + JOB_TTL_S, closes.timestamp())
 
 
 async def apply_step(

@@ -38,6 +38,7 @@ __all__ = [
     "is_open",
     "legal_floor",
     "next_open",
+    "open_until",
 ]
 
 DAY_NAMES: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -349,5 +350,59 @@ def next_open(
             continue
         previous = instant
         if all(_open_in_zone(effective, tz, instant) for tz in tzs):
+            return instant
+    return None
+
+
+def _range_ends(window: CallingWindow, zone: tzinfo, now: datetime) -> Iterator[datetime]:
+    """UTC instants at which one of the window's ranges ends in this zone, in order
+    (both folds, as `_range_starts`)."""
+    first_day = now.astimezone(zone).date() - timedelta(days=1)
+    for offset in range(_HORIZON_DAYS + 1):
+        day = first_day + timedelta(days=offset)
+        instants = []
+        for rng in window.days[day.weekday()]:
+            end_day = day + timedelta(days=rng.end_s // _DAY_S)
+            hours, rest = divmod(rng.end_s % _DAY_S, 3600)
+            minutes, seconds = divmod(rest, 60)
+            wall = datetime(
+                end_day.year, end_day.month, end_day.day, hours, minutes, seconds, tzinfo=zone
+            )
+            instants.append(wall.astimezone(UTC))
+            instants.append(wall.replace(fold=1).astimezone(UTC))
+        instants.sort()
+        yield from instants
+
+
+def open_until(
+    window: CallingWindow,
+    zones: Sequence[str],
+    now_utc: datetime,
+    horizon: timedelta,
+    *,
+    country_code: int | None = None,
+) -> datetime | None:
+    """The earliest UTC instant at or after ``now_utc`` when `is_open` stops holding.
+
+    ``now_utc`` itself when the window is closed now; None when it stays open
+    through ``now_utc + horizon``. A dial job carries it so that a job which
+    waited in the queue is not dialled once the person's window has closed.
+    """
+    if not zones:
+        raise ValueError("zones must not be empty")
+    now = _require_aware(now_utc)
+    effective = effective_window(window, country_code)
+    tzs = [_zone(name) for name in zones]
+    if not all(_open_in_zone(effective, tz, now) for tz in tzs):
+        return now
+    # The window closes where one zone's range ends, or where a daylight-saving
+    # jump moves one zone's clock out of a range.
+    end = now + horizon
+    streams = [_range_ends(effective, tz, now) for tz in tzs]
+    streams.extend(_transitions(name, now, end) for name in zones)
+    for instant in heapq.merge(*streams):
+        if instant > end:
+            break
+        if instant > now and not all(_open_in_zone(effective, tz, instant) for tz in tzs):
             return instant
     return None

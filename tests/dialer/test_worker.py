@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 
@@ -175,6 +177,72 @@ async def test_drain_sends_a_job_waiting_for_a_slot_back_unclaimed(
             await second.close()
     finally:
         await consumer.close()
+
+
+async def test_number_put_on_the_dnc_list_after_planning_is_not_dialled(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    tenant = await make_tenant(pool, "wrk")
+    workflow = await _workflow(pool, tenant)
+    ids = await _records(pool, tenant, workflow, ["2125550721"])
+    clock = Clock(NOON)
+    assert (
+        await Scheduler(pool, broker, clock=clock, tenant_ids=[tenant.id]).tick()
+    ).published == 1
+    # The job is in the queue; the person asks not to be called before a worker takes it.
+    await pool.execute(
+        "INSERT INTO dnc (tenant_id, phone_e164, reason) VALUES ($1, '+12125550721', 'asked')",
+        tenant.id,
+    )
+    runner = ScriptedRunner()
+    worker = Worker(pool, broker, runner, capacity=2, clock=lambda: clock.now)
+    consumer = EventConsumer(pool, broker)
+    await consumer.start()
+    await worker.start()
+    try:
+        await _settle(pool, "SELECT status = 'dnc' FROM records WHERE id = $1", ids[0])
+    finally:
+        await worker.close()
+        await consumer.close()
+    assert runner.calls == [] and worker.dialled == 0
+    call = await pool.fetchrow("SELECT state, disposition FROM calls WHERE record_id = $1", ids[0])
+    assert (call["state"], call["disposition"]) == ("ended", "dnc")
+    assert await pool.fetchval(
+        "SELECT count(*) FROM outbox WHERE record_id = $1 AND event_type = 'record.completed' "
+        "AND payload->'data'->>'status' = 'dnc'",
+        ids[0],
+    )
+
+
+async def test_job_that_outlives_the_calling_window_is_not_dialled(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    """Planned 30 s before the window closes (20:00 New York), taken by a worker a
+    minute later: not dialled, and the record waits for its next window."""
+    tenant = await make_tenant(pool, "wrk")
+    workflow = await _workflow(pool, tenant)
+    ids = await _records(pool, tenant, workflow, ["2125550722"])
+    closes = datetime(2026, 11, 25, 20, 0, tzinfo=ZoneInfo("America/New_York")).timestamp()
+    clock = Clock(closes - 30)
+    assert (
+        await Scheduler(pool, broker, clock=clock, tenant_ids=[tenant.id]).tick()
+    ).published == 1
+    clock.now = closes + 30
+    runner = ScriptedRunner()
+    worker = Worker(pool, broker, runner, capacity=2, clock=lambda: clock.now)
+    consumer = EventConsumer(pool, broker)
+    await consumer.start()
+    await worker.start()
+    try:
+        await _settle(
+            pool, "SELECT disposition = 'expired' FROM calls WHERE record_id = $1", ids[0]
+        )
+        await _settle(pool, "SELECT status = 'queued' FROM records WHERE id = $1", ids[0])
+    finally:
+        await worker.close()
+        await consumer.close()
+    assert runner.calls == [] and worker.dialled == 0
+    assert await pool.fetchval("SELECT attempts FROM records WHERE id = $1", ids[0]) == 0
 
 
 async def test_jobs_arriving_together_claim_in_one_statement_and_a_copy_is_not_dialled(

@@ -16,6 +16,7 @@ from scheduler.windows import (
     is_open,
     legal_floor,
     next_open,
+    open_until,
 )
 
 NY = ("America/New_York",)
@@ -236,4 +237,69 @@ def test_next_open_is_the_first_open_minute(
     probe = now
     while probe < until:
         assert not is_open(window, zones, probe)
+        probe += timedelta(minutes=1)
+
+
+FIVE_MIN = timedelta(minutes=5)
+
+
+@pytest.mark.parametrize(
+    ("window", "zones", "instant", "country", "expected"),
+    [
+        # Closed now: closes "now".
+        (OFFICE, NY, utc(2024, 6, 3, 12, 0), None, utc(2024, 6, 3, 12, 0)),
+        # Open past the horizon: None.
+        (OFFICE, NY, utc(2024, 6, 3, 14, 0), None, None),
+        # Closes within the horizon: at 17:00 EDT.
+        (OFFICE, NY, utc(2024, 6, 3, 20, 57), None, utc(2024, 6, 3, 21, 0)),
+        # The legal floor closes a wider window at 21:00 local for a +1 number.
+        (CallingWindow.always(), NY, utc(2024, 6, 4, 0, 58), 1, utc(2024, 6, 4, 1, 0)),
+        (CallingWindow.always(), NY, utc(2024, 6, 4, 0, 58), None, None),
+        # A midnight between two open days is no close.
+        (CallingWindow.always(), PHX, utc(2024, 6, 4, 6, 58), None, None),
+        # Spring forward jumps the clock out of the range: closed at the jump.
+        (
+            CallingWindow.weekly("01:00", "02:30"),
+            NY,
+            utc(2024, 3, 10, 6, 58),
+            None,
+            utc(2024, 3, 10, 7, 0),
+        ),
+        # Two zones: the earlier close wins (17:00 EDT before 17:00 MST).
+        (OFFICE, (*NY, *PHX), utc(2024, 6, 3, 20, 58), None, utc(2024, 6, 3, 21, 0)),
+    ],
+)
+def test_open_until(
+    window: CallingWindow,
+    zones: tuple[str, ...],
+    instant: datetime,
+    country: int | None,
+    expected: datetime | None,
+) -> None:
+    assert open_until(window, zones, instant, FIVE_MIN, country_code=country) == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    start_min=st.integers(0, 23 * 60),
+    length_min=st.integers(1, 6 * 60),
+    zones=st.sampled_from(ZONE_SETS),
+    offset_min=st.integers(0, 366 * 24 * 60),
+)
+def test_open_until_is_the_first_closed_minute(
+    start_min: int, length_min: int, zones: tuple[str, ...], offset_min: int
+) -> None:
+    end_min = min(24 * 60, start_min + length_min)
+    window = CallingWindow.weekly(
+        f"{start_min // 60:02d}:{start_min % 60:02d}", f"{end_min // 60:02d}:{end_min % 60:02d}"
+    )
+    now = utc(2024, 1, 1) + timedelta(minutes=offset_min)
+    horizon = timedelta(hours=8)
+    found = open_until(window, zones, now, horizon)
+    until = now + horizon if found is None else found
+    if found is not None and found > now:
+        assert not is_open(window, zones, found)
+    probe = now
+    while probe < until:
+        assert is_open(window, zones, probe)
         probe += timedelta(minutes=1)
