@@ -18,7 +18,7 @@ from api import (
     webhooks,
     workflows,
 )
-from api.context import POOL, SETTINGS
+from api.context import POOL, SETTINGS, nul_middleware
 from api.errors import error_middleware, json_response
 from api.notifier import AddressGuard
 from api.openapi import build_openapi
@@ -41,7 +41,11 @@ async def _openapi(request: web.Request) -> web.Response:
 
 def create_app(settings: Settings, pool: asyncpg.Pool) -> web.Application:
     """The API over an open pool; the caller owns the pool and closes it."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(
+        # error_middleware is outermost: it turns the NUL guard's refusals into JSON too.
+        middlewares=[error_middleware, nul_middleware],
+        client_max_size=settings.max_body_bytes,
+    )
     app[SETTINGS] = settings
     app[POOL] = pool
     app[_OPENAPI] = build_openapi(settings.public_url)

@@ -1,8 +1,14 @@
-"""What every handler needs: typed app keys, the JSON body, the caller's tenant."""
+"""What every handler needs: typed app keys, the JSON body, the caller's tenant.
+
+PostgreSQL cannot store NUL (U+0000) in text or jsonb, and a query that
+binds one fails; so every query parameter, path parameter and JSON body is
+checked for NUL here, once, before any handler reads it.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -20,6 +26,7 @@ __all__ = [
     "body_tenant",
     "check_query",
     "int_query",
+    "nul_middleware",
     "parse_uuid",
     "read_json_object",
     "uuid_query",
@@ -28,6 +35,50 @@ __all__ = [
 POOL = web.AppKey("pool", asyncpg.Pool)
 SETTINGS = web.AppKey("settings", Settings)
 _BODY = web.RequestKey("json_body", dict)
+_NUL = "\x00"
+# How a NUL must appear in JSON text: a raw 0x00 byte is not valid JSON.
+_NUL_ESCAPE = b"\\u0000"
+
+
+def _nul_field(body: Any) -> tuple[str, str] | None:
+    """The path of the first key or string in ``body`` that holds a NUL, and which it is."""
+    # Iterative: a deeply nested body must not exhaust the interpreter's stack.
+    stack: list[tuple[str, Any]] = [("", body)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if _NUL in value:
+                return path or "body", "must not contain NUL characters"
+        elif isinstance(value, dict):
+            children = []
+            for key, item in value.items():
+                child = f"{path}.{key}" if path else key
+                if _NUL in key:
+                    shown = child.replace(_NUL, "\\u0000")
+                    return shown, "is a key with a NUL character, which cannot be stored"
+                children.append((child, item))
+            stack.extend(reversed(children))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+    return None
+
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def nul_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Refuse a NUL in any query or path parameter before a handler binds it in SQL."""
+    for kind, params in (("query", request.query), ("path", request.match_info)):
+        for name, value in params.items():
+            if _NUL in name or _NUL in value:
+                shown = name.replace(_NUL, "\\u0000")
+                raise ApiError(
+                    400,
+                    f"{kind} parameter {shown} must not contain NUL characters",
+                    field=shown,
+                )
+    return await handler(request)
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
@@ -43,6 +94,10 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise ApiError(400, f"the request body is not valid JSON ({exc})", field="body") from None
     if not isinstance(body, dict):
         raise ApiError(400, "the request body must be a JSON object", field="body")
+    # The escape scan is cheap and almost always negative; only then walk the body.
+    if _NUL_ESCAPE in raw and (found := _nul_field(body)) is not None:
+        field, why = found
+        raise ApiError(400, f"{field} {why}", field=field)
     request[_BODY] = body
     return body
 

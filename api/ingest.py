@@ -268,6 +268,19 @@ async def _complete(
             "no open record with this number in this workflow",
             field="record_phone_number",
         )
+    # A call not yet claimed by a worker would otherwise stay queued for good: the
+    # scheduler republishes it and counts it against the workflow's pacing. One a
+    # worker has claimed (dialing and on) is left to finish and report as usual.
+    await conn.execute(
+        """WITH ended AS (
+               UPDATE calls SET state = 'ended', disposition = 'cancelled',
+                   end_reason = 'record_completed', ended_at = now()
+               WHERE record_id = ANY($1::uuid[]) AND state = 'queued'
+               RETURNING node_run_id)
+           UPDATE node_runs SET status = 'cancelled', outcome = 'cancelled', ended_at = now()
+           WHERE id IN (SELECT node_run_id FROM ended) AND status = 'running'""",
+        [r["id"] for r in rows],
+    )
     return {"status": "success", "completed": [str(r["id"]) for r in rows]}
 
 

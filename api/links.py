@@ -243,7 +243,14 @@ def _expiry(body: dict[str, Any]) -> dt.datetime | None:
             "expires_at must be an ISO 8601 time with an offset, or null",
             field="expires_at",
         ) from None
-    return stamp
+    try:
+        # The driver sends UTC: a time at the very edge of the calendar
+        # (0001-01-01T00:00+01:00) has no UTC form Python can hold.
+        return stamp.astimezone(dt.UTC)
+    except OverflowError:
+        raise ApiError(
+            422, "expires_at must be between the years 1 and 9999 in UTC", field="expires_at"
+        ) from None
 
 
 @routes.patch("/v1/recordings/{recording_id}")

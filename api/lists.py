@@ -41,30 +41,49 @@ def validate_list_settings(settings: Any) -> dict[str, Any]:
         return {}
     if not isinstance(settings, dict):
         raise ApiError(422, "settings must be an object", field="settings")
+    clean: dict[str, Any] = {}
     for key, value in settings.items():
         if key == "priority":
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
                 raise ApiError(422, "must be an integer 0-100", field="settings.priority")
+            clean[key] = value
         elif key == "start_at":
-            try:
-                if not isinstance(value, str):
-                    raise ValueError
-                stamp = datetime.fromisoformat(value)
-                if stamp.tzinfo is None:
-                    raise ValueError
-            except ValueError:
-                raise ApiError(
-                    422,
-                    "must be an ISO 8601 time with an offset, e.g. 2026-01-05T09:00:00Z",
-                    field="settings.start_at",
-                ) from None
+            clean[key] = _start_at(value)
         else:
             raise ApiError(
                 422,
                 f"{key} is not a list setting (known: priority, start_at)",
                 field=f"settings.{key}",
             )
-    return settings
+    return clean
+
+
+def _start_at(value: Any) -> str:
+    """``start_at`` in the one form PostgreSQL's ``::timestamptz`` always reads.
+
+    Python reads ISO 8601 forms PostgreSQL does not (``2026-01-05T09Z``, week
+    dates, a decimal comma), and the scheduler casts the stored text in SQL on
+    every tick, so the text stored is Python's own rendering of the time.
+    """
+    try:
+        if not isinstance(value, str):
+            raise ValueError
+        stamp = datetime.fromisoformat(value)
+        offset = stamp.utcoffset()
+        if offset is None:
+            raise ValueError
+    except ValueError:
+        raise ApiError(
+            422,
+            "must be an ISO 8601 time with an offset, e.g. 2026-01-05T09:00:00Z",
+            field="settings.start_at",
+        ) from None
+    # PostgreSQL reads offsets to the second; Python would write a fraction too.
+    if offset.microseconds:
+        raise ApiError(
+            422, "the offset must be whole seconds, e.g. +05:30", field="settings.start_at"
+        )
+    return stamp.isoformat()
 
 
 def _name(body: dict[str, Any], *, required: bool) -> str | None:

@@ -24,7 +24,10 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 _ERRORS = {
-    "400": _json(_ref("Error"), "The body is not a JSON object"),
+    "400": _json(
+        _ref("Error"),
+        "The body is not a JSON object, or a parameter or JSON text holds a NUL character",
+    ),
     "401": _json(_ref("Error"), "Missing, wrong or revoked API key"),
     "404": _json(_ref("Error"), "No such item (or it belongs to another tenant)"),
     "405": _json(_ref("Error"), "Method not allowed"),

@@ -327,8 +327,9 @@ def validate_definition(definition: Any, prefix: str = "definition") -> dict[str
             c.add(f"{path}.id", "is used by another node", node_id)
             continue
         kind = node_obj.get("type")
-        if kind not in NODE_OUTCOMES:
-            c.add(f"{path}.type", f"must be one of {', '.join(NODE_TYPES)}", node_id)
+        # Checked as a string first: a list or object here cannot be looked up.
+        if not isinstance(kind, str) or kind not in NODE_OUTCOMES:
+            c.add(f"{path}.type", f"must be a string, one of {', '.join(NODE_TYPES)}", node_id)
             continue
         types[node_id] = kind
         _check_node(c, node_obj, path, node_id)
@@ -343,20 +344,29 @@ def validate_definition(definition: Any, prefix: str = "definition") -> dict[str
         c.add(".edges", "must be a list")
         edges = []
     seen: set[tuple[str, str]] = set()
+    targets: dict[tuple[str, str], tuple[str, int]] = {}
     for i, edge in enumerate(edges):
         path = f".edges[{i}]"
         if not isinstance(edge, dict):
             c.add(path, "must be an object with from, on and to")
             continue
         src, dst, on = edge.get("from"), edge.get("to"), edge.get("on", "default")
+        # Types first: a list or object here cannot be looked up among node ids.
+        if not isinstance(src, str):
+            c.add(f"{path}.from", "must be a string (a node id)")
+            continue
         if src not in types:
             c.add(f"{path}.from", f"names no node ({src!r})")
             continue
-        if dst not in types:
+        if not isinstance(dst, str):
+            c.add(f"{path}.to", "must be a string (a node id)", src)
+        elif dst not in types:
             c.add(f"{path}.to", f"names no node ({dst!r})", src)
         kind = types[src]
         allowed = NODE_OUTCOMES[kind]
-        if kind == "end":
+        if not isinstance(on, str):
+            c.add(f"{path}.on", "must be a string (an outcome, or default)", src)
+        elif kind == "end":
             c.add(f"{path}.from", "an end node has no outgoing edges", src)
         elif on != "default" and on not in allowed:
             c.add(
@@ -366,10 +376,86 @@ def validate_definition(definition: Any, prefix: str = "definition") -> dict[str
             )
         elif (src, on) in seen:
             c.add(f"{path}.on", f"a second edge for outcome {on!r}", src)
-        seen.add((src, on))
+        else:
+            seen.add((src, on))
+            if isinstance(dst, str) and dst in types:
+                targets[(src, on)] = (dst, i)
+    # A loop is a property of the whole graph: judged only once its parts are sound.
+    if not c.problems:
+        for cycle, index in _step_loops(types, targets):
+            loop = " -> ".join([*cycle, cycle[0]])
+            actions = sorted({types[n] for n in cycle} & _ACTION_TYPES)
+            note = (
+                f" (a {' or '.join(actions)} node that cannot be sent for a record"
+                " fails at once and takes its failure edge in the same step)"
+                if actions
+                else ""
+            )
+            c.add(
+                f".edges[{index}]",
+                f"closes the loop {loop} with no call or wait node in it: a record could go"
+                f" round it without end{note}; put a call or wait node in the loop",
+                cycle[-1],
+            )
     if c.problems:
         raise DefinitionError(c.problems)
     return definition
+
+
+# The outcomes a node can take in the same scheduler step as it was entered: a
+# branch is decided inline, and an action node whose request cannot even be
+# rendered for the record (no address, say) fails at once, without parking
+# (scheduler/steps.py). Call, wait and end nodes always end the step, and a
+# parked action only moves on once the action runner has done its request.
+_ACTION_TYPES = frozenset({"sms", "email", "webhook"})
+_SAME_STEP_OUTCOMES: dict[str, tuple[str, ...]] = {
+    "branch": ("true", "false"),
+    "sms": ("failed",),
+    "email": ("failed",),
+    "webhook": ("failure",),
+}
+
+
+def _step_loops(
+    types: Mapping[str, str], targets: Mapping[tuple[str, str], tuple[str, int]]
+) -> list[tuple[list[str], int]]:
+    """Loops a record could go round within one step: their nodes, and the closing edge's index.
+
+    Each is found by a depth-first walk over the edges taken in the same step,
+    an outcome falling back to its node's default edge as the scheduler does.
+    """
+    follows: dict[str, list[tuple[str, int]]] = {}
+    for node, kind in types.items():
+        nexts: list[tuple[str, int]] = []
+        for outcome in _SAME_STEP_OUTCOMES.get(kind, ()):
+            target = targets.get((node, outcome)) or targets.get((node, "default"))
+            if target is not None and target not in nexts:
+                nexts.append(target)
+        follows[node] = nexts
+    on_path: set[str] = set()
+    done: set[str] = set()
+    loops: list[tuple[list[str], int]] = []
+    for root in types:
+        if root in done:
+            continue
+        path = [root]
+        on_path.add(root)
+        stack = [iter(follows[root])]
+        while stack:
+            for dst, index in stack[-1]:
+                if dst in on_path:
+                    loops.append((path[path.index(dst) :], index))
+                elif dst not in done:
+                    path.append(dst)
+                    on_path.add(dst)
+                    stack.append(iter(follows[dst]))
+                    break
+            else:
+                stack.pop()
+                node = path.pop()
+                on_path.discard(node)
+                done.add(node)
+    return loops
 
 
 def validate_settings(settings: Any, prefix: str = "settings") -> dict[str, Any]:

@@ -71,8 +71,13 @@ class WorkflowPolicy:
             # No window of its own: only the legal floor (08:00-21:00 for US numbers) applies.
             window = CallingWindow.always()
         raw_retry = settings.get("retry")
-        if raw_retry is None:
+        max_attempts = settings.get("max_attempts")
+        if raw_retry is None and max_attempts is None:
             retry = DEFAULT_RETRY_POLICY
+        elif raw_retry is None:
+            # The default rules with the workflow's own cap on all attempts, which
+            # replaces the default cap rather than being ignored.
+            retry = RetryPolicy(DEFAULT_RETRY_POLICY.rules, int(max_attempts))
         else:
             retry = RetryPolicy(
                 {
@@ -82,7 +87,7 @@ class WorkflowPolicy:
                     for name, rule in raw_retry.items()
                     if name in RETRY_OUTCOMES
                 },
-                settings.get("max_attempts"),
+                None if max_attempts is None else int(max_attempts),
             )
         raw_pacing = settings.get("pacing") or {}
         pacing = PacingPolicy(

@@ -233,6 +233,32 @@ async def test_retention_and_expiry_purge_recordings(
     }
 
 
+@pytest.mark.parametrize(
+    ("expires_at", "status"),
+    [
+        ("0001-01-01T00:00:00+01:00", 422),  # before year 1 in UTC
+        ("9999-12-31T23:59:59-01:00", 422),  # after year 9999 in UTC
+        ("9999-12-31T22:59:59-01:00", 200),
+        ("2030-01-05T09Z", 200),
+    ],
+)
+async def test_expiry_at_the_edge_of_the_calendar(
+    client: TestClient,
+    pool: asyncpg.Pool,
+    settings: Settings,
+    tenant: Tenant,
+    expires_at: str,
+    status: int,
+) -> None:
+    _, recording_id, _ = await make_recording(pool, tenant, settings)
+    resp = await client.patch(
+        f"/v1/recordings/{recording_id}", json={"expires_at": expires_at}, headers=tenant.auth
+    )
+    assert resp.status == status, await resp.text()
+    if status == 422:
+        assert (await resp.json())["error"]["field"] == "expires_at"
+
+
 async def test_call_completed_webhook_carries_a_working_link(
     client: TestClient,
     pool: asyncpg.Pool,

@@ -1,0 +1,182 @@
+"""Definition validation: wrong JSON types and loops that never leave a scheduler step."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from dialer.demo.run import demo_workflow
+from scheduler.definition import DefinitionError, validate_definition
+from scheduler.templates import TEMPLATES
+
+PROMPT = {"type": "prompt", "text": "Hello"}
+CALL = {"id": "call", "type": "call", "handler": PROMPT}
+BRANCH = {
+    "id": "b",
+    "type": "branch",
+    "condition": {"field": "meta.x", "operator": "equals", "value": "1"},
+}
+
+
+def _problems(definition: Any) -> list[dict[str, str]]:
+    with pytest.raises(DefinitionError) as caught:
+        validate_definition(definition)
+    return [p.as_dict() for p in caught.value.problems]
+
+
+@pytest.mark.parametrize(
+    ("node_type", "edge", "field"),
+    [
+        (["call"], None, "definition.nodes[0].type"),
+        ({"call": 1}, None, "definition.nodes[0].type"),
+        ("call", {"from": ["call"], "on": "busy", "to": "call"}, "definition.edges[0].from"),
+        ("call", {"from": {"a": 1}, "on": "busy", "to": "call"}, "definition.edges[0].from"),
+        ("call", {"from": "call", "on": ["busy"], "to": "call"}, "definition.edges[0].on"),
+        ("call", {"from": "call", "on": {"busy": 1}, "to": "call"}, "definition.edges[0].on"),
+        ("call", {"from": "call", "on": "busy", "to": ["call"]}, "definition.edges[0].to"),
+    ],
+)
+def test_a_list_or_object_where_a_string_belongs_names_the_field(
+    node_type: Any, edge: dict[str, Any] | None, field: str
+) -> None:
+    definition = {
+        "start": "call",
+        "nodes": [{**CALL, "type": node_type}],
+        "edges": [edge] if edge else [],
+    }
+    problems = _problems(definition)
+    assert problems[0]["field"] == field
+    assert "must be a string" in problems[0]["message"]
+
+
+def test_every_mistyped_edge_is_reported_at_once() -> None:
+    definition = {
+        "start": "call",
+        "nodes": [CALL],
+        "edges": [
+            {"from": "call", "on": ["x"], "to": "call"},
+            {"from": "call", "on": "busy", "to": {"id": "call"}},
+            {"from": "call", "on": ["x"], "to": "call"},
+        ],
+    }
+    fields = [p["field"] for p in _problems(definition)]
+    assert fields == ["definition.edges[0].on", "definition.edges[1].to", "definition.edges[2].on"]
+
+
+def _graph(nodes: list[dict[str, Any]], edges: list[dict[str, Any]], start: str = "b") -> dict:
+    return {"start": start, "nodes": nodes, "edges": edges}
+
+
+WEBHOOK = {"id": "h", "type": "webhook", "url": "https://crm.example/hook"}
+SMS = {"id": "s", "type": "sms", "text": "Hi"}
+EMAIL = {"id": "e", "type": "email", "subject": "Hi", "body": "Hi", "to": "a@example.com"}
+WAIT = {"id": "w", "type": "wait", "duration_s": 60}
+
+LOOPS = {
+    "branch to itself": (
+        _graph(
+            [BRANCH, CALL],
+            [{"from": "b", "on": "true", "to": "call"}, {"from": "b", "on": "false", "to": "b"}],
+        ),
+        ["b"],
+        "definition.edges[1]",
+    ),
+    "branch default to itself": (
+        _graph([BRANCH], [{"from": "b", "to": "b"}]),
+        ["b"],
+        "definition.edges[0]",
+    ),
+    "two branches": (
+        _graph(
+            [BRANCH, {**BRANCH, "id": "b2"}, CALL],
+            [
+                {"from": "b", "on": "true", "to": "b2"},
+                {"from": "b", "on": "false", "to": "call"},
+                {"from": "b2", "on": "default", "to": "b"},
+            ],
+        ),
+        ["b", "b2"],
+        "definition.edges[2]",
+    ),
+    "branch, webhook, branch": (
+        _graph(
+            [BRANCH, WEBHOOK, CALL],
+            [
+                {"from": "b", "on": "true", "to": "h"},
+                {"from": "b", "on": "false", "to": "call"},
+                {"from": "h", "on": "default", "to": "b"},
+            ],
+        ),
+        ["b", "h"],
+        "definition.edges[2]",
+    ),
+    "sms failure to an email whose failure goes back": (
+        _graph(
+            [SMS, EMAIL],
+            [{"from": "s", "on": "failed", "to": "e"}, {"from": "e", "on": "failed", "to": "s"}],
+            start="s",
+        ),
+        ["s", "e"],
+        "definition.edges[1]",
+    ),
+}
+
+
+@pytest.mark.parametrize(("definition", "cycle", "field"), LOOPS.values(), ids=LOOPS.keys())
+def test_a_loop_without_a_call_or_wait_is_refused_naming_its_nodes(
+    definition: dict[str, Any], cycle: list[str], field: str
+) -> None:
+    problems = _problems(definition)
+    assert len(problems) == 1
+    assert problems[0]["field"] == field
+    loop = " -> ".join([*cycle, cycle[0]])
+    assert loop in problems[0]["message"]
+    assert "no call or wait node" in problems[0]["message"]
+
+
+ALLOWED = {
+    "through a wait": _graph(
+        [BRANCH, WAIT, CALL],
+        [
+            {"from": "b", "on": "true", "to": "call"},
+            {"from": "b", "on": "false", "to": "w"},
+            {"from": "w", "on": "next", "to": "b"},
+        ],
+    ),
+    "through a call": _graph(
+        [BRANCH, CALL],
+        [{"from": "b", "on": "default", "to": "call"}, {"from": "call", "to": "b"}],
+    ),
+    "a call retrying itself": _graph([CALL], [{"from": "call", "to": "call"}], start="call"),
+    # Success needs the action runner's request: never in the same step.
+    "through a webhook's success only": _graph(
+        [BRANCH, WEBHOOK, CALL],
+        [
+            {"from": "b", "on": "true", "to": "h"},
+            {"from": "b", "on": "false", "to": "call"},
+            {"from": "h", "on": "success", "to": "b"},
+            {"from": "h", "on": "failure", "to": "call"},
+        ],
+    ),
+    # Its own failure edge wins over the default that closes the loop.
+    "a webhook whose default loops but whose failure does not": _graph(
+        [WEBHOOK, CALL],
+        [{"from": "h", "on": "failure", "to": "call"}, {"from": "h", "to": "h"}],
+        start="h",
+    ),
+}
+
+
+@pytest.mark.parametrize("definition", ALLOWED.values(), ids=ALLOWED.keys())
+def test_a_loop_that_must_wait_for_a_call_a_timer_or_a_request_is_allowed(
+    definition: dict[str, Any],
+) -> None:
+    assert validate_definition(copy.deepcopy(definition)) == definition
+
+
+def test_templates_and_the_demo_still_validate() -> None:
+    for template in TEMPLATES.values():
+        validate_definition(template["definition"])
+    validate_definition(demo_workflow("ws://bot", seats=3, pacing="predictive")["definition"])
