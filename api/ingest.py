@@ -21,6 +21,7 @@ from api.errors import ApiError, json_response
 from api.validation import FieldError, ValidRecord, normalise_phone, validate_record
 from dialer import jsonutil
 from dialer.ids import new_ids
+from scheduler.steps import complete_list_if_done
 
 __all__ = ["MAX_BATCH", "idempotent", "ingest_batch", "insert_records", "routes"]
 
@@ -257,7 +258,7 @@ async def _complete(
                completed_at = now(), updated_at = now()
            WHERE tenant_id = $1 AND workflow_id = $2 AND phone_e164 = $3
              AND status IN ('queued', 'waiting', 'in_progress')
-           RETURNING id""",
+           RETURNING id, list_id, tenant_id, workflow_id, case_id, phone_e164""",
         tenant,
         workflow["id"],
         phone,
@@ -281,6 +282,9 @@ async def _complete(
            WHERE id IN (SELECT node_run_id FROM ended) AND status = 'running'""",
         [r["id"] for r in rows],
     )
+    # The last open record of a list completes the list, as a workflow's end does.
+    for row in {r["list_id"]: r for r in rows if r["list_id"] is not None}.values():
+        await complete_list_if_done(conn, row, workflow)
     return {"status": "success", "completed": [str(r["id"]) for r in rows]}
 
 

@@ -18,6 +18,7 @@ from api.context import (
 )
 from api.errors import ApiError, json_response
 from api.validation import FieldError, normalise_phone, validate_record
+from scheduler.steps import complete_list_if_done
 
 __all__ = ["RECORD_STATUSES", "record_json", "routes"]
 
@@ -238,4 +239,11 @@ async def delete_record(request: web.Request) -> web.Response:
         await conn.execute(
             "DELETE FROM records WHERE tenant_id = $1 AND id = $2", tenant, row["id"]
         )
+        if row["list_id"] is not None:
+            workflow = await conn.fetchrow(
+                "SELECT name FROM workflows WHERE id = $1", row["workflow_id"]
+            )
+            await complete_list_if_done(
+                conn, {**row, "tenant_id": tenant}, workflow or {"name": None}
+            )
     return web.Response(status=204)

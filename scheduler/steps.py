@@ -43,6 +43,7 @@ __all__ = [
     "Writes",
     "action_context",
     "apply_step",
+    "complete_list_if_done",
     "context_for",
     "dial_job",
     "end_as_dnc",
@@ -216,6 +217,22 @@ async def end_as_dnc(w: Writes, record: RecordRow, workflow: Mapping[str, Any]) 
     _record_completed(w, record, workflow, "dnc", "dnc")
     if record["list_id"] is not None:
         await _maybe_complete_list(w, record, workflow)
+
+
+async def complete_list_if_done(
+    conn: asyncpg.Connection, record: Mapping[str, Any], workflow: Mapping[str, Any]
+) -> None:
+    """Record the completion of ``record``'s list if no record of it is open any more.
+
+    For changes made outside a workflow step (a record completed or deleted
+    through the API): ``record`` needs ``list_id``, ``tenant_id``,
+    ``workflow_id``, ``case_id`` and ``phone_e164``; ``workflow`` its ``name``.
+    """
+    if record["list_id"] is None:
+        return
+    w = Writes(conn)
+    await _maybe_complete_list(w, record, workflow)
+    await w.flush()
 
 
 async def _maybe_complete_list(w: Writes, record: RecordRow, workflow: Mapping[str, Any]) -> None:

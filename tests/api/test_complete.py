@@ -117,11 +117,6 @@ async def test_a_call_a_worker_has_claimed_is_left_to_finish(
     assert tuple(row) == ("dialing", None, None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="list completion lives in scheduler.steps._maybe_complete_list, which is private; "
-    "POST /v1/records/complete cannot record it until that helper is public",
-)
 async def test_completing_the_last_open_record_completes_its_list(
     client: TestClient, tenant: Tenant, pool: asyncpg.Pool
 ) -> None:
@@ -153,11 +148,6 @@ async def test_completing_the_last_open_record_completes_its_list(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="list completion lives in scheduler.steps._maybe_complete_list, which is private; "
-    "DELETE /v1/records/{id} cannot record it until that helper is public",
-)
 async def test_deleting_the_last_open_record_completes_its_list(
     client: TestClient, tenant: Tenant
 ) -> None:
