@@ -298,6 +298,11 @@ def _check_node(c: _Checker, node_obj: dict[str, Any], path: str, node: str) -> 
             c.add(f"{path}.method", "must be POST, PUT, PATCH or GET", node)
         if "body" in node_obj and not isinstance(node_obj["body"], (str, dict)):
             c.add(f"{path}.body", "must be a template string or an object", node)
+        headers = node_obj.get("headers", {})
+        if not isinstance(headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
+            c.add(f"{path}.headers", "must be an object of string values", node)
 
 
 def validate_definition(definition: Any, prefix: str = "definition") -> dict[str, Any]:

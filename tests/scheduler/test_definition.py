@@ -180,3 +180,20 @@ def test_templates_and_the_demo_still_validate() -> None:
     for template in TEMPLATES.values():
         validate_definition(template["definition"])
     validate_definition(demo_workflow("ws://bot", seats=3, pacing="predictive")["definition"])
+
+
+@pytest.mark.parametrize("headers", ["zz", ["a"], {"X-Key": 5}])
+def test_webhook_node_headers_must_be_an_object_of_strings(headers: Any) -> None:
+    webhook = {
+        "id": "crm",
+        "type": "webhook",
+        "url": "https://crm.example.com/",
+        "headers": headers,
+    }
+    definition = {
+        "start": "crm",
+        "nodes": [webhook, {"id": "done", "type": "end"}],
+        "edges": [{"from": "crm", "on": "default", "to": "done"}],
+    }
+    fields = [p["field"] for p in _problems(definition)]
+    assert fields == ["definition.nodes[0].headers"]
