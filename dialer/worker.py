@@ -109,7 +109,7 @@ class Worker:
         self._idle.set()
         # Jobs that arrive together (a refill of the prefetch) claim their calls
         # in one round trip; claim_linger_s gathers a little longer.
-        self._claims: Batcher[tuple[uuid.UUID, bool], Claim] = Batcher(
+        self._claims: Batcher[tuple[uuid.UUID, uuid.UUID], Claim] = Batcher(
             self._claim_many, max_size=max(1, capacity), linger_s=claim_linger_s
         )
         # Ended events ready together go out as one message (see dialer.messages):
@@ -252,49 +252,49 @@ class Worker:
         """Claim the call row; while the database is away, keep trying.
 
         A claim whose commit succeeded but whose answer was lost with the
-        connection is ours: the retry accepts a row already ``dialing`` under
-        our id, for a call we are not running (never a redelivery of one we
-        dialled, which is in ``self.active`` or past ``dialing``).
+        connection is ours: the row carries this attempt's token, and the
+        retry accepts a row already ``dialing`` under that token only. (Under
+        the worker's id alone, a second copy of a job whose call this worker
+        had finished, its end not yet stored, would dial the person again.)
         """
-        retrying = False
+        token = uuid.uuid4()
+        call_id = uuid.UUID(job.call_id)
+        return await while_database_away(
+            lambda: self._claims.submit((call_id, token)), what="claim"
+        )
 
-        async def claim() -> Claim:
-            nonlocal retrying
-            mine = retrying and job.call_id not in self.active
-            retrying = True
-            return await self._claims.submit((uuid.UUID(job.call_id), mine))
-
-        return await while_database_away(claim, what="claim")
-
-    async def _claim_many(self, claims: Sequence[tuple[uuid.UUID, bool]]) -> list[Claim]:
+    async def _claim_many(self, claims: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> list[Claim]:
         """Claim the calls of jobs that arrived together: one statement for all.
 
-        The do-not-call list is read in the same statement: a number put on it
-        after the job was planned is claimed but not dialled.
+        Only calls of active workflows are claimed (a paused workflow's call
+        waits, queued, for its resume). The do-not-call list is read in the
+        same statement: a number put on it after the job was planned is
+        claimed but not dialled.
         """
         # Rows are locked in id order: two batches sharing calls (a job and its
         # republished copy at two workers) wait for each other, never deadlock.
         rows = await self.pool.fetch(
             """WITH asked AS (
-                   SELECT c.id, u.mine FROM calls c
-                   JOIN unnest($1::uuid[], $2::boolean[]) AS u(id, mine) ON u.id = c.id
+                   SELECT c.id, u.token FROM calls c
+                   JOIN unnest($1::uuid[], $2::uuid[]) AS u(id, token) ON u.id = c.id
                    ORDER BY c.id FOR UPDATE OF c)
-               UPDATE calls c SET state = 'dialing', worker_id = $3, dialing_at = now()
-               FROM asked a, records r
+               UPDATE calls c SET state = 'dialing', worker_id = $3, dialing_at = now(),
+                   claim_token = a.token
+               FROM asked a, records r, workflows w
                WHERE c.id = a.id AND r.id = c.record_id AND r.status = 'in_progress'
-                 AND (c.state = 'queued'
-                      OR (a.mine AND c.state = 'dialing' AND c.worker_id = $3))
-               RETURNING c.id, EXISTS (
+                 AND w.id = c.workflow_id AND w.status = 'active'
+                 AND (c.state = 'queued' OR (c.state = 'dialing' AND c.claim_token = a.token))
+               RETURNING c.id, c.claim_token, EXISTS (
                    SELECT 1 FROM dnc d
                    WHERE d.tenant_id = c.tenant_id AND d.phone_e164 = c.phone_e164) AS dnc""",
             [call_id for call_id, _ in claims],
-            [mine for _, mine in claims],
+            [token for _, token in claims],
             self.worker_id,
         )
-        claimed = {r["id"]: Claim.DNC if r["dnc"] else Claim.DIAL for r in rows}
-        # The same call twice in one batch (a job and its republished copy):
-        # the row was claimed once, so only the first may dial.
-        return [claimed.pop(call_id, Claim.SKIP) for call_id, _ in claims]
+        # The same call twice in one batch (a job and its republished copy): the
+        # row was claimed once, under one of the two tokens; only that one dials.
+        claimed = {(r["id"], r["claim_token"]): Claim.DNC if r["dnc"] else Claim.DIAL for r in rows}
+        return [claimed.get(claim, Claim.SKIP) for claim in claims]
 
     async def _on_job(self, delivery: Delivery) -> None:
         try:

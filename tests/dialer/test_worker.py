@@ -245,6 +245,91 @@ async def test_job_that_outlives_the_calling_window_is_not_dialled(
     assert await pool.fetchval("SELECT attempts FROM records WHERE id = $1", ids[0]) == 0
 
 
+class BlipPool:
+    """The pool, but the next claim statement fails as if PostgreSQL were restarting."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self.fail_next_claim = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+    async def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
+        if self.fail_next_claim and "SET state = 'dialing'" in sql:
+            self.fail_next_claim = False
+            raise ConnectionResetError("server closed the connection (restart)")
+        return await self._pool.fetch(sql, *args)
+
+
+async def test_copy_of_a_finished_job_is_not_dialled_after_a_claim_retry(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    """The call is over but its end is not stored yet (the consumer lags), so the row
+    is still 'dialing' under this worker; a copy of the job whose first claim
+    attempt meets a database blip must not take that row as its own."""
+    tenant = await make_tenant(pool, "wrk")
+    workflow = await _workflow(pool, tenant)
+    (record_id,) = await _records(pool, tenant, workflow, ["2125550731"])
+    clock = Clock(NOON)
+    runner = ScriptedRunner()
+    blips = BlipPool(pool)
+    worker = Worker(blips, broker, runner, capacity=5, clock=lambda: clock.now)  # type: ignore[arg-type]
+    await worker.start()
+    try:
+        await Scheduler(pool, broker, clock=clock, tenant_ids=[tenant.id]).tick()
+        for _ in range(200):
+            if runner.calls and not worker.active:
+                break
+            await asyncio.sleep(0.02)
+        call = await pool.fetchrow("SELECT * FROM calls WHERE record_id = $1", record_id)
+        assert call["state"] == "dialing" and worker.dialled == 1
+        copy = DialJob(
+            call_id=str(call["id"]),
+            record_id=str(record_id),
+            tenant_id=str(tenant.id),
+            workflow_id=str(workflow["id"]),
+            node_id="call",
+            phone_e164=call["phone_e164"],
+        )
+        blips.fail_next_claim = True
+        await broker.publish_jobs([(str(call["id"]), copy.to_bytes())])
+        for _ in range(200):
+            if worker.skipped:
+                break
+            await asyncio.sleep(0.02)
+        assert worker.skipped == 1
+        assert worker.dialled == 1 and len(runner.calls) == 1
+    finally:
+        await worker.close()
+
+
+async def test_paused_workflow_jobs_are_not_dialled_until_resumed(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    tenant = await make_tenant(pool, "wrk")
+    workflow = await _workflow(pool, tenant)
+    ids = await _records(pool, tenant, workflow, ["2125550741", "2125550742"])
+    clock = Clock(NOON)
+    assert (
+        await Scheduler(pool, broker, clock=clock, tenant_ids=[tenant.id]).tick()
+    ).published == 2
+    await pool.execute("UPDATE workflows SET status = 'paused' WHERE id = $1", workflow["id"])
+    runner = ScriptedRunner()
+    worker = Worker(pool, broker, runner, capacity=5, clock=lambda: clock.now)
+    await worker.start()
+    try:
+        for _ in range(200):
+            if worker.skipped == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert worker.skipped == 2 and runner.calls == []
+        states = await pool.fetch("SELECT state FROM calls WHERE record_id = ANY($1::uuid[])", ids)
+        assert [r["state"] for r in states] == ["queued", "queued"]
+    finally:
+        await worker.close()
+
+
 async def test_jobs_arriving_together_claim_in_one_statement_and_a_copy_is_not_dialled(
     pool: asyncpg.Pool, broker: Broker
 ) -> None:
