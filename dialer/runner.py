@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +35,7 @@ from dialer.sip.call import (
 from dialer.sip.dialog import LocalMedia
 from dialer.transfer import TransferConfig, TransferReport, transfer_call
 from dialer.trunk import TrunkConfig, parse_trunk_uri
-from dialer.user_agent import CallHandle, UserAgent
+from dialer.user_agent import CallHandle, TrunkBusy, UserAgent
 from dialer.worker import Emit
 from media.amd import AmdConfig, AmdVerdict, AnsweringMachineDetector
 from media.g711 import PCMA, PCMU
@@ -116,8 +118,11 @@ class SipCallRunner:
         trunks: TrunkDirectory | None = None,
         seats: SeatBook | None = None,
         transfer: TransferConfig | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.agent = agent
+        # Unix time, to read a job's ``not_after`` (the worker's clock).
+        self.clock = clock
         # Without a seat book every live answer is served (one call tools, tests).
         self.seats = seats
         self.default_trunk = default_trunk
@@ -159,6 +164,11 @@ class SipCallRunner:
         self._taken_back.add(call_id)
         handle.withdraw()
         return True
+
+    def _dial_within(self, job: DialJob) -> float | None:
+        """How long the call may wait for a trunk channel and a CPS token: until the
+        job's ``not_after`` (its calling window closes), then it is not dialled."""
+        return None if job.not_after is None else max(0.0, job.not_after - self.clock())
 
     def _frame_ticker(self) -> FrameTicker:
         if self._ticker is None:
@@ -220,14 +230,22 @@ class SipCallRunner:
             trunk = self.default_trunk
             if job.trunk is not None and self.trunks is not None:
                 trunk = await self.trunks.ensure(self.agent, job.tenant_id, job.trunk)
-            handle = await self.agent.place_call(
-                job.phone_e164,
-                trunk=trunk,
-                media=LocalMedia(self.rtp_host, session.local_rtp_port),
-                ring_timeout_s=job.ring_timeout_s,
-                max_duration_s=job.max_duration_s,
-                on_event=on_event,
-            )
+            try:
+                handle = await self.agent.place_call(
+                    job.phone_e164,
+                    trunk=trunk,
+                    media=LocalMedia(self.rtp_host, session.local_rtp_port),
+                    ring_timeout_s=job.ring_timeout_s,
+                    max_duration_s=job.max_duration_s,
+                    wait_s=self._dial_within(job),
+                    on_event=on_event,
+                )
+            except TrunkBusy as busy:
+                if not busy.waited:
+                    raise
+                # The trunk stayed full until the person's calling window closed.
+                log.info("not dialled: %s", busy, extra={"call_id": job.call_id})
+                return {"disposition": "expired", "hangup_by": "system", "end_reason": "trunk_wait"}
             self._unanswered[job.call_id] = handle
             answer = await handle.answered()
             self._unanswered.pop(job.call_id, None)

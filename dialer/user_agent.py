@@ -362,7 +362,12 @@ class UserAgentStats:
 
 
 class TrunkBusy(RuntimeError):
-    """``place_call(wait=False)`` on a trunk at its channel limit."""
+    """``place_call(wait=False)`` on a trunk at its channel limit, or ``wait_s``
+    ran out before a channel and a CPS token were free (``waited`` is then True)."""
+
+    def __init__(self, message: str, *, waited: bool = False) -> None:
+        super().__init__(message)
+        self.waited = waited
 
 
 class UserAgentClosed(RuntimeError):
@@ -1081,24 +1086,32 @@ class UserAgent:
         headers: Sequence[Header] = (),
         to: NameAddr | None = None,
         wait: bool = True,
+        wait_s: float | None = None,
         on_event: Callable[[CallEvent], None] | None = None,
     ) -> CallHandle:
         """Send an INVITE through ``trunk`` (the only one when None) and return its handle.
 
         Waits (in call order) for a free channel and a CPS token of the trunk;
-        with ``wait=False`` a trunk at its channel limit raises ``TrunkBusy``.
-        ``target`` is a number, a SIP URI or a tel URI (see ``target_uri``).
+        with ``wait=False`` a trunk at its channel limit raises ``TrunkBusy``,
+        and so does a wait longer than ``wait_s`` (a call that must not go out
+        late: its calling window closes). ``target`` is a number, a SIP URI or
+        a tel URI (see ``target_uri``).
         """
         if self._closed:
             raise RuntimeError("user agent is closed")
         chosen = self._trunk(trunk)
         uri = target if not isinstance(target, str) else target_uri(target, chosen.config)
-        if not self._admission.open():
-            self.stats.calls_held_back += 1
-            await self._admission.wait()
-            if self._closed:
-                raise RuntimeError("user agent is closed")
-        await self._acquire(chosen, wait)
+        if wait_s is None:
+            await self._admit(chosen, wait)
+        else:
+            try:
+                async with asyncio.timeout(wait_s):
+                    await self._admit(chosen, wait)
+            except TimeoutError:
+                raise TrunkBusy(
+                    f"no channel or CPS token of trunk {chosen.name} within {wait_s:.1f} s",
+                    waited=True,
+                ) from None
         config = chosen.ua_config
         assert config is not None
         dial = Dial(
@@ -1128,6 +1141,15 @@ class UserAgent:
             return self.trunks[name]
         except KeyError:
             raise ValueError(f"no trunk called {name!r}") from None
+
+    async def _admit(self, trunk: Trunk, wait: bool) -> None:
+        """Wait for the admission gate (overload), then a channel and a CPS token."""
+        if not self._admission.open():
+            self.stats.calls_held_back += 1
+            await self._admission.wait()
+            if self._closed:
+                raise RuntimeError("user agent is closed")
+        await self._acquire(trunk, wait)
 
     async def _acquire(self, trunk: Trunk, wait: bool) -> None:
         if not wait and not trunk.channels.free:

@@ -335,6 +335,28 @@ async def test_channel_limit_and_cps() -> None:
             assert ua.trunks["default"].channels.in_use == 0
 
 
+async def test_a_call_that_may_not_wait_longer_gives_up_on_a_full_trunk() -> None:
+    async with Callee(180) as callee:
+        trunk = TrunkConfig.from_uri(callee.uri, max_channels=1)
+        async with UserAgent(options(), [trunk]) as ua:
+            first = await ua.place_call("1", media=MEDIA, ring_timeout_s=30)
+            started = asyncio.get_running_loop().time()
+            with pytest.raises(TrunkBusy) as caught:
+                await ua.place_call("2", media=MEDIA, wait_s=0.2)
+            waited = asyncio.get_running_loop().time() - started
+            assert caught.value.waited and 0.19 <= waited < 1.0
+            assert ua.trunks["default"].channels.in_use == 1  # nothing leaked
+            await asyncio.sleep(0.05)
+            assert len(callee.invites) == 1
+            first.hangup()
+            await asyncio.wait_for(first.ended(), 5)
+            # A free channel needs no waiting, whatever the limit.
+            third = await ua.place_call("3", media=MEDIA, wait_s=0.0)
+            third.hangup()
+            await asyncio.wait_for(third.ended(), 5)
+            assert ua.trunks["default"].channels.in_use == 0
+
+
 async def test_timer_b_ends_a_call_nobody_answers() -> None:
     silent = udp_peer()
     host, port = silent.getsockname()
