@@ -9,8 +9,16 @@ the call already ended and changes nothing.
 
 Events are handled in batches (whatever is ready, up to ``batch_size``): one
 transaction and one statement per kind of change for the whole batch, since
-the per-call cost was the round trips and commits, not the rows. A batch the
-database refuses is retried event by event, so one bad event fails alone.
+the per-call cost was the round trips and commits, not the rows. A batch that
+fails for any reason but the database being away is retried event by event,
+so one bad event fails alone. An ended call whose workflow step cannot be
+applied (branches that loop, a bug) is still closed and reported, and its
+record ends as failed (outcome ``workflow_error``): the call happened, and
+dead-lettering its end would leave the record in progress and the call
+dialing, to be taken for lost and dialled again.
+
+A call that ends after its list was cancelled or its workflow stopped ends
+its record as cancelled, as the cancel or the stop did the queued ones.
 """
 
 from __future__ import annotations
@@ -35,13 +43,22 @@ from scheduler.steps import (
     RECORD_COLUMNS,
     GraphCache,
     Writes,
+    _record_completed,
     apply_step,
+    complete_list_if_done,
     context_for,
     end_as_dnc,
     record_zone,
 )
+from scheduler.workflow import WORKFLOW_ERROR
 
-__all__ = ["EventConsumer", "call_completed_payload"]
+__all__ = [
+    "EventConsumer",
+    "call_completed_payload",
+    "end_record",
+    "is_transient",
+    "may_blame_record",
+]
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +137,66 @@ _NOTIFY_ALL = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"
 
 class _BadEvent(Exception):
     """An event the database refused on its own (a value of the wrong type, ...)."""
+
+
+# Errors that say nothing of the statement or its data: the same work may well
+# succeed when tried again (a deadlock, a serialization failure, a lock timeout).
+_RETRYABLE: tuple[type[BaseException], ...] = (
+    asyncpg.TransactionRollbackError,
+    asyncpg.LockNotAvailableError,
+    asyncpg.InsufficientResourcesError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """The database is away or refused for a passing reason: not the work's fault.
+
+    asyncpg files a value it could not encode beside a lost connection; that one
+    is the work's fault.
+    """
+    if isinstance(exc, CLIENT_DATA_ERROR):
+        return False
+    return isinstance(exc, (*DATABASE_AWAY, *_RETRYABLE))
+
+
+def may_blame_record(exc: BaseException) -> bool:
+    """Whether a record whose step raised ``exc`` may be ended as failed for it.
+
+    Not for a passing failure, nor for a statement the database cannot run at
+    all (an undefined column: code and schema apart, after a deploy): that
+    would fail every record, where waiting for the fix loses none.
+    """
+    return not is_transient(exc) and not isinstance(exc, asyncpg.SyntaxOrAccessError)
+
+
+async def end_record(
+    writes: Writes,
+    record: asyncpg.Record,
+    workflow: Mapping[str, Any],
+    status: str,
+    outcome: str,
+) -> None:
+    """End ``record`` outside its workflow graph (cancelled, or failed on a workflow error).
+
+    As a record the graph finishes: its status and outcome, a record.completed
+    event, and its list completed if this was the list's last open record. A
+    cancelled list stays cancelled.
+    """
+    writes.add(
+        """UPDATE records SET status = $2, outcome = $3, completed_at = now(),
+               updated_at = now() WHERE id = $1""",
+        record["id"],
+        status,
+        outcome,
+    )
+    _record_completed(writes, record, workflow, status, outcome)
+    if record["list_id"] is not None and (
+        await writes.conn.fetchval("SELECT status FROM lists WHERE id = $1", record["list_id"])
+        == "active"
+    ):
+        # The check reads the list's records: this one's new status first.
+        await writes.flush()
+        await complete_list_if_done(writes.conn, record, workflow)
 
 
 # A batch's ended calls, closed in one statement; RETURNING gives the rows as ended.
@@ -245,14 +322,20 @@ class EventConsumer:
         """Handle one event now, in a transaction of its own."""
         await self.handle_many([event])
 
-    async def handle_many(self, events: Sequence[CallEvent]) -> None:
-        """Handle ``events`` in one transaction (a duplicate changes nothing)."""
+    async def handle_many(
+        self, events: Sequence[CallEvent], *, workflow_failed: bool = False
+    ) -> None:
+        """Handle ``events`` in one transaction (a duplicate changes nothing).
+
+        ``workflow_failed``: the calls' records are not taken to their next
+        step (it failed already) but ended as failed, outcome ``workflow_error``.
+        """
         async with self.pool.acquire() as conn, conn.transaction():
-            await self._apply(conn, events)
+            await self._apply(conn, events, workflow_failed=workflow_failed)
 
     async def _handle_batch(self, events: Sequence[CallEvent]) -> list[BaseException | None]:
-        """One transaction for the batch; if the database refuses it, each event alone,
-        so that one bad event fails by itself and the rest go on."""
+        """One transaction for the batch; if it fails, each event alone, so that one
+        bad event fails by itself and the rest go on."""
         failure: BaseException
         try:
             await self.handle_many(events)
@@ -263,16 +346,63 @@ class EventConsumer:
             failure = _BadEvent(str(exc))
         except DATABASE_AWAY:
             raise  # every caller waits and submits again
-        except asyncpg.PostgresError as exc:
+        except Exception as exc:
+            # A bug, or a workflow whose step cannot be taken, as much as a
+            # statement the database refused: never the whole batch's fault.
             failure = exc
         if len(events) == 1:
-            return [failure]
+            return [await self._without_step(events[0], failure)]
         results: list[BaseException | None] = []
         for event in events:
             results.extend(await self._handle_batch([event]))
         return results
 
-    async def _apply(self, conn: asyncpg.Connection, events: Sequence[CallEvent]) -> None:
+    async def _without_step(self, event: CallEvent, failure: BaseException) -> BaseException | None:
+        """An event that fails alone: close its call all the same, its record failed.
+
+        Tried again without the record's next step, which is what fails unless
+        the event itself is bad; then this fails the same way and the original
+        failure stands. Not after a passing failure (a deadlock) nor one of the
+        code's (see may_blame_record): the event is delivered again later.
+        """
+        if not may_blame_record(failure):
+            return failure
+        try:
+            await self.handle_many([event], workflow_failed=True)
+        except Exception as exc:
+            if isinstance(exc, DATABASE_AWAY) and not isinstance(exc, CLIENT_DATA_ERROR):
+                raise  # every caller waits and submits again
+            log.exception(
+                "call %s of record %s: its end cannot be stored (%s: %s)",
+                event.call_id,
+                event.record_id,
+                type(failure).__name__,
+                failure,
+                extra={"call_id": event.call_id, "record_id": event.record_id},
+            )
+            return failure
+        log.error(
+            "call %s of record %s: the workflow step after the call failed; the call is "
+            "stored and the record ends as failed (%s)",
+            event.call_id,
+            event.record_id,
+            WORKFLOW_ERROR,
+            exc_info=failure,
+            extra={
+                "call_id": event.call_id,
+                "record_id": event.record_id,
+                "workflow_id": event.workflow_id,
+            },
+        )
+        return None
+
+    async def _apply(
+        self,
+        conn: asyncpg.Connection,
+        events: Sequence[CallEvent],
+        *,
+        workflow_failed: bool = False,
+    ) -> None:
         # Rows locked in id order: batches that share calls cannot deadlock.
         ids = sorted({uuid.UUID(e.call_id) for e in events})
         calls = {
@@ -317,10 +447,16 @@ class EventConsumer:
         if sendable := [note for note in notes if note is not None]:
             await conn.execute(_NOTIFY_ALL, PROGRESS_CHANNEL, sendable)
         if ending:
-            await self._end(conn, [(calls[i], e) for i, e in ending.items()])
+            await self._end(
+                conn, [(calls[i], e) for i, e in ending.items()], workflow_failed=workflow_failed
+            )
 
     async def _end(
-        self, conn: asyncpg.Connection, ending: list[tuple[asyncpg.Record, CallEvent]]
+        self,
+        conn: asyncpg.Connection,
+        ending: list[tuple[asyncpg.Record, CallEvent]],
+        *,
+        workflow_failed: bool = False,
     ) -> None:
         """Close the calls, their node runs and records' steps: set-based, one statement
         per kind for the whole batch."""
@@ -370,20 +506,46 @@ class EventConsumer:
                 record_ids,
             )
         }
-        workflows = {
-            r["id"]: {"workflow_key": r["workflow_key"], "name": r["name"]}
-            for r in await conn.fetch(
-                "SELECT id, workflow_key, name FROM workflows WHERE id = ANY($1::uuid[])",
-                list({call["workflow_id"] for call, _ in ending}),
-            )
-        }
+        workflows: dict[uuid.UUID, dict[str, Any]] = {}
+        # Why a record must stop when its call ends: what the API did to the
+        # queued records, in its words.
+        halts: dict[uuid.UUID, str] = {}
+        for r in await conn.fetch(
+            "SELECT id, workflow_key, name, status FROM workflows WHERE id = ANY($1::uuid[])",
+            list({call["workflow_id"] for call, _ in ending}),
+        ):
+            workflows[r["id"]] = {"workflow_key": r["workflow_key"], "name": r["name"]}
+            if r["status"] == "stopped":
+                halts[r["id"]] = "workflow_stopped"
+        list_ids = list({r["list_id"] for r in records.values() if r["list_id"] is not None})
+        cancelled_lists: set[uuid.UUID] = set()
+        if list_ids:  # records in no list need no look-up
+            cancelled_lists = {
+                r["id"]
+                for r in await conn.fetch(
+                    "SELECT id FROM lists WHERE id = ANY($1::uuid[]) AND status = 'cancelled'",
+                    list_ids,
+                )
+            }
         writes = Writes(conn)
         for call, event in ending:
             record = records.get(call["record_id"])
             if record is None:
                 continue  # the record was deleted meanwhile: nothing to report on
+            halt = (
+                "list_cancelled"
+                if record["list_id"] in cancelled_lists
+                else halts.get(record["workflow_id"])
+            )
             await self._ended(
-                writes, call, ended[call["id"]], record, workflows[call["workflow_id"]], event
+                writes,
+                call,
+                ended[call["id"]],
+                record,
+                workflows[call["workflow_id"]],
+                event,
+                halt=halt,
+                workflow_failed=workflow_failed,
             )
         await writes.flush()
 
@@ -395,8 +557,15 @@ class EventConsumer:
         record: asyncpg.Record,
         info: dict[str, Any],
         event: CallEvent,
+        *,
+        halt: str | None = None,
+        workflow_failed: bool = False,
     ) -> None:
-        """One ended call's outbox rows and its record's next step, queued on ``writes``."""
+        """One ended call's outbox rows and its record's next step, queued on ``writes``.
+
+        ``halt``: the record's list was cancelled or its workflow stopped (the
+        outcome to give it). ``workflow_failed``: its next step failed already.
+        """
         data = event.data
         disposition = ended["disposition"]
         recording = data.get("recording")
@@ -449,6 +618,10 @@ class EventConsumer:
             # Opted out now, or on the list since the job was planned (not dialled).
             await end_as_dnc(writes, record, info)
             return
+        if halt is not None:
+            # Calls in progress finish; their records go no further.
+            await end_record(writes, record, info, "cancelled", halt)
+            return
         if disposition == "expired":
             # Never dialled (it waited in the queue past its window): not an attempt.
             writes.add(
@@ -458,6 +631,9 @@ class EventConsumer:
                    WHERE id = $1""",
                 record["id"],
             )
+            return
+        if workflow_failed:
+            await end_record(writes, record, info, "failed", WORKFLOW_ERROR)
             return
         graph = await self.graphs.get(
             writes.conn, record["workflow_id"], record["workflow_version"]

@@ -9,6 +9,12 @@ the dial jobs. A job whose publish failed leaves its call ``queued``; the
 next tick republishes it, and the worker's claim on the call row makes a
 duplicate harmless. Calls of workers that stopped sending heartbeats are
 closed as ``worker_lost`` through the same path as any ended call.
+
+One workflow's failure (a bad setting the database refuses, a definition
+whose branches loop, a bug) is that workflow's alone: it is logged and the
+tick goes on with the others, the republishing and the lost workers. A
+record whose step fails is ended as ``failed`` (outcome ``workflow_error``)
+rather than holding back the rest of its workflow.
 """
 
 from __future__ import annotations
@@ -18,27 +24,31 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import asyncpg
 
 from dialer.bus import Broker
-from dialer.db import DATABASE_AWAY
+from dialer.db import CLIENT_DATA_ERROR, DATABASE_AWAY
 from dialer.messages import CallEvent, DialJob
 from dialer.take_back import CHANNEL as TAKE_BACK_CHANNEL
 from dialer.take_back import payloads as take_back_payloads
+from scheduler.consumer import end_record, may_blame_record
 from scheduler.pacing import DurationSummary, PacingMode, PacingStats, pace
 from scheduler.policy import WorkflowPolicy
 from scheduler.steps import (
     RECORD_COLUMNS,
     GraphCache,
+    StepResult,
     Writes,
     apply_step,
     context_for,
     dial_job,
     record_zone,
 )
+from scheduler.workflow import WORKFLOW_ERROR
 
 __all__ = ["Scheduler", "TickResult"]
 
@@ -52,6 +62,31 @@ class TickResult:
     deferred: int = 0
     republished: int = 0
     lost: int = 0
+    failed_workflows: int = 0
+
+    def add(self, other: TickResult) -> None:
+        self.published += other.published
+        self.finished += other.finished
+        self.deferred += other.deferred
+
+
+@dataclass(slots=True)
+class _Failing:
+    """A workflow failing tick after tick: logged again only now and then."""
+
+    error: str
+    ticks: int = 1
+    logged_at: float = field(default_factory=time.monotonic)
+
+
+def _away(exc: BaseException) -> bool:
+    """The database (or the broker's connection) is away: everybody's failure, not one
+    workflow's. asyncpg files a value it could not encode beside a lost connection."""
+    return isinstance(exc, DATABASE_AWAY) and not isinstance(exc, CLIENT_DATA_ERROR)
+
+
+class _RecordStepFailed(Exception):
+    """A record's step failed in a batch of many: the batch is redone record by record."""
 
 
 class Scheduler:
@@ -66,6 +101,7 @@ class Scheduler:
         worker_timeout_s: float = 30.0,
         clock: Callable[[], float] = time.time,
         tenant_ids: Sequence[uuid.UUID] | None = None,
+        failure_log_every_s: float = 60.0,
     ) -> None:
         self.pool = pool
         # A scheduler may serve some tenants only (a dedicated scheduler, or a test).
@@ -85,6 +121,10 @@ class Scheduler:
         # still up, and people dialled twice).
         self._outage = False
         self._judge_workers_from: float | None = None
+        # Workflows whose scheduling fails, by id: a broken one fails every
+        # tick, twice a second, and is logged in full once, then once a while.
+        self.failure_log_every_s = failure_log_every_s
+        self._failing: dict[uuid.UUID, _Failing] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         backoff = self.tick_s
@@ -119,17 +159,84 @@ class Scheduler:
             self.tenant_ids,
         )
         for workflow in workflows:
-            try:
-                await self._schedule_workflow(workflow, now, result)
-            except (asyncpg.PostgresError, *DATABASE_AWAY, ConnectionError):
+            await self._schedule_isolated(workflow, now, result)
+        # Workflows no longer active are not failing any more, merely gone.
+        active = {w["id"] for w in workflows}
+        for workflow_id in self._failing.keys() - active:
+            del self._failing[workflow_id]
+        try:
+            result.republished = await self._republish_stale(now)
+        except Exception as exc:
+            if _away(exc):
                 raise
-            except Exception:
-                # A bug or a bad row in one workflow must not stop the others.
-                log.exception("scheduling workflow %s failed", workflow["id"])
-        result.republished = await self._republish_stale(now)
+            log.exception("republishing stale dial jobs failed")
         if self._judge_workers_from is None or now >= self._judge_workers_from:
-            result.lost = await self._close_lost_calls(now)
+            try:
+                result.lost = await self._close_lost_calls(now)
+            except Exception as exc:
+                if _away(exc):
+                    raise
+                log.exception("closing the calls of lost workers failed")
         return result
+
+    async def _schedule_isolated(
+        self, workflow: asyncpg.Record, now: float, result: TickResult
+    ) -> None:
+        """Schedule one workflow; its failure is logged and goes no further.
+
+        The database or the broker being away is everybody's failure: it ends
+        the tick, for the run loop to wait. Anything else (a setting the
+        database refuses, a bug) is this workflow's. A record whose step fails
+        rolls back its whole batch: the batch is then redone record by record,
+        each in a savepoint, so that record alone is ended as failed.
+        """
+        part = TickResult()
+        try:
+            try:
+                await self._schedule_workflow(workflow, now, part)
+            except _RecordStepFailed:
+                part = TickResult()
+                await self._schedule_workflow(workflow, now, part, careful=True)
+        except Exception as exc:
+            if _away(exc):
+                raise
+            result.failed_workflows += 1
+            self._workflow_failed(workflow, exc)
+            return
+        result.add(part)
+        failing = self._failing.pop(workflow["id"], None)
+        if failing is not None:
+            log.info(
+                "workflow %s schedules again after %d failed ticks",
+                workflow["id"],
+                failing.ticks,
+                extra={"workflow_id": str(workflow["id"])},
+            )
+
+    def _workflow_failed(self, workflow: asyncpg.Record, exc: Exception) -> None:
+        workflow_id = workflow["id"]
+        error = f"{type(exc).__name__}: {exc}"
+        extra = {"workflow_id": str(workflow_id), "tenant_id": str(workflow["tenant_id"])}
+        failing = self._failing.get(workflow_id)
+        if failing is None or failing.error != error:
+            self._failing[workflow_id] = _Failing(error)
+            log.error(
+                "scheduling workflow %s failed; the tick goes on with the others",
+                workflow_id,
+                exc_info=exc,
+                extra=extra,
+            )
+            return
+        failing.ticks += 1
+        if time.monotonic() - failing.logged_at >= self.failure_log_every_s:
+            failing.logged_at = time.monotonic()
+            log.error(
+                "scheduling workflow %s still fails (%d ticks): %s",
+                workflow_id,
+                failing.ticks,
+                error,
+                extra=extra,
+            )
 
     async def _budget(
         self, conn: asyncpg.Connection, workflow: asyncpg.Record, policy: WorkflowPolicy, now: float
@@ -140,24 +247,37 @@ class Scheduler:
         # not asked again. Calls taken back unanswered leave the answer-rate and
         # hold-time samples: cut short, they say nothing of either.
         after = policy.pacing.cancel_ringing_after_s
+        # A queued call whose record has moved on (completed through the API
+        # meanwhile) will never be dialled: the worker refuses it. It takes no
+        # seat, and until the republishing ends it, it is not in flight. A call
+        # never claimed by a worker was never an attempt: not a finished one.
         row = await conn.fetchrow(
-            """SELECT
-                 count(*) FILTER (WHERE state IN ('queued', 'dialing', 'ringing')) AS in_flight,
+            """WITH c AS (
+                 SELECT c.*, (c.state IN ('dialing', 'ringing')
+                              OR (c.state = 'queued' AND r.status = 'in_progress'
+                                  AND r.last_call_id = c.id)) AS live
+                 FROM calls c
+                 LEFT JOIN records r ON c.state = 'queued' AND r.id = c.record_id
+                 WHERE c.workflow_id = $1
+                   AND (c.state <> 'ended' OR c.ended_at > now() - interval '1 hour'))
+               SELECT
+                 count(*) FILTER (WHERE live) AS in_flight,
                  count(*) FILTER (WHERE state = 'answered') AS talking,
                  coalesce(array_agg(extract(epoch FROM now() - coalesce(dialing_at, now()))
                                     ORDER BY id)
-                     FILTER (WHERE state IN ('queued', 'dialing', 'ringing')), '{}')
+                     FILTER (WHERE live), '{}')
                      AS in_flight_ages,
                  coalesce(array_agg(id::text ORDER BY id)
-                     FILTER (WHERE state IN ('queued', 'dialing', 'ringing')), '{}')
+                     FILTER (WHERE live), '{}')
                      AS in_flight_ids,
                  coalesce(array_agg(state = 'ringing' AND pacing_cancel_at IS NULL
                                     AND $2::float8 IS NOT NULL
                                     AND ringing_at <= now() - $2::float8 * interval '1 second'
                                     ORDER BY id)
-                     FILTER (WHERE state IN ('queued', 'dialing', 'ringing')), '{}')
+                     FILTER (WHERE live), '{}')
                      AS cancellable,
                  count(*) FILTER (WHERE state = 'ended' AND ended_at > now() - interval '1 hour'
+                                  AND dialing_at IS NOT NULL
                                   AND (end_reason IS DISTINCT FROM 'pacing'
                                        OR answered_at IS NOT NULL))
                      AS finished,
@@ -175,8 +295,7 @@ class Scheduler:
                              AND end_reason IS DISTINCT FROM 'pacing'), 0) AS hold_sd,
                  coalesce(avg(extract(epoch FROM ended_at - answered_at))
                      FILTER (WHERE answered_at IS NOT NULL AND state = 'ended'), 0) AS handle_mean
-               FROM calls WHERE workflow_id = $1
-                 AND (state <> 'ended' OR ended_at > now() - interval '1 hour')""",
+               FROM c""",
             workflow["id"],
             after,
         )
@@ -249,8 +368,13 @@ class Scheduler:
         return len(ids)
 
     async def _schedule_workflow(
-        self, workflow: asyncpg.Record, now: float, result: TickResult
+        self, workflow: asyncpg.Record, now: float, result: TickResult, *, careful: bool = False
     ) -> None:
+        """Take the workflow's due records and apply their steps, in one transaction.
+
+        ``careful``: each record's step in a savepoint of its own, so that a
+        step that fails is undone alone and its record ended as failed.
+        """
         policy = WorkflowPolicy.from_settings(workflow["settings"])
         jobs: list[DialJob] = []
         async with self.pool.acquire() as conn, conn.transaction():
@@ -258,11 +382,15 @@ class Scheduler:
             # With no budget, only waits that end are taken: they cost nothing
             # unless they lead to a call, which then stays queued.
             statuses = ["queued", "waiting"] if budget else ["waiting"]
+            # A cancelled list's records are cancelled with it; one that slipped
+            # back to queued (its call ending as the list was cancelled) is
+            # never dialled all the same.
             records = await conn.fetch(
                 f"""SELECT {RECORD_COLUMNS} FROM records r
                     LEFT JOIN lists l ON l.id = r.list_id
                     WHERE r.workflow_id = $1 AND r.status = ANY($4::text[])
                       AND r.next_attempt_at <= to_timestamp($2)
+                      AND (l.id IS NULL OR l.status <> 'cancelled')
                       AND (l.id IS NULL OR l.settings->>'start_at' IS NULL
                            OR (l.settings->>'start_at')::timestamptz <= to_timestamp($2))
                     ORDER BY coalesce((l.settings->>'priority')::int, 0) DESC,
@@ -289,33 +417,103 @@ class Scheduler:
             # of statement for the whole batch, not three per record.
             writes = Writes(conn)
             for record in records:
-                graph = await self.graphs.get(
-                    conn, record["workflow_id"], record["workflow_version"]
-                )
-                zone = record_zone(record, graph.policy)[0]
-                context = context_for(record)
-                if record["current_node"] is None:
-                    step = graph.first_step(context, now, zone)
+                dnc_listed = record["phone_e164"] in dnc
+                may_dial = len(jobs) < budget
+                if careful:
+                    outcome = await self._step_alone(conn, record, now, info, dnc_listed, may_dial)
                 else:
-                    step = graph.enter(record["current_node"], context, now, zone)
-                outcome = await apply_step(
-                    conn,
-                    record,
-                    graph,
-                    step,
-                    now,
-                    info,
-                    dnc=record["phone_e164"] in dnc,
-                    may_dial=len(jobs) < budget,
-                    writes=writes,
-                )
+                    try:
+                        outcome = await self._step(writes, record, now, info, dnc_listed, may_dial)
+                    except Exception as exc:
+                        if not may_blame_record(exc):
+                            raise
+                        # The writes of the records before it are queued with
+                        # whatever it queued before failing: all is undone.
+                        raise _RecordStepFailed from exc
                 jobs.extend(outcome.jobs)
                 result.finished += outcome.finished
                 result.deferred += outcome.deferred
-            await writes.flush()
+            try:
+                await writes.flush()
+            except Exception as exc:
+                if careful or not may_blame_record(exc):
+                    raise
+                # Some record's write the database refused (a wait beyond its
+                # calendar, ...): which one, only record by record can tell.
+                raise _RecordStepFailed from exc
         if jobs:
             await self._publish(jobs)
             result.published += len(jobs)
+
+    async def _step(
+        self,
+        writes: Writes,
+        record: asyncpg.Record,
+        now: float,
+        info: Mapping[str, Any],
+        dnc: bool,
+        may_dial: bool,
+    ) -> StepResult:
+        """Decide a due record's step and queue its writes on ``writes``."""
+        graph = await self.graphs.get(
+            writes.conn, record["workflow_id"], record["workflow_version"]
+        )
+        zone = record_zone(record, graph.policy)[0]
+        context = context_for(record)
+        if record["current_node"] is None:
+            step = graph.first_step(context, now, zone)
+        else:
+            step = graph.enter(record["current_node"], context, now, zone)
+        return await apply_step(
+            writes.conn,
+            record,
+            graph,
+            step,
+            now,
+            info,
+            dnc=dnc,
+            may_dial=may_dial,
+            writes=writes,
+        )
+
+    async def _step_alone(
+        self,
+        conn: asyncpg.Connection,
+        record: asyncpg.Record,
+        now: float,
+        info: Mapping[str, Any],
+        dnc: bool,
+        may_dial: bool,
+    ) -> StepResult:
+        """A record's step in a savepoint: if it fails, the record is ended as failed."""
+        try:
+            async with conn.transaction():
+                writes = Writes(conn)
+                outcome = await self._step(writes, record, now, info, dnc, may_dial)
+                await writes.flush()
+            return outcome
+        except Exception as exc:
+            if not may_blame_record(exc):
+                raise
+            log.error(
+                "record %s of workflow %s: its workflow step failed (%s: %s); "
+                "the record ends as failed (%s)",
+                record["id"],
+                record["workflow_id"],
+                type(exc).__name__,
+                exc,
+                WORKFLOW_ERROR,
+                exc_info=exc,
+                extra={
+                    "record_id": str(record["id"]),
+                    "workflow_id": str(record["workflow_id"]),
+                    "node_id": record["current_node"],
+                },
+            )
+        writes = Writes(conn)
+        await end_record(writes, record, info, "failed", WORKFLOW_ERROR)
+        await writes.flush()
+        return StepResult(finished=True)
 
     async def _publish(self, jobs: list[DialJob]) -> None:
         await self.broker.publish_jobs([(job.call_id, job.to_bytes()) for job in jobs])
@@ -333,6 +531,10 @@ class Scheduler:
     async def _republish_stale(self, now: float) -> int:
         """Jobs whose publish never confirmed: publish again (the claim makes it safe).
 
+        A queued call whose record has moved on (completed or cancelled through
+        the API, or on to another call) is ended instead: every worker refuses
+        to dial it, so republishing it would go on forever.
+
         Staleness and heartbeats are judged on the database's clock, the one
         clock every process shares.
         """
@@ -348,6 +550,7 @@ class Scheduler:
             self.tenant_ids,
         )
         jobs = []
+        moved_on: list[uuid.UUID] = []
         for row in rows:
             graph = await self.graphs.get(self.pool, row["workflow_id"], row["workflow_version"])
             node = graph.nodes.get(row["node_id"])
@@ -364,14 +567,54 @@ class Scheduler:
                     row["call_id"],
                 )
                 continue
+            if row["status"] != "in_progress" or row["last_call_id"] != row["call_id"]:
+                moved_on.append(row["call_id"])
+                continue
             jobs.append(
                 dial_job(
                     row["call_id"], row, graph, row["node_id"], node, now, attempt=row["attempts"]
                 )
             )
+        if moved_on:
+            await self._end_moved_on(moved_on)
         if jobs:
             await self._publish(jobs)
         return len(jobs)
+
+    async def _end_moved_on(self, call_ids: list[uuid.UUID]) -> None:
+        """End queued calls whose record no longer waits for them, and their node runs.
+
+        The condition is read again under the row locks: a record does not come
+        back to a call it left, but the read above was not locked. A call a
+        worker is claiming is skipped (the claim refuses it; the next pass ends it).
+        """
+        async with self.pool.acquire() as conn, conn.transaction():
+            ended = await conn.fetch(
+                """WITH gone AS (
+                       SELECT c.id FROM calls c JOIN records r ON r.id = c.record_id
+                       WHERE c.id = ANY($1::uuid[]) AND c.state = 'queued'
+                         AND (r.status <> 'in_progress' OR r.last_call_id IS DISTINCT FROM c.id)
+                       ORDER BY c.id FOR UPDATE OF c SKIP LOCKED)
+                   UPDATE calls c SET state = 'ended', disposition = 'cancelled',
+                       ended_at = now(), hangup_by = 'system',
+                       sip_reason = 'never dialled: its record no longer waits for it'
+                   FROM gone WHERE c.id = gone.id
+                   RETURNING c.id, c.record_id, c.node_run_id""",
+                call_ids,
+            )
+            await conn.execute(
+                """UPDATE node_runs SET status = 'cancelled', outcome = 'cancelled',
+                       ended_at = now()
+                   WHERE id = ANY($1::uuid[]) AND status = 'running'""",
+                [r["node_run_id"] for r in ended if r["node_run_id"] is not None],
+            )
+        for r in ended:
+            log.info(
+                "ended queued call %s of record %s: the record no longer waits for it",
+                r["id"],
+                r["record_id"],
+                extra={"call_id": str(r["id"]), "record_id": str(r["record_id"])},
+            )
 
     async def _close_lost_calls(self, now: float) -> int:
         """Calls held by a worker that stopped beating: end them as worker_lost."""

@@ -23,6 +23,7 @@ from scheduler.policy import WorkflowPolicy, retry_outcome
 from scheduler.retries import Retry, decide_retry
 
 __all__ = [
+    "WORKFLOW_ERROR",
     "Context",
     "Finish",
     "PlaceCall",
@@ -45,6 +46,9 @@ _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 # person answered, or one the bot transferred, was answered.
 _BROADER = {"human": "answered", "transferred": "answered"}
 MAX_INLINE_STEPS = 50
+# The outcome of a record ended as failed because its workflow could not say
+# what comes next (branches that loop, a bug): it must not hold back the others.
+WORKFLOW_ERROR = "workflow_error"
 
 
 class WorkflowLoopError(RuntimeError):

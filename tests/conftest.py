@@ -45,34 +45,47 @@ def testdata_dir() -> Path | None:
     return None
 
 
+async def _create_database(name: str) -> None:
+    admin = await asyncpg.connect(ADMIN_URL)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(_with_database(ADMIN_URL, name))
+    try:
+        await apply_migrations(conn)
+    finally:
+        await conn.close()
+
+
+async def _drop_database(name: str) -> None:
+    admin = await asyncpg.connect(ADMIN_URL)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     name = f"dialer_test_{os.getpid()}_{secrets.token_hex(3)}"
-
-    async def create() -> None:
-        admin = await asyncpg.connect(ADMIN_URL)
-        try:
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-        conn = await asyncpg.connect(_with_database(ADMIN_URL, name))
-        try:
-            await apply_migrations(conn)
-        finally:
-            await conn.close()
-
-    async def drop() -> None:
-        admin = await asyncpg.connect(ADMIN_URL)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-    asyncio.run(create())
+    asyncio.run(_create_database(name))
     try:
         yield _with_database(ADMIN_URL, name)
     finally:
-        asyncio.run(drop())
+        asyncio.run(_drop_database(name))
+
+
+@pytest.fixture
+def own_database_url() -> Iterator[str]:
+    """A database of the test's own, for a process that serves every tenant it
+    finds (the demo's stack): nothing other tests left behind reaches it."""
+    name = f"dialer_own_{os.getpid()}_{secrets.token_hex(3)}"
+    asyncio.run(_create_database(name))
+    try:
+        yield _with_database(ADMIN_URL, name)
+    finally:
+        asyncio.run(_drop_database(name))
 
 
 @pytest.fixture

@@ -48,9 +48,9 @@ def _environment(database_url: str, data_dir: Path) -> dict[str, str]:
 
 
 async def test_a_short_demo_passes_every_check(
-    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    own_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    env = _environment(database_url, tmp_path)
+    env = _environment(own_database_url, tmp_path)
     for name in [k for k in os.environ if k.startswith("DIALER_")]:
         monkeypatch.delenv(name)
     for name, value in env.items():
@@ -103,11 +103,11 @@ async def test_a_short_demo_passes_every_check(
     assert len(report.calls_by_worker) == 2 and "" not in report.calls_by_worker
 
 
-def test_the_demo_command_exits_zero(database_url: str, tmp_path: Path) -> None:
+def test_the_demo_command_exits_zero(own_database_url: str, tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "dialer.cli", "demo", "--records", "6", "--no-live",
          "--pacing", "progressive", "--timeout", "150"],
-        env=_environment(database_url, tmp_path),
+        env=_environment(own_database_url, tmp_path),
         capture_output=True,
         text=True,
         timeout=200,
