@@ -36,11 +36,27 @@ from dialer.db import DATABASE_AWAY, while_database_away
 from dialer.messages import CallEvent, DialJob, MessageError, encode_events
 from dialer.take_back import TakeBackListener
 
-__all__ = ["CallRunner", "Claim", "Emit", "Worker"]
+__all__ = ["CallRunner", "Claim", "Emit", "Worker", "storable"]
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+def storable(value: Any) -> Any:
+    """``value`` with every NUL character taken out of its strings and keys.
+
+    PostgreSQL stores no NUL in text or jsonb; an ended event carries strings
+    from the far end (a SIP reason phrase, a voicebot's result), and one the
+    database refuses would leave the call's outcome unstored for good.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(v) for v in value]
+    return value
 
 
 class Claim(Enum):
@@ -237,7 +253,7 @@ class Worker:
         job comes back (to us or another worker), finds its call claimed, and
         is acknowledged without dialling.
         """
-        event = self._event(job, "ended", data)
+        event = self._event(job, "ended", storable(data))
         delay_s = 0.2
         while True:
             try:

@@ -11,7 +11,7 @@ import asyncpg
 
 from dialer.bus import Broker
 from dialer.messages import DialJob, decode_events
-from dialer.worker import Emit, Worker
+from dialer.worker import Emit, Worker, storable
 from scheduler.consumer import EventConsumer
 from scheduler.engine import Scheduler
 from tests.conftest import make_tenant
@@ -243,6 +243,48 @@ async def test_job_that_outlives_the_calling_window_is_not_dialled(
         await consumer.close()
     assert runner.calls == [] and worker.dialled == 0
     assert await pool.fetchval("SELECT attempts FROM records WHERE id = $1", ids[0]) == 0
+
+
+def test_storable_takes_nul_out_of_every_string_and_key() -> None:
+    data = {"sip_reason": "O\x00K", "bot_result": {"values": {"a\x00": ["x\x00y", 1]}}, "n": 2}
+    assert storable(data) == {
+        "sip_reason": "OK",
+        "bot_result": {"values": {"a": ["xy", 1]}},
+        "n": 2,
+    }
+
+
+class NulBot(ScriptedRunner):
+    """A call whose far end put NUL characters in what it sent back."""
+
+    async def run(self, job: DialJob, emit: Emit) -> dict[str, Any]:
+        data = await super().run(job, emit)
+        return data | {
+            "sip_reason": "Normal\x00Clearing",
+            "bot_result": {"outcome": "completed", "values": {"answer\x00": "ye\x00s"}},
+        }
+
+
+async def test_an_end_with_nul_characters_is_stored_without_them(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    tenant = await make_tenant(pool, "wrk")
+    workflow = await _workflow(pool, tenant)
+    (record_id,) = await _records(pool, tenant, workflow, ["2125550751"])
+    clock = Clock(NOON)
+    worker = Worker(pool, broker, NulBot(), capacity=2, clock=lambda: clock.now)
+    consumer = EventConsumer(pool, broker)
+    await consumer.start()
+    await worker.start()
+    try:
+        await Scheduler(pool, broker, clock=clock, tenant_ids=[tenant.id]).tick()
+        await _settle(pool, "SELECT status = 'completed' FROM records WHERE id = $1", record_id)
+    finally:
+        await worker.close()
+        await consumer.close()
+    call = await pool.fetchrow("SELECT * FROM calls WHERE record_id = $1", record_id)
+    assert call["sip_reason"] == "NormalClearing"
+    assert call["bot_result"]["values"] == {"answer": "yes"}
 
 
 class BlipPool:
