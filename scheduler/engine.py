@@ -89,6 +89,10 @@ class _RecordStepFailed(Exception):
     """A record's step failed in a batch of many: the batch is redone record by record."""
 
 
+# The advisory lock class of "scheduling this workflow" (seats use 24231).
+_SCHEDULE_LOCK_CLASS = 24232
+
+
 class Scheduler:
     def __init__(
         self,
@@ -120,6 +124,7 @@ class Scheduler:
         # before any is judged lost (else their calls would be retried while
         # still up, and people dialled twice).
         self._outage = False
+        self._ticked = False
         self._judge_workers_from: float | None = None
         # Workflows whose scheduling fails, by id: a broken one fails every
         # tick, twice a second, and is logged in full once, then once a while.
@@ -147,6 +152,11 @@ class Scheduler:
     async def tick(self) -> TickResult:
         result = TickResult()
         now = self.clock()
+        if not self._ticked:
+            # A scheduler (re)started, maybe during or just after an outage it
+            # never saw: workers get the same time to beat before it judges any.
+            self._ticked = True
+            self._judge_workers_from = now + self.worker_timeout_s
         if self._outage:
             self._outage = False
             self._judge_workers_from = now + self.worker_timeout_s
@@ -378,6 +388,15 @@ class Scheduler:
         policy = WorkflowPolicy.from_settings(workflow["settings"])
         jobs: list[DialJob] = []
         async with self.pool.acquire() as conn, conn.transaction():
+            # Schedulers side by side (a rolling deploy, a dedicated one for some
+            # tenants) take turns per workflow: two budgets from one snapshot would
+            # each spend the same free seats. The other one has this tick's turn.
+            if not await conn.fetchval(
+                "SELECT pg_try_advisory_xact_lock($1, hashtext($2::uuid::text))",
+                _SCHEDULE_LOCK_CLASS,
+                workflow["id"],
+            ):
+                return
             budget = await self._budget(conn, workflow, policy, now)
             # With no budget, only waits that end are taken: they cost nothing
             # unless they lead to a call, which then stays queued.
@@ -539,9 +558,12 @@ class Scheduler:
         clock every process shares.
         """
         rows = await self.pool.fetch(
-            f"""SELECT c.id AS call_id, c.node_id, {RECORD_COLUMNS}
+            f"""SELECT c.id AS call_id, c.node_id, w.status AS workflow_status, {RECORD_COLUMNS}
                 FROM calls c JOIN records r ON r.id = c.record_id
+                JOIN workflows w ON w.id = c.workflow_id
                 WHERE c.state = 'queued'
+                  -- A paused workflow's calls wait, queued, for its resume.
+                  AND w.status IN ('active', 'stopped')
                   AND ($2::uuid[] IS NULL OR c.tenant_id = ANY($2::uuid[]))
                   AND coalesce(c.published_at, c.created_at)
                       < now() - $1 * interval '1 second'
@@ -551,6 +573,7 @@ class Scheduler:
         )
         jobs = []
         moved_on: list[uuid.UUID] = []
+        stopped: list[asyncpg.Record] = []
         for row in rows:
             graph = await self.graphs.get(self.pool, row["workflow_id"], row["workflow_version"])
             node = graph.nodes.get(row["node_id"])
@@ -570,6 +593,11 @@ class Scheduler:
             if row["status"] != "in_progress" or row["last_call_id"] != row["call_id"]:
                 moved_on.append(row["call_id"])
                 continue
+            if row["workflow_status"] == "stopped":
+                # Never dialled, and never will be (no worker claims it): it ends
+                # as the stop ended the queued records, through the consumer.
+                stopped.append(row)
+                continue
             jobs.append(
                 dial_job(
                     row["call_id"], row, graph, row["node_id"], node, now, attempt=row["attempts"]
@@ -577,6 +605,27 @@ class Scheduler:
             )
         if moved_on:
             await self._end_moved_on(moved_on)
+        if stopped:
+            events = [
+                CallEvent(
+                    call_id=str(r["call_id"]),
+                    record_id=str(r["id"]),
+                    tenant_id=str(r["tenant_id"]),
+                    workflow_id=str(r["workflow_id"]),
+                    kind="ended",
+                    at=now,
+                    worker_id="",
+                    data={
+                        "disposition": "cancelled",
+                        "hangup_by": "system",
+                        "end_reason": "workflow_stopped",
+                    },
+                )
+                for r in stopped
+            ]
+            await self.broker.publish_events(
+                [(e.routing_key, f"{e.call_id}:stopped", e.to_bytes()) for e in events]
+            )
         if jobs:
             await self._publish(jobs)
         return len(jobs)
@@ -626,6 +675,9 @@ class Scheduler:
                  -- Only silence counts: a worker that stopped cleanly has its
                  -- calls' ended events in the queue, which must win.
                  AND (w.id IS NULL OR w.last_seen_at < now() - $1 * interval '1 second')
+                 -- Nobody could beat while the server was down: a restarted
+                 -- database gives the workers the same time to beat again.
+                 AND pg_postmaster_start_time() < now() - $1 * interval '1 second'
                LIMIT 500""",
             self.worker_timeout_s,
             self.tenant_ids,

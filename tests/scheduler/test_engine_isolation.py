@@ -19,9 +19,10 @@ import pytest
 
 from dialer.bus import MemoryBroker
 from dialer.ids import new_id
+from scheduler.consumer import EventConsumer
 from scheduler.engine import Scheduler
 from tests.conftest import Tenant, make_tenant
-from tests.scheduler.test_engine import NOON, SETTINGS, Clock, _records, _workflow
+from tests.scheduler.test_engine import NOON, SETTINGS, Clock, _records, _settle, _workflow
 from tests.workflow_setup import insert_workflow
 
 
@@ -54,8 +55,10 @@ async def test_a_workflow_the_database_refuses_fails_alone_and_is_logged_once(
     tenant = await make_tenant(pool, "iso")
     good = await _workflow(pool, tenant)
     first, second = await _records(pool, tenant, good, ["2125551101", "2125551102"])
-    scheduler = Scheduler(pool, memory_broker, clock=Clock(NOON), tenant_ids=[tenant.id])
+    clock = Clock(NOON)
+    scheduler = Scheduler(pool, memory_broker, clock=clock, tenant_ids=[tenant.id])
     assert (await scheduler.tick()).published == 2
+    clock.now = NOON + 31  # past the grace a scheduler gives workers when it starts
     # One call's job was never confirmed published; the other's worker died.
     await pool.execute(
         "UPDATE calls SET published_at = now() - interval '1 hour' WHERE record_id = $1", first
@@ -239,3 +242,58 @@ async def test_a_queued_call_whose_record_moved_on_is_ended_not_republished(
     )
     assert [tuple(r) for r in ended] == [("ended", "cancelled", "cancelled")] * 2
     assert await pool.fetchval("SELECT state FROM calls WHERE id = $1", calls[2]) == "queued"
+
+
+async def test_a_workflow_another_scheduler_is_scheduling_is_left_to_it(
+    pool: asyncpg.Pool,
+) -> None:
+    """Two schedulers never plan one workflow from the same snapshot (each would
+    spend the same free seats): while one holds the workflow, the other skips it."""
+    tenant = await make_tenant(pool, "iso")
+    workflow = await _workflow(pool, tenant)
+    await _records(pool, tenant, workflow, ["2125550961", "2125550962"])
+    clock = Clock(NOON)
+    scheduler = Scheduler(pool, MemoryBroker("turns"), clock=clock, tenant_ids=[tenant.id])
+    async with pool.acquire() as other:
+        await other.execute(
+            "SELECT pg_advisory_lock(24232, hashtext($1::uuid::text))", workflow["id"]
+        )
+        try:
+            assert (await scheduler.tick()).published == 0
+        finally:
+            await other.execute(
+                "SELECT pg_advisory_unlock(24232, hashtext($1::uuid::text))", workflow["id"]
+            )
+    assert (await scheduler.tick()).published == 2
+
+
+async def test_queued_calls_of_paused_workflows_wait_and_of_stopped_ones_end(
+    pool: asyncpg.Pool, memory_broker: MemoryBroker
+) -> None:
+    tenant = await make_tenant(pool, "iso")
+    paused = await _workflow(pool, tenant)
+    stopped = await _workflow(pool, tenant)
+    (waiting,) = await _records(pool, tenant, paused, ["2125550971"])
+    (ending,) = await _records(pool, tenant, stopped, ["2125550972"])
+    scheduler = Scheduler(
+        pool, memory_broker, clock=Clock(NOON), tenant_ids=[tenant.id], republish_after_s=0
+    )
+    assert (await scheduler.tick()).published == 2
+    await pool.execute("UPDATE workflows SET status = 'paused' WHERE id = $1", paused["id"])
+    await pool.execute("UPDATE workflows SET status = 'stopped' WHERE id = $1", stopped["id"])
+    consumer = EventConsumer(pool, memory_broker)
+    await consumer.start()
+    try:
+        assert (await scheduler.tick()).republished == 0  # nothing to dial while paused
+        await _settle(pool, "SELECT status = 'cancelled' FROM records WHERE id = $1", ending)
+    finally:
+        await consumer.close()
+    call = await pool.fetchrow("SELECT state, disposition FROM calls WHERE record_id = $1", ending)
+    assert (call["state"], call["disposition"]) == ("ended", "cancelled")
+    assert await pool.fetchval("SELECT status FROM records WHERE id = $1", waiting) == (
+        "in_progress"
+    )
+    assert await pool.fetchval("SELECT state FROM calls WHERE record_id = $1", waiting) == "queued"
+    # Resumed, its call goes out again.
+    await pool.execute("UPDATE workflows SET status = 'active' WHERE id = $1", paused["id"])
+    assert (await scheduler.tick()).republished == 1

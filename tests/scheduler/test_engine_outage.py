@@ -65,3 +65,30 @@ async def test_workers_get_time_to_beat_again_after_an_outage(pool: asyncpg.Pool
     assert (await scheduler.tick()).lost == 0  # still within the grace after the outage
     clock.now = NOON + 60
     assert (await scheduler.tick()).lost == 1  # silent past the grace: lost
+
+
+async def test_a_scheduler_just_started_gives_workers_time_to_beat(pool: asyncpg.Pool) -> None:
+    """Started during or after an outage it never saw (its supervisor restarted it),
+    a scheduler judges no worker before worker_timeout_s has passed."""
+    tenant = await make_tenant(pool, "out")
+    workflow = await _workflow(pool, tenant)
+    (record_id,) = await _records(pool, tenant, workflow, ["2125550952"])
+    clock = Clock(NOON)
+    first = Scheduler(pool, MemoryBroker("fresh"), clock=clock, tenant_ids=[tenant.id])
+    assert (await first.tick()).published == 1
+    call_id = await pool.fetchval("SELECT last_call_id FROM records WHERE id = $1", record_id)
+    quiet = f"w-quiet-{secrets.token_hex(3)}"
+    await pool.execute(
+        "INSERT INTO workers (id, last_seen_at) VALUES ($1, now() - interval '40 seconds')", quiet
+    )
+    await pool.execute(
+        "UPDATE calls SET state = 'answered', worker_id = $2 WHERE id = $1", call_id, quiet
+    )
+    fresh = Scheduler(
+        pool, MemoryBroker("fresh"), clock=clock, tenant_ids=[tenant.id], worker_timeout_s=30
+    )
+    assert (await fresh.tick()).lost == 0
+    clock.now = NOON + 10
+    assert (await fresh.tick()).lost == 0
+    clock.now = NOON + 31
+    assert (await fresh.tick()).lost == 1  # still silent past the grace: lost
