@@ -645,7 +645,13 @@ class EventConsumer:
             result=_bot_context(data.get("bot_result")),
         )
         step = graph.after_call(
-            call["node_id"], disposition, record["node_attempts"], context, event.at, zone
+            call["node_id"],
+            disposition,
+            record["node_attempts"],
+            context,
+            event.at,
+            zone,
+            attempts_total=record["attempts"],
         )
         await apply_step(
             writes.conn, record, graph, step, event.at, info, may_dial=False, writes=writes

@@ -5,11 +5,11 @@ Rules of this file:
 1. A workflow's policy names, for each outcome that may be retried, a delay
    and a maximum number of attempts. An outcome it does not name is not
    retried: a record is only called again when someone asked for it.
-2. ``attempts_so_far`` counts every attempt on the record, the one that just
-   ended included. An outcome's ``max_attempts`` caps that total as seen when
-   the outcome occurs, and the policy's ``max_attempts_total`` caps all of
-   them: a person who has been busy twice and unanswered twice has been rung
-   four times.
+2. ``attempts_so_far`` counts the attempts at the call node that just ended
+   (that one included): an outcome's ``max_attempts`` caps it. The policy's
+   ``max_attempts_total`` caps every attempt on the record, at any call node
+   (``total_attempts``, by default the same count): a person who has been
+   busy twice and unanswered twice has been rung four times.
 3. Time is a float of seconds passed in (``now``); the caller turns the answer
    into the record's due time, then into the calling window's next opening.
 """
@@ -209,19 +209,27 @@ RetryDecision = Retry | GiveUp
 
 
 def decide_retry(
-    policy: RetryPolicy, outcome: Outcome | str, attempts_so_far: int, now: float
+    policy: RetryPolicy,
+    outcome: Outcome | str,
+    attempts_so_far: int,
+    now: float,
+    *,
+    total_attempts: int | None = None,
 ) -> RetryDecision:
     """Whether and when to retry after an attempt ended with ``outcome``.
 
-    ``attempts_so_far`` includes the attempt that just ended. Raises ValueError
-    for an unknown outcome name or a count below one.
+    ``attempts_so_far`` includes the attempt that just ended; ``total_attempts``
+    (every attempt on the record, default ``attempts_so_far``) is what
+    ``max_attempts_total`` caps. Raises ValueError for an unknown outcome name
+    or a count below one.
     """
     if attempts_so_far < 1:
         raise ValueError(f"attempts_so_far must be >= 1, got {attempts_so_far}")
+    total = attempts_so_far if total_attempts is None else max(total_attempts, attempts_so_far)
     rule = policy.rules.get(Outcome(outcome))
     if rule is None:
         return GiveUp(GiveUpReason.NOT_RETRYABLE)
-    if policy.max_attempts_total is not None and attempts_so_far >= policy.max_attempts_total:
+    if policy.max_attempts_total is not None and total >= policy.max_attempts_total:
         return GiveUp(GiveUpReason.TOTAL_ATTEMPTS)
     if attempts_so_far >= rule.max_attempts:
         return GiveUp(GiveUpReason.OUTCOME_ATTEMPTS)

@@ -276,13 +276,21 @@ class WorkflowGraph:
         context: Context,
         now: float,
         zone: str,
+        *,
+        attempts_total: int | None = None,
     ) -> Step:
-        """After a call attempt: retry per the policy, else follow the outcome's edge."""
+        """After a call attempt: retry per the policy, else follow the outcome's edge.
+
+        ``attempts_at_node`` counts against the outcome's ``max_attempts``;
+        ``attempts_total`` (every attempt on the record) against the total cap.
+        """
         outcome = retry_outcome(disposition)
         # An edge for the very outcome overrides the retry rule: the workflow
         # author asked for something specific to happen on it.
         if outcome is not None and (node_id, disposition) not in self.edges:
-            decision = decide_retry(self.policy.retry, outcome, attempts_at_node, now)
+            decision = decide_retry(
+                self.policy.retry, outcome, attempts_at_node, now, total_attempts=attempts_total
+            )
             if isinstance(decision, Retry):
                 return RetryCall(node_id, decision.at, disposition)
         return self.after(node_id, disposition, context, now, zone)

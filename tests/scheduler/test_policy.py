@@ -42,3 +42,22 @@ def test_max_attempts_with_rules_of_the_workflow_s_own() -> None:
         {"retry": {"busy": {"delay_s": 60, "max_attempts": 5}}}
     )
     assert without_cap.retry.max_attempts_total is None
+
+
+def test_the_total_cap_counts_attempts_at_every_call_node() -> None:
+    """A second call node's first busy, after three attempts at the first node:
+    its own rule would retry (1 of 5), the record's total (4 of 4) does not."""
+    policy = WorkflowPolicy.from_settings(
+        {"retry": {"busy": {"delay_s": 60, "max_attempts": 5}}, "max_attempts": 4}
+    )
+    assert isinstance(decide_retry(policy.retry, "busy", 1, 0.0, total_attempts=3), Retry)
+    assert decide_retry(policy.retry, "busy", 1, 0.0, total_attempts=4) == GiveUp(
+        GiveUpReason.TOTAL_ATTEMPTS
+    )
+    # Under a higher total, the node's own count stops its outcome.
+    roomy = WorkflowPolicy.from_settings(
+        {"retry": {"busy": {"delay_s": 60, "max_attempts": 2}}, "max_attempts": 10}
+    )
+    assert decide_retry(roomy.retry, "busy", 2, 0.0, total_attempts=5) == GiveUp(
+        GiveUpReason.OUTCOME_ATTEMPTS
+    )

@@ -173,3 +173,15 @@ def test_wait_until_local_time_crosses_dst() -> None:
     local = datetime.fromtimestamp(step.at, ZoneInfo(ZONE))
     assert (local.date().isoformat(), local.hour, local.minute) == ("2026-03-08", 9, 30)
     assert local.utcoffset().total_seconds() == -4 * 3600  # EDT by then
+
+
+def test_after_call_counts_the_record_s_attempts_against_the_total_cap() -> None:
+    policy = WorkflowPolicy.from_settings(
+        {"retry": {"busy": {"delay_s": 600, "max_attempts": 3}}, "max_attempts": 2}
+    )
+    graph = WorkflowGraph(DEFINITION, policy)
+    first_here = graph.after_call("call", "busy", 1, CTX, NOW, ZONE, attempts_total=1)
+    assert isinstance(first_here, RetryCall)
+    # The first busy at this node, but the record's second attempt: the cap of 2 holds.
+    capped = graph.after_call("call", "busy", 1, CTX, NOW, ZONE, attempts_total=2)
+    assert isinstance(capped, Finish)
