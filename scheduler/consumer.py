@@ -43,11 +43,11 @@ from scheduler.steps import (
     RECORD_COLUMNS,
     GraphCache,
     Writes,
-    _record_completed,
     apply_step,
     complete_list_if_done,
     context_for,
     end_as_dnc,
+    record_completed,
     record_zone,
 )
 from scheduler.workflow import WORKFLOW_ERROR
@@ -189,7 +189,7 @@ async def end_record(
         status,
         outcome,
     )
-    _record_completed(writes, record, workflow, status, outcome)
+    record_completed(writes, record, workflow, status, outcome)
     if record["list_id"] is not None and (
         await writes.conn.fetchval("SELECT status FROM lists WHERE id = $1", record["list_id"])
         == "active"

@@ -47,6 +47,7 @@ __all__ = [
     "context_for",
     "dial_job",
     "end_as_dnc",
+    "record_completed",
     "record_zone",
 ]
 
@@ -164,7 +165,7 @@ class StepResult:
     deferred: bool = False  # a call step left for later (window closed or no budget)
 
 
-def _record_completed(
+def record_completed(
     w: Writes,
     record: RecordRow,
     workflow: Mapping[str, Any],
@@ -202,7 +203,7 @@ async def _finish(w: Writes, record: RecordRow, step: Finish, workflow: Mapping[
     if step.node_id is not None:
         _node_run(w, record, step.node_id, "end", "completed", step.outcome)
     status = "failed" if step.status == "failed" else "completed"
-    _record_completed(w, record, workflow, status, step.outcome)
+    record_completed(w, record, workflow, status, step.outcome)
     if record["list_id"] is not None:
         await _maybe_complete_list(w, record, workflow)
 
@@ -214,7 +215,7 @@ async def end_as_dnc(w: Writes, record: RecordRow, workflow: Mapping[str, Any]) 
                updated_at = now() WHERE id = $1""",
         record["id"],
     )
-    _record_completed(w, record, workflow, "dnc", "dnc")
+    record_completed(w, record, workflow, "dnc", "dnc")
     if record["list_id"] is not None:
         await _maybe_complete_list(w, record, workflow)
 
