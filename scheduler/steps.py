@@ -244,7 +244,8 @@ async def _maybe_complete_list(w: Writes, record: RecordRow, workflow: Mapping[s
     lst = await conn.fetchrow(
         "SELECT id, name, status FROM lists WHERE id = $1 FOR UPDATE", record["list_id"]
     )
-    if lst is None or lst["status"] == "completed":
+    if lst is None or lst["status"] != "active":
+        # Completed already, or cancelled: a cancelled list never becomes completed.
         return
     still_open = await conn.fetchval(
         """SELECT EXISTS (SELECT 1 FROM records WHERE list_id = $1
