@@ -574,21 +574,19 @@ class Scheduler:
         jobs = []
         moved_on: list[uuid.UUID] = []
         stopped: list[asyncpg.Record] = []
+        unexplained: list[asyncpg.Record] = []
         for row in rows:
             graph = await self.graphs.get(self.pool, row["workflow_id"], row["workflow_version"])
             node = graph.nodes.get(row["node_id"])
             if node is None or node.get("type") != "call":
                 # A call row no call node of its workflow explains (written by
-                # hand, or a damaged row): end it rather than stop the scheduler.
+                # hand, or a damaged row): end it, and its record, through the
+                # consumer (whose step for it fails: the record ends failed)
+                # rather than stop the scheduler or leave the record in progress.
                 log.warning(
                     "closing queued call %s: no call node %r", row["call_id"], row["node_id"]
                 )
-                await self.pool.execute(
-                    """UPDATE calls SET state = 'ended', disposition = 'failed', ended_at = now(),
-                           sip_reason = 'no such call node in its workflow'
-                       WHERE id = $1 AND state = 'queued'""",
-                    row["call_id"],
-                )
+                unexplained.append(row)
                 continue
             if row["status"] != "in_progress" or row["last_call_id"] != row["call_id"]:
                 moved_on.append(row["call_id"])
@@ -605,7 +603,10 @@ class Scheduler:
             )
         if moved_on:
             await self._end_moved_on(moved_on)
-        if stopped:
+        never_dialled = [(r, "cancelled", "workflow_stopped") for r in stopped] + [
+            (r, "failed", "no_call_node") for r in unexplained
+        ]
+        if never_dialled:
             events = [
                 CallEvent(
                     call_id=str(r["call_id"]),
@@ -615,16 +616,12 @@ class Scheduler:
                     kind="ended",
                     at=now,
                     worker_id="",
-                    data={
-                        "disposition": "cancelled",
-                        "hangup_by": "system",
-                        "end_reason": "workflow_stopped",
-                    },
+                    data={"disposition": disposition, "hangup_by": "system", "end_reason": why},
                 )
-                for r in stopped
+                for r, disposition, why in never_dialled
             ]
             await self.broker.publish_events(
-                [(e.routing_key, f"{e.call_id}:stopped", e.to_bytes()) for e in events]
+                [(e.routing_key, f"{e.call_id}:never", e.to_bytes()) for e in events]
             )
         if jobs:
             await self._publish(jobs)

@@ -297,3 +297,33 @@ async def test_queued_calls_of_paused_workflows_wait_and_of_stopped_ones_end(
     # Resumed, its call goes out again.
     await pool.execute("UPDATE workflows SET status = 'active' WHERE id = $1", paused["id"])
     assert (await scheduler.tick()).republished == 1
+
+
+async def test_a_queued_call_no_call_node_explains_ends_with_its_record(
+    pool: asyncpg.Pool, memory_broker: MemoryBroker
+) -> None:
+    tenant = await make_tenant(pool, "iso")
+    workflow = await _workflow(pool, tenant)
+    (record_id,) = await _records(pool, tenant, workflow, ["2125550991"])
+    scheduler = Scheduler(
+        pool, memory_broker, clock=Clock(NOON), tenant_ids=[tenant.id], republish_after_s=0
+    )
+    assert (await scheduler.tick()).published == 1
+    await pool.execute("UPDATE calls SET node_id = 'ghost' WHERE record_id = $1", record_id)
+    consumer = EventConsumer(pool, memory_broker)
+    await consumer.start()
+    try:
+        assert (await scheduler.tick()).republished == 0
+        await _settle(
+            pool,
+            "SELECT status NOT IN ('queued', 'in_progress') FROM records WHERE id = $1",
+            record_id,
+        )
+    finally:
+        await consumer.close()
+    call = await pool.fetchrow(
+        "SELECT state, disposition FROM calls WHERE record_id = $1", record_id
+    )
+    assert (call["state"], call["disposition"]) == ("ended", "failed")
+    record = await pool.fetchrow("SELECT status, outcome FROM records WHERE id = $1", record_id)
+    assert record["status"] in ("completed", "failed") and record["outcome"] == "failed"
