@@ -128,6 +128,8 @@ STATIC_PAYLOAD_TYPES: dict[int, tuple[str, int]] = {
 # What we can offer and accept: the codecs media/ plays, by name.
 _LOCAL_CODECS: dict[str, tuple[int, int]] = {"PCMU": (0, 8000), "PCMA": (8, 8000)}
 _TELEPHONE_EVENT = "telephone-event"
+# RFC 3551 §3: payload types 96-127 are dynamic, bound by an rtpmap.
+_DYNAMIC_PT_MIN = 96
 _TELEPHONE_EVENT_RATE = 8000
 # RFC 4733 §7.1.1: events 0-15 are the DTMF digits, 16 is flash.
 _TELEPHONE_EVENTS = "0-16"
@@ -740,13 +742,19 @@ def _telephone_event_pt(m: MediaDescription) -> int | None:
 
 
 def _audio_codecs(m: MediaDescription) -> list[Codec]:
-    """The codecs of a media section that we can play, in the section's own order."""
+    """The codecs of a media section that we can play, in the section's own order.
+
+    A codec counts on its own static payload type or on a dynamic one
+    (96-127, RFC 3551 §3); an rtpmap that gives another static type's number
+    to it (``a=rtpmap:0 PCMA/8000``) contradicts RFC 3551 and is not guessed at.
+    """
     codecs = []
     for pt, rtpmap in m._rtpmap_table().items():
         name = rtpmap.encoding_name.upper()
         local = _LOCAL_CODECS.get(name)
         channels_ok = rtpmap.channels in (None, 1)
-        if local is not None and rtpmap.clock_rate == local[1] and channels_ok:
+        numbered_ok = local is not None and (pt == local[0] or _DYNAMIC_PT_MIN <= pt <= 127)
+        if numbered_ok and local is not None and rtpmap.clock_rate == local[1] and channels_ok:
             codecs.append(Codec(name, pt, rtpmap.clock_rate))
     return codecs
 

@@ -408,6 +408,8 @@ def test_negotiate_answer(offer: bytes, answer: bytes, expected: MediaAnswer) ->
         (sdp(*BASE, "m=audio 5000 RTP/AVP 101", "a=rtpmap:101 telephone-event/8000"),
          "no common codec"),
         (sdp(*BASE, "m=audio 5000 RTP/AVP 96", "a=rtpmap:96 PCMU/16000"), "no common codec"),
+        # Static type 0 is PCMU (RFC 3551): an rtpmap calling it PCMA is not guessed at.
+        (sdp(*BASE, "m=audio 5000 RTP/AVP 0", "a=rtpmap:0 PCMA/8000"), "no common codec"),
         (sdp(*BASE, "m=audio 5000 RTP/AVP 0", "m=video 0 RTP/AVP 31"),
          "answer has 2 media lines, offer had 1"),
         (sdp(*BASE), "answer has 0 media lines, offer had 1"),
@@ -608,7 +610,10 @@ def test_mutated_answers_give_a_media_answer_or_sdp_error(data: bytes) -> None:
     except SdpError as error:
         assert error.reason
         return
-    assert result.codec in (PCMU, PCMA)
+    # One we play, on its static payload type or a dynamic one (never 0 as PCMA).
+    assert result.codec.name in ("PCMU", "PCMA") and result.codec.clock_rate == 8000
+    static = PCMU if result.codec.name == "PCMU" else PCMA
+    assert result.codec.payload_type == static.payload_type or result.codec.payload_type >= 96
     assert 0 < result.remote_port <= 0xFFFF
 
 
@@ -768,3 +773,10 @@ def test_offers_on_other_ports_share_the_template_but_carry_their_own_port(addre
         assert description.media[0].rtpmaps() == parsed.media[0].rtpmaps()
         seen.add(data)
     assert len(seen) == 4
+
+
+def test_answer_codecs_on_static_and_dynamic_payload_types() -> None:
+    contradiction = sdp(*BASE, "m=audio 5000 RTP/AVP 0 8", "a=rtpmap:0 PCMA/8000")
+    assert negotiate_answer(OFFER, contradiction).codec == PCMA
+    dynamic = sdp(*BASE, "m=audio 5000 RTP/AVP 97", "a=rtpmap:97 PCMA/8000")
+    assert negotiate_answer(OFFER, dynamic).codec == Codec("PCMA", 97, 8000)
