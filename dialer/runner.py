@@ -72,7 +72,10 @@ class TrunkDirectory:
     """Tenants' trunks from the database, added to the user agent on first use.
 
     A trunk edited through the API is picked up by the next call (its
-    ``updated_at`` is part of the agent's trunk name).
+    ``updated_at`` is part of the agent's trunk name). Its limits are keyed by
+    ``tenant_id:name`` alone (``TrunkConfig.limit_key``): the calls placed
+    before an edit still count against the edited trunk's channels, in this
+    process and across every worker (``dialer.trunk_limits``).
     """
 
     def __init__(self, pool: Any) -> None:
@@ -97,6 +100,7 @@ class TrunkDirectory:
                 name=key,
                 username=row["username"],
                 password=row["password"],
+                limit_key=f"{tenant_id}:{name}",
                 **options,
             )
             await agent.add_trunk(config)
@@ -239,6 +243,8 @@ class SipCallRunner:
                     max_duration_s=job.max_duration_s,
                     wait_s=self._dial_within(job),
                     on_event=on_event,
+                    # The trunk's channel lease, shared by every worker, is the call's.
+                    lease=job.call_id,
                 )
             except TrunkBusy as busy:
                 if not busy.waited:

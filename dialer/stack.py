@@ -19,7 +19,8 @@ import asyncpg
 
 from dialer.bus import Broker
 from dialer.settings import Settings
-from dialer.trunk import TrunkConfig
+from dialer.trunk import TrunkConfig, parse_trunk_uri
+from dialer.trunk_limits import SharedTrunkLimits
 from dialer.user_agent import UserAgent, UserAgentOptions
 from dialer.worker import Worker
 
@@ -34,7 +35,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def user_agent_for(settings: Settings, trunk: TrunkConfig) -> UserAgent:
+def user_agent_for(
+    settings: Settings, trunk: TrunkConfig, limits: SharedTrunkLimits | None = None
+) -> UserAgent:
+    """The worker's user agent; with ``limits``, trunk limits hold across every worker."""
     from dialer.transport import TransportConfig
     from dialer.user_agent import LOOPBACK, RequestPolicy
 
@@ -43,7 +47,14 @@ def user_agent_for(settings: Settings, trunk: TrunkConfig) -> UserAgent:
         # The trunk is trusted by the agent itself; loopback too, for local peers.
         policy=RequestPolicy(trusted=LOOPBACK),
     )
-    return UserAgent(options, [trunk])
+    return UserAgent(options, [trunk], limits=limits)
+
+
+def default_key(uri: str) -> str:
+    """The shared-limits key of a process's default trunk: ``default:host:port``,
+    the same in every worker given the same URI, whatever the trunk's name."""
+    parsed = parse_trunk_uri(uri)
+    return f"default:{parsed.host}:{parsed.port or ''}"
 
 
 def default_trunk(settings: Settings) -> TrunkConfig | None:
@@ -53,6 +64,7 @@ def default_trunk(settings: Settings) -> TrunkConfig | None:
         settings.trunk_uri,
         username=settings.trunk_username,
         password=settings.trunk_password.value or None,
+        limit_key=default_key(settings.trunk_uri),
     )
 
 
@@ -81,7 +93,10 @@ async def start_worker(
     from media.playback import SpeechRenderer
     from media.ports import PortAllocator
 
-    agent = user_agent_for(settings, trunk)
+    # Trunk channels and calls per second count across every worker (the agent
+    # closes it); a trunk with neither limit costs no database work.
+    limits = SharedTrunkLimits(pool)
+    agent = user_agent_for(settings, trunk, limits)
     await agent.start()
     rtp_host = agent.trunks[trunk.name].ua_config.via_host  # type: ignore[union-attr]
     runner = SipCallRunner(
@@ -97,6 +112,8 @@ async def start_worker(
     )
     # Progress held 250 ms: calls shorter than that cost one event instead of four.
     worker = Worker(pool, broker, runner, capacity=capacity, progress_delay_s=0.25)
+    # Leases with no call row (bridged transfer legs) stop counting when it stops beating.
+    limits.worker_id = worker.worker_id
     await worker.start()
     return worker, agent
 
@@ -159,7 +176,9 @@ class Stack:
             )
             await self.sandbox.start()
             self.closers.append(self.sandbox.close)
-            self.trunk = TrunkConfig.from_uri(self.sandbox.uri, name="sandbox")
+            self.trunk = TrunkConfig.from_uri(
+                self.sandbox.uri, name="sandbox", limit_key=default_key(self.sandbox.uri)
+            )
         if scheduler:
             consumer = EventConsumer(self.pool, self.broker)
             await consumer.start()

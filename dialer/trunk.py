@@ -110,6 +110,8 @@ class TrunkConfig:
     how many may start back to back; ``max_channels`` limits calls at once.
     ``options_interval_s`` pings the trunk with OPTIONS (None: never);
     ``register_expires_s`` registers ``credentials.username`` (None: never).
+    ``limit_key`` names the trunk in the limits every worker shares
+    (``dialer.trunk_limits``; None: ``name:host:port``).
     """
 
     name: str
@@ -123,6 +125,7 @@ class TrunkConfig:
     down_after_failures: int = 2
     register_expires_s: int | None = None
     srv: tuple[SrvTarget, ...] = ()
+    limit_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.cps is not None and self.cps <= 0:
@@ -161,6 +164,19 @@ class TrunkConfig:
     def next_hop(self) -> SipUri:
         """The URI whose host we resolve and send to."""
         return self.outbound_proxy or self.uri
+
+    @property
+    def shared_key(self) -> str:
+        """The trunk's key in the limits every worker shares: ``limit_key``, else
+        ``name:host:port`` (what every process configured alike computes alike)."""
+        if self.limit_key:
+            return self.limit_key
+        return f"{self.name}:{self.uri.host}:{self.uri.port or ''}"
+
+    @property
+    def limited(self) -> bool:
+        """True when the trunk has a channel or a calls-per-second limit."""
+        return self.cps is not None or self.max_channels is not None
 
 
 # --- rate and channel limits ---------------------------------------------------------

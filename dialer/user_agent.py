@@ -37,11 +37,12 @@ import math
 import secrets
 import socket
 import time
+import uuid
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Hashable, Sequence
 from dataclasses import dataclass, field, fields
 from enum import Enum
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from dialer.sip.actions import (
     Action,
@@ -97,6 +98,9 @@ from dialer.trunk import (
     TrunkStatus,
     resolve,
 )
+
+if TYPE_CHECKING:
+    from dialer.trunk_limits import SharedTrunkLimits
 
 __all__ = [
     "LOOPBACK",
@@ -400,6 +404,25 @@ class Trunk:
     def name(self) -> str:
         """The trunk's configured name."""
         return self.config.name
+
+    @property
+    def key(self) -> str:
+        """The trunk's key in the limits every worker shares (``TrunkConfig.shared_key``)."""
+        return self.config.shared_key
+
+    def share_limits(self, previous: Trunk) -> None:
+        """Count calls against the same local limits as ``previous``, an earlier
+        version of this trunk (an edit) whose calls may still hold channels."""
+        self.channels = previous.channels
+        self.channels.limit = self.config.max_channels
+        same_rate = (previous.config.cps, previous.config.burst) == (
+            self.config.cps,
+            self.config.burst,
+        )
+        if previous.bucket is not None and same_rate:
+            self.bucket = previous.bucket
+        self.lock = previous.lock
+        self.freed = previous.freed
 
     @property
     def status(self) -> TrunkStatus:
@@ -907,6 +930,10 @@ class UserAgent:
         handle.hangup()
         result = await handle.ended()
         await agent.close()
+
+    ``limits`` (``dialer.trunk_limits``) makes the trunks' channel and CPS limits
+    hold across every worker, through PostgreSQL (the agent closes it); without it
+    (a one-call tool, a test) they hold for this agent only.
     """
 
     def __init__(
@@ -915,8 +942,12 @@ class UserAgent:
         trunks: Sequence[TrunkConfig] = (),
         *,
         ids: IdGenerators | None = None,
+        limits: SharedTrunkLimits | None = None,
     ) -> None:
         self.options = options
+        self.limits = limits
+        # Channel leases in the shared limits, by SIP Call-ID: released at the call's end.
+        self._leases: dict[str, uuid.UUID] = {}
         self.loop = asyncio.get_running_loop()
         self.clock_offset = time.time() - self.loop.time()
         self.ids = ids or _new_ids()
@@ -987,6 +1018,11 @@ class UserAgent:
             handle._abort()
         self._calls.clear()
         self._idle.set()
+        if self.limits is not None:
+            for lease in self._leases.values():
+                self.limits.release(lease)
+            self._leases.clear()
+            await self.limits.close()  # the releases on their way go out first
         await self.transport.close()
 
     async def __aenter__(self) -> UserAgent:
@@ -1022,8 +1058,17 @@ class UserAgent:
         task.add_done_callback(self._tasks.discard)
 
     async def add_trunk(self, config: TrunkConfig) -> Trunk:
-        """Add a trunk at run time (resolved now)."""
+        """Add a trunk at run time (resolved now).
+
+        A trunk whose ``shared_key`` an earlier one has (an edited version of
+        it) counts its calls against the same local limits: the earlier
+        version's calls still hold their channels.
+        """
         trunk = Trunk(config)
+        for other in self.trunks.values():
+            if other.key == trunk.key:
+                trunk.share_limits(other)
+                break
         self.trunks[config.name] = trunk
         if self._started:
             await self._prepare_trunk(trunk)
@@ -1088,25 +1133,29 @@ class UserAgent:
         wait: bool = True,
         wait_s: float | None = None,
         on_event: Callable[[CallEvent], None] | None = None,
+        lease: str | uuid.UUID | None = None,
     ) -> CallHandle:
         """Send an INVITE through ``trunk`` (the only one when None) and return its handle.
 
-        Waits (in call order) for a free channel and a CPS token of the trunk;
-        with ``wait=False`` a trunk at its channel limit raises ``TrunkBusy``,
-        and so does a wait longer than ``wait_s`` (a call that must not go out
-        late: its calling window closes). ``target`` is a number, a SIP URI or
-        a tel URI (see ``target_uri``).
+        Waits (in call order) for a free channel and a CPS token of the trunk,
+        then, with shared ``limits``, for a channel lease and a send slot every
+        worker respects (``lease`` keys the lease: the dial's call id; a fresh
+        one when None); with ``wait=False`` a trunk at its channel limit raises
+        ``TrunkBusy``, and so does a wait longer than ``wait_s`` (a call that
+        must not go out late: its calling window closes). ``target`` is a
+        number, a SIP URI or a tel URI (see ``target_uri``).
         """
         if self._closed:
             raise RuntimeError("user agent is closed")
         chosen = self._trunk(trunk)
         uri = target if not isinstance(target, str) else target_uri(target, chosen.config)
+        held: uuid.UUID | None = None
         if wait_s is None:
-            await self._admit(chosen, wait)
+            held = await self._admit(chosen, wait, lease)
         else:
             try:
                 async with asyncio.timeout(wait_s):
-                    await self._admit(chosen, wait)
+                    held = await self._admit(chosen, wait, lease)
             except TimeoutError:
                 raise TrunkBusy(
                     f"no channel or CPS token of trunk {chosen.name} within {wait_s:.1f} s",
@@ -1127,6 +1176,8 @@ class UserAgent:
         handle = CallHandle(self, call, chosen)
         handle.on_event = on_event
         self._calls[call.call_id] = (call, handle, chosen)
+        if held is not None:
+            self._leases[call.call_id] = held
         self._idle.clear()
         self.stats.calls_placed += 1
         self._execute(call.start(now), now)
@@ -1142,14 +1193,46 @@ class UserAgent:
         except KeyError:
             raise ValueError(f"no trunk called {name!r}") from None
 
-    async def _admit(self, trunk: Trunk, wait: bool) -> None:
-        """Wait for the admission gate (overload), then a channel and a CPS token."""
+    async def _admit(
+        self, trunk: Trunk, wait: bool, lease: str | uuid.UUID | None
+    ) -> uuid.UUID | None:
+        """Wait for the admission gate (overload), then a channel and a CPS token,
+        then the shared ones; the shared channel lease held, if any."""
         if not self._admission.open():
             self.stats.calls_held_back += 1
             await self._admission.wait()
             if self._closed:
                 raise RuntimeError("user agent is closed")
+        limits = self.limits
+        config = trunk.config
+        if limits is None or not config.limited:
+            await self._acquire(trunk, wait)
+            return None  # no limit, or this agent's only: no database work
+        if lease is None:
+            lease = uuid.uuid4()
+        elif not isinstance(lease, uuid.UUID):
+            lease = uuid.UUID(lease)
         await self._acquire(trunk, wait)
+        leased = config.max_channels is not None
+        try:
+            granted = await limits.acquire(config, lease, wait=wait)
+        except BaseException:
+            # Not placed: the local channel goes back (acquire released the lease).
+            self._unacquire(trunk)
+            raise
+        if not granted:
+            self._unacquire(trunk)
+            raise TrunkBusy(f"trunk {trunk.name} has all {config.max_channels} channels busy")
+        if self._closed:
+            self._unacquire(trunk)
+            if leased:
+                limits.release(lease)
+            raise RuntimeError("user agent is closed")
+        return lease if leased else None
+
+    def _unacquire(self, trunk: Trunk) -> None:
+        trunk.channels.release()
+        trunk.freed.set()
 
     async def _acquire(self, trunk: Trunk, wait: bool) -> None:
         if not wait and not trunk.channels.free:
@@ -1421,6 +1504,9 @@ class UserAgent:
             self.stats.calls_ended += 1
             trunk.channels.release()
             trunk.freed.set()
+            lease = self._leases.pop(call_id, None)
+            if lease is not None and self.limits is not None:
+                self.limits.release(lease)
         handle._event(event)
 
     # --- what the transport hands us ------------------------------------------------------
