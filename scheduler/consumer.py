@@ -638,6 +638,19 @@ class EventConsumer:
         graph = await self.graphs.get(
             writes.conn, record["workflow_id"], record["workflow_version"]
         )
+        node = graph.nodes.get(call["node_id"])
+        if node is None or node.get("type") != "call":
+            # No call node of the workflow explains this call (a damaged row):
+            # there is no next step to take from it.
+            log.error(
+                "call %s of record %s: no call node %r in its workflow; the record fails",
+                call["id"],
+                record["id"],
+                call["node_id"],
+                extra={"call_id": str(call["id"]), "record_id": str(record["id"])},
+            )
+            await end_record(writes, record, info, "failed", WORKFLOW_ERROR)
+            return
         zone = record_zone(record, graph.policy)[0]
         context = context_for(
             record,

@@ -578,18 +578,18 @@ class Scheduler:
         for row in rows:
             graph = await self.graphs.get(self.pool, row["workflow_id"], row["workflow_version"])
             node = graph.nodes.get(row["node_id"])
+            if row["status"] != "in_progress" or row["last_call_id"] != row["call_id"]:
+                moved_on.append(row["call_id"])
+                continue
             if node is None or node.get("type") != "call":
                 # A call row no call node of its workflow explains (written by
-                # hand, or a damaged row): end it, and its record, through the
-                # consumer (whose step for it fails: the record ends failed)
-                # rather than stop the scheduler or leave the record in progress.
+                # hand, or a damaged row): end it, and its record (failed),
+                # through the consumer rather than stop the scheduler or leave
+                # the record in progress.
                 log.warning(
                     "closing queued call %s: no call node %r", row["call_id"], row["node_id"]
                 )
                 unexplained.append(row)
-                continue
-            if row["status"] != "in_progress" or row["last_call_id"] != row["call_id"]:
-                moved_on.append(row["call_id"])
                 continue
             if row["workflow_status"] == "stopped":
                 # Never dialled, and never will be (no worker claims it): it ends
@@ -622,6 +622,11 @@ class Scheduler:
             ]
             await self.broker.publish_events(
                 [(e.routing_key, f"{e.call_id}:never", e.to_bytes()) for e in events]
+            )
+            # Not sent again every tick while the consumer gets to them.
+            await self.pool.execute(
+                "UPDATE calls SET published_at = now() WHERE id = ANY($1::uuid[])",
+                [r["call_id"] for r, _, _ in never_dialled],
             )
         if jobs:
             await self._publish(jobs)

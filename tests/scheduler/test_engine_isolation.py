@@ -309,7 +309,11 @@ async def test_a_queued_call_no_call_node_explains_ends_with_its_record(
         pool, memory_broker, clock=Clock(NOON), tenant_ids=[tenant.id], republish_after_s=0
     )
     assert (await scheduler.tick()).published == 1
-    await pool.execute("UPDATE calls SET node_id = 'ghost' WHERE record_id = $1", record_id)
+    await pool.execute(
+        "UPDATE calls SET node_id = 'ghost', published_at = now() - interval '1 hour' "
+        "WHERE record_id = $1",
+        record_id,
+    )
     consumer = EventConsumer(pool, memory_broker)
     await consumer.start()
     try:
@@ -326,4 +330,9 @@ async def test_a_queued_call_no_call_node_explains_ends_with_its_record(
     )
     assert (call["state"], call["disposition"]) == ("ended", "failed")
     record = await pool.fetchrow("SELECT status, outcome FROM records WHERE id = $1", record_id)
-    assert record["status"] in ("completed", "failed") and record["outcome"] == "failed"
+    assert (record["status"], record["outcome"]) == ("failed", "workflow_error")
+    # Marked as sent, so that the next ticks do not send it again meanwhile.
+    assert await pool.fetchval(
+        "SELECT published_at > now() - interval '1 minute' FROM calls WHERE record_id = $1",
+        record_id,
+    )
