@@ -260,12 +260,20 @@ class Scheduler:
         # A queued call whose record has moved on (completed through the API
         # meanwhile) will never be dialled: the worker refuses it. It takes no
         # seat, and until the republishing ends it, it is not in flight. A call
-        # never claimed by a worker was never an attempt: not a finished one.
+        # never dialled (never claimed, expired before its INVITE, or refused at
+        # the claim for the do-not-call list) was never an attempt: no sample.
         row = await conn.fetchrow(
             """WITH c AS (
                  SELECT c.*, (c.state IN ('dialing', 'ringing')
                               OR (c.state = 'queued' AND r.status = 'in_progress'
-                                  AND r.last_call_id = c.id)) AS live
+                                  AND r.last_call_id = c.id)) AS live,
+                        -- An ended call that was really dialled and not cut short:
+                        -- a sample of the answer rate and of the time a line is held.
+                        (c.state = 'ended' AND c.dialing_at IS NOT NULL
+                         AND c.disposition IS DISTINCT FROM 'expired'
+                         AND c.disposition IS DISTINCT FROM 'dnc'
+                         AND (c.end_reason IS DISTINCT FROM 'pacing'
+                              OR c.answered_at IS NOT NULL)) AS sample
                  FROM calls c
                  LEFT JOIN records r ON c.state = 'queued' AND r.id = c.record_id
                  WHERE c.workflow_id = $1
@@ -286,10 +294,7 @@ class Scheduler:
                                     ORDER BY id)
                      FILTER (WHERE live), '{}')
                      AS cancellable,
-                 count(*) FILTER (WHERE state = 'ended' AND ended_at > now() - interval '1 hour'
-                                  AND dialing_at IS NOT NULL
-                                  AND (end_reason IS DISTINCT FROM 'pacing'
-                                       OR answered_at IS NOT NULL))
+                 count(*) FILTER (WHERE sample AND ended_at > now() - interval '1 hour')
                      AS finished,
                  count(*) FILTER (WHERE state = 'ended' AND answered_at IS NOT NULL
                                   AND ended_at > now() - interval '1 hour') AS answered,
@@ -298,11 +303,9 @@ class Scheduler:
                  coalesce(stddev(extract(epoch FROM answered_at - dialing_at))
                      FILTER (WHERE answered_at IS NOT NULL), 0) AS ring_sd,
                  coalesce(avg(extract(epoch FROM ended_at - dialing_at))
-                     FILTER (WHERE state = 'ended' AND answered_at IS NULL
-                             AND end_reason IS DISTINCT FROM 'pacing'), 0) AS hold_mean,
+                     FILTER (WHERE sample AND answered_at IS NULL), 0) AS hold_mean,
                  coalesce(stddev(extract(epoch FROM ended_at - dialing_at))
-                     FILTER (WHERE state = 'ended' AND answered_at IS NULL
-                             AND end_reason IS DISTINCT FROM 'pacing'), 0) AS hold_sd,
+                     FILTER (WHERE sample AND answered_at IS NULL), 0) AS hold_sd,
                  coalesce(avg(extract(epoch FROM ended_at - answered_at))
                      FILTER (WHERE answered_at IS NOT NULL AND state = 'ended'), 0) AS handle_mean
                FROM c""",

@@ -12,14 +12,16 @@ import asyncio
 import secrets
 import uuid
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
 
+import scheduler.engine as engine
 from api.ingest import insert_records
 from api.validation import validate_record
-from dialer.bus import Broker, Delivery
+from dialer.bus import Broker, Delivery, MemoryBroker
 from dialer.ids import new_id
 from dialer.messages import CallEvent, DialJob
 from scheduler.consumer import EventConsumer
@@ -300,3 +302,45 @@ async def test_a_queued_call_no_node_explains_is_closed_not_fatal(
     # Its record does not wait for it (not its last call): ended, never dialled.
     call = await pool.fetchrow("SELECT state, disposition FROM calls WHERE id = $1", call_id)
     assert (call["state"], call["disposition"]) == ("ended", "cancelled")
+
+
+async def test_calls_never_dialled_are_no_samples_of_the_answer_rate(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused at the claim for the DNC list, or expired waiting for the trunk: no
+    INVITE went out, so they are neither unanswered dials nor held lines."""
+    tenant = await make_tenant(pool, "rv")
+    settings = {**SETTINGS, "pacing": {"mode": "predictive", "seats": 3}}
+    workflow = await _workflow(pool, tenant, settings)
+    (rid,) = await _records(pool, tenant, workflow, ["2125550777"])
+    # 4 real answered calls, and 16 never dialled: 8 dnc-at-claim, 8 trunk_wait expiries
+    rows = [("answered", None, 30)] * 4 + [("dnc", None, 0)] * 8
+    rows += [("expired", "trunk_wait", 300)] * 8
+    for disposition, reason, waited in rows:
+        await pool.execute(
+            """INSERT INTO calls (id, tenant_id, record_id, workflow_id, phone_e164, state,
+                   disposition, end_reason, dialing_at, answered_at, ended_at)
+               VALUES ($1, $2, $3, $4, '+12125550777', 'ended', $5, $6,
+                       now() - $7 * interval '1 second',
+                       CASE WHEN $5 = 'answered' THEN now() - interval '20 seconds' END, now())""",
+            new_id(),
+            tenant.id,
+            rid,
+            workflow["id"],
+            disposition,
+            reason,
+            float(waited),
+        )
+    seen: dict[str, Any] = {}
+    real_pace = engine.pace
+
+    def spy(policy: Any, stats: Any, now: Any, cancellable: Any) -> Any:
+        seen["stats"] = stats
+        return real_pace(policy, stats, now, cancellable)
+
+    monkeypatch.setattr(engine, "pace", spy)
+    sched = Scheduler(pool, MemoryBroker("rv"), clock=Clock(NOON), tenant_ids=[tenant.id])
+    await sched.tick()
+    s = seen["stats"]
+    # Only 4 calls were ever dialled, all answered: the true answer rate is 1.0.
+    assert s.answer_samples == 4 and s.answer_rate == 1.0
