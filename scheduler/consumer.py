@@ -39,6 +39,7 @@ from dialer.ids import new_id
 from dialer.messages import CallEvent, MessageError, decode_events
 from dialer.progress import CHANNEL as PROGRESS_CHANNEL
 from dialer.progress import MAX_PAYLOAD as PROGRESS_MAX_PAYLOAD
+from scheduler.actions import ActionError
 from scheduler.steps import (
     RECORD_COLUMNS,
     GraphCache,
@@ -50,7 +51,7 @@ from scheduler.steps import (
     record_completed,
     record_zone,
 )
-from scheduler.workflow import WORKFLOW_ERROR
+from scheduler.workflow import WORKFLOW_ERROR, WorkflowLoopError
 
 __all__ = [
     "EventConsumer",
@@ -159,14 +160,25 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, (*DATABASE_AWAY, *_RETRYABLE))
 
 
+# What a record's own workflow or values can cause: its steps go round without
+# end (a loop, the chained-steps limit), an action it cannot render, a value the
+# database refuses (a wait past the calendar's end, ...).
+_RECORD_FAULTS: tuple[type[BaseException], ...] = (
+    WorkflowLoopError,
+    ActionError,
+    asyncpg.DataError,
+)
+
+
 def may_blame_record(exc: BaseException) -> bool:
     """Whether a record whose step raised ``exc`` may be ended as failed for it.
 
-    Not for a passing failure, nor for a statement the database cannot run at
-    all (an undefined column: code and schema apart, after a deploy): that
-    would fail every record, where waiting for the fix loses none.
+    Only for what the record's own workflow or values cause. Not for a passing
+    failure, nor for a bug in our code or a statement the database cannot run
+    at all (code and schema apart, after a deploy): those would fail every
+    record in turn, where waiting for the fix loses none.
     """
-    return not is_transient(exc) and not isinstance(exc, asyncpg.SyntaxOrAccessError)
+    return isinstance(exc, _RECORD_FAULTS) and not is_transient(exc)
 
 
 async def end_record(

@@ -33,6 +33,7 @@ from scheduler.workflow import (
     Step,
     WaitUntil,
     WorkflowGraph,
+    WorkflowLoopError,
     render,
 )
 
@@ -585,7 +586,7 @@ async def _apply(
         )
         result.jobs.append(job)
         return result
-    raise RuntimeError(f"record {record['id']}: more than {MAX_CHAINED_STEPS} chained steps")
+    raise WorkflowLoopError(f"record {record['id']}: more than {MAX_CHAINED_STEPS} chained steps")
 
 
 def _defer(

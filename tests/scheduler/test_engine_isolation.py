@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+import scheduler.engine as engine
 from dialer.bus import MemoryBroker
 from dialer.ids import new_id
 from scheduler.consumer import EventConsumer
@@ -336,3 +337,23 @@ async def test_a_queued_call_no_call_node_explains_ends_with_its_record(
         "SELECT published_at > now() - interval '1 minute' FROM calls WHERE record_id = $1",
         record_id,
     )
+
+
+async def test_a_bug_in_our_code_fails_no_record(
+    pool: asyncpg.Pool, memory_broker: MemoryBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad deploy raises in every step: the workflow is skipped (and logged) until
+    the fix, and no record is ended for it."""
+    tenant = await make_tenant(pool, "iso")
+    workflow = await _workflow(pool, tenant)
+    ids = await _records(pool, tenant, workflow, [f"21255507{i:02d}" for i in range(3)])
+
+    async def buggy(*args: object, **kwargs: object) -> None:
+        raise AttributeError("'NoneType' object has no attribute 'get'")
+
+    monkeypatch.setattr(engine, "apply_step", buggy)
+    scheduler = Scheduler(pool, memory_broker, clock=Clock(NOON), tenant_ids=[tenant.id])
+    result = await scheduler.tick()
+    assert result.failed_workflows == 1
+    rows = await pool.fetch("SELECT status FROM records WHERE id = ANY($1::uuid[])", ids)
+    assert [r["status"] for r in rows] == ["queued"] * 3
