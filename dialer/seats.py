@@ -79,12 +79,18 @@ def abandon_text(
 
     ``{company}``, ``{opt_out_digit}``, ``{callback_number}`` (spoken digit by
     digit) and ``{opt_out_clause}``: the sentence that says how not to be
-    called again, by the key, the number or both, empty with neither.
+    called again, by the key, the number or both, empty with neither. A
+    message that names neither the clause nor the key gets the clause at its
+    end.
     """
     key = _spoken_key(opt_out_digit) if opt_out_digit else ""
     number = spoken_number(callback_number) if callback_number else ""
     ways = [f"press {key} now" if key else "", f"call {number}" if number else ""]
     clause = ", or ".join(way for way in ways if way)
+    if clause and not any(p in template for p in ("{opt_out_clause}", "{opt_out_digit}")):
+        # A message of the workflow's own that does not say how to opt out: the
+        # key listens all the same, so the person is told of it, at the end.
+        template = template.rstrip() + "{opt_out_clause}"
     for name, value in (
         ("{company}", company),
         ("{opt_out_digit}", key),

@@ -41,7 +41,14 @@ def test_rules_from_settings_defaults_and_values() -> None:
         {"pacing": {"seats": 4, "max_wait_s": 0.5}, "abandon_message": "Hi from {company}. Bye."},
         "Beta",
     )
-    assert (rules.seats, rules.max_wait_s, rules.abandon_message) == (4, 0.5, "Hi from Beta. Bye.")
+    # A message of its own that does not say how to opt out is told of the key at its end.
+    assert (rules.seats, rules.max_wait_s, rules.abandon_message) == (
+        4,
+        0.5,
+        "Hi from Beta. Bye. To ask us not to call you again, press 9 now.",
+    )
+    quiet = SeatRules.from_settings({"abandon_message": "Hi. Bye.", "opt_out_digit": None}, "B")
+    assert quiet.abandon_message == "Hi. Bye."
 
 
 @pytest.mark.parametrize(
