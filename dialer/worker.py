@@ -115,8 +115,9 @@ class Worker:
         # Jobs holding a call slot (claiming, calling, or reporting the end):
         # the worker is idle when there are none.
         self._holding = 0
-        # Set by drain(): a job that gets a slot from now on goes back to the queue.
+        # Set by drain(): a job waiting for a slot goes back to the queue.
         self._draining = False
+        self._drain_started = asyncio.Event()
         self.dialled = 0
         self.skipped = 0
         self._subscription: Subscription | None = None
@@ -167,6 +168,7 @@ class Worker:
         back to the queue, unclaimed, when it would have got its slot.
         """
         self._draining = True
+        self._drain_started.set()
         if self._subscription is not None:
             await self._subscription.set_prefetch(0)
         with contextlib.suppress(TimeoutError):
@@ -321,17 +323,14 @@ class Worker:
             await delivery.dead_letter()
             return
         # Claimed only once a slot is ours: a job waiting here is not yet "dialing".
-        await self._slots.acquire()
+        if not await self._slot_unless_drained():
+            # Delivered before the drain began: another worker will dial it.
+            await delivery.requeue()
+            return
         slot = True
         self._holding += 1
         self._idle.clear()
         try:
-            if self._draining:
-                # Delivered before the drain began: another worker will dial it.
-                self._slots.release()
-                slot = False
-                await delivery.requeue()
-                return
             claim = await self._claim(job)
             if claim is Claim.SKIP:
                 # Already dialled (a redelivery), or its record was cancelled.
@@ -359,6 +358,30 @@ class Worker:
             self._holding -= 1
             if not self._holding:
                 self._idle.set()
+
+    async def _slot_unless_drained(self) -> bool:
+        """Wait for a call slot; False (holding none) once a drain has begun, at once
+        rather than after a call in progress ends."""
+        if self._draining:
+            return False
+        if not self._slots.locked():
+            await self._slots.acquire()  # free: no waiting, no race
+            return True
+        slot = asyncio.ensure_future(self._slots.acquire())
+        drained = asyncio.ensure_future(self._drain_started.wait())
+        try:
+            await asyncio.wait({slot, drained}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            drained.cancel()
+            if not slot.done():
+                slot.cancel()
+            got = await asyncio.gather(slot, return_exceptions=True)
+        if got[0] is not True:
+            return False
+        if self._draining:
+            self._slots.release()
+            return False
+        return True
 
     async def _call(
         self, job: DialJob, *, dnc: bool = False

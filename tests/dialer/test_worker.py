@@ -179,6 +179,49 @@ async def test_drain_sends_a_job_waiting_for_a_slot_back_unclaimed(
         await consumer.close()
 
 
+async def test_drain_hands_back_a_waiting_job_at_once_not_after_the_call(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    """While the one slot's call goes on, the job waiting for it is handed back as
+    soon as the drain begins: another worker dials it before that call ends."""
+    tenant = await make_tenant(pool, "wrk")
+    workflow = await _workflow(pool, tenant)
+    ids = await _records(pool, tenant, workflow, ["2125550715", "2125550716"])
+    clock = Clock(NOON)
+    runner = ScriptedRunner()
+    runner.release.clear()
+    worker = Worker(pool, broker, runner, capacity=1, confirm_backlog=1, clock=lambda: clock.now)
+    consumer = EventConsumer(pool, broker)
+    await consumer.start()
+    await worker.start()
+    second = Worker(pool, broker, ScriptedRunner(), capacity=1, clock=lambda: clock.now)
+    try:
+        await Scheduler(pool, broker, clock=clock, tenant_ids=[tenant.id]).tick()
+        for _ in range(200):
+            if runner.calls:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)  # the second job waits for the slot
+        drain = asyncio.create_task(worker.drain(timeout_s=10))
+        await second.start()
+        for _ in range(250):
+            if second.dialled:
+                break
+            await asyncio.sleep(0.02)
+        assert second.dialled == 1 and not drain.done()  # the first call still goes on
+        runner.release.set()
+        await asyncio.wait_for(drain, 10)
+        await _settle(
+            pool,
+            "SELECT bool_and(status = 'completed') FROM records WHERE id = ANY($1::uuid[])",
+            ids,
+        )
+        assert worker.dialled == 1
+    finally:
+        await second.close()
+        await consumer.close()
+
+
 async def test_number_put_on_the_dnc_list_after_planning_is_not_dialled(
     pool: asyncpg.Pool, broker: Broker
 ) -> None:
