@@ -175,6 +175,12 @@ class Scheduler:
         for workflow_id in self._failing.keys() - active:
             del self._failing[workflow_id]
         try:
+            await self._cancel_cancelled_lists_leftovers()
+        except Exception as exc:
+            if _away(exc):
+                raise
+            log.exception("ending the records left of cancelled lists failed")
+        try:
             result.republished = await self._republish_stale(now)
         except Exception as exc:
             if _away(exc):
@@ -548,6 +554,19 @@ class Scheduler:
                      FOR UPDATE SKIP LOCKED) AS free
                WHERE c.id = free.id""",
             [uuid.UUID(job.call_id) for job in jobs],
+        )
+
+    async def _cancel_cancelled_lists_leftovers(self) -> None:
+        """Records of a cancelled list that came back to queued or waiting after the
+        cancel (their call ended as it committed) end as the cancel ended the others."""
+        await self.pool.execute(
+            """UPDATE records r SET status = 'cancelled', outcome = 'list_cancelled',
+                   completed_at = now(), updated_at = now()
+               FROM lists l
+               WHERE l.status = 'cancelled' AND r.list_id = l.id
+                 AND r.status IN ('queued', 'waiting')
+                 AND ($1::uuid[] IS NULL OR l.tenant_id = ANY($1::uuid[]))""",
+            self.tenant_ids,
         )
 
     async def _republish_stale(self, now: float) -> int:

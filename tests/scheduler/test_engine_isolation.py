@@ -187,6 +187,9 @@ async def test_a_cancelled_lists_records_are_not_dialled(
     assert (await scheduler.tick()).published == 0
 
     assert await pool.fetchval("SELECT count(*) FROM calls WHERE record_id = $1", record_id) == 0
+    # Nor is it left queued for good: it ends as the cancel ended the others.
+    record = await pool.fetchrow("SELECT status, outcome FROM records WHERE id = $1", record_id)
+    assert (record["status"], record["outcome"]) == ("cancelled", "list_cancelled")
 
 
 async def _three_queued_one_waiting(
