@@ -289,6 +289,10 @@ class SipCallRunner:
                 self._release_seat(job.call_id)
             pair.close()
             recording = await recorder.close() if recorder is not None else None
+            if recording is not None and not recording.frames:
+                # Nothing was recorded (never dialled, never answered): no file
+                # that nothing in the database points to.
+                recording.path.unlink(missing_ok=True)
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
         disposition = str(

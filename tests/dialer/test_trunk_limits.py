@@ -382,6 +382,7 @@ async def test_runner_ends_a_call_that_waited_past_its_window_expired(
                 node_id="call",
                 phone_e164="1000",
                 not_after=time.time() + 0.3,
+                record=True,
             )
 
             async def emit(kind: str, data: dict[str, Any]) -> None:
@@ -390,6 +391,9 @@ async def test_runner_ends_a_call_that_waited_past_its_window_expired(
             data = await asyncio.wait_for(runner.run(job, emit), 5)
         assert (data["disposition"], data["end_reason"]) == ("expired", "trunk_wait")
         assert carrier.arrivals == []
+        # Nothing recorded, no file left behind.
+        assert "recording" not in data
+        assert list((tmp_path / "recordings").rglob("*.wav")) == []
 
 
 # -- no limits, no database -----------------------------------------------------------------
