@@ -253,6 +253,26 @@ async def _complete(
         phone = normalise_phone(body["record_phone_number"], allow_e164=allow_e164)
     except FieldError as exc:
         raise ApiError(422, exc.message, field=exc.field) from None
+    # A call not yet claimed by a worker would otherwise stay queued for good: the
+    # scheduler republishes it and counts it against the workflow's pacing. One a
+    # worker has claimed (dialing and on) is left to finish and report as usual.
+    # Calls are locked before records, in the order the event consumer takes them,
+    # so the two cannot deadlock.
+    await conn.execute(
+        """WITH ended AS (
+               UPDATE calls SET state = 'ended', disposition = 'cancelled',
+                   end_reason = 'record_completed', ended_at = now()
+               WHERE state = 'queued' AND record_id IN (
+                   SELECT id FROM records
+                   WHERE tenant_id = $1 AND workflow_id = $2 AND phone_e164 = $3
+                     AND status IN ('queued', 'waiting', 'in_progress'))
+               RETURNING node_run_id)
+           UPDATE node_runs SET status = 'cancelled', outcome = 'cancelled', ended_at = now()
+           WHERE id IN (SELECT node_run_id FROM ended) AND status = 'running'""",
+        tenant,
+        workflow["id"],
+        phone,
+    )
     rows = await conn.fetch(
         """UPDATE records SET status = 'completed', outcome = 'completed_by_api',
                completed_at = now(), updated_at = now()
@@ -269,19 +289,6 @@ async def _complete(
             "no open record with this number in this workflow",
             field="record_phone_number",
         )
-    # A call not yet claimed by a worker would otherwise stay queued for good: the
-    # scheduler republishes it and counts it against the workflow's pacing. One a
-    # worker has claimed (dialing and on) is left to finish and report as usual.
-    await conn.execute(
-        """WITH ended AS (
-               UPDATE calls SET state = 'ended', disposition = 'cancelled',
-                   end_reason = 'record_completed', ended_at = now()
-               WHERE record_id = ANY($1::uuid[]) AND state = 'queued'
-               RETURNING node_run_id)
-           UPDATE node_runs SET status = 'cancelled', outcome = 'cancelled', ended_at = now()
-           WHERE id IN (SELECT node_run_id FROM ended) AND status = 'running'""",
-        [r["id"] for r in rows],
-    )
     # The last open record of a list completes the list, as a workflow's end does.
     for row in {r["list_id"]: r for r in rows if r["list_id"] is not None}.values():
         await complete_list_if_done(conn, row, workflow)
