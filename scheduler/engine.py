@@ -629,21 +629,17 @@ class Scheduler:
             (r, "failed", "no_call_node") for r in unexplained
         ]
         if never_dialled:
-            events = [
-                CallEvent(
-                    call_id=str(r["call_id"]),
-                    record_id=str(r["id"]),
-                    tenant_id=str(r["tenant_id"]),
-                    workflow_id=str(r["workflow_id"]),
-                    kind="ended",
-                    at=now,
-                    worker_id="",
-                    data={"disposition": disposition, "hangup_by": "system", "end_reason": why},
-                )
-                for r, disposition, why in never_dialled
-            ]
-            await self.broker.publish_events(
-                [(e.routing_key, f"{e.call_id}:never", e.to_bytes()) for e in events]
+            await self._publish_system_ends(
+                [
+                    (r["call_id"], r["id"], r["tenant_id"], r["workflow_id"], "")
+                    for r, _, _ in never_dialled
+                ],
+                [
+                    {"disposition": d, "hangup_by": "system", "end_reason": why}
+                    for _, d, why in never_dialled
+                ],
+                now,
+                "never",
             )
             # Not sent again every tick while the consumer gets to them.
             await self.pool.execute(
@@ -689,6 +685,35 @@ class Scheduler:
                 extra={"call_id": str(r["id"]), "record_id": str(r["record_id"])},
             )
 
+    async def _publish_system_ends(
+        self,
+        calls: list[tuple[Any, Any, Any, Any, str | None]],
+        data: list[dict[str, Any]],
+        now: float,
+        tag: str,
+    ) -> None:
+        """``ended`` events the scheduler writes for calls no worker will end: the
+        consumer closes them and takes their records on as for any other end.
+        ``calls``: (call id, record id, tenant id, workflow id, worker id)."""
+        events = [
+            CallEvent(
+                call_id=str(call_id),
+                record_id=str(record_id),
+                tenant_id=str(tenant_id),
+                workflow_id=str(workflow_id),
+                kind="ended",
+                at=now,
+                worker_id=worker_id or "",
+                data=end,
+            )
+            for (call_id, record_id, tenant_id, workflow_id, worker_id), end in zip(
+                calls, data, strict=True
+            )
+        ]
+        await self.broker.publish_events(
+            [(e.routing_key, f"{e.call_id}:{tag}", e.to_bytes()) for e in events]
+        )
+
     async def _close_lost_calls(self, now: float) -> int:
         """Calls held by a worker that stopped beating: end them as worker_lost."""
         rows = await self.pool.fetch(
@@ -706,25 +731,18 @@ class Scheduler:
             self.worker_timeout_s,
             self.tenant_ids,
         )
-        events = [
-            CallEvent(
-                call_id=str(r["id"]),
-                record_id=str(r["record_id"]),
-                tenant_id=str(r["tenant_id"]),
-                workflow_id=str(r["workflow_id"]),
-                kind="ended",
-                at=now,
-                worker_id=r["worker_id"] or "",
-                data={"disposition": "worker_lost", "hangup_by": "system"},
-            )
-            for r in rows
-        ]
-        if events:
-            await self.broker.publish_events(
-                [(e.routing_key, f"{e.call_id}:lost", e.to_bytes()) for e in events]
+        if rows:
+            await self._publish_system_ends(
+                [
+                    (r["id"], r["record_id"], r["tenant_id"], r["workflow_id"], r["worker_id"])
+                    for r in rows
+                ],
+                [{"disposition": "worker_lost", "hangup_by": "system"}] * len(rows),
+                now,
+                "lost",
             )
             # A lost worker never releases its seats; free them for the living.
             await self.pool.execute(
                 "DELETE FROM seats WHERE call_id = ANY($1::uuid[])", [r["id"] for r in rows]
             )
-        return len(events)
+        return len(rows)
