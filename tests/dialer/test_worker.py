@@ -126,64 +126,12 @@ async def test_drain_finishes_calls_in_progress(pool: asyncpg.Pool, broker: Brok
     assert stopped is not None
 
 
-async def test_drain_sends_a_job_waiting_for_a_slot_back_unclaimed(
-    pool: asyncpg.Pool, broker: Broker
-) -> None:
-    """With one slot, the second job waits in the prefetch; draining lets the first
-    call finish, and the second goes back to the queue without being claimed, so
-    the next worker dials it (not closed later as worker_lost)."""
-    tenant = await make_tenant(pool, "wrk")
-    workflow = await _workflow(pool, tenant)
-    ids = await _records(pool, tenant, workflow, ["2125550711", "2125550712"])
-    clock = Clock(NOON)
-    runner = ScriptedRunner()
-    runner.release.clear()
-    worker = Worker(pool, broker, runner, capacity=1, confirm_backlog=1, clock=lambda: clock.now)
-    consumer = EventConsumer(pool, broker)
-    await consumer.start()
-    await worker.start()
-    try:
-        assert (
-            await Scheduler(pool, broker, clock=clock, tenant_ids=[tenant.id]).tick()
-        ).published == 2
-        for _ in range(200):
-            if runner.calls:
-                break
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.1)  # the second job is delivered and waits for the slot
-        drain = asyncio.create_task(worker.drain(timeout_s=10))
-        await asyncio.sleep(0.1)
-        runner.release.set()
-        await asyncio.wait_for(drain, 10)
-        assert len(runner.calls) == 1 and worker.dialled == 1
-        await _settle(
-            pool,
-            "SELECT count(*) = 1 FROM calls WHERE record_id = ANY($1::uuid[]) AND state = 'ended'",
-            ids,
-        )
-        states = await pool.fetch("SELECT state FROM calls WHERE record_id = ANY($1::uuid[])", ids)
-        assert sorted(r["state"] for r in states) == ["ended", "queued"]
-        # Another worker takes the job back from the queue and dials it.
-        second = Worker(pool, broker, ScriptedRunner(), capacity=1, clock=lambda: clock.now)
-        await second.start()
-        try:
-            await _settle(
-                pool,
-                "SELECT bool_and(status = 'completed') FROM records WHERE id = ANY($1::uuid[])",
-                ids,
-            )
-            assert second.dialled == 1
-        finally:
-            await second.close()
-    finally:
-        await consumer.close()
-
-
 async def test_drain_hands_back_a_waiting_job_at_once_not_after_the_call(
     pool: asyncpg.Pool, broker: Broker
 ) -> None:
-    """While the one slot's call goes on, the job waiting for it is handed back as
-    soon as the drain begins: another worker dials it before that call ends."""
+    """While the one slot's call goes on, the job waiting for it is handed back,
+    unclaimed, as soon as the drain begins: another worker dials it before that
+    call ends (it was claimed, then abandoned, and later closed as worker_lost)."""
     tenant = await make_tenant(pool, "wrk")
     workflow = await _workflow(pool, tenant)
     ids = await _records(pool, tenant, workflow, ["2125550715", "2125550716"])
