@@ -29,6 +29,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 import asyncpg
+import orjson
 
 from dialer.batching import Batcher
 from dialer.bus import Broker, BrokerUnavailable, Delivery, Subscription
@@ -41,6 +42,9 @@ __all__ = ["CallRunner", "Claim", "Emit", "Worker", "storable"]
 log = logging.getLogger(__name__)
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+_NUL_ESCAPE = b"\\u0000"
 
 
 def storable(value: Any) -> Any:
@@ -117,7 +121,7 @@ class Worker:
         self._holding = 0
         # Set by drain(): a job waiting for a slot goes back to the queue.
         self._draining = False
-        self._drain_started = asyncio.Event()
+        self._waiting = 0  # jobs waiting for a slot
         self.dialled = 0
         self.skipped = 0
         self._subscription: Subscription | None = None
@@ -168,7 +172,8 @@ class Worker:
         back to the queue, unclaimed, when it would have got its slot.
         """
         self._draining = True
-        self._drain_started.set()
+        if self._waiting:
+            self._slots.release()  # wakes the waiters, one after the other
         if self._subscription is not None:
             await self._subscription.set_prefetch(0)
         with contextlib.suppress(TimeoutError):
@@ -255,7 +260,10 @@ class Worker:
         job comes back (to us or another worker), finds its call claimed, and
         is acknowledged without dialling.
         """
-        event = self._event(job, "ended", storable(data))
+        # orjson writes a NUL as \u0000: the walk is only for an end that has one.
+        if _NUL_ESCAPE in orjson.dumps(data, default=str, option=orjson.OPT_NON_STR_KEYS):
+            data = storable(data)
+        event = self._event(job, "ended", data)
         delay_s = 0.2
         while True:
             try:
@@ -360,26 +368,22 @@ class Worker:
                 self._idle.set()
 
     async def _slot_unless_drained(self) -> bool:
-        """Wait for a call slot; False (holding none) once a drain has begun, at once
-        rather than after a call in progress ends."""
+        """Wait for a call slot; False (holding none) once a drain has begun.
+
+        A drain wakes the first waiter by a permit of its own; each waiter that
+        finds the drain begun hands its permit on, so the jobs waiting for a
+        slot go back at once rather than after a call in progress ends. No task
+        per waiting job: a plain semaphore wait.
+        """
         if self._draining:
             return False
-        if not self._slots.locked():
-            await self._slots.acquire()  # free: no waiting, no race
-            return True
-        slot = asyncio.ensure_future(self._slots.acquire())
-        drained = asyncio.ensure_future(self._drain_started.wait())
+        self._waiting += 1
         try:
-            await asyncio.wait({slot, drained}, return_when=asyncio.FIRST_COMPLETED)
+            await self._slots.acquire()
         finally:
-            drained.cancel()
-            if not slot.done():
-                slot.cancel()
-            got = await asyncio.gather(slot, return_exceptions=True)
-        if got[0] is not True:
-            return False
+            self._waiting -= 1
         if self._draining:
-            self._slots.release()
+            self._slots.release()  # on to the next waiter
             return False
         return True
 
