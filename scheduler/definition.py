@@ -319,6 +319,8 @@ def validate_definition(definition: Any, prefix: str = "definition") -> dict[str
     if len(nodes) > MAX_NODES:
         c.add(".nodes", f"at most {MAX_NODES} nodes")
     types: dict[str, str] = {}
+    # Action nodes whose request renders for every record: never failed at once.
+    steady: set[str] = set()
     for i, node_obj in enumerate(nodes):
         path = f".nodes[{i}]"
         if not isinstance(node_obj, dict):
@@ -338,6 +340,8 @@ def validate_definition(definition: Any, prefix: str = "definition") -> dict[str
             continue
         types[node_id] = kind
         _check_node(c, node_obj, path, node_id)
+        if kind in _ACTION_TYPES and not _may_fail_at_once(node_obj):
+            steady.add(node_id)
 
     start = definition.get("start")
     if not isinstance(start, str) or not start:
@@ -387,7 +391,7 @@ def validate_definition(definition: Any, prefix: str = "definition") -> dict[str
                 targets[(src, on)] = (dst, i)
     # A loop is a property of the whole graph: judged only once its parts are sound.
     if not c.problems:
-        for cycle, index in _step_loops(types, targets):
+        for cycle, index in _step_loops(types, targets, steady):
             loop = " -> ".join([*cycle, cycle[0]])
             actions = sorted({types[n] for n in cycle} & _ACTION_TYPES)
             note = (
@@ -421,18 +425,48 @@ _SAME_STEP_OUTCOMES: dict[str, tuple[str, ...]] = {
 }
 
 
+def _may_fail_at_once(node: Mapping[str, Any]) -> bool:
+    """Whether an action node's request could fail to render for some record
+    (scheduler.actions.render_action): then its failure edge may be taken in
+    the same step. A text or an address from a template can render empty or
+    bad, and a header name no request can carry fails every time; a static
+    request renders the same for everyone."""
+    kind = node.get("type")
+    if kind == "sms":
+        text = node.get("text")
+        return not isinstance(text, str) or "{{" in text or not text.strip()
+    if kind == "email":
+        to = node.get("to")
+        return not isinstance(to, str) or "{{" in to or not to.strip()
+    if kind == "webhook":
+        # Its URL is checked here to be http(s) and stays so once filled in.
+        headers = node.get("headers") or {}
+        return not isinstance(headers, dict) or not all(
+            isinstance(k, str) and _HEADER_NAME.fullmatch(k) for k in headers
+        )
+    return True
+
+
+# RFC 9110 §5.6.2: a header name is a token.
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
 def _step_loops(
-    types: Mapping[str, str], targets: Mapping[tuple[str, str], tuple[str, int]]
+    types: Mapping[str, str],
+    targets: Mapping[tuple[str, str], tuple[str, int]],
+    steady: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> list[tuple[list[str], int]]:
     """Loops a record could go round within one step: their nodes, and the closing edge's index.
 
     Each is found by a depth-first walk over the edges taken in the same step,
     an outcome falling back to its node's default edge as the scheduler does.
+    ``steady`` action nodes never fail at once: no edge of theirs is taken in
+    the same step.
     """
     follows: dict[str, list[tuple[str, int]]] = {}
     for node, kind in types.items():
         nexts: list[tuple[str, int]] = []
-        for outcome in _SAME_STEP_OUTCOMES.get(kind, ()):
+        for outcome in () if node in steady else _SAME_STEP_OUTCOMES.get(kind, ()):
             target = targets.get((node, outcome)) or targets.get((node, "default"))
             if target is not None and target not in nexts:
                 nexts.append(target)

@@ -48,7 +48,16 @@ REFUSED = {
     "branch, webhook, branch": (
         {
             "start": "b",
-            "nodes": [BRANCH, {"id": "h", "type": "webhook", "url": "https://x.example/"}, CALL],
+            "nodes": [
+                BRANCH,
+                {
+                    "id": "h",
+                    "type": "webhook",
+                    "url": "https://x.example/",
+                    "headers": {"a b": "1"},
+                },
+                CALL,
+            ],
             "edges": [
                 {"from": "b", "on": "true", "to": "h"},
                 {"from": "b", "on": "false", "to": "call"},

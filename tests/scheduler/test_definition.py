@@ -69,9 +69,11 @@ def _graph(nodes: list[dict[str, Any]], edges: list[dict[str, Any]], start: str 
     return {"start": start, "nodes": nodes, "edges": edges}
 
 
-WEBHOOK = {"id": "h", "type": "webhook", "url": "https://crm.example/hook"}
-SMS = {"id": "s", "type": "sms", "text": "Hi"}
-EMAIL = {"id": "e", "type": "email", "subject": "Hi", "body": "Hi", "to": "a@example.com"}
+# Requests that may not render for some record (an empty text, an address from the
+# record, a header name no request can carry): they can fail at once, in the same step.
+WEBHOOK = {"id": "h", "type": "webhook", "url": "https://crm.example/", "headers": {"x y": "1"}}
+SMS = {"id": "s", "type": "sms", "text": "{{placeholders.greeting}}"}
+EMAIL = {"id": "e", "type": "email", "subject": "Hi", "body": "Hi", "to": "{{placeholders.email}}"}
 WAIT = {"id": "w", "type": "wait", "duration_s": 60}
 
 LOOPS = {
@@ -197,3 +199,24 @@ def test_webhook_node_headers_must_be_an_object_of_strings(headers: Any) -> None
     }
     fields = [p["field"] for p in _problems(definition)]
     assert fields == ["definition.nodes[0].headers"]
+
+
+def test_a_loop_through_requests_that_render_for_everyone_is_allowed() -> None:
+    """A static webhook (or SMS) cannot fail at once: its failure edge is taken only
+    after the action runner tried it, in a later step."""
+    static_hook = {"id": "h", "type": "webhook", "url": "https://crm.example/hook"}
+    retry_hook = _graph(
+        [static_hook, CALL],
+        [{"from": "h", "on": "failure", "to": "h"}, {"from": "h", "on": "success", "to": "call"}],
+        start="h",
+    )
+    assert validate_definition(retry_hook) == retry_hook
+    static_sms = {"id": "s", "type": "sms", "text": "Hi"}
+    sms_loop = _graph([static_sms, BRANCH], [{"from": "s", "to": "b"}, {"from": "b", "to": "s"}])
+    assert validate_definition(sms_loop) == sms_loop
+    # The same with a header name no request can carry: it fails every time, at once.
+    bad_header = {**static_hook, "headers": {"bad name": "x"}}
+    problems = _problems(
+        _graph([bad_header], [{"from": "h", "on": "failure", "to": "h"}], start="h")
+    )
+    assert "closes the loop h -> h" in problems[0]["message"]
