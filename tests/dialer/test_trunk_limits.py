@@ -23,64 +23,15 @@ from dialer.db import connect_pool
 from dialer.messages import DialJob
 from dialer.runner import TrunkDirectory
 from dialer.settings import Settings
-from dialer.sip.message import Request, make_response
-from dialer.sip.parser import parse_message
 from dialer.stack import default_trunk
 from dialer.trunk import TrunkConfig
 from dialer.trunk_limits import PACE_MARGIN_S, SharedTrunkLimits
 from dialer.user_agent import CallHandle, TrunkBusy, UserAgent
 from tests.conftest import Tenant
 from tests.dialer.test_seats import _calls
-from tests.dialer.test_user_agent import MEDIA, _wait, options, udp_peer
+from tests.dialer.test_user_agent import MEDIA, _wait, options
+from tests.dialer.test_user_agent import Callee as Carrier
 from tests.scheduler.test_engine import _workflow
-
-
-class Carrier:
-    """A UAS on a UDP socket: answers each INVITE with ``status`` (180: it rings until
-    CANCELled, then 200 to the CANCEL and 487 to the INVITE), noting its arrival."""
-
-    def __init__(self, status: int = 180) -> None:
-        self.status = status
-        self.sock = udp_peer()
-        self.arrivals: list[float] = []  # loop time of each new INVITE
-        self.invites: dict[str, Request] = {}
-        self.task: asyncio.Task[None] | None = None
-
-    @property
-    def uri(self) -> str:
-        host, port = self.sock.getsockname()
-        return f"sip:{host}:{port}"
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            data, addr = await loop.sock_recvfrom(self.sock, 65536)
-            now = loop.time()
-            message = parse_message(data)
-            if not isinstance(message, Request):
-                continue
-            replies = []
-            if message.method == "INVITE":
-                if message.call_id not in self.invites:
-                    self.arrivals.append(now)
-                    self.invites[message.call_id] = message
-                replies.append(make_response(message, self.status, to_tag="carrier"))
-            elif message.method == "CANCEL":
-                replies.append(make_response(message, 200, to_tag="carrier"))
-                invite = self.invites.get(message.call_id)
-                if invite is not None:
-                    replies.append(make_response(invite, 487, to_tag="carrier"))
-            for reply in replies:
-                await loop.sock_sendto(self.sock, reply.serialize(), addr)
-
-    async def __aenter__(self) -> Carrier:
-        self.task = asyncio.create_task(self.run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.task is not None
-        self.task.cancel()
-        self.sock.close()
 
 
 def _trunk(carrier: Carrier, **limits: Any) -> TrunkConfig:

@@ -270,12 +270,19 @@ async def _wait(condition: Callable[[], bool], timeout: float = 2.0) -> None:
 
 
 class Callee:
-    """A tiny UAS on a socket: answers every INVITE with ``status`` (and ACKs nothing)."""
+    """A tiny UAS on a socket: answers every INVITE with ``status`` (and ACKs nothing).
+
+    With 180 it rings until CANCELled, then answers 200 to the CANCEL and 487 to
+    the INVITE. ``invites`` and ``arrivals`` (loop time) note each new INVITE,
+    not its retransmissions.
+    """
 
     def __init__(self, status: int) -> None:
         self.status = status
         self.sock = udp_peer()
         self.invites: list[Request] = []
+        self.arrivals: list[float] = []
+        self._by_call: dict[str, Request] = {}
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -287,11 +294,24 @@ class Callee:
         loop = asyncio.get_running_loop()
         while True:
             data, addr = await loop.sock_recvfrom(self.sock, 65536)
+            now = loop.time()
             message = parse_message(data)
-            if isinstance(message, Request) and message.method == "INVITE":
-                self.invites.append(message)
-                response = make_response(message, self.status, to_tag="callee")
-                await loop.sock_sendto(self.sock, response.serialize(), addr)
+            if not isinstance(message, Request):
+                continue
+            replies = []
+            if message.method == "INVITE":
+                if message.call_id not in self._by_call:
+                    self._by_call[message.call_id] = message
+                    self.invites.append(message)
+                    self.arrivals.append(now)
+                replies.append(make_response(message, self.status, to_tag="callee"))
+            elif message.method == "CANCEL":
+                replies.append(make_response(message, 200, to_tag="callee"))
+                invite = self._by_call.get(message.call_id)
+                if invite is not None:
+                    replies.append(make_response(invite, 487, to_tag="callee"))
+            for reply in replies:
+                await loop.sock_sendto(self.sock, reply.serialize(), addr)
 
     async def __aenter__(self) -> Callee:
         self.task = asyncio.create_task(self.run())
