@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -36,6 +38,19 @@ class ScriptedRunner:
         return {"disposition": "answered", "sip_status": 200, "hangup_by": "caller", "talk_s": 0.05}
 
 
+@contextlib.asynccontextmanager
+async def running(pool: asyncpg.Pool, broker: Broker, worker: Worker) -> AsyncIterator[None]:
+    """The event consumer and ``worker`` started, and both closed at the end."""
+    consumer = EventConsumer(pool, broker)
+    await consumer.start()
+    await worker.start()
+    try:
+        yield
+    finally:
+        await worker.close()
+        await consumer.close()
+
+
 async def _twenty_seats(pool: asyncpg.Pool) -> tuple[Any, asyncpg.Record]:
     """A tenant and a workflow whose 20 seats let a burst of calls through at once."""
     tenant = await make_tenant(pool, "wrk")
@@ -55,10 +70,7 @@ async def test_pipeline_with_worker_and_redelivered_job(pool: asyncpg.Pool, brok
     clock = Clock(NOON)
     runner = ScriptedRunner()
     worker = Worker(pool, broker, runner, capacity=5, clock=lambda: clock.now)
-    consumer = EventConsumer(pool, broker)
-    await consumer.start()
-    await worker.start()
-    try:
+    async with running(pool, broker, worker):
         assert (
             await Scheduler(pool, broker, clock=clock, tenant_ids=[tenant.id]).tick()
         ).published == 3
@@ -89,9 +101,6 @@ async def test_pipeline_with_worker_and_redelivered_job(pool: asyncpg.Pool, brok
             await asyncio.sleep(0.02)
         assert worker.skipped == 1
         assert len(runner.calls) == 3 and worker.dialled == 3
-    finally:
-        await worker.close()
-        await consumer.close()
     calls = await pool.fetch("SELECT * FROM calls WHERE record_id = ANY($1::uuid[])", ids)
     assert {c["state"] for c in calls} == {"ended"} and len(calls) == 3
     assert all(c["answered_at"] is not None and c["worker_id"] == worker.worker_id for c in calls)
@@ -187,14 +196,8 @@ async def test_number_put_on_the_dnc_list_after_planning_is_not_dialled(
     )
     runner = ScriptedRunner()
     worker = Worker(pool, broker, runner, capacity=2, clock=lambda: clock.now)
-    consumer = EventConsumer(pool, broker)
-    await consumer.start()
-    await worker.start()
-    try:
+    async with running(pool, broker, worker):
         await _settle(pool, "SELECT status = 'dnc' FROM records WHERE id = $1", ids[0])
-    finally:
-        await worker.close()
-        await consumer.close()
     assert runner.calls == [] and worker.dialled == 0
     call = await pool.fetchrow("SELECT state, disposition FROM calls WHERE record_id = $1", ids[0])
     assert (call["state"], call["disposition"]) == ("ended", "dnc")
@@ -221,17 +224,11 @@ async def test_job_that_outlives_the_calling_window_is_not_dialled(
     clock.now = closes + 30
     runner = ScriptedRunner()
     worker = Worker(pool, broker, runner, capacity=2, clock=lambda: clock.now)
-    consumer = EventConsumer(pool, broker)
-    await consumer.start()
-    await worker.start()
-    try:
+    async with running(pool, broker, worker):
         await _settle(
             pool, "SELECT disposition = 'expired' FROM calls WHERE record_id = $1", ids[0]
         )
         await _settle(pool, "SELECT status = 'queued' FROM records WHERE id = $1", ids[0])
-    finally:
-        await worker.close()
-        await consumer.close()
     assert runner.calls == [] and worker.dialled == 0
     assert await pool.fetchval("SELECT attempts FROM records WHERE id = $1", ids[0]) == 0
 
@@ -264,15 +261,9 @@ async def test_an_end_with_nul_characters_is_stored_without_them(
     (record_id,) = await _records(pool, tenant, workflow, ["2125550751"])
     clock = Clock(NOON)
     worker = Worker(pool, broker, NulBot(), capacity=2, clock=lambda: clock.now)
-    consumer = EventConsumer(pool, broker)
-    await consumer.start()
-    await worker.start()
-    try:
+    async with running(pool, broker, worker):
         await Scheduler(pool, broker, clock=clock, tenant_ids=[tenant.id]).tick()
         await _settle(pool, "SELECT status = 'completed' FROM records WHERE id = $1", record_id)
-    finally:
-        await worker.close()
-        await consumer.close()
     call = await pool.fetchrow("SELECT * FROM calls WHERE record_id = $1", record_id)
     assert call["sip_reason"] == "NormalClearing"
     assert call["bot_result"]["values"] == {"answer": "yes"}
