@@ -21,6 +21,7 @@ from aiohttp import web
 
 from api.context import POOL, bearer_tenant, check_query
 from api.errors import ApiError
+from api.outbox_cursor import OutboxCursor
 from dialer import jsonutil
 from dialer.pg_listen import ChannelListener
 from dialer.progress import CHANNEL, parse_progress
@@ -75,6 +76,8 @@ PROGRESS_HUB = web.AppKey("progress_hub", ProgressHub)
 routes = web.RouteTableDef()
 
 POLL_S = 0.5
+# Outbox ids are PostgreSQL bigints.
+MAX_EVENT_NUMBER = 2**63 - 1
 HEARTBEAT_S = 15.0
 BATCH = 200
 
@@ -89,8 +92,10 @@ def _cursor(request: web.Request) -> int | None:
         raise ApiError(
             422, "after (or Last-Event-ID) must be an event number", field="after"
         ) from None
-    if value < 0:
-        raise ApiError(422, "after must not be negative", field="after")
+    if not 0 <= value <= MAX_EVENT_NUMBER:
+        raise ApiError(
+            422, f"after must be an event number from 0 to {MAX_EVENT_NUMBER}", field="after"
+        )
     return value
 
 
@@ -101,9 +106,7 @@ async def live(request: web.Request) -> web.StreamResponse:
     pool = request.app[POOL]
     last = _cursor(request)
     if last is None:  # new viewers start now, not at the beginning of history
-        last = await pool.fetchval(
-            "SELECT coalesce(max(id), 0) FROM outbox WHERE tenant_id = $1", tenant
-        )
+        last = await pool.fetchval("SELECT coalesce(max(id), 0) FROM outbox")
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
@@ -112,30 +115,51 @@ async def live(request: web.Request) -> web.StreamResponse:
     hub = request.app.get(PROGRESS_HUB)
     progress = await hub.subscribe(tenant) if hub is not None else None
     quiet = 0.0
+    cursor = OutboxCursor(last)
     try:
         while True:
+            # Every tenant's ids (another tenant's event is not a hole), this
+            # tenant's events, and the snapshot they were read in.
             rows = await pool.fetch(
-                """SELECT id, event_type, payload FROM outbox
-                   WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3""",
+                """SELECT o.id, o.event_type, o.payload,
+                          pg_snapshot_xmin(s.snap)::text AS xmin,
+                          pg_snapshot_xmax(s.snap)::text AS xmax
+                   FROM (SELECT pg_current_snapshot() AS snap) AS s
+                   LEFT JOIN LATERAL (
+                       SELECT id,
+                              CASE WHEN tenant_id = $1 THEN event_type END AS event_type,
+                              CASE WHEN tenant_id = $1 THEN payload END AS payload
+                       FROM outbox WHERE id > $2 ORDER BY id LIMIT $3) AS o ON true""",
                 tenant,
-                last,
+                cursor.last,
                 BATCH,
             )
-            for row in rows:
-                data = jsonutil.dumps(row["payload"])
+            found = [row for row in rows if row["id"] is not None]
+            before = cursor.last
+            now = asyncio.get_running_loop().time()
+            cursor.advance(
+                [row["id"] for row in found], int(rows[0]["xmin"]), int(rows[0]["xmax"]), now
+            )
+            wrote = False
+            for row in found:
+                if row["id"] > cursor.last:
+                    break
+                if row["event_type"] is None:
+                    continue  # another tenant's
+                text = jsonutil.dumps(row["payload"])
                 await response.write(
-                    f"id: {row['id']}\nevent: {row['event_type']}\ndata: {data}\n\n".encode()
+                    f"id: {row['id']}\nevent: {row['event_type']}\ndata: {text}\n\n".encode()
                 )
-                last = row["id"]
-            if rows:
+                wrote = True
+            if wrote:
                 quiet = 0.0
-                if len(rows) == BATCH:
-                    continue
             else:
                 quiet += POLL_S
                 if quiet >= HEARTBEAT_S:
                     await response.write(b": heartbeat\n\n")
                     quiet = 0.0
+            if len(found) == BATCH and cursor.last > before:
+                continue
             if progress is None:
                 await asyncio.sleep(POLL_S)
                 continue

@@ -330,7 +330,7 @@ def _paths() -> dict[str, Any]:
         "properties": {**api_key, "record_phone_number": {"type": "string"}},
     }
     workflow_id = _path("workflow_id", "The workflow's id or its six-character workflow_key")
-    workflow_input = {
+    workflow_input: dict[str, Any] = {
         "type": "object",
         "properties": {
             "name": {"type": "string", "minLength": 1, "maxLength": 200},

@@ -26,6 +26,7 @@ from api.errors import ApiError, json_response
 from dialer.ids import new_id, new_workflow_key
 from dialer.outbox import write_event
 from scheduler.definition import DefinitionError, validate_definition, validate_settings
+from scheduler.steps import complete_list_if_done
 from scheduler.templates import TEMPLATES, get_template
 
 __all__ = ["STATUS_TRANSITIONS", "load_workflow", "routes", "workflow_json"]
@@ -65,6 +66,7 @@ async def load_workflow(
 ) -> asyncpg.Record:
     """The tenant's workflow by id or key, or a 404 (another tenant's looks the same)."""
     suffix = " FOR UPDATE OF w" if lock else ""
+    arg: str | uuid.UUID
     if len(ident) == 6 and ident.isalnum():
         where, arg = "w.workflow_key = $2", ident
     else:
@@ -294,12 +296,18 @@ async def change_status(
     )
     if target == "stopped":
         # Queued records will never be called now; anything dialling finishes.
-        await conn.execute(
+        cancelled = await conn.fetch(
             """UPDATE records SET status = 'cancelled', outcome = 'workflow_stopped',
                    updated_at = now(), completed_at = now()
-               WHERE workflow_id = $1 AND status IN ('queued', 'waiting')""",
+               WHERE workflow_id = $1 AND status IN ('queued', 'waiting')
+               RETURNING list_id, tenant_id, workflow_id, case_id, phone_e164""",
             row["id"],
         )
+        # A list left with no open record is complete now; one with a call still in
+        # progress completes when that call's record finishes.
+        last_of_list = {r["list_id"]: r for r in cancelled if r["list_id"] is not None}
+        for list_id in sorted(last_of_list):
+            await complete_list_if_done(conn, last_of_list[list_id], row)
     return await load_workflow(conn, tenant, str(row["id"]))
 
 

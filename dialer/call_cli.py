@@ -438,7 +438,12 @@ async def _converse(
         _hang_up(handle, narrator, "bot", outcome=str(outcome))
 
     ended = asyncio.ensure_future(handle.ended())
-    ended.add_done_callback(lambda _f: [stream.stop() for stream in streams])
+
+    def stop_streams(_ended: object) -> None:
+        for stream in streams:
+            stream.stop()
+
+    ended.add_done_callback(stop_streams)
     narrator.emit("bot_connecting", loop.time(), url=_redacted(args.bot))
     bot = asyncio.ensure_future(
         run_voicebot(

@@ -188,7 +188,6 @@ class SipCallRunner:
             recording_path.parent.mkdir(parents=True, exist_ok=True)
             recorder = CallRecorder(recording_path)
         pair = bind_pair(self.ports, self.rtp_host)
-        loop = asyncio.get_running_loop()
         keys = _Keys()
         media_timed_out = asyncio.Event()
         session = await RtpSession.create(
@@ -203,7 +202,7 @@ class SipCallRunner:
         pending: set[asyncio.Task[None]] = set()
 
         def publish(kind: str, data: dict[str, Any]) -> None:
-            task = loop.create_task(emit(kind, data))
+            task = asyncio.ensure_future(emit(kind, data))
             pending.add(task)
             task.add_done_callback(pending.discard)
 
@@ -264,10 +263,16 @@ class SipCallRunner:
             elif answer is not None:
                 publish("answered", {})
                 amd_verdict = await self._run_answered(
-                    job, handle, session, queue, media_timed_out, seat, keys
+                    job,
+                    handle,
+                    session,
+                    queue,
+                    media_timed_out,
+                    seat,
+                    keys,
+                    # The verdict is news while the call goes on, not after it.
+                    on_verdict=lambda v: publish("amd", {"verdict": v.answered_by.value}),
                 )
-                if amd_verdict is not None:
-                    publish("amd", {"verdict": amd_verdict.answered_by.value})
                 # The call is over or our BYE is out, and with it the session (RFC 3261
                 # §15.1.1): no more frames while the BYE's answer is awaited.
                 stats = session.stats()
@@ -399,11 +404,14 @@ class SipCallRunner:
         media_timed_out: asyncio.Event,
         seat: _Seat,
         keys: _Keys,
+        on_verdict: Callable[[AmdVerdict], None],
     ) -> AmdVerdict | None:
         verdict: AmdVerdict | None = None
         amd = job.amd or {}
         if amd.get("enabled"):
             verdict = await self._detect(session, handle, media_timed_out)
+            if verdict is not None:
+                on_verdict(verdict)
             if verdict is not None and verdict.answered_by.is_machine:
                 if amd.get("on_machine", "hangup") == "message" and amd.get("message"):
                     await self._play(queue, handle, amd["message"])
@@ -522,7 +530,12 @@ class SipCallRunner:
             self.control.register(call.call_sid, call.account_sid, handle.hangup)
         ended = asyncio.ensure_future(handle.ended())
         streams: list[VoicebotStream] = []
-        ended.add_done_callback(lambda _f: [s.stop() for s in streams])
+
+        def stop_streams(_ended: object) -> None:
+            for stream in streams:
+                stream.stop()
+
+        ended.add_done_callback(stop_streams)
         try:
             result = await run_voicebot(
                 session,
@@ -572,9 +585,10 @@ class SipCallRunner:
 
         session.on_audio = on_audio
         ended = asyncio.ensure_future(handle.ended())
+        either: set[asyncio.Future[Any]] = {done, ended}
         try:
             finished, _ = await asyncio.wait(
-                {done, ended},
+                either,
                 timeout=AmdConfig.fast().total_timeout_s + 1,
                 return_when=asyncio.FIRST_COMPLETED,
             )

@@ -415,7 +415,11 @@ class _Relay:
     async def open(self, inner: Address, outer: Address) -> None:
         for sock, offset in ((self.ports.rtp_socket, 0), (self.ports.rtcp_socket, 1)):
             leg = _RelayLeg(self, (inner[0], inner[1] + offset), (outer[0], outer[1] + offset))
-            await self._loop.create_datagram_endpoint(lambda leg=leg: leg, sock=sock)
+
+            def protocol(leg: _RelayLeg = leg) -> _RelayLeg:
+                return leg
+
+            await self._loop.create_datagram_endpoint(protocol, sock=sock)
             self.legs.append(leg)
 
     def forward(self, leg: _RelayLeg, data: bytes, destination: Address) -> None:

@@ -175,7 +175,7 @@ class _Printer:
 async def _stopped(duration_s: float | None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    installed: list[int] = []
+    installed: list[signal.Signals] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)

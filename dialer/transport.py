@@ -27,8 +27,9 @@ import asyncio
 import contextlib
 import errno
 import socket
+from collections.abc import Coroutine
 from dataclasses import dataclass, field, fields
-from typing import Protocol
+from typing import Any, Protocol
 
 from dialer.sip.actions import Address
 from dialer.sip.errors import FramingError, SipError
@@ -447,8 +448,8 @@ class SipTransport:
         if addr is not None:
             self.handler.send_failed(data, addr, transport)
 
-    def _spawn(self, coro: object) -> None:
-        task = self.loop.create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -365,7 +365,7 @@ async def _lookup(
     for family in (socket.AF_INET, socket.AF_INET6):
         for info in infos:
             if info[0] == family:
-                address = (info[4][0], info[4][1])
+                address = (str(info[4][0]), int(info[4][1]))
                 if address not in seen:
                     seen.append(address)
     if not seen:

@@ -39,10 +39,10 @@ import socket
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Hashable, Sequence
 from dataclasses import dataclass, field, fields
 from enum import Enum
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from dialer.sip.actions import (
     Action,
@@ -958,7 +958,8 @@ class UserAgent:
         self.transport = SipTransport(options.transport, self, self.loop)
         self._calls: dict[str, tuple[Call, CallHandle, Trunk]] = {}
         self._timers = _TimerQueue(self.loop, self._fire)
-        self._own: dict[TransactionKey, asyncio.Future[Response | None]] = {}
+        # Keyed by TransactionKey; actions carry their key as a plain Hashable.
+        self._own: dict[Hashable, asyncio.Future[Response | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
         self._started = False
@@ -1052,8 +1053,8 @@ class UserAgent:
         """Timers scheduled on the loop (for tests and metrics)."""
         return len(self._timers)
 
-    def _spawn(self, coro: object) -> None:
-        task = self.loop.create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -1445,7 +1446,7 @@ class UserAgent:
         key = action.key
         if isinstance(message, Response):
             if key is not None:
-                future = self._own.get(key)  # type: ignore[arg-type]
+                future = self._own.get(key)
                 if future is not None:
                     if message.status >= 200 and not future.done():
                         future.set_result(message)
@@ -1482,7 +1483,7 @@ class UserAgent:
 
     def _failed(self, action: TimedOut | TransportFailed, now: float) -> None:
         key = action.key
-        future = self._own.get(key)  # type: ignore[arg-type]
+        future = self._own.get(key)
         if future is not None:
             if not future.done():
                 future.set_result(None)

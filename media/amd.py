@@ -53,6 +53,7 @@ import enum
 import math
 from collections import deque
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -182,12 +183,12 @@ class AmdConfig:
             raise ValueError("beep_max_ms must be at least beep_min_ms")
 
     @classmethod
-    def fast(cls, **overrides: object) -> AmdConfig:
+    def fast(cls, **overrides: Any) -> AmdConfig:
         """A verdict within ~6 s: human, machine_start or unknown."""
         return replace(cls(total_timeout_s=6.0, detect_beep=False), **overrides)
 
     @classmethod
-    def wait_for_beep(cls, **overrides: object) -> AmdConfig:
+    def wait_for_beep(cls, **overrides: Any) -> AmdConfig:
         """Machines are reported at the end of their greeting (beep or silence), up to 30 s."""
         return replace(cls(total_timeout_s=30.0, detect_beep=True), **overrides)
 

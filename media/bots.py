@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -130,7 +130,7 @@ class BotServer:
 
 
 async def serve_bot(
-    handler: web.Handler | EchoBot | ScriptedBot,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]] | EchoBot | ScriptedBot,
     host: str = "127.0.0.1",
     port: int = 0,
     *,

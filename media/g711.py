@@ -91,8 +91,8 @@ def _ulaw_encode_table() -> NDArray[np.uint8]:
     magnitude = np.minimum(np.where(negative, -linear, linear), 8159) + (_BIAS >> 2)
     segment = _segment(magnitude, 0x3F)
     code = (segment << 4) | ((magnitude >> (segment + 1)) & 0x0F)
-    code = np.where(segment >= 8, 0x7F, code) ^ mask
-    return code.astype(np.uint8)
+    capped = np.where(segment >= 8, 0x7F, code) ^ mask
+    return capped.astype(np.uint8)
 
 
 def _alaw_encode_table() -> NDArray[np.uint8]:
@@ -105,8 +105,8 @@ def _alaw_encode_table() -> NDArray[np.uint8]:
     segment = _segment(magnitude, 0x1F)
     shift = np.where(segment < 2, 1, segment)
     code = (segment << 4) | ((magnitude >> shift) & 0x0F)
-    code = np.where(segment >= 8, 0x7F, code) ^ mask
-    return code.astype(np.uint8)
+    capped = np.where(segment >= 8, 0x7F, code) ^ mask
+    return capped.astype(np.uint8)
 
 
 ULAW_DECODE_TABLE: NDArray[np.int16] = _ulaw_decode_table()

@@ -14,6 +14,7 @@ Rules of this file:
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
@@ -405,7 +406,7 @@ class UnknownRtcp:
 
 RtcpPacket = SenderReport | ReceiverReport | SourceDescription | Bye | UnknownRtcp
 
-_PARSERS = {
+_PARSERS: dict[int, Callable[[memoryview, int], RtcpPacket]] = {
     RTCP_SR: SenderReport.parse,
     RTCP_RR: ReceiverReport.parse,
     RTCP_SDES: SourceDescription.parse,

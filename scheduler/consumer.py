@@ -45,6 +45,7 @@ from scheduler.steps import (
     GraphCache,
     Writes,
     apply_step,
+    bot_context,
     complete_list_if_done,
     context_for,
     end_as_dnc,
@@ -448,6 +449,10 @@ class EventConsumer:
                 stamps.setdefault(call_id, {}).setdefault(_STAMPS[event.kind], event.at)
                 states[call_id] = _STATES[event.kind]
                 notes.append(_progress_payload(call, event))
+            elif event.kind == "dialing" and states[call_id] == "dialing":
+                # The worker's claim set the state and its time already: only
+                # the viewers are still to hear of it.
+                notes.append(_progress_payload(call, event))
         if stamps:
             ordered = sorted(stamps)  # rows already locked; id order all the same
             await conn.execute(
@@ -667,7 +672,7 @@ class EventConsumer:
         context = context_for(
             record,
             call={"outcome": disposition, "disposition": disposition, **_call_fields(ended)},
-            result=_bot_context(data.get("bot_result")),
+            result=bot_context(data.get("bot_result")),
         )
         step = graph.after_call(
             call["node_id"],
@@ -691,11 +696,3 @@ def _call_fields(call: Mapping[str, Any]) -> dict[str, Any]:
         "talk_s": call["talk_s"],
         "ring_s": call["ring_s"],
     }
-
-
-def _bot_context(bot: Any) -> dict[str, Any]:
-    """The bot's result as branch conditions see it: ``result.<key>``, ``result.tags``."""
-    if not isinstance(bot, dict):
-        return {}
-    values = bot.get("values") if isinstance(bot.get("values"), dict) else {}
-    return {**values, "tags": bot.get("tags") or [], "bot_outcome": bot.get("outcome")}

@@ -77,7 +77,7 @@ class WorkflowPolicy:
         elif raw_retry is None:
             # The default rules with the workflow's own cap on all attempts, which
             # replaces the default cap rather than being ignored.
-            retry = RetryPolicy(DEFAULT_RETRY_POLICY.rules, int(max_attempts))
+            retry = RetryPolicy(DEFAULT_RETRY_POLICY.rules, int(max_attempts or 0))
         else:
             retry = RetryPolicy(
                 {

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 
@@ -44,6 +44,7 @@ __all__ = [
     "Writes",
     "action_context",
     "apply_step",
+    "bot_context",
     "complete_list_if_done",
     "context_for",
     "dial_job",
@@ -55,7 +56,7 @@ __all__ = [
 RECORD_COLUMNS = """r.id, r.tenant_id, r.workflow_id, r.workflow_version, r.list_id, r.case_id,
     r.phone_e164, r.first_name, r.last_name, r.zip_code, r.placeholders, r.meta, r.status,
     r.current_node, r.attempts, r.node_attempts, r.last_call_id"""
-RecordRow = asyncpg.Record
+RecordRow: TypeAlias = asyncpg.Record
 MAX_CHAINED_STEPS = 20
 
 
@@ -330,12 +331,20 @@ async def action_context(conn: asyncpg.Connection, record: RecordRow) -> Context
     if call is None:
         return context_for(record)
     fields = dict(call)
-    bot = fields.pop("bot_result")
-    result: dict[str, Any] = {}
-    if isinstance(bot, dict):
-        values = bot.get("values") if isinstance(bot.get("values"), dict) else {}
-        result = {**values, "tags": bot.get("tags") or [], "bot_outcome": bot.get("outcome")}
+    result = bot_context(fields.pop("bot_result"))
     return context_for(record, call={"outcome": fields["disposition"], **fields}, result=result)
+
+
+def bot_context(bot: Any) -> dict[str, Any]:
+    """The bot's result as branch conditions see it: ``result.<key>``, ``result.tags``."""
+    if not isinstance(bot, dict):
+        return {}
+    values = bot.get("values")
+    return {
+        **(values if isinstance(values, dict) else {}),
+        "tags": bot.get("tags") or [],
+        "bot_outcome": bot.get("outcome"),
+    }
 
 
 async def _park_for_action(w: Writes, record: RecordRow, step: RunNode, context: Context) -> bool:

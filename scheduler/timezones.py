@@ -76,7 +76,7 @@ def zones_for_number(phone_e164: str) -> tuple[str, ...]:
     # above rarely spares this.
     kind = phonenumbers.number_type(number)
     if kind == phonenumbers.PhoneNumberType.UNKNOWN or not is_number_type_geographical(
-        kind, number.country_code
+        kind, number.country_code or 0
     ):
         return ()
     return _known_zones(tuple(phone_timezone.time_zones_for_geographical_number(number)))

@@ -167,7 +167,7 @@ def evaluate(condition: Mapping[str, Any], context: Context) -> bool:
     if op == "starts_with":
         return _text(actual).lower().startswith(_text(expected).lower())
     if op in ("in", "not_in"):
-        found = any(_equal(actual, item) for item in expected)
+        found = any(_equal(actual, item) for item in expected or ())
         return found if op == "in" else not found
     return _compare(op, actual, expected)
 

@@ -169,3 +169,41 @@ async def test_deleting_the_last_open_record_completes_its_list(
     assert resp.status == 204
     got = await (await client.get(f"/v1/lists/{body['list']['id']}", headers=tenant.auth)).json()
     assert got["status"] == "completed"
+
+
+async def test_stopping_a_workflow_completes_lists_left_with_no_open_record(
+    client: TestClient, tenant: Tenant, pool: asyncpg.Pool
+) -> None:
+    resp = await client.post(
+        "/v1/workflows",
+        json={"name": "x", "definition": SIMPLE_DEFINITION, "status": "active"},
+        headers=tenant.auth,
+    )
+    wf = await resp.json()
+    lists = []
+    for name, phones in (("idle", PHONES[:2]), ("busy", PHONES[2:])):
+        records = [{"record_phone_number": p, "record_first_name": "A"} for p in phones]
+        resp = await client.post(
+            f"/v1/workflows/{wf['id']}/lists",
+            json={"name": name, "records": records},
+            headers=tenant.auth,
+        )
+        lists.append((await resp.json())["list"]["id"])
+    # A call in progress keeps the second list open: its record finishes later.
+    await pool.execute(
+        "UPDATE records SET status = 'in_progress' WHERE list_id = $1::uuid", lists[1]
+    )
+    resp = await client.post(
+        f"/v1/workflows/{wf['id']}/status", json={"status": "stopped"}, headers=tenant.auth
+    )
+    assert resp.status == 200
+    idle, busy = [
+        await (await client.get(f"/v1/lists/{i}", headers=tenant.auth)).json() for i in lists
+    ]
+    assert (idle["status"], busy["status"]) == ("completed", "active")
+    events = await pool.fetch(
+        """SELECT payload->'data'->>'list_id' AS list_id FROM outbox
+           WHERE tenant_id = $1 AND event_type = 'list.completed'""",
+        tenant.id,
+    )
+    assert [e["list_id"] for e in events] == [lists[0]]

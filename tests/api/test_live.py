@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import orjson
 from aiohttp.test_utils import TestClient
 
 from dialer.outbox import write_event
@@ -62,6 +63,57 @@ async def test_live_streams_own_events_and_resumes(
     assert bad.status == 422
 
 
+async def test_an_event_committed_after_a_later_one_still_reaches_the_viewer(
+    client: TestClient, tenant: Tenant, pool
+) -> None:
+    resp = await client.get("/v1/live", headers=tenant.auth)
+    async with pool.acquire() as slow, pool.acquire() as fast:
+        # The slow transaction draws the lower id and commits last; then one that
+        # rolls back leaves a hole for good, which must not hold the stream for long.
+        async with slow.transaction():
+            await write_event(
+                slow,
+                tenant_id=tenant.id,
+                event_type="workflow.status_changed",
+                payload={"status": "slow"},
+            )
+            await write_event(
+                fast,
+                tenant_id=tenant.id,
+                event_type="workflow.status_changed",
+                payload={"status": "fast"},
+            )
+            await asyncio.sleep(1.2)  # the viewer polls meanwhile and sees only 'fast'
+        rolled_back = fast.transaction()
+        await rolled_back.start()
+        await write_event(
+            fast,
+            tenant_id=tenant.id,
+            event_type="workflow.status_changed",
+            payload={"status": "gone"},
+        )
+        await rolled_back.rollback()
+        await write_event(
+            fast,
+            tenant_id=tenant.id,
+            event_type="workflow.status_changed",
+            payload={"status": "after"},
+        )
+    seen = [await _next_event(resp) for _ in range(3)]
+    statuses = [orjson.loads(e["data"])["data"]["status"] for e in seen]
+    assert statuses == ["slow", "fast", "after"]
+    assert [int(e["id"]) for e in seen] == sorted(int(e["id"]) for e in seen)
+    resp.close()
+
+
+async def test_an_event_number_past_the_bigint_range_is_refused(
+    client: TestClient, tenant: Tenant
+) -> None:
+    resp = await client.get("/v1/live?after=99999999999999999999", headers=tenant.auth)
+    assert resp.status == 422
+    assert (await resp.json())["error"]["field"] == "after"
+
+
 async def test_call_progress_reaches_the_viewer_of_its_tenant_only(
     client: TestClient, tenant: Tenant, other_tenant: Tenant, pool
 ) -> None:
@@ -95,6 +147,9 @@ async def test_call_progress_reaches_the_viewer_of_its_tenant_only(
     theirs = await client.get("/v1/live", headers=other_tenant.auth)
     await asyncio.sleep(0.3)  # both viewers are listening
     consumer = EventConsumer(pool, broker=None)  # type: ignore[arg-type]
+    # The worker's claim set the call to dialing already; its viewers still hear of it.
+    await consumer.handle(_event(call_id, record_id, tenant, wf, "dialing", 1_799_999_999.0))
+    assert (await _next_event(mine))["event"] == "call.dialing"
     await consumer.handle(_event(call_id, record_id, tenant, wf, "ringing", 1_800_000_000.0))
     event = await _next_event(mine)
     assert event["event"] == "call.ringing" and "id" not in event  # not replayable
