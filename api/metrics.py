@@ -11,6 +11,8 @@ summarised here from the last hour's calls.
 
 from __future__ import annotations
 
+import math
+
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -36,7 +38,8 @@ class _Snapshot:
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
     pool = request.app[POOL]
-    async with pool.acquire() as conn:
+    # One snapshot for the whole scrape, so that its figures agree with each other.
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         calls = await conn.fetch(
             """SELECT workflow_id::text, state, coalesce(disposition, '') AS disposition,
                       count(*) AS n
@@ -46,32 +49,38 @@ async def metrics(request: web.Request) -> web.Response:
         attempts = await conn.fetchval(
             "SELECT count(*) FROM calls WHERE dialing_at > now() - interval '1 minute'"
         )
+        # Workflows that may still dial: their per-workflow series are written even
+        # when zero, so that an idle workflow reads 0 rather than a gap.
+        workflows = await conn.fetch(
+            """SELECT w.id::text AS workflow_id, w.status,
+                      coalesce((v.settings->'pacing'->>'seats')::int, $1) AS seats
+               FROM workflows w
+               JOIN workflow_versions v
+                 ON v.workflow_id = w.id AND v.version = w.current_version
+               WHERE w.deleted_at IS NULL AND w.status IN ('active', 'paused')""",
+            DEFAULT_SEATS,
+        )
         due = await conn.fetch(
             """SELECT workflow_id::text, count(*) AS n FROM records
                WHERE status IN ('queued', 'waiting') AND next_attempt_at <= now()
                GROUP BY 1"""
         )
+        # As the pacer counts it (the FCC's rule): a machine is not a live answer.
         abandonment = await conn.fetch(
             """SELECT workflow_id::text,
-                      count(*) FILTER (WHERE answered_at IS NOT NULL) AS live,
+                      count(*) FILTER (WHERE answered_at IS NOT NULL
+                                       AND disposition IS DISTINCT FROM 'machine') AS live,
                       count(*) FILTER (WHERE disposition = 'abandoned') AS abandoned
                FROM calls WHERE state = 'ended' AND ended_at > now() - interval '30 days'
                GROUP BY 1"""
         )
         pacing = await conn.fetch(
-            """SELECT c.workflow_id::text,
-                      count(*) FILTER (WHERE c.state = 'queued') AS queued,
-                      count(*) FILTER (WHERE c.state IN ('queued', 'dialing', 'ringing'))
-                          AS dialling,
-                      count(*) FILTER (WHERE c.state = 'answered') AS talking,
-                      coalesce((v.settings->'pacing'->>'seats')::int, $1) AS seats
-               FROM calls c
-               JOIN workflows w ON w.id = c.workflow_id
-               JOIN workflow_versions v
-                 ON v.workflow_id = w.id AND v.version = w.current_version
-               WHERE c.state <> 'ended'
-               GROUP BY 1, 5""",
-            DEFAULT_SEATS,
+            """SELECT workflow_id::text,
+                      count(*) FILTER (WHERE state = 'queued') AS queued,
+                      count(*) FILTER (WHERE state IN ('dialing', 'ringing')) AS dialling,
+                      count(*) FILTER (WHERE state = 'answered') AS answered
+               FROM calls WHERE state <> 'ended'
+               GROUP BY 1"""
         )
         taken_back = await conn.fetch(
             """SELECT workflow_id::text, count(*) AS ended,
@@ -109,28 +118,57 @@ async def metrics(request: web.Request) -> web.Response:
     active.add_metric([], active_count)
     rate = GaugeMetricFamily("dialer_attempts_per_second", "Call attempts over the last minute")
     rate.add_metric([], attempts / 60.0)
-    depth = GaugeMetricFamily(
-        "dialer_due_records", "Records due for their next step, by workflow", labels=["workflow_id"]
+    status = GaugeMetricFamily(
+        "dialer_workflow_status",
+        "1 for each workflow that may dial, labelled with its status (active or paused)",
+        labels=["workflow_id", "status"],
     )
-    for row in due:
-        depth.add_metric([row["workflow_id"]], row["n"])
+    for row in workflows:
+        status.add_metric([row["workflow_id"], row["status"]], 1)
+    due_by_workflow = {row["workflow_id"]: row["n"] for row in due}
+    depth = GaugeMetricFamily(
+        "dialer_due_records",
+        "Records due for their next step, by workflow (a paused workflow's wait for its resume)",
+        labels=["workflow_id"],
+    )
+    for workflow_id in sorted({*due_by_workflow, *(w["workflow_id"] for w in workflows)}):
+        depth.add_metric([workflow_id], due_by_workflow.get(workflow_id, 0))
     queue = GaugeMetricFamily(
         "dialer_dial_queue_depth",
         "Dial jobs published and not yet taken by a worker, by workflow",
         labels=["workflow_id"],
     )
-    ratio = GaugeMetricFamily(
-        "dialer_pacing_ratio",
-        "Calls dialling or ringing per free seat, by workflow (above 1: predictive)",
+    in_flight = GaugeMetricFamily(
+        "dialer_calls_in_flight",
+        "Calls dialling or ringing, by workflow",
         labels=["workflow_id"],
     )
-    for row in pacing:
-        queue.add_metric([row["workflow_id"]], row["queued"])
-        free = row["seats"] - row["talking"]
-        ratio.add_metric([row["workflow_id"]], row["dialling"] / free if free > 0 else 0.0)
+    free_seats = GaugeMetricFamily(
+        "dialer_seats_free",
+        "Seats less calls answered (talking, or still in AMD), by workflow",
+        labels=["workflow_id"],
+    )
+    ratio = GaugeMetricFamily(
+        "dialer_pacing_ratio",
+        "Calls dialling or ringing per free seat, by workflow (above 1: predictive;"
+        " NaN while no seat is free)",
+        labels=["workflow_id"],
+    )
+    open_calls = {row["workflow_id"]: row for row in pacing}
+    for workflow in workflows:
+        workflow_id = workflow["workflow_id"]
+        row = open_calls.get(workflow_id)
+        queued, dialling, answered = (
+            (row["queued"], row["dialling"], row["answered"]) if row else (0, 0, 0)
+        )
+        free = max(0, workflow["seats"] - answered)
+        queue.add_metric([workflow_id], queued)
+        in_flight.add_metric([workflow_id], dialling)
+        free_seats.add_metric([workflow_id], free)
+        ratio.add_metric([workflow_id], dialling / free if free else math.nan)
     abandon = GaugeMetricFamily(
-        "dialer_abandonment_rate",
-        "Abandoned / live answers over 30 days, by workflow",
+        "dialer_abandonment_ratio",
+        "Abandoned / live answers (machines not counted) over 30 days, by workflow",
         labels=["workflow_id"],
     )
     for row in abandonment:
@@ -146,8 +184,8 @@ async def metrics(request: web.Request) -> web.Response:
         take_back.add_metric([row["workflow_id"]], row["taken_back"] / row["ended"])
     loss = GaugeMetricFamily("dialer_rtp_loss_fraction", "Mean RTP loss of last hour's calls")
     loss.add_metric([], float(media["loss"]))
-    jitter = GaugeMetricFamily("dialer_rtp_jitter_ms", "Mean RTP jitter of last hour's calls")
-    jitter.add_metric([], float(media["jitter"]))
+    jitter = GaugeMetricFamily("dialer_rtp_jitter_seconds", "Mean RTP jitter of last hour's calls")
+    jitter.add_metric([], float(media["jitter"]) / 1000.0)
     pending = GaugeMetricFamily("dialer_webhooks_pending", "Webhook deliveries not yet done")
     pending.add_metric([], webhooks["pending"])
     oldest = GaugeMetricFamily(
@@ -163,8 +201,11 @@ async def metrics(request: web.Request) -> web.Response:
                 by_state,
                 active,
                 rate,
+                status,
                 depth,
                 queue,
+                in_flight,
+                free_seats,
                 ratio,
                 abandon,
                 take_back,

@@ -8,6 +8,7 @@ Passwords are write-only: never returned.
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any
 
 import asyncpg
@@ -152,6 +153,8 @@ async def update(request: web.Request) -> web.Response:
     values = _validated(await read_json_object(request), partial=True)
     async with request.app[POOL].acquire() as conn, conn.transaction():
         row = await _load(conn, tenant, request.match_info["trunk_id"])
+        if values.get("name", row["name"]) != row["name"]:
+            await _refuse_if_in_use(conn, tenant, row["name"])
         if values:
             sets = ", ".join(f"{k} = ${i + 3}" for i, k in enumerate(values))
             try:
@@ -168,9 +171,31 @@ async def update(request: web.Request) -> web.Response:
     return json_response(trunk_json(row))
 
 
+async def _refuse_if_in_use(conn: asyncpg.Connection, tenant: uuid.UUID, name: str) -> None:
+    """A trunk a workflow still dials through keeps its name: 409 naming the workflow."""
+    user = await conn.fetchval(
+        """SELECT w.workflow_key FROM workflows w
+           JOIN workflow_versions v ON v.workflow_id = w.id AND v.version = w.current_version
+           WHERE w.tenant_id = $1 AND w.deleted_at IS NULL AND w.status <> 'stopped'
+             AND v.settings->>'trunk' = $2
+           ORDER BY w.created_at LIMIT 1""",
+        tenant,
+        name,
+    )
+    if user is not None:
+        raise ApiError(
+            409,
+            f"workflow {user} dials through this trunk: point it at another trunk or stop it first",
+            field="name",
+            code="trunk_in_use",
+        )
+
+
 @routes.delete("/v1/trunks/{trunk_id}")
 async def delete(request: web.Request) -> web.Response:
     tenant = await bearer_tenant(request)
-    row = await _load(request.app[POOL], tenant, request.match_info["trunk_id"])
-    await request.app[POOL].execute("DELETE FROM trunks WHERE id = $1", row["id"])
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        row = await _load(conn, tenant, request.match_info["trunk_id"])
+        await _refuse_if_in_use(conn, tenant, row["name"])
+        await conn.execute("DELETE FROM trunks WHERE id = $1", row["id"])
     return web.Response(status=204)

@@ -99,6 +99,39 @@ def _text_field(body: dict[str, Any], key: str, *, required: bool, max_len: int)
     return value
 
 
+def merge_patch(target: Any, patch: Any) -> Any:
+    """``patch`` applied to ``target`` as a JSON merge patch (RFC 7396).
+
+    Objects merge key by key, recursively; a null removes its key; anything
+    else replaces what was there.
+    """
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+async def _check_trunk(conn: asyncpg.Connection, tenant: uuid.UUID, settings: Any) -> None:
+    """A workflow's ``settings.trunk`` names one of the tenant's trunks."""
+    name = settings.get("trunk") if isinstance(settings, dict) else None
+    if name is None:
+        return
+    found = await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM trunks WHERE tenant_id = $1 AND name = $2)", tenant, name
+    )
+    if not found:
+        raise ApiError(
+            422,
+            f"settings.trunk: no trunk named {name!r} (see /v1/trunks)",
+            field="settings.trunk",
+        )
+
+
 def _validated(definition: Any, settings: Any) -> tuple[Any, Any]:
     try:
         return validate_definition(definition), validate_settings(settings)
@@ -158,6 +191,7 @@ async def create_workflow(request: web.Request) -> web.Response:
     pool = request.app[POOL]
     workflow_id = new_id()
     async with pool.acquire() as conn, conn.transaction():
+        await _check_trunk(conn, tenant, settings)
         for _ in range(5):  # a key collision is rare; draw again
             key = new_workflow_key()
             inserted = await conn.fetchval(
@@ -237,9 +271,15 @@ async def update_workflow(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn, conn.transaction():
         row = await load_workflow(conn, tenant, request.match_info["workflow_id"], lock=True)
         if "definition" in body or "settings" in body:
+            # Settings are merged into the current ones (RFC 7396: null removes a key).
             definition, settings = _validated(
-                body.get("definition", row["definition"]), body.get("settings", row["settings"])
+                body.get("definition", row["definition"]),
+                merge_patch(row["settings"], body["settings"])
+                if "settings" in body
+                else row["settings"],
             )
+            if "settings" in body:
+                await _check_trunk(conn, tenant, settings)
             version = row["current_version"] + 1
             await conn.execute(
                 """INSERT INTO workflow_versions (workflow_id, version, definition, settings)

@@ -366,7 +366,9 @@ class SipCallRunner:
             data["transfer"] = transfer.as_dict()
         if recording is not None and recording.frames:
             data["recording"] = {
-                "path": str(recording.path),
+                # Relative to the recording directory, which every process names
+                # alike (a relative one is read from each process's own directory).
+                "path": str(recording.path.relative_to(self.recording_dir)),
                 "duration_s": round(recording.duration_s, 3),
                 "bytes": recording.size_bytes,
                 "sha256": recording.sha256,

@@ -310,4 +310,12 @@ class Settings:
 
 
 # Variables the test and CI tooling set that are not process settings.
-_IGNORED = frozenset({"DIALER_TEST_DATABASE_URL", "DIALER_TESTDATA", "DIALER_TEST_AMQP_URL"})
+_IGNORED = frozenset(
+    {
+        "DIALER_TEST_DATABASE_URL",
+        "DIALER_TESTDATA",
+        "DIALER_TEST_AMQP_URL",
+        # Read by setup.py at install time (no compiled modules), not by the program.
+        "DIALER_PURE_PYTHON",
+    }
+)

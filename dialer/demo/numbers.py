@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 __all__ = [
     "BEHAVIOUR_BY_DIGIT",
     "DIGIT_MIX",
+    "SLACK",
     "WINDOW",
     "ZONE_PREFIXES",
     "SamplePerson",

@@ -22,7 +22,6 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -30,7 +29,7 @@ import orjson
 from rich.console import Console
 from rich.live import Live
 
-from dialer.demo.numbers import WINDOW, SamplePerson, sample_people
+from dialer.demo.numbers import SLACK, WINDOW, SamplePerson, sample_people
 from dialer.demo.progress import Snapshot, take_snapshot
 from dialer.demo.sinks import Sinks, start_sinks
 from dialer.demo.view import live_panel, plain_line, summary
@@ -282,7 +281,9 @@ async def execute_demo(settings: Settings, options: DemoOptions, console: Consol
     zones = sorted({p.zone for p in people})
     console.print(
         f"[bold]dialer demo[/]: {len(people)} sample people in {len(zones)} time zones "
-        f"where it is now between {WINDOW[0]:%H:%M} and {WINDOW[1]:%H:%M} "
+        # The people are drawn where an hour of calling is left before the window closes.
+        f"where it is now between {WINDOW[0]:%H:%M} and "
+        f"{(datetime.combine(datetime.min, WINDOW[1]) - SLACK):%H:%M} "
         f"({', '.join(zones)})"
     )
     sinks = await start_sinks()
@@ -399,7 +400,7 @@ async def _drive(
                 await follower
     problems = await _problems(pool, tenant_id, sinks, snapshot)
     recordings = [
-        (str(Path(r["path"])), float(r["duration_s"]))
+        (str(settings.recording_dir / r["path"]), float(r["duration_s"]))
         for r in await pool.fetch(
             """SELECT path, duration_s FROM recordings WHERE tenant_id = $1
                  AND deleted_at IS NULL ORDER BY duration_s DESC""",

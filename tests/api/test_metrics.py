@@ -48,9 +48,13 @@ async def test_metrics_reflect_calls(client: TestClient, tenant: Tenant, pool) -
                      ("ended", "busy"): 2, ("ended", "no_answer"): 1}  # fmt: skip
     queue = {s.labels["workflow_id"]: s.value for s in families["dialer_dial_queue_depth"].samples}
     assert queue[wf["id"]] == 1
-    # Two dialling or ringing for the 9 seats not talking (the workflow names no seats: 10).
+    # One ringing (the queued call is not dialling yet) for the 9 seats not talking (the
+    # workflow names no seats: 10).
     ratio = {s.labels["workflow_id"]: s.value for s in families["dialer_pacing_ratio"].samples}
-    assert ratio[wf["id"]] == 2 / 9
+    assert ratio[wf["id"]] == 1 / 9
+    flying = {s.labels["workflow_id"]: s.value for s in families["dialer_calls_in_flight"].samples}
+    free = {s.labels["workflow_id"]: s.value for s in families["dialer_seats_free"].samples}
+    assert (flying[wf["id"]], free[wf["id"]]) == (1, 9)
     assert families["dialer_active_calls"].samples[0].value >= 1
     assert families["dialer_attempts_per_second"].samples[0].value >= 3 / 60
     due = {s.labels["workflow_id"]: s.value for s in families["dialer_due_records"].samples}
@@ -59,3 +63,43 @@ async def test_metrics_reflect_calls(client: TestClient, tenant: Tenant, pool) -
     # One of the three calls ended in the last hour was taken back while ringing.
     taken = families["dialer_pacing_taken_back_ratio"].samples
     assert {s.labels["workflow_id"]: s.value for s in taken}[wf["id"]] == 1 / 3
+
+
+async def test_abandonment_leaves_machines_out_and_idle_workflows_read_zero(
+    client: TestClient, tenant: Tenant, pool
+) -> None:
+    wf = await make_workflow(client, tenant.auth)
+    idle = await make_workflow(client, tenant.auth, status="paused", name="idle")
+    resp = await client.post(
+        "/v1/records",
+        json={"workflow_key": wf["workflow_key"], **ref_record()},
+        headers=tenant.auth,
+    )
+    record_id = (await resp.json())["record_id"]
+    for disposition in ("human", "abandoned", "machine", "machine"):
+        await pool.execute(
+            """INSERT INTO calls (id, tenant_id, record_id, workflow_id, phone_e164, state,
+                   disposition, dialing_at, answered_at, ended_at)
+               VALUES ($1, $2, $3::uuid, $4::uuid, '+12125550123', 'ended', $5,
+                       now(), now(), now())""",
+            new_id(),
+            tenant.id,
+            record_id,
+            wf["id"],
+            disposition,
+        )
+    text = await (await client.get("/metrics")).text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    abandoned = {
+        s.labels["workflow_id"]: s.value for s in families["dialer_abandonment_ratio"].samples
+    }
+    assert abandoned[wf["id"]] == 1 / 2  # of the two live answers; machines are not people
+    status = {
+        s.labels["workflow_id"]: s.labels["status"]
+        for s in families["dialer_workflow_status"].samples
+    }
+    assert (status[wf["id"]], status[idle["id"]]) == ("active", "paused")
+    for name in ("dialer_due_records", "dialer_dial_queue_depth", "dialer_calls_in_flight"):
+        values = {s.labels["workflow_id"]: s.value for s in families[name].samples}
+        assert values[idle["id"]] == 0, name
+    assert "dialer_rtp_jitter_seconds" in families

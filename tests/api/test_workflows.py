@@ -224,3 +224,46 @@ async def test_delete_workflow(client: TestClient, tenant: Tenant) -> None:
     wf = await make_workflow(client, tenant.auth)
     assert (await client.delete(f"/v1/workflows/{wf['id']}", headers=tenant.auth)).status == 204
     assert (await client.get(f"/v1/workflows/{wf['id']}", headers=tenant.auth)).status == 404
+
+
+async def test_a_settings_patch_merges_into_the_current_settings(
+    client: TestClient, tenant: Tenant
+) -> None:
+    resp = await client.post(
+        "/v1/workflows",
+        json={
+            "name": "x",
+            "definition": SIMPLE_DEFINITION,
+            "settings": {"default_timezone": "America/Chicago", "max_attempts": 3},
+        },
+        headers=tenant.auth,
+    )
+    wf = await resp.json()
+    path = f"/v1/workflows/{wf['id']}"
+    patched = await client.patch(path, json={"settings": {"max_attempts": 5}}, headers=tenant.auth)
+    assert (await patched.json())["settings"] == {
+        "default_timezone": "America/Chicago",
+        "max_attempts": 5,
+    }
+    # RFC 7396: null removes a key.
+    removed = await client.patch(
+        path, json={"settings": {"max_attempts": None}}, headers=tenant.auth
+    )
+    assert (await removed.json())["settings"] == {"default_timezone": "America/Chicago"}
+    versions = await (await client.get(f"{path}/versions", headers=tenant.auth)).json()
+    assert len(versions["items"]) == 3
+
+
+def test_merge_patch_follows_rfc_7396() -> None:
+    from api.workflows import merge_patch
+
+    target = {"window": {"start": "09:00", "end": "17:00"}, "retry": [1], "keep": True}
+    patch = {"window": {"end": None, "days": [1]}, "retry": [2, 3], "new": {"x": None}}
+    assert merge_patch(target, patch) == {
+        "window": {"start": "09:00", "days": [1]},
+        "retry": [2, 3],
+        "keep": True,
+        "new": {},
+    }
+    assert merge_patch(target, "whole") == "whole"
+    assert target["window"] == {"start": "09:00", "end": "17:00"}  # not changed in place

@@ -133,7 +133,8 @@ async def test_records_in_calls_out_results_back(
     recordings = await pool.fetch("SELECT * FROM recordings WHERE tenant_id = $1", tenant.id)
     assert len(recordings) == len(PHONES)
     for recording in recordings:
-        with wave.open(recording["path"]) as wav:
+        assert not Path(recording["path"]).is_absolute()
+        with wave.open(str(tmp_path / "recordings" / recording["path"])) as wav:
             assert wav.getnchannels() == 2 and wav.getframerate() == 8000
             assert wav.getnframes() / 8000 > 0.2
     events = await pool.fetch(

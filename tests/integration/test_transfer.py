@@ -218,7 +218,7 @@ async def test_refer_refused_then_bridged(tmp_path: Path, bot_server) -> None:
     assert transfer["frames_to_callee"] > 50, transfer
     # The recording went on through the bridge: the "ours" channel (what we
     # sent the callee) is the target's echo of the callee's speech.
-    with wave.open(data["recording"]["path"]) as wav:
+    with wave.open(str(tmp_path / "recordings" / data["recording"]["path"])) as wav:
         assert wav.getnchannels() == 2
         samples = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").reshape(-1, 2)
     callee_rms = float(np.sqrt(np.mean(samples[:, 0].astype(np.float64) ** 2)))

@@ -340,7 +340,15 @@ def test_pure_module_imports_no_io():
             imported |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module.split(".")[0])
-    assert imported <= {"__future__", "enum", "math", "collections", "dataclasses", "numpy"}
+    assert imported <= {
+        "__future__",
+        "enum",
+        "math",
+        "collections",
+        "dataclasses",
+        "typing",
+        "numpy",
+    }
 
 
 # -- real speech --------------------------------------------------------------------
