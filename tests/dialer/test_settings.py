@@ -66,7 +66,6 @@ def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> Non
     assert str(info.value).startswith(variable)
 
 
-
 def test_the_install_time_switch_is_not_a_setting() -> None:
     # DIALER_PURE_PYTHON is read by setup.py; left exported, it must not stop the program.
     assert Settings.from_env({"DIALER_PURE_PYTHON": "1"}) == Settings.from_env({})
