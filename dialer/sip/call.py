@@ -1053,10 +1053,14 @@ class Call:
         self._cancel_all_timers(out)
         self._set_status(response)
         if self.state is CallState.CANCELLING and status == 487:
+            # Our CANCEL ended it: the ring timeout's, or a hangup's.
             disposition = self._cancel_reason or Disposition.CANCELLED
+            ring_timeout = disposition is Disposition.NO_ANSWER
+            end_reason, hangup_by = ("ring_timeout" if ring_timeout else "hangup"), "caller"
         else:
             disposition = _response_disposition(response)
-        self._finish(now, disposition, "rejected", out, hangup_by=None)
+            end_reason, hangup_by = "rejected", None
+        self._finish(now, disposition, end_reason, out, hangup_by=hangup_by)
         self.state = CallState.TERMINATED
 
     def _retry_with_credentials(self, response: Response, now: float, out: list[Action]) -> None:

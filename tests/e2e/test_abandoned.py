@@ -109,7 +109,7 @@ async def test_second_live_answer_without_a_seat_is_abandoned(
     # The wait, the message (about 9 s) and the moment its opt-out key is still heard.
     assert 2.0 + 5.0 < abandoned["talk_s"] < 2.0 + 12.0 + OPT_OUT_GRACE_S
     # Our leg (right channel) of the abandoned call: silence while it waited, then speech.
-    with wave.open(abandoned["path"]) as wav:
+    with wave.open(str(tmp_path / "recordings" / abandoned["path"])) as wav:
         frames = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").reshape(-1, 2)
     ours = frames[:, 1]
     assert _rms(ours[: int(1.8 * 8000)]) < 50

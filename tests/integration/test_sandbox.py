@@ -347,7 +347,8 @@ async def test_person_says_hello_then_presses_1(
     # The key comes after the hello, once the wait for the caller's prompt is over.
     first_audio = min(p.t for p in sink.packets if p.payload_type == 0)
     hello_end = first_audio + (spans[-1][1] + 1) * 0.020
-    assert hello_end < events[0].t < hello_end + 0.3 + FAST.person_reply_after_s + 0.5
+    # Less a frame: the end is reckoned from the first packet's arrival, which can lag.
+    assert hello_end - 0.020 < events[0].t < hello_end + 0.3 + FAST.person_reply_after_s + 0.5
 
 
 async def test_person_presses_once_the_callers_prompt_is_over(

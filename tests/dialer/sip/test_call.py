@@ -287,6 +287,7 @@ def test_ring_timeout_cancels_then_487(h: Harness) -> None:
     assert cancel.branch == h.trunk.invite.branch and cancel.cseq.seq == 1  # type: ignore[union-attr]
     result = h.ended()
     assert (result.disposition, result.sip_status) == (Disposition.NO_ANSWER, 487)
+    assert (result.end_reason, result.hangup_by) == ("ring_timeout", "caller")
     assert result.ended_at == 1030
     assert_quiet(h)
 
@@ -300,6 +301,7 @@ def test_cancel_waits_for_a_provisional(h: Harness) -> None:
     assert len(h.sent("CANCEL")) == 1
     result = h.ended()
     assert (result.disposition, result.sip_status) == (Disposition.CANCELLED, 487)
+    assert (result.end_reason, result.hangup_by) == ("hangup", "caller")
 
 
 @pytest.mark.parametrize(
