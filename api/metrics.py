@@ -11,13 +11,15 @@ summarised here from the last hour's calls.
 
 from __future__ import annotations
 
+import hmac
 import math
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from api.context import POOL
+from api.context import POOL, SETTINGS
+from api.errors import ApiError
 from scheduler.policy import DEFAULT_SEATS
 
 __all__ = ["routes"]
@@ -35,8 +37,22 @@ class _Snapshot:
         yield from self.families
 
 
+def _check_token(request: web.Request) -> None:
+    """With DIALER_METRICS_TOKEN set, the scrape must bring it as a bearer token."""
+    settings = request.app.get(SETTINGS)
+    expected = settings.metrics_token.value if settings is not None else ""
+    if not expected:
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), expected.encode()
+    ):
+        raise ApiError(401, "metrics need the bearer token DIALER_METRICS_TOKEN names")
+
+
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
+    _check_token(request)
     pool = request.app[POOL]
     # One snapshot for the whole scrape, so that its figures agree with each other.
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):

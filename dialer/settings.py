@@ -183,6 +183,8 @@ class Settings:
     data_dir: Path = Path("var")
     webhook_secret: Secret = Secret("")
     webhook_allow_hosts: tuple[str, ...] = ()
+    # When set, GET /metrics asks for it as a bearer token.
+    metrics_token: Secret = Secret("")
     max_body_bytes: int = 8 * 1024 * 1024
     log_level: str = "INFO"
     log_json: bool = False
@@ -252,6 +254,8 @@ class Settings:
                 values["recording_dir"] = Path(raw) / "recordings"
         if (raw := get("WEBHOOK_SECRET")) is not None:
             values["webhook_secret"] = Secret(raw)
+        if (raw := get("METRICS_TOKEN")) is not None:
+            values["metrics_token"] = Secret(raw)
         if (raw := get("WEBHOOK_ALLOW_HOSTS")) is not None:
             values["webhook_allow_hosts"] = _parse_allow_hosts("DIALER_WEBHOOK_ALLOW_HOSTS", raw)
         if (raw := get("MAX_BODY_BYTES")) is not None:
