@@ -74,7 +74,7 @@ async def nul_middleware(request: web.Request, handler: _Handler) -> web.StreamR
             if _NUL in name or _NUL in value:
                 shown = name.replace(_NUL, "\\u0000")
                 raise ApiError(
-                    400,
+                    422,
                     f"{kind} parameter {shown} must not contain NUL characters",
                     field=shown,
                 )
@@ -97,7 +97,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     # The escape scan is cheap and almost always negative; only then walk the body.
     if _NUL_ESCAPE in raw and (found := _nul_field(body)) is not None:
         field, why = found
-        raise ApiError(400, f"{field} {why}", field=field)
+        raise ApiError(422, f"{field} {why}", field=field)
     request[_BODY] = body
     return body
 

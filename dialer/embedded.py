@@ -7,6 +7,7 @@ socket inside a data directory of ours, so a laptop needs nothing installed.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,10 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         try:
-            import pgserver
+            with warnings.catch_warnings():
+                # platformdirs notes that XDG_RUNTIME_DIR is unset (root, a service).
+                warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+                import pgserver
         except ImportError as exc:  # pragma: no cover - a declared dependency
             raise RuntimeError(
                 "no DIALER_DATABASE_URL is set and the embedded PostgreSQL (the pgserver "
@@ -32,7 +36,12 @@ class EmbeddedPostgres:
                 "or pip install pgserver"
             ) from exc
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
+        # pgserver narrates every command it runs at INFO; its warnings still show.
+        logging.getLogger("pgserver").setLevel(logging.WARNING)
+        with warnings.catch_warnings():
+            # platformdirs' note that XDG_RUNTIME_DIR is unset (as under root or a service).
+            warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR")
+            self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
         uri = self._server.get_uri()
         log.info("embedded PostgreSQL running; its data lives in %s", self.data_dir)
         return uri

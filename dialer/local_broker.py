@@ -266,6 +266,8 @@ class SocketBroker(Broker):
         self._subs = itertools.count(1)
         self._subscriptions: dict[int, _SocketSubscription] = {}
         self._read_task: asyncio.Task[None] | None = None
+        # Set by close(): the connection's end is ours, not news.
+        self._closing = False
 
     async def start(self) -> None:
         self._reader, self._writer = await asyncio.open_unix_connection(self.path)
@@ -296,7 +298,8 @@ class SocketBroker(Broker):
                     else:
                         subscription.owner.spawn(delivery)
         except (asyncio.IncompleteReadError, ConnectionError, orjson.JSONDecodeError):
-            log.warning("lost the connection to the broker at %s", self.path)
+            if not self._closing:
+                log.warning("lost the connection to the broker at %s", self.path)
         finally:
             self.lost.set()
             for waiter in self._replies.values():
@@ -354,6 +357,7 @@ class SocketBroker(Broker):
         return int(await self._call({"op": "queue_depth", "queue": queue}))
 
     async def close(self) -> None:
+        self._closing = True
         for subscription in list(self._subscriptions.values()):
             await subscription.cancel()
         if self._writer is not None:

@@ -1,4 +1,4 @@
-"""NUL characters, which PostgreSQL cannot store as text, are refused as 400 naming the field."""
+"""NUL characters, which PostgreSQL cannot store as text, are refused as 422 naming the field."""
 
 from __future__ import annotations
 
@@ -22,11 +22,11 @@ from tests.conftest import Tenant
         ("/v1/workflows?status=%00", "status"),
     ],
 )
-async def test_a_nul_in_a_query_parameter_is_a_400_naming_it(
+async def test_a_nul_in_a_query_parameter_is_a_422_naming_it(
     client: TestClient, tenant: Tenant, path: str, field: str
 ) -> None:
     resp = await client.get(path, headers=tenant.auth)
-    assert resp.status == 400, await resp.text()
+    assert resp.status == 422, await resp.text()
     error = (await resp.json())["error"]
     assert error["field"] == field
     assert error["message"] == f"query parameter {field} must not contain NUL characters"
@@ -64,14 +64,14 @@ PROMPT_WITH_NUL = {
         ("/v1/dnc", {"phone_number": "2125550101", "reason": "\u0000"}, "reason"),
     ],
 )
-async def test_a_nul_in_a_json_body_is_a_400_naming_the_field(
+async def test_a_nul_in_a_json_body_is_a_422_naming_the_field(
     client: TestClient, tenant: Tenant, path: str, body: dict[str, Any], field: str
 ) -> None:
     wf = await make_workflow(client, tenant.auth)
     if path.startswith("/v1/records"):
         body = {"workflow_key": wf["workflow_key"], **body}
     resp = await client.post(path, json=body, headers=tenant.auth)
-    assert resp.status == 400, await resp.text()
+    assert resp.status == 422, await resp.text()
     error = (await resp.json())["error"]
     assert error["field"] == field
     assert "NUL character" in error["message"]
@@ -87,7 +87,7 @@ async def test_a_nul_in_a_workflow_update_stores_nothing(
         json={"settings": {"abandon_message": "Sorry\u0000"}},
         headers=tenant.auth,
     )
-    assert resp.status == 400, await resp.text()
+    assert resp.status == 422, await resp.text()
     assert (await resp.json())["error"]["field"] == "settings.abandon_message"
     again = await client.get(f"/v1/workflows/{wf['id']}", headers=tenant.auth)
     assert (await again.json())["version"] == wf["version"]
