@@ -275,7 +275,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply database migrations")
     sub.add_parser("api", help="serve the HTTP API")
-    sub.add_parser("up", help="run the whole stack: API, scheduler, worker (with a trunk)")
+    sub.add_parser(
+        "up",
+        help="run the whole stack: API, scheduler, notifier, workers"
+        " (dialling DIALER_TRUNK_URI, else the built-in sandbox carrier)",
+    )
     sub.add_parser("scheduler", help="run the scheduler and call-event consumer (needs RabbitMQ)")
     sub.add_parser("notifier", help="deliver the outbox as signed webhooks")
     worker = sub.add_parser("worker", help="take dial jobs from RabbitMQ and place the calls")
