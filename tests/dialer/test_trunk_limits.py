@@ -260,7 +260,11 @@ async def test_lease_without_a_call_counts_while_its_worker_beats(pool: asyncpg.
         await pool.execute(
             "UPDATE workers SET last_seen_at = now() - interval '5 minutes' WHERE id = $1", worker
         )
-        assert await limits.try_claim(key, 1, uuid.uuid4())
+        now_mine = uuid.uuid4()
+        assert await limits.try_claim(key, 1, now_mine)
+        # The gone worker's lease was deleted on the way, not left behind.
+        rows = await pool.fetch("SELECT call_id FROM trunk_channels WHERE trunk_key = $1", key)
+        assert [r["call_id"] for r in rows] == [now_mine]
     finally:
         await limits.close()
 
