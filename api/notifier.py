@@ -43,6 +43,7 @@ import random
 import socket
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -105,6 +106,9 @@ class NotifierConfig:
     lease_margin_s: float = 10.0
     disable_after_s: float = 5 * 86400.0
     concurrency: int = 256
+    # Sends to one endpoint at once, at most (about: a lease adds up to this many
+    # to an endpoint below it), so that a slow receiver leaves slots for the rest.
+    endpoint_concurrency: int = 32
     batch_size: int = 500
     flush_interval_s: float = 0.005
     poll_interval_s: float = 1.0
@@ -151,7 +155,9 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         return None
     text = value.strip()
     if text.isascii() and text.isdigit():
-        return float(int(text))
+        # Past nine digits (31 years) the caller's cap applies anyway; int() of a
+        # few hundred digits would not fit a float.
+        return float(int(text)) if len(text) <= 9 else 1e9
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
@@ -396,16 +402,27 @@ RETURNING (SELECT count(*) FROM fan) AS fanned
 
 _UUID_RE = "'^[0-9a-fA-F-]{36}$'"
 _LEASE_SQL = f"""
-WITH due AS (
+WITH ready AS (
+    -- Due deliveries, not of the endpoints this notifier already sends its share to
+    -- ($4), at most $5 per endpoint: one slow receiver cannot take every slot.
+    SELECT d.id, d.next_attempt_at,
+           row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.id)
+               AS nth
+    FROM (SELECT d.id, d.endpoint_id, d.next_attempt_at FROM webhook_deliveries d
+          JOIN webhook_endpoints e ON e.id = d.endpoint_id
+          WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+            AND e.enabled AND e.deleted_at IS NULL AND d.endpoint_id <> ALL ($4::uuid[])
+            AND NOT EXISTS (
+                SELECT 1 FROM webhook_deliveries p
+                WHERE p.endpoint_id = d.endpoint_id AND p.order_key = d.order_key
+                  AND p.status = 'pending' AND p.outbox_id < d.outbox_id)
+          ORDER BY d.next_attempt_at, d.id
+          LIMIT $1 * 4) AS d
+), due AS (
     SELECT d.id, d.leased_by, d.attempts FROM webhook_deliveries d
-    JOIN webhook_endpoints e ON e.id = d.endpoint_id
-    WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-      AND e.enabled AND e.deleted_at IS NULL
-      AND NOT EXISTS (
-          SELECT 1 FROM webhook_deliveries p
-          WHERE p.endpoint_id = d.endpoint_id AND p.order_key = d.order_key
-            AND p.status = 'pending' AND p.outbox_id < d.outbox_id)
-    ORDER BY d.next_attempt_at, d.id
+    JOIN ready r ON r.id = d.id
+    WHERE r.nth <= $5 AND d.status = 'pending' AND d.next_attempt_at <= now()
+    ORDER BY r.next_attempt_at, d.id
     LIMIT $1
     FOR UPDATE OF d SKIP LOCKED
 ), leased AS (
@@ -517,6 +534,8 @@ class Notifier:
         self._results: list[Attempt] = []
         self._results_ready = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        # Sends in flight per endpoint, for endpoint_concurrency.
+        self._per_endpoint: Counter[uuid.UUID] = Counter()
         self._send_slots = asyncio.Semaphore(self.config.concurrency)
         self._signers: dict[str, Webhook] = {}
         self._urls: dict[str, WebhookUrl | UnsafeUrl] = {}
@@ -603,15 +622,17 @@ class Notifier:
             self._wake.clear()
             busy = False
             try:
-                # Lease ahead: up to twice the sending concurrency is leased, so that
-                # the next batch is ready when a slot frees rather than a query later.
-                free = 2 * cfg.concurrency - len(self._inflight)
+                # No more is leased than can be sent at once: a lease covers one
+                # attempt's time, not a wait for a sending slot as well (an attempt
+                # still waiting when its lease ran out went twice).
+                free = cfg.concurrency - len(self._inflight)
                 if free >= max(1, min(cfg.batch_size, cfg.concurrency) // 4) or (
                     free > 0 and not self._inflight
                 ):
                     leased = await self._lease(min(free, cfg.batch_size))
                     busy = busy or len(leased) == min(free, cfg.batch_size)
                     for attempt in leased:
+                        self._per_endpoint[attempt.endpoint_id] += 1
                         task = asyncio.create_task(self._deliver(attempt))
                         self._inflight.add(task)
                         task.add_done_callback(self._inflight.discard)
@@ -666,7 +687,9 @@ class Notifier:
     async def _lease(self, limit: int) -> list[Attempt]:
         if limit <= 0:
             return []
-        rows = await self.pool.fetch(_LEASE_SQL, limit, self.config.lease_s, self.name)
+        cap = self.config.endpoint_concurrency
+        full = [e for e, n in self._per_endpoint.items() if n >= cap]
+        rows = await self.pool.fetch(_LEASE_SQL, limit, self.config.lease_s, self.name, full, cap)
         out = []
         for r in rows:
             secrets = (r["secret"],) + ((r["previous_secret"],) if r["previous_secret"] else ())
@@ -718,8 +741,14 @@ class Notifier:
         return {"id": str(attempt.recording_id), **link}
 
     async def _deliver(self, attempt: Attempt) -> None:
-        async with self._send_slots:
-            await self._send(attempt)
+        endpoint = attempt.endpoint_id  # counted in by the feed loop
+        try:
+            async with self._send_slots:
+                await self._send(attempt)
+        finally:
+            self._per_endpoint[endpoint] -= 1
+            if self._per_endpoint[endpoint] <= 0:
+                del self._per_endpoint[endpoint]
         self._results.append(attempt)
         self._results_ready.set()
 
@@ -760,6 +789,11 @@ class Notifier:
         except (OSError, RuntimeError) as exc:
             # uvloop may raise RuntimeError where asyncio raises OSError.
             attempt.error = f"cannot connect: {exc}"
+        except Exception as exc:
+            # Whatever the answer did to us, the attempt is recorded as failed and
+            # retried, never left to run out its lease and go again unrecorded.
+            log.exception("notifier: attempt %s failed in our code", attempt.delivery_id)
+            attempt.error = f"internal error: {type(exc).__name__}"
         attempt.duration_ms = (time.monotonic() - started) * 1000.0
         attempt.ended_at = time.time()
 

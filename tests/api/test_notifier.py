@@ -116,6 +116,8 @@ def test_retry_schedule(
         ("soon", None),
         ("-5", None),
         (None, None),
+        ("9" * 400, 1e9),  # too long for a float: the cap applies, nothing raises
+        ("9" * 5000, 1e9),
     ],
 )
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
@@ -233,6 +235,8 @@ class Receiver:
             await self.hold.wait()
             if mode == "hang":
                 return web.Response(status=200)
+        if mode == "slow":
+            await asyncio.sleep(0.3)
         if mode == "redirect":
             raise web.HTTPFound(f"{self.base}/redirect-target")
         if mode == "gone":
@@ -610,6 +614,61 @@ async def test_rotation_signs_with_both_secrets_during_the_overlap(
         await receiver.wait(lambda: len(receiver.of("/rotating")) == 1)
     assert receiver.bad_signatures == []
     assert len(receiver.of("/rotating")[0].signature.split(" ")) == signatures
+
+
+async def test_a_lease_is_not_spent_waiting_for_a_sending_slot(
+    pool: asyncpg.Pool, settings: Settings, tenant: Tenant, receiver: Receiver
+) -> None:
+    # Two sends at a time, each 0.3 s of a 0.5 s lease: had more been leased than
+    # can be sent, those waiting would outlive their leases and go twice.
+    receiver.modes["/slow"] = "slow"
+    endpoint_id, _ = await add_endpoint(pool, tenant, f"{receiver.base}/slow", receiver=receiver)
+    events = [
+        str(await emit(pool, tenant, None, None, "workflow.status_changed", {"n": n}))
+        for n in range(8)
+    ]
+    config = dataclasses.replace(
+        FAST, concurrency=2, read_timeout_s=0.4, total_timeout_s=0.4, lease_margin_s=0.1
+    )
+    async with running(pool, settings, config):
+        await eventually(
+            lambda: pool.fetchval(
+                "SELECT count(*) = 8 FROM webhook_deliveries"
+                " WHERE endpoint_id = $1 AND status = 'succeeded'",
+                endpoint_id,
+            )
+        )
+    assert sorted(h.webhook_id for h in receiver.of("/slow")) == sorted(events)
+    outcomes = [a["outcome"] for a in await attempts_of(pool, endpoint_id)]
+    assert outcomes == ["succeeded"] * 8
+
+
+async def test_a_hanging_receiver_leaves_slots_for_other_endpoints(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    tenant: Tenant,
+    other_tenant: Tenant,
+    receiver: Receiver,
+) -> None:
+    receiver.modes["/stuck"] = "hold"  # answers nothing until released
+    await add_endpoint(pool, tenant, f"{receiver.base}/stuck", receiver=receiver)
+    await add_endpoint(pool, other_tenant, f"{receiver.base}/fine", receiver=receiver)
+    for n in range(40):
+        await emit(pool, tenant, None, None, "workflow.status_changed", {"n": n})
+    config = dataclasses.replace(
+        FAST,
+        concurrency=8,
+        endpoint_concurrency=4,
+        read_timeout_s=30.0,
+        total_timeout_s=30.0,
+    )
+    async with running(pool, settings, config):
+        await receiver.wait(lambda: len(receiver.of("/stuck")) >= 4)
+        await emit(pool, other_tenant, None, None, "workflow.status_changed", {"n": 0})
+        # The stuck endpoint holds four sends, not all eight: this one goes at once.
+        await receiver.wait(lambda: len(receiver.of("/fine")) == 1, timeout=3.0)
+        assert len(receiver.of("/stuck")) <= 8
+        receiver.hold.set()
 
 
 async def test_two_notifiers_share_the_work_without_duplicates(
