@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import errno
 import socket
+from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
@@ -61,8 +62,12 @@ class TransportConfig:
     """Where to listen and the limits that keep one peer from hurting the others.
 
     ``port`` 0 picks a free port (the same number for UDP and TCP).
-    ``idle_timeout_s`` closes a TCP connection with no traffic in either way.
-    ``max_unsent_bytes`` closes a connection whose peer stopped reading.
+    ``idle_timeout_s`` closes a TCP connection with no whole message (or
+    ping) either way for that long: bytes that never finish a message do not
+    keep it open. ``max_unsent_bytes`` closes a connection whose peer stopped
+    reading. Connections others open to us are at most ``max_inbound_per_host``
+    per address, and leave ``outbound_reserve`` of ``max_connections`` to the
+    ones we open (to the trunk), so that a flood of idle peers cannot cut us off.
     """
 
     host: str = "127.0.0.1"
@@ -72,6 +77,8 @@ class TransportConfig:
     buffer_bytes: int = 4 * _MIB
     limits: ParserLimits = DEFAULT_LIMITS
     max_connections: int = 1024
+    max_inbound_per_host: int = 64
+    outbound_reserve: int = 32
     idle_timeout_s: float = 120.0
     max_unsent_bytes: int = 4 * _MIB
     connect_timeout_s: float = 5.0
@@ -146,7 +153,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
 class _Connection(asyncio.Protocol):
     """One TCP connection: a framer on the way in, a write queue until connected."""
 
-    __slots__ = ("framer", "key", "last_active", "owner", "pending", "transport")
+    __slots__ = ("framer", "inbound", "key", "last_active", "owner", "pending", "transport")
 
     def __init__(self, owner: SipTransport, key: Address | None) -> None:
         self.owner = owner
@@ -155,6 +162,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.pending: list[bytes] = []
         self.last_active = owner.loop.time()
+        # Counted in the owner's inbound connections per host.
+        self.inbound = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -163,11 +172,17 @@ class _Connection(asyncio.Protocol):
         if self.key is None:
             peer = transport.get_extra_info("peername")
             self.key = (peer[0], peer[1])
-            if len(owner._connections) >= owner.config.max_connections:
+            config = owner.config
+            if (
+                len(owner._connections) >= config.max_connections - config.outbound_reserve
+                or owner._inbound_per_host[peer[0]] >= config.max_inbound_per_host
+            ):
                 owner.stats.connections_refused += 1
                 transport.abort()
                 return
             owner.stats.connections_accepted += 1
+            self.inbound = True
+            owner._inbound_per_host[peer[0]] += 1
             old = owner._connections.get(self.key)
             if old is not None and old is not self:
                 old.close()
@@ -181,7 +196,6 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         owner = self.owner
-        self.last_active = owner.loop.time()
         framer = self.framer
         framer.feed(data)
         key = self.key
@@ -198,14 +212,20 @@ class _Connection(asyncio.Protocol):
             if frame is None:
                 break
             owner.stats.frames_received += 1
+            # Only a whole message keeps the connection alive, not a trickle of bytes.
+            self.last_active = owner.loop.time()
             owner._deliver(frame, key, "TCP")
             if self.transport is None or self.transport.is_closing():
                 return
         pings = framer.take_pings()
         if pings and self.transport is not None:
-            # RFC 5626 §4.4.1: a double-CRLF ping is answered with one CRLF.
+            # RFC 5626 §4.4.1: a double-CRLF ping is answered with one CRLF. One
+            # answer for the pings of one read: a peer that pings without reading
+            # cannot make us buffer an answer per ping.
             owner.stats.keepalives += pings
-            self.transport.write(_PONG * pings)
+            self.last_active = owner.loop.time()
+            self.transport.write(_PONG)
+            self._check_backlog(self.transport)
 
     def write(self, data: bytes) -> None:
         transport = self.transport
@@ -218,6 +238,9 @@ class _Connection(asyncio.Protocol):
         self.last_active = self.owner.loop.time()
         transport.write(data)
         self.owner.stats.frames_sent += 1
+        self._check_backlog(transport)
+
+    def _check_backlog(self, transport: asyncio.Transport) -> None:
         if transport.get_write_buffer_size() > self.owner.config.max_unsent_bytes:
             self.owner.stats.overflow_closed += 1
             self.close()
@@ -235,8 +258,15 @@ class _Connection(asyncio.Protocol):
         self.pending.clear()
 
     def _forget(self) -> None:
-        if self.key is not None and self.owner._connections.get(self.key) is self:
-            del self.owner._connections[self.key]
+        owner = self.owner
+        if self.inbound and self.key is not None:
+            self.inbound = False
+            host = self.key[0]
+            owner._inbound_per_host[host] -= 1
+            if owner._inbound_per_host[host] <= 0:
+                del owner._inbound_per_host[host]
+        if self.key is not None and owner._connections.get(self.key) is self:
+            del owner._connections[self.key]
 
 
 def _nodelay(transport: asyncio.BaseTransport) -> None:
@@ -288,6 +318,7 @@ class SipTransport:
         self.address: Address = (config.host, config.port)
         self._listeners = _Listeners()
         self._connections: dict[Address, _Connection] = {}
+        self._inbound_per_host: Counter[str] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweep: asyncio.TimerHandle | None = None
         self._closed = False

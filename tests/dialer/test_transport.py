@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -255,7 +256,9 @@ async def test_small_udp_request_stays_udp(transport: SipTransport) -> None:
 
 
 async def test_connection_limit_and_idle_timeout(recorder: Recorder) -> None:
-    config = TransportConfig("127.0.0.1", 0, max_connections=1, idle_timeout_s=0.2)
+    config = TransportConfig(
+        "127.0.0.1", 0, max_connections=1, outbound_reserve=0, idle_timeout_s=0.2
+    )
     transport = await open_transport(config, recorder)
     try:
         r1, w1 = await asyncio.open_connection(*transport.address)
@@ -269,6 +272,78 @@ async def test_connection_limit_and_idle_timeout(recorder: Recorder) -> None:
         w1.close()
         w2.close()
     finally:
+        await transport.close()
+
+
+async def test_pings_without_reading_do_not_pile_up_answers(
+    transport: SipTransport, recorder: Recorder
+) -> None:
+    reader, writer = await asyncio.open_connection(*transport.address)
+    pings = 262_144  # 1 MiB of double-CRLF pings, answers never read meanwhile
+    writer.write(b"\r\n\r\n" * pings)
+    await writer.drain()
+    async with asyncio.timeout(5):
+        while transport.stats.keepalives < pings:
+            await asyncio.sleep(0.01)
+    answered = b""
+    with contextlib.suppress(TimeoutError):
+        while chunk := await asyncio.wait_for(reader.read(65536), 0.3):
+            answered += chunk
+    # One answer per read of pings, not one per ping (which was 512 KiB).
+    assert 0 < len(answered) < 64 * 1024 and not answered.strip(b"\r\n")
+    writer.close()
+
+
+async def test_a_message_that_never_finishes_does_not_keep_its_connection(
+    recorder: Recorder,
+) -> None:
+    transport = await open_transport(TransportConfig("127.0.0.1", 0, idle_timeout_s=0.3), recorder)
+    try:
+        reader, writer = await asyncio.open_connection(*transport.address)
+        closed = asyncio.ensure_future(reader.read())
+        # A byte every 50 ms, never the end of the headers (slowloris).
+        for byte in OPTIONS[:40]:
+            if closed.done():
+                break
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.05)
+        assert closed.done() and closed.result() == b""
+        assert transport.stats.idle_closed == 1
+        writer.close()
+    finally:
+        await transport.close()
+
+
+async def test_inbound_connections_are_capped_per_host_and_leave_room_to_dial_out(
+    recorder: Recorder,
+) -> None:
+    config = TransportConfig(
+        "127.0.0.1", 0, max_connections=4, max_inbound_per_host=2, outbound_reserve=1
+    )
+    transport = await open_transport(config, recorder)
+    peer = await open_transport(TransportConfig("127.0.0.1", 0), Recorder())
+    writers = []
+    try:
+        for host in ("127.0.0.2", "127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.3"):
+            reader, writer = await asyncio.open_connection(*transport.address, local_addr=(host, 0))
+            writers.append(writer)
+            writer.write(OPTIONS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reader.read(1), 0.3)
+        # 127.0.0.2's third is over its share, and 127.0.0.3's second would take
+        # the room kept for dialling out.
+        assert transport.stats.connections_accepted == 3
+        assert transport.stats.connections_refused == 2
+        transport.send(OPTIONS, peer.address, "TCP")
+        assert transport.stats.connections_opened == 0
+        async with asyncio.timeout(2):
+            while transport.stats.connections_opened == 0:
+                await asyncio.sleep(0.01)
+        assert recorder.failed.empty()
+    finally:
+        for writer in writers:
+            writer.close()
+        await peer.close()
         await transport.close()
 
 
