@@ -43,7 +43,6 @@ import random
 import socket
 import time
 import uuid
-from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -106,9 +105,6 @@ class NotifierConfig:
     lease_margin_s: float = 10.0
     disable_after_s: float = 5 * 86400.0
     concurrency: int = 256
-    # Sends to one endpoint at once, at most (about: a lease adds up to this many
-    # to an endpoint below it), so that a slow receiver leaves slots for the rest.
-    endpoint_concurrency: int = 32
     batch_size: int = 500
     flush_interval_s: float = 0.005
     poll_interval_s: float = 1.0
@@ -377,6 +373,7 @@ class Attempt:
     duration_ms: float = 0.0
     started_at: float = 0.0
     ended_at: float = 0.0
+    leased_at: float = 0.0  # monotonic
 
 
 _DISPATCH_SQL = """
@@ -402,27 +399,16 @@ RETURNING (SELECT count(*) FROM fan) AS fanned
 
 _UUID_RE = "'^[0-9a-fA-F-]{36}$'"
 _LEASE_SQL = f"""
-WITH ready AS (
-    -- Due deliveries, not of the endpoints this notifier already sends its share to
-    -- ($4), at most $5 per endpoint: one slow receiver cannot take every slot.
-    SELECT d.id, d.next_attempt_at,
-           row_number() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.id)
-               AS nth
-    FROM (SELECT d.id, d.endpoint_id, d.next_attempt_at FROM webhook_deliveries d
-          JOIN webhook_endpoints e ON e.id = d.endpoint_id
-          WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-            AND e.enabled AND e.deleted_at IS NULL AND d.endpoint_id <> ALL ($4::uuid[])
-            AND NOT EXISTS (
-                SELECT 1 FROM webhook_deliveries p
-                WHERE p.endpoint_id = d.endpoint_id AND p.order_key = d.order_key
-                  AND p.status = 'pending' AND p.outbox_id < d.outbox_id)
-          ORDER BY d.next_attempt_at, d.id
-          LIMIT $1 * 4) AS d
-), due AS (
+WITH due AS (
     SELECT d.id, d.leased_by, d.attempts FROM webhook_deliveries d
-    JOIN ready r ON r.id = d.id
-    WHERE r.nth <= $5 AND d.status = 'pending' AND d.next_attempt_at <= now()
-    ORDER BY r.next_attempt_at, d.id
+    JOIN webhook_endpoints e ON e.id = d.endpoint_id
+    WHERE d.status = 'pending' AND d.next_attempt_at <= now()
+      AND e.enabled AND e.deleted_at IS NULL
+      AND NOT EXISTS (
+          SELECT 1 FROM webhook_deliveries p
+          WHERE p.endpoint_id = d.endpoint_id AND p.order_key = d.order_key
+            AND p.status = 'pending' AND p.outbox_id < d.outbox_id)
+    ORDER BY d.next_attempt_at, d.id
     LIMIT $1
     FOR UPDATE OF d SKIP LOCKED
 ), leased AS (
@@ -534,8 +520,6 @@ class Notifier:
         self._results: list[Attempt] = []
         self._results_ready = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
-        # Sends in flight per endpoint, for endpoint_concurrency.
-        self._per_endpoint: Counter[uuid.UUID] = Counter()
         self._send_slots = asyncio.Semaphore(self.config.concurrency)
         self._signers: dict[str, Webhook] = {}
         self._urls: dict[str, WebhookUrl | UnsafeUrl] = {}
@@ -622,17 +606,16 @@ class Notifier:
             self._wake.clear()
             busy = False
             try:
-                # No more is leased than can be sent at once: a lease covers one
-                # attempt's time, not a wait for a sending slot as well (an attempt
-                # still waiting when its lease ran out went twice).
-                free = cfg.concurrency - len(self._inflight)
+                # Lease ahead: up to twice the sending concurrency is leased, so that
+                # the next batch is ready when a slot frees rather than a query later.
+                # An attempt that waited for its slot renews its lease first.
+                free = 2 * cfg.concurrency - len(self._inflight)
                 if free >= max(1, min(cfg.batch_size, cfg.concurrency) // 4) or (
                     free > 0 and not self._inflight
                 ):
                     leased = await self._lease(min(free, cfg.batch_size))
                     busy = busy or len(leased) == min(free, cfg.batch_size)
                     for attempt in leased:
-                        self._per_endpoint[attempt.endpoint_id] += 1
                         task = asyncio.create_task(self._deliver(attempt))
                         self._inflight.add(task)
                         task.add_done_callback(self._inflight.discard)
@@ -687,9 +670,8 @@ class Notifier:
     async def _lease(self, limit: int) -> list[Attempt]:
         if limit <= 0:
             return []
-        cap = self.config.endpoint_concurrency
-        full = [e for e, n in self._per_endpoint.items() if n >= cap]
-        rows = await self.pool.fetch(_LEASE_SQL, limit, self.config.lease_s, self.name, full, cap)
+        rows = await self.pool.fetch(_LEASE_SQL, limit, self.config.lease_s, self.name)
+        leased_at = time.monotonic()
         out = []
         for r in rows:
             secrets = (r["secret"],) + ((r["previous_secret"],) if r["previous_secret"] else ())
@@ -705,6 +687,7 @@ class Notifier:
                     payload=r["payload"],
                     created_at=r["created_at"],
                     recording_id=r["recording_id"],
+                    leased_at=leased_at,
                 )
             )
         return out
@@ -741,16 +724,38 @@ class Notifier:
         return {"id": str(attempt.recording_id), **link}
 
     async def _deliver(self, attempt: Attempt) -> None:
-        endpoint = attempt.endpoint_id  # counted in by the feed loop
-        try:
-            async with self._send_slots:
-                await self._send(attempt)
-        finally:
-            self._per_endpoint[endpoint] -= 1
-            if self._per_endpoint[endpoint] <= 0:
-                del self._per_endpoint[endpoint]
+        async with self._send_slots:
+            if not await self._still_ours(attempt):
+                return  # its lease ran out while it waited: another attempt has it
+            await self._send(attempt)
         self._results.append(attempt)
         self._results_ready.set()
+
+    async def _still_ours(self, attempt: Attempt) -> bool:
+        """Renew the lease of an attempt that waited for its slot; False if it is lost.
+
+        A lease covers one attempt's time (``lease_s``), not a wait for a slot
+        as well: without this, slow receivers made the attempts waiting behind
+        them outlive their leases, and each went twice. The wait is at most one
+        send's time (twice the slots are leased), shorter than a lease.
+        """
+        if time.monotonic() - attempt.leased_at < self.config.lease_margin_s / 2:
+            return True
+        try:
+            renewed = await self.pool.fetchval(
+                """UPDATE webhook_deliveries
+                   SET next_attempt_at = now() + make_interval(secs => $4)
+                   WHERE id = $1 AND leased_by = $2 AND attempts = $3 AND status = 'pending'
+                   RETURNING true""",
+                attempt.delivery_id,
+                self.name,
+                attempt.attempt,
+                self.config.lease_s,
+            )
+        except (asyncpg.PostgresError, OSError) as exc:
+            log.warning("notifier: could not renew a lease, leaving it to run out: %s", exc)
+            return False
+        return bool(renewed)
 
     async def _send(self, attempt: Attempt) -> None:
         assert self._session is not None

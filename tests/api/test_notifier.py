@@ -643,34 +643,6 @@ async def test_a_lease_is_not_spent_waiting_for_a_sending_slot(
     assert outcomes == ["succeeded"] * 8
 
 
-async def test_a_hanging_receiver_leaves_slots_for_other_endpoints(
-    pool: asyncpg.Pool,
-    settings: Settings,
-    tenant: Tenant,
-    other_tenant: Tenant,
-    receiver: Receiver,
-) -> None:
-    receiver.modes["/stuck"] = "hold"  # answers nothing until released
-    await add_endpoint(pool, tenant, f"{receiver.base}/stuck", receiver=receiver)
-    await add_endpoint(pool, other_tenant, f"{receiver.base}/fine", receiver=receiver)
-    for n in range(40):
-        await emit(pool, tenant, None, None, "workflow.status_changed", {"n": n})
-    config = dataclasses.replace(
-        FAST,
-        concurrency=8,
-        endpoint_concurrency=4,
-        read_timeout_s=30.0,
-        total_timeout_s=30.0,
-    )
-    async with running(pool, settings, config):
-        await receiver.wait(lambda: len(receiver.of("/stuck")) >= 4)
-        await emit(pool, other_tenant, None, None, "workflow.status_changed", {"n": 0})
-        # The stuck endpoint holds four sends, not all eight: this one goes at once.
-        await receiver.wait(lambda: len(receiver.of("/fine")) == 1, timeout=3.0)
-        assert len(receiver.of("/stuck")) <= 8
-        receiver.hold.set()
-
-
 async def test_two_notifiers_share_the_work_without_duplicates(
     big_pool: asyncpg.Pool, settings: Settings, tenant: Tenant, receiver: Receiver
 ) -> None:
