@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from dialer.messages import DialJob
 from dialer.trunk import TrunkConfig
 from dialer.user_agent import UserAgent
 from media.g711 import ulaw_encode
 from tests.integration.peers import free_port, require, start_sipp
 from tests.integration.test_sipp import FAST, options
-from tests.integration.test_transfer import loopback_runner
+from tests.integration.test_transfer import loopback_job, loopback_runner
 from tests.media.test_amd import join, pcm, silence, words
 from tests.media.test_sipp_rtp import write_rtp_pcap
 
@@ -47,13 +45,7 @@ async def test_the_verdict_is_published_while_the_call_goes_on(tmp_path: Path) -
     try:
         async with UserAgent(options(FAST), [TrunkConfig.from_uri(callee.uri, name="c")]) as agent:
             runner = loopback_runner(agent, tmp_path, "c", 46000)
-            job = DialJob(
-                call_id=str(uuid.uuid4()),
-                record_id=str(uuid.uuid4()),
-                tenant_id=str(uuid.uuid4()),
-                workflow_id=str(uuid.uuid4()),
-                node_id="call",
-                phone_e164="1000",
+            job = loopback_job(
                 # A prompt of several seconds after the verdict.
                 handler={
                     "type": "prompt",

@@ -17,12 +17,11 @@ from typing import Any
 
 import pytest
 
-from dialer.messages import DialJob
 from dialer.trunk import TrunkConfig
 from dialer.user_agent import UserAgent
 from tests.integration.peers import free_port, require, start_sipp
 from tests.integration.test_sipp import FAST, options
-from tests.integration.test_transfer import loopback_runner
+from tests.integration.test_transfer import loopback_job, loopback_runner
 
 pytestmark = pytest.mark.integration
 
@@ -44,16 +43,7 @@ async def take_back_while_ringing(tmp_path: Path, scenario: str) -> tuple[dict[s
     try:
         async with UserAgent(options(FAST), [TrunkConfig.from_uri(callee.uri, name="c")]) as agent:
             runner = loopback_runner(agent, tmp_path, "c", 45000)
-            job = DialJob(
-                call_id=str(uuid.uuid4()),
-                record_id=str(uuid.uuid4()),
-                tenant_id=str(uuid.uuid4()),
-                workflow_id=str(uuid.uuid4()),
-                node_id="call",
-                phone_e164="1000",
-                handler={"type": "prompt", "text": "Hello."},
-                ring_timeout_s=30,
-            )
+            job = loopback_job(handler={"type": "prompt", "text": "Hello."}, ring_timeout_s=30)
             async with asyncio.timeout(20):
                 call = asyncio.create_task(runner.run(job, emit))
                 await rang.wait()

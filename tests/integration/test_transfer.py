@@ -118,6 +118,19 @@ def loopback_runner(
     )
 
 
+def loopback_job(**fields: Any) -> DialJob:
+    """A dial job of fresh ids to number 1000, for a runner on loopback."""
+    return DialJob(
+        call_id=str(uuid.uuid4()),
+        record_id=str(uuid.uuid4()),
+        tenant_id=str(uuid.uuid4()),
+        workflow_id=str(uuid.uuid4()),
+        node_id="call",
+        phone_e164="1000",
+        **fields,
+    )
+
+
 async def run_job(
     tmp_path: Path, callee: Sipp, target: Sipp | None, bot_url: str, *, transfer: TransferConfig
 ) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]]:
@@ -131,16 +144,7 @@ async def run_job(
 
     async with UserAgent(options(FAST), trunks) as agent:
         runner = loopback_runner(agent, tmp_path, "carrier", 44000, transfer=transfer)
-        job = DialJob(
-            call_id=str(uuid.uuid4()),
-            record_id=str(uuid.uuid4()),
-            tenant_id=str(uuid.uuid4()),
-            workflow_id=str(uuid.uuid4()),
-            node_id="call",
-            phone_e164="1000",
-            handler={"type": "voicebot", "url": bot_url},
-            record=True,
-        )
+        job = loopback_job(handler={"type": "voicebot", "url": bot_url}, record=True)
         async with asyncio.timeout(20):
             data = await runner.run(job, emit)
             assert await agent.drain(5.0), "a call was not over on both sides"
