@@ -980,12 +980,23 @@ class Call:
         try:
             dialog = Dialog.from_uac(invite, response)
         except (DialogError, ParseError) as error:
-            # Without a dialog there is no ACK to build: the callee gives up
-            # after 64*T1 without one.
-            self._cancel_all_timers(out)
+            fallback = _fallback_dialog(invite, response)
             self._set_status(response)
-            self._finish(now, Disposition.FAILED, "bad_2xx", out, None, detail=str(error))
-            self.state = CallState.TERMINATED
+            if fallback is None:
+                # Without even a To tag there is no ACK to build: the callee gives
+                # up after 64*T1 without one.
+                self._cancel_all_timers(out)
+                self._finish(now, Disposition.FAILED, "bad_2xx", out, None, detail=str(error))
+                self.state = CallState.TERMINATED
+                return
+            # §13.2.2.4: every 2xx gets its ACK. One we cannot use (its Contact or
+            # Record-Route unreadable) is ACKed and ended with our BYE where the
+            # INVITE went, so that the callee's leg does not stay up until its
+            # own timers give up.
+            self.dialog = fallback
+            self._ack = fallback.create_ack(invite, self._via())
+            out.append(self.layer.send_stateless(self._ack, self._next_hop(), self._tp))
+            self._send_bye(now, Disposition.FAILED, "bad_2xx", out, detail=str(error))
             return
         self.dialog = dialog
         self._ack = dialog.create_ack(invite, self._via())
@@ -1465,6 +1476,23 @@ class Call:
             else None,
         )
         out.append(Ended(self.call_id, self.result))
+
+
+def _fallback_dialog(invite: Request, response: Response) -> Dialog | None:
+    """A dialog for a 2xx whose Contact or Record-Route cannot be used, or None.
+
+    Its remote target is the INVITE's Request-URI and it has no route set, so
+    the ACK and BYE follow the INVITE's way. Needs the To tag.
+    """
+    try:
+        if not response.to_tag:
+            return None
+        repaired = response.without_header("Record-Route").replace_header(
+            "Contact", f"<{invite.uri.serialize()}>"
+        )
+        return Dialog.from_uac(invite, repaired)
+    except (DialogError, SipError):
+        return None
 
 
 def _tokens(message: Request | Response, name: str) -> tuple[str, ...]:

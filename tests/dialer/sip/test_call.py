@@ -191,6 +191,24 @@ def test_retransmitted_2xx_is_acked_again(h: Harness) -> None:
     assert h.kinds() == ["Answered"]
 
 
+@pytest.mark.parametrize(
+    "header",
+    [("Contact", "garbage"), ("Contact", "<sip:@>"), ("Record-Route", "<garbage>")],
+)
+def test_a_2xx_we_cannot_use_is_acked_and_ended(h: Harness, header: tuple[str, str]) -> None:
+    h.answer(headers=[header])
+    # §13.2.2.4: the 2xx still gets its ACK, then our BYE ends the callee's leg.
+    assert len(h.trunk.acks) == 1
+    byes = h.sent("BYE")
+    assert len(byes) == 1 and byes[0].to_tag == "trunk-tag"
+    result = h.ended()
+    assert (result.disposition, result.end_reason) == (Disposition.FAILED, "bad_2xx")
+    assert (result.sip_status, result.hangup_by) == (200, "caller")
+    assert "Answered" not in h.kinds()
+    assert h.trunk.dialog is not None and h.trunk.dialog.state.value == "Terminated"
+    assert_quiet(h)
+
+
 def test_early_media_then_200_without_sdp(h: Harness) -> None:
     h.trunk.respond(183, h.trunk.answer_sdp())
     h.trunk.respond(180)
