@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from dialer.bus import MemoryBroker
 from scheduler.engine import Scheduler
-from tests.api.helpers import SIMPLE_DEFINITION
+from tests.api.helpers import SIMPLE_DEFINITION, make_workflow
 from tests.conftest import Tenant
 
 # UK numbers: no legal calling hours apply to them, so the tests run at any hour.
@@ -120,12 +120,7 @@ async def test_a_call_a_worker_has_claimed_is_left_to_finish(
 async def test_completing_the_last_open_record_completes_its_list(
     client: TestClient, tenant: Tenant, pool: asyncpg.Pool
 ) -> None:
-    resp = await client.post(
-        "/v1/workflows",
-        json={"name": "x", "definition": SIMPLE_DEFINITION, "status": "active"},
-        headers=tenant.auth,
-    )
-    wf = await resp.json()
+    wf = await make_workflow(client, tenant.auth)
     resp = await client.post(
         f"/v1/workflows/{wf['id']}/lists",
         json={
@@ -151,12 +146,7 @@ async def test_completing_the_last_open_record_completes_its_list(
 async def test_deleting_the_last_open_record_completes_its_list(
     client: TestClient, tenant: Tenant
 ) -> None:
-    resp = await client.post(
-        "/v1/workflows",
-        json={"name": "x", "definition": SIMPLE_DEFINITION, "status": "active"},
-        headers=tenant.auth,
-    )
-    wf = await resp.json()
+    wf = await make_workflow(client, tenant.auth)
     records = [{"record_phone_number": p, "record_first_name": "A"} for p in PHONES[:2]]
     resp = await client.post(
         f"/v1/workflows/{wf['id']}/lists",
@@ -174,12 +164,7 @@ async def test_deleting_the_last_open_record_completes_its_list(
 async def test_stopping_a_workflow_completes_lists_left_with_no_open_record(
     client: TestClient, tenant: Tenant, pool: asyncpg.Pool
 ) -> None:
-    resp = await client.post(
-        "/v1/workflows",
-        json={"name": "x", "definition": SIMPLE_DEFINITION, "status": "active"},
-        headers=tenant.auth,
-    )
-    wf = await resp.json()
+    wf = await make_workflow(client, tenant.auth)
     lists = []
     for name, phones in (("idle", PHONES[:2]), ("busy", PHONES[2:])):
         records = [{"record_phone_number": p, "record_first_name": "A"} for p in phones]
