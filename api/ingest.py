@@ -21,7 +21,7 @@ from api.errors import ApiError, json_response
 from api.validation import FieldError, ValidRecord, normalise_phone, validate_record
 from dialer import jsonutil
 from dialer.ids import new_ids
-from scheduler.steps import complete_list_if_done
+from scheduler.steps import complete_list_if_done, report_records_ended
 
 __all__ = ["MAX_BATCH", "idempotent", "ingest_batch", "insert_records", "routes"]
 
@@ -53,7 +53,7 @@ async def workflow_for_ingest(
     if not isinstance(key, str):
         raise ApiError(422, "workflow_key must be a string", field="workflow_key")
     row = await conn.fetchrow(
-        """SELECT id, status, current_version, name FROM workflows
+        """SELECT id, status, current_version, name, workflow_key FROM workflows
            WHERE tenant_id = $1 AND workflow_key = $2 AND deleted_at IS NULL""",
         tenant,
         key,
@@ -278,7 +278,7 @@ async def _complete(
                completed_at = now(), updated_at = now()
            WHERE tenant_id = $1 AND workflow_id = $2 AND phone_e164 = $3
              AND status IN ('queued', 'waiting', 'in_progress')
-           RETURNING id, list_id, tenant_id, workflow_id, case_id, phone_e164""",
+           RETURNING id, list_id, tenant_id, workflow_id, case_id, phone_e164, attempts, meta""",
         tenant,
         workflow["id"],
         phone,
@@ -289,6 +289,7 @@ async def _complete(
             "no open record with this number in this workflow",
             field="record_phone_number",
         )
+    await report_records_ended(conn, rows, workflow, "completed", "completed_by_api")
     # The last open record of a list completes the list, as a workflow's end does.
     for row in {r["list_id"]: r for r in rows if r["list_id"] is not None}.values():
         await complete_list_if_done(conn, row, workflow)

@@ -22,6 +22,7 @@ from api.errors import ApiError, json_response
 from api.ingest import idempotent, ingest_batch
 from api.workflows import load_workflow
 from dialer.ids import new_id
+from scheduler.steps import report_records_ended
 
 __all__ = ["routes", "validate_list_settings"]
 
@@ -226,11 +227,18 @@ async def cancel_list(request: web.Request) -> web.Response:
                    WHERE id = $1""",
                 row["id"],
             )
-            await conn.execute(
+            cancelled = await conn.fetch(
                 """UPDATE records SET status = 'cancelled', outcome = 'list_cancelled',
                        completed_at = now(), updated_at = now()
-                   WHERE list_id = $1 AND status IN ('queued', 'waiting')""",
+                   WHERE list_id = $1 AND status IN ('queued', 'waiting')
+                   RETURNING id, tenant_id, workflow_id, case_id, phone_e164, attempts, meta""",
                 row["id"],
+            )
+            workflow = await conn.fetchrow(
+                "SELECT workflow_key FROM workflows WHERE id = $1", row["workflow_id"]
+            )
+            await report_records_ended(
+                conn, cancelled, workflow or {}, "cancelled", "list_cancelled"
             )
         elif row["status"] == "completed":
             raise ApiError(409, "the list has already completed", field="list_id")

@@ -26,7 +26,7 @@ from api.errors import ApiError, json_response
 from dialer.ids import new_id, new_workflow_key
 from dialer.outbox import write_event
 from scheduler.definition import DefinitionError, validate_definition, validate_settings
-from scheduler.steps import complete_list_if_done
+from scheduler.steps import complete_list_if_done, report_records_ended
 from scheduler.templates import TEMPLATES, get_template
 
 __all__ = ["STATUS_TRANSITIONS", "load_workflow", "routes", "workflow_json"]
@@ -340,9 +340,11 @@ async def change_status(
             """UPDATE records SET status = 'cancelled', outcome = 'workflow_stopped',
                    updated_at = now(), completed_at = now()
                WHERE workflow_id = $1 AND status IN ('queued', 'waiting')
-               RETURNING list_id, tenant_id, workflow_id, case_id, phone_e164""",
+               RETURNING id, list_id, tenant_id, workflow_id, case_id, phone_e164,
+                   attempts, meta""",
             row["id"],
         )
+        await report_records_ended(conn, cancelled, row, "cancelled", "workflow_stopped")
         # A list left with no open record is complete now; one with a call still in
         # progress completes when that call's record finishes.
         last_of_list = {r["list_id"]: r for r in cancelled if r["list_id"] is not None}

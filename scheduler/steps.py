@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -51,6 +51,7 @@ __all__ = [
     "end_as_dnc",
     "record_completed",
     "record_zone",
+    "report_records_ended",
 ]
 
 RECORD_COLUMNS = """r.id, r.tenant_id, r.workflow_id, r.workflow_version, r.list_id, r.case_id,
@@ -191,6 +192,26 @@ def record_completed(
             "meta": record["meta"],
         },
     )
+
+
+async def report_records_ended(
+    conn: asyncpg.Connection,
+    records: Sequence[Mapping[str, Any]],
+    workflow: Mapping[str, Any],
+    status: str,
+    outcome: str,
+) -> None:
+    """A record.completed event for each record ended outside a workflow step.
+
+    For records cancelled (list cancelled, workflow stopped) or completed
+    through the API: ``records`` need ``id``, ``tenant_id``, ``workflow_id``,
+    ``case_id``, ``phone_e164``, ``attempts`` and ``meta``; ``workflow`` its
+    ``workflow_key``. The events commit with the caller's transaction.
+    """
+    w = Writes(conn)
+    for record in records:
+        record_completed(w, record, workflow, status, outcome)
+    await w.flush()
 
 
 async def _finish(w: Writes, record: RecordRow, step: Finish, workflow: Mapping[str, Any]) -> None:
