@@ -52,6 +52,7 @@ import asyncpg
 from aiohttp.abc import AbstractResolver, ResolveResult
 from standardwebhooks.webhooks import Webhook
 
+from api.endpoint_gates import EndpointGates
 from api.links import link_key, purge_expired_recordings, recording_link
 from api.urlsafety import (
     AllowList,
@@ -113,6 +114,12 @@ class NotifierConfig:
     purge_interval_s: float = 3600.0
     delivery_retention_s: float = 30 * 86400.0
     stop_grace_s: float = 5.0
+    # A send running this long gives its slot back and marks its endpoint slow:
+    # a slow endpoint's attempts then go ``slow_endpoint_sends`` at a time, until
+    # ``slow_hold_s`` after its last such send.
+    stall_after_s: float = 5.0
+    slow_endpoint_sends: int = 16
+    slow_hold_s: float = 60.0
 
     @property
     def lease_s(self) -> float:
@@ -374,6 +381,7 @@ class Attempt:
     started_at: float = 0.0
     ended_at: float = 0.0
     leased_at: float = 0.0  # monotonic
+    stalled: bool = False  # gave its sending slot back while it waited for the answer
 
 
 _DISPATCH_SQL = """
@@ -403,7 +411,7 @@ WITH due AS (
     SELECT d.id, d.leased_by, d.attempts FROM webhook_deliveries d
     JOIN webhook_endpoints e ON e.id = d.endpoint_id
     WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-      AND e.enabled AND e.deleted_at IS NULL
+      AND e.enabled AND e.deleted_at IS NULL AND d.endpoint_id <> ALL ($4::uuid[])
       AND NOT EXISTS (
           SELECT 1 FROM webhook_deliveries p
           WHERE p.endpoint_id = d.endpoint_id AND p.order_key = d.order_key
@@ -521,6 +529,9 @@ class Notifier:
         self._results_ready = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
         self._send_slots = asyncio.Semaphore(self.config.concurrency)
+        self._gates = EndpointGates(self.config.slow_endpoint_sends, self.config.slow_hold_s)
+        self._parked: dict[int, Attempt] = {}  # waiting at a slow endpoint's gate
+        self._stalled_sends = 0
         self._signers: dict[str, Webhook] = {}
         self._urls: dict[str, WebhookUrl | UnsafeUrl] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -532,7 +543,7 @@ class Notifier:
         """Deliver until ``stop`` is set; then finish (or abandon) what is in flight."""
         cfg = self.config
         connector = aiohttp.TCPConnector(
-            limit=cfg.concurrency,
+            limit=2 * cfg.concurrency,  # the slots, and as many stalled sends
             limit_per_host=0,
             resolver=self.guard.resolver(),
             socket_factory=self.guard.socket_factory,
@@ -609,7 +620,8 @@ class Notifier:
                 # Lease ahead: up to twice the sending concurrency is leased, so that
                 # the next batch is ready when a slot frees rather than a query later.
                 # An attempt that waited for its slot renews its lease first.
-                free = 2 * cfg.concurrency - len(self._inflight)
+                # Attempts parked at a slow endpoint's gate hold no slot and are not counted.
+                free = 2 * cfg.concurrency - (len(self._inflight) - len(self._parked))
                 if free >= max(1, min(cfg.batch_size, cfg.concurrency) // 4) or (
                     free > 0 and not self._inflight
                 ):
@@ -619,6 +631,7 @@ class Notifier:
                         task = asyncio.create_task(self._deliver(attempt))
                         self._inflight.add(task)
                         task.add_done_callback(self._inflight.discard)
+                await self._renew_parked()
                 if time.monotonic() >= next_purge:
                     next_purge = time.monotonic() + cfg.purge_interval_s
                     await self._purge()
@@ -670,10 +683,13 @@ class Notifier:
     async def _lease(self, limit: int) -> list[Attempt]:
         if limit <= 0:
             return []
-        rows = await self.pool.fetch(_LEASE_SQL, limit, self.config.lease_s, self.name)
         leased_at = time.monotonic()
+        rows = await self.pool.fetch(
+            _LEASE_SQL, limit, self.config.lease_s, self.name, self._gates.full(leased_at)
+        )
         out = []
         for r in rows:
+            self._gates.leased(r["endpoint_id"])
             secrets = (r["secret"],) + ((r["previous_secret"],) if r["previous_secret"] else ())
             out.append(
                 Attempt(
@@ -724,12 +740,86 @@ class Notifier:
         return {"id": str(attempt.recording_id), **link}
 
     async def _deliver(self, attempt: Attempt) -> None:
-        async with self._send_slots:
+        endpoint = attempt.endpoint_id
+        try:
+            await self._send_slots.acquire()
+            # Checked once a slot is ours: the endpoint may have turned slow meanwhile.
+            gate = self._gates.enter(endpoint, time.monotonic())
+            if gate is None:
+                sent = await self._send_holding_slot(attempt)
+            else:
+                # A slow endpoint's attempt waits at its gate, holding no slot.
+                self._send_slots.release()
+                try:
+                    self._parked[attempt.delivery_id] = attempt
+                    try:
+                        await gate.acquire()
+                    finally:
+                        del self._parked[attempt.delivery_id]
+                    try:
+                        await self._send_slots.acquire()
+                        sent = await self._send_holding_slot(attempt)
+                    finally:
+                        gate.release()
+                finally:
+                    self._gates.leave(endpoint)
+        finally:
+            self._gates.finished(endpoint)
+        if sent:
+            self._results.append(attempt)
+            self._results_ready.set()
+
+    async def _send_holding_slot(self, attempt: Attempt) -> bool:
+        """Send, then give the slot back; False if the lease was lost while it waited."""
+        stall: asyncio.TimerHandle | None = None
+        try:
             if not await self._still_ours(attempt):
-                return  # its lease ran out while it waited: another attempt has it
+                return False  # its lease ran out while it waited: another attempt has it
+            stall = asyncio.get_running_loop().call_later(
+                self.config.stall_after_s, self._stalled, attempt
+            )
             await self._send(attempt)
-        self._results.append(attempt)
-        self._results_ready.set()
+            return True
+        finally:
+            if stall is not None:
+                stall.cancel()
+            if attempt.stalled:
+                self._stalled_sends -= 1
+            else:
+                self._send_slots.release()
+
+    def _stalled(self, attempt: Attempt) -> None:
+        """A send ran past ``stall_after_s``: its endpoint is slow; its slot goes to others."""
+        self._gates.mark_slow(attempt.endpoint_id, time.monotonic())
+        # The sockets held beyond the slots are bounded: past that, a stalled send keeps its slot.
+        if self._stalled_sends < self.config.concurrency:
+            attempt.stalled = True
+            self._stalled_sends += 1
+            self._send_slots.release()
+
+    async def _renew_parked(self) -> None:
+        """Renew the leases of attempts parked at a slow endpoint's gate before they run out."""
+        now = time.monotonic()
+        due = [
+            a for a in self._parked.values() if now - a.leased_at >= self.config.lease_margin_s / 2
+        ]
+        if not due:
+            return
+        renewed = await self.pool.fetch(
+            """UPDATE webhook_deliveries d SET next_attempt_at = now() + make_interval(secs => $4)
+               FROM unnest($1::bigint[], $2::int[]) AS u(id, attempts)
+               WHERE d.id = u.id AND d.attempts = u.attempts AND d.leased_by = $3
+                 AND d.status = 'pending'
+               RETURNING d.id""",
+            [a.delivery_id for a in due],
+            [a.attempt for a in due],
+            self.name,
+            self.config.lease_s,
+        )
+        ids = {r["id"] for r in renewed}
+        for attempt in due:
+            if attempt.delivery_id in ids:
+                attempt.leased_at = now
 
     async def _still_ours(self, attempt: Attempt) -> bool:
         """Renew the lease of an attempt that waited for its slot; False if it is lost.

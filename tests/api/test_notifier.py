@@ -643,6 +643,53 @@ async def test_a_lease_is_not_spent_waiting_for_a_sending_slot(
     assert outcomes == ["succeeded"] * 8
 
 
+async def test_a_hanging_receiver_does_not_hold_up_other_endpoints(
+    pool: asyncpg.Pool, settings: Settings, tenant: Tenant, receiver: Receiver
+) -> None:
+    # 40 events to a receiver that never answers are leased first and fill every
+    # slot; the 3 s timeout would hold them all, and the fast endpoint's events
+    # behind them, had the stalled sends not given their slots back.
+    receiver.modes["/hang"] = "hang"
+    hanging, _ = await add_endpoint(
+        pool, tenant, f"{receiver.base}/hang", events=["workflow.status_changed"]
+    )
+    fast, _ = await add_endpoint(
+        pool, tenant, f"{receiver.base}/fast", events=["record.completed"], receiver=receiver
+    )
+    for n in range(40):
+        await emit(pool, tenant, None, None, "workflow.status_changed", {"n": n})
+    config = dataclasses.replace(
+        FAST,
+        concurrency=8,
+        read_timeout_s=3.0,
+        total_timeout_s=3.0,
+        lease_margin_s=0.4,
+        stall_after_s=0.3,
+        slow_endpoint_sends=2,
+    )
+    async with running(pool, settings, config):
+        await receiver.wait(lambda: len(receiver.of("/hang")) >= 8)
+        started = time.monotonic()
+        fast_events = [
+            str(await emit(pool, tenant, None, None, "record.completed", {"n": n}))
+            for n in range(10)
+        ]
+        await receiver.wait(lambda: len(receiver.of("/fast")) >= 10)
+        waited = time.monotonic() - started
+        # Past one lease (3.4 s): the parked attempts' leases were renewed, so none
+        # ran out and went again as interrupted.
+        await asyncio.sleep(4.0)
+        hang_hits = len(receiver.of("/hang"))
+    assert waited < 1.5, f"the fast endpoint waited {waited:.1f} s behind the hanging one"
+    assert sorted(h.webhook_id for h in receiver.of("/fast")) == sorted(fast_events)
+    # The slow endpoint got its first 8 sends, then at most 2 at a time.
+    assert hang_hits <= 8 + 2 * 3, hang_hits
+    outcomes = [a["outcome"] for a in await attempts_of(pool, hanging)]
+    assert "interrupted" not in outcomes
+    assert set(outcomes) <= {"failed"}
+    assert len(await attempts_of(pool, fast)) == 10
+
+
 async def test_two_notifiers_share_the_work_without_duplicates(
     big_pool: asyncpg.Pool, settings: Settings, tenant: Tenant, receiver: Receiver
 ) -> None:
