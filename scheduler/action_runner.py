@@ -517,5 +517,6 @@ class ActionRunner:
             await action_context(conn, record),
             now,
             record_zone(record, graph.policy)[0],
+            attempts_total=record["attempts"],
         )
         await apply_step(conn, record, graph, step, now, info, may_dial=False)

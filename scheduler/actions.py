@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from dialer import jsonutil
 from dialer.settings import DEFAULT_SMS_BODY, Settings
-from scheduler.workflow import Context, lookup
+from scheduler.workflow import TEMPLATE, Context, as_text, lookup
 
 __all__ = [
     "ACTION_KINDS",
@@ -58,8 +58,7 @@ ACTION_KINDS = ("sms", "email", "webhook")
 Resolve = Callable[[str], Any]
 Verdict = Literal["ok", "transient", "permanent"]
 
-_TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*\}\}")
-_WHOLE = re.compile(r"^\{\{\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*\}\}$")
+_WHOLE = re.compile(rf"^{TEMPLATE.pattern}$")
 _METHODS = ("POST", "PUT", "PATCH", "GET")
 _OUTCOMES = {
     "sms": ("sent", "failed"),
@@ -68,7 +67,8 @@ _OUTCOMES = {
 }
 # 408 and 425 say "try again"; 429 asks to slow down; every 5xx is the server's own trouble.
 _TRANSIENT = frozenset({408, 425, 429})
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,128}$")
+# RFC 9110 section 5.6.2: a header name is a token; ours are at most 128 characters.
+HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,128}$")
 
 
 class ActionError(ValueError):
@@ -100,26 +100,14 @@ def resolver(context: Context, extra: Mapping[str, Any] | None = None) -> Resolv
     return resolve
 
 
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (Mapping, list, tuple)):
-        return jsonutil.dumps(value)
-    return str(value)
-
-
 def render_text(template: str, resolve: Resolve) -> str:
     """Fill every ``{{path}}``; objects and lists render as JSON, a missing value as ''."""
-    return _TEMPLATE.sub(lambda m: _text(resolve(m[1])), template)
+    return TEMPLATE.sub(lambda m: as_text(resolve(m[1])), template)
 
 
 def render_url(template: str, resolve: Resolve) -> str:
     """Fill a URL template, percent-encoding each value so it stays one path or query part."""
-    return _TEMPLATE.sub(lambda m: quote(_text(resolve(m[1])), safe=""), template)
+    return TEMPLATE.sub(lambda m: quote(as_text(resolve(m[1])), safe=""), template)
 
 
 def render_value(value: Any, resolve: Resolve) -> Any:
@@ -171,7 +159,8 @@ def _context_body(context: Context, extra: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _recipients(raw: str) -> list[str]:
+def email_recipients(raw: str) -> list[str]:
+    """The addresses in a rendered ``to``; ActionError names the first that is none."""
     found = []
     for _, address in email.utils.getaddresses([raw]):
         if not address.strip():
@@ -215,9 +204,9 @@ def render_action(
         to_template = node.get("to") or ""
         raw_to = render_text(to_template, resolve) if to_template.strip() else ""
         if not raw_to.strip():
-            raw_to = _text(lookup(context, "placeholders.email") or lookup(context, "meta.email"))
+            raw_to = as_text(lookup(context, "placeholders.email") or lookup(context, "meta.email"))
         return {
-            "to": _recipients(raw_to),
+            "to": email_recipients(raw_to),
             "subject": _one_line(render_text(node["subject"], resolve)),
             "body": render_text(node["body"], resolve),
             **names,
@@ -233,7 +222,7 @@ def render_action(
         raw_headers = node.get("headers")
         if isinstance(raw_headers, Mapping):
             for name, value in raw_headers.items():
-                if not isinstance(name, str) or not _HEADER_NAME.match(name):
+                if not isinstance(name, str) or not HEADER_NAME.match(name):
                     raise ActionError(f"header name {name!r} is not a valid HTTP header name")
                 if isinstance(value, str):
                     headers.append([name, _one_line(render_text(value, resolve))])

@@ -26,6 +26,8 @@ from typing import Any
 
 import phonenumbers
 
+from scheduler.actions import HEADER_NAME, ActionError, email_recipients
+
 __all__ = [
     "BRANCH_OPERATORS",
     "NODE_OUTCOMES",
@@ -51,6 +53,13 @@ CALL_OUTCOMES = (
     "worker_lost",
     "abandoned",
     "transferred",
+    # Finer outcomes: without an edge of their own they take answered's
+    # (media_timeout: the media stopped after the answer) or failed's.
+    "media_timeout",
+    "media_negotiation_failed",
+    "auth_failed",
+    "auth_refused",
+    "auth_unsupported",
 )
 NODE_OUTCOMES: dict[str, tuple[str, ...]] = {
     "call": CALL_OUTCOMES,
@@ -291,6 +300,13 @@ def _check_node(c: _Checker, node_obj: dict[str, Any], path: str, node: str) -> 
         c.text(node_obj, "subject", path, node, required=True, max_len=998)
         c.text(node_obj, "body", path, node, required=True)
         c.text(node_obj, "to", path, node)
+        to = node_obj.get("to")
+        if isinstance(to, str) and to.strip() and "{{" not in to:
+            # A fixed address is checked now, not when the first record reaches it.
+            try:
+                email_recipients(to)
+            except ActionError as exc:
+                c.add(f"{path}.to", exc.reason, node)
     elif kind == "webhook":
         c.url(node_obj, "url", path, node, ("http", "https"))
         method = node_obj.get("method", "POST")
@@ -303,6 +319,16 @@ def _check_node(c: _Checker, node_obj: dict[str, Any], path: str, node: str) -> 
             isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
         ):
             c.add(f"{path}.headers", "must be an object of string values", node)
+        else:
+            for name in headers:
+                if not HEADER_NAME.match(name):
+                    c.add(
+                        f"{path}.headers",
+                        f"{name[:40]!r} is not an HTTP header name "
+                        "(1-128 letters, digits and !#$%&'*+-.^_`|~)",
+                        node,
+                    )
+                    break
 
 
 def validate_definition(definition: Any, prefix: str = "definition") -> dict[str, Any]:
@@ -442,13 +468,9 @@ def _may_fail_at_once(node: Mapping[str, Any]) -> bool:
         # Its URL is checked here to be http(s) and stays so once filled in.
         headers = node.get("headers") or {}
         return not isinstance(headers, dict) or not all(
-            isinstance(k, str) and _HEADER_NAME.fullmatch(k) for k in headers
+            isinstance(k, str) and HEADER_NAME.match(k) for k in headers
         )
     return True
-
-
-# RFC 9110 §5.6.2: a header name is a token.
-_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 def _step_loops(

@@ -43,6 +43,7 @@ from scheduler.steps import (
     GraphCache,
     StepResult,
     Writes,
+    action_context,
     apply_step,
     context_for,
     dial_job,
@@ -487,11 +488,18 @@ class Scheduler:
             writes.conn, record["workflow_id"], record["workflow_version"]
         )
         zone = record_zone(record, graph.policy)[0]
-        context = context_for(record)
-        if record["current_node"] is None:
-            step = graph.first_step(context, now, zone)
+        node = record["current_node"]
+        if node is not None and graph.nodes[node]["type"] != "call":
+            # A branch after a wait sees the last call and the bot's result, as it
+            # would have right after the call.
+            context = await action_context(writes.conn, record)
         else:
-            step = graph.enter(record["current_node"], context, now, zone)
+            context = context_for(record)
+        attempts = record["attempts"]
+        if node is None:
+            step = graph.first_step(context, now, zone, attempts_total=attempts)
+        else:
+            step = graph.enter(node, context, now, zone, attempts_total=attempts)
         return await apply_step(
             writes.conn,
             record,

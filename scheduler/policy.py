@@ -27,8 +27,16 @@ RETRY_OUTCOMES: dict[str, Outcome] = {o.value: o for o in Outcome} | {
 }
 
 
+# The SIP layer's finer failures, retried as the failed rule says.
+_FAILED_TOO = frozenset(
+    {"media_negotiation_failed", "auth_failed", "auth_refused", "auth_unsupported"}
+)
+
+
 def retry_outcome(disposition: str) -> Outcome | None:
     """The retry outcome of a call disposition; None for one never retried."""
+    if disposition in _FAILED_TOO:
+        return Outcome.FAILED
     return RETRY_OUTCOMES.get(disposition)
 
 

@@ -587,6 +587,7 @@ async def _apply(
                 context,
                 now,
                 record_zone(record, graph.policy)[0],
+                attempts_total=record["attempts"],
             )
             attempts_here = 0
             continue

@@ -45,26 +45,45 @@ REFUSED = {
         },
         "definition.edges[1]",
     ),
-    "branch, webhook, branch": (
+    "branch, email, branch": (
         {
             "start": "b",
             "nodes": [
                 BRANCH,
                 {
-                    "id": "h",
-                    "type": "webhook",
-                    "url": "https://x.example/",
-                    "headers": {"a b": "1"},
+                    "id": "e",
+                    "type": "email",
+                    "subject": "Hi",
+                    "body": "Hi",
+                    "to": "{{placeholders.email}}",
                 },
                 CALL,
             ],
             "edges": [
-                {"from": "b", "on": "true", "to": "h"},
+                {"from": "b", "on": "true", "to": "e"},
                 {"from": "b", "on": "false", "to": "call"},
-                {"from": "h", "to": "b"},
+                {"from": "e", "to": "b"},
             ],
         },
         "definition.edges[2]",
+    ),
+    "a header name no request can carry": (
+        {
+            "start": "h",
+            "nodes": [
+                {"id": "h", "type": "webhook", "url": "https://x.example/", "headers": {"a b": "1"}}
+            ],
+            "edges": [],
+        },
+        "definition.nodes[0].headers",
+    ),
+    "a fixed address that is none": (
+        {
+            "start": "e",
+            "nodes": [{"id": "e", "type": "email", "subject": "Hi", "body": "Hi", "to": "ops"}],
+            "edges": [],
+        },
+        "definition.nodes[0].to",
     ),
 }
 

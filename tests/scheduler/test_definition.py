@@ -70,8 +70,7 @@ def _graph(nodes: list[dict[str, Any]], edges: list[dict[str, Any]], start: str 
 
 
 # Requests that may not render for some record (an empty text, an address from the
-# record, a header name no request can carry): they can fail at once, in the same step.
-WEBHOOK = {"id": "h", "type": "webhook", "url": "https://crm.example/", "headers": {"x y": "1"}}
+# record): they can fail at once, in the same step.
 SMS = {"id": "s", "type": "sms", "text": "{{placeholders.greeting}}"}
 EMAIL = {"id": "e", "type": "email", "subject": "Hi", "body": "Hi", "to": "{{placeholders.email}}"}
 WAIT = {"id": "w", "type": "wait", "duration_s": 60}
@@ -102,16 +101,16 @@ LOOPS = {
         ["b", "b2"],
         "definition.edges[2]",
     ),
-    "branch, webhook, branch": (
+    "branch, email, branch": (
         _graph(
-            [BRANCH, WEBHOOK, CALL],
+            [BRANCH, EMAIL, CALL],
             [
-                {"from": "b", "on": "true", "to": "h"},
+                {"from": "b", "on": "true", "to": "e"},
                 {"from": "b", "on": "false", "to": "call"},
-                {"from": "h", "on": "default", "to": "b"},
+                {"from": "e", "on": "default", "to": "b"},
             ],
         ),
-        ["b", "h"],
+        ["b", "e"],
         "definition.edges[2]",
     ),
     "sms failure to an email whose failure goes back": (
@@ -152,20 +151,26 @@ ALLOWED = {
         [{"from": "b", "on": "default", "to": "call"}, {"from": "call", "to": "b"}],
     ),
     "a call retrying itself": _graph([CALL], [{"from": "call", "to": "call"}], start="call"),
-    # Success needs the action runner's request: never in the same step.
-    "through a webhook's success only": _graph(
-        [BRANCH, WEBHOOK, CALL],
+    # Sent needs the action runner's request: never in the same step.
+    "through an email's sent only": _graph(
+        [BRANCH, EMAIL, CALL],
         [
-            {"from": "b", "on": "true", "to": "h"},
+            {"from": "b", "on": "true", "to": "e"},
             {"from": "b", "on": "false", "to": "call"},
-            {"from": "h", "on": "success", "to": "b"},
-            {"from": "h", "on": "failure", "to": "call"},
+            {"from": "e", "on": "sent", "to": "b"},
+            {"from": "e", "on": "failed", "to": "call"},
         ],
     ),
     # Its own failure edge wins over the default that closes the loop.
-    "a webhook whose default loops but whose failure does not": _graph(
-        [WEBHOOK, CALL],
-        [{"from": "h", "on": "failure", "to": "call"}, {"from": "h", "to": "h"}],
+    "an email whose default loops but whose failure does not": _graph(
+        [EMAIL, CALL],
+        [{"from": "e", "on": "failed", "to": "call"}, {"from": "e", "to": "e"}],
+        start="e",
+    ),
+    # A webhook's request is fixed when the workflow is saved: it never fails at once.
+    "a webhook's failure back to itself": _graph(
+        [{"id": "h", "type": "webhook", "url": "https://crm.example/{{record.id}}"}],
+        [{"from": "h", "on": "failure", "to": "h"}],
         start="h",
     ),
 }
@@ -214,9 +219,21 @@ def test_a_loop_through_requests_that_render_for_everyone_is_allowed() -> None:
     static_sms = {"id": "s", "type": "sms", "text": "Hi"}
     sms_loop = _graph([static_sms, BRANCH], [{"from": "s", "to": "b"}, {"from": "b", "to": "s"}])
     assert validate_definition(sms_loop) == sms_loop
-    # The same with a header name no request can carry: it fails every time, at once.
-    bad_header = {**static_hook, "headers": {"bad name": "x"}}
-    problems = _problems(
-        _graph([bad_header], [{"from": "h", "on": "failure", "to": "h"}], start="h")
-    )
-    assert "closes the loop h -> h" in problems[0]["message"]
+    # A header name no request can carry would fail every time: refused as written.
+    for name in ("bad name", "x" * 129):
+        bad_header = {**static_hook, "headers": {name: "x"}}
+        problems = _problems(
+            _graph([bad_header], [{"from": "h", "on": "failure", "to": "h"}], start="h")
+        )
+        assert [p["field"] for p in problems] == ["definition.nodes[0].headers"]
+        assert "is not an HTTP header name" in problems[0]["message"]
+
+
+@pytest.mark.parametrize("to", ["support-team", "a@b", "two words@example.com"])
+def test_a_fixed_email_address_is_checked_when_the_workflow_is_saved(to: str) -> None:
+    email = {"id": "e", "type": "email", "subject": "Hi", "body": "Hi", "to": to}
+    problems = _problems(_graph([email], [{"from": "e", "on": "failed", "to": "e"}], start="e"))
+    assert [p["field"] for p in problems] == ["definition.nodes[0].to"]
+    assert "is not an email address" in problems[0]["message"]
+    fine = {**email, "to": "Ops <ops@example.com>, a@example.org"}
+    assert validate_definition(_graph([fine], [], start="e"))

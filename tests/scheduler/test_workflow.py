@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, time
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -19,6 +19,7 @@ from scheduler.workflow import (
     WorkflowGraph,
     evaluate,
     lookup,
+    next_local_time,
     render,
 )
 
@@ -185,3 +186,186 @@ def test_after_call_counts_the_record_s_attempts_against_the_total_cap() -> None
     # The first busy at this node, but the record's second attempt: the cap of 2 holds.
     capped = graph.after_call("call", "busy", 1, CTX, NOW, ZONE, attempts_total=2)
     assert isinstance(capped, Finish)
+
+
+def _rule(field: str, operator: str, value: object, **context: dict) -> bool:
+    return evaluate({"field": field, "operator": operator, "value": value}, Context(**context))
+
+
+@pytest.mark.parametrize(
+    ("actual", "operator", "value", "expected"),
+    [
+        # Integers past 2**53 are compared exactly, as numbers and as numeric text.
+        (12345678901234567, "equals", 12345678901234568, False),
+        ("12345678901234567", "equals", "12345678901234568", False),
+        (2**53 + 1, "greater_than", 2**53, True),
+        (12345678901234567, "equals", "12345678901234567", True),
+        (0.1, "equals", "0.1", True),
+        ("1.50", "equals", 1.5, True),
+        # Text that merely looks numeric stays text.
+        ("01234", "equals", "1234", False),
+        ("+12125550123", "equals", "12125550123", False),
+        ("1_000", "equals", 1000, False),
+        ("1e3", "equals", 1000, True),
+        ("01234", "greater_than", 1000, False),
+        # A name is a name.
+        ("Nan", "equals", "nan", True),
+        ("Nan", "in", ["NAN"], True),
+        ("Infinity", "equals", "infinity", True),
+        # Booleans equal booleans (or their spelling), never numbers.
+        (True, "equals", 1, False),
+        (False, "equals", 0, False),
+        (1, "equals", True, False),
+        (True, "equals", "true", True),
+        ("TRUE", "equals", True, True),
+        ("1", "equals", True, False),
+        (False, "not_equals", "false", False),
+        # An object contains its keys, not the text of its repr.
+        ({"key": 1}, "contains", "key", True),
+        ({"key": 1}, "contains", "'key'", False),
+        ({"key": 1}, "equals", {"key": 1}, True),
+    ],
+)
+def test_values_compare_exactly_and_by_kind(
+    actual: object, operator: str, value: object, expected: bool
+) -> None:
+    assert _rule("meta.x", operator, value, meta={"x": actual}) is expected
+
+
+def test_templates_take_keys_in_any_script_and_show_values_as_json_does() -> None:
+    ctx = Context(
+        placeholders={"prénom": "Zoë", "名前": "花子"},
+        meta={"vip": True, "obj": {"a": 1}, "tags": ["x", "y"], "none": None},
+    )
+    text = "{{placeholders.prénom}} {{placeholders.名前}} {{meta.vip}} {{meta.obj}} "
+    text += "{{meta.tags}}|{{meta.none}}|{{ 1bad }}"
+    assert render(text, ctx) == 'Zoë 花子 true {"a":1} ["x","y"]||{{ 1bad }}'
+
+
+LOOPING = validate_definition(
+    {
+        "start": "call",
+        "nodes": [
+            {"id": "call", "type": "call", "handler": {"type": "prompt", "text": "Hi"}},
+            {"id": "later", "type": "wait", "duration_s": 600},
+        ],
+        "edges": [
+            {"from": "call", "on": "busy", "to": "call"},
+            {"from": "call", "on": "no_answer", "to": "later"},
+            {"from": "later", "on": "next", "to": "call"},
+        ],
+    }
+)
+
+
+def test_an_edge_back_to_a_call_stops_at_the_cap_on_all_attempts() -> None:
+    graph = WorkflowGraph(LOOPING, WorkflowPolicy.from_settings({"max_attempts": 2}))
+    again = graph.after_call("call", "busy", 1, CTX, NOW, ZONE, attempts_total=1)
+    assert again == PlaceCall("call", graph.nodes["call"])
+    capped = graph.after_call("call", "busy", 2, CTX, NOW, ZONE, attempts_total=2)
+    assert capped == Finish("completed", "max_attempts", "call")
+    # Through a wait: the wait still happens, the call after it does not.
+    waited = graph.after_call("call", "no_answer", 1, CTX, NOW, ZONE, attempts_total=2)
+    assert waited == WaitUntil("call", NOW + 600)
+    assert graph.enter("call", CTX, NOW, ZONE, attempts_total=2) == capped
+    assert isinstance(graph.enter("call", CTX, NOW, ZONE, attempts_total=1), PlaceCall)
+
+
+def test_the_default_policy_caps_a_looping_graph_too() -> None:
+    graph = WorkflowGraph(LOOPING, WorkflowPolicy.from_settings({}))
+    cap = graph.policy.retry.max_attempts_total
+    assert cap is not None
+    assert isinstance(
+        graph.after_call("call", "busy", 1, CTX, NOW, ZONE, attempts_total=cap - 1), PlaceCall
+    )
+    assert (
+        graph.after_call("call", "busy", 1, CTX, NOW, ZONE, attempts_total=cap).outcome
+        == "max_attempts"
+    )
+
+
+@pytest.mark.parametrize(
+    ("disposition", "edge"),
+    [
+        ("media_timeout", "answered"),
+        ("media_negotiation_failed", "failed"),
+        ("auth_failed", "failed"),
+        ("auth_refused", "failed"),
+        ("auth_unsupported", "failed"),
+    ],
+)
+def test_finer_call_outcomes_take_their_broader_edge(disposition: str, edge: str) -> None:
+    definition = validate_definition(
+        {
+            "start": "call",
+            "nodes": [
+                {"id": "call", "type": "call", "handler": {"type": "prompt", "text": "Hi"}},
+                {"id": "answered", "type": "end"},
+                {"id": "failed", "type": "end", "status": "failed"},
+                {"id": "own", "type": "end"},
+            ],
+            "edges": [
+                {"from": "call", "on": "answered", "to": "answered"},
+                {"from": "call", "on": "failed", "to": "failed"},
+            ],
+        }
+    )
+    graph = WorkflowGraph(definition, WorkflowPolicy.from_settings({"retry": {}}))
+    step = graph.after_call("call", disposition, 1, CTX, NOW, ZONE)
+    assert isinstance(step, Finish) and step.node_id == edge
+    # And an edge of its own is allowed and wins.
+    own = {
+        **definition,
+        "edges": [*definition["edges"], {"from": "call", "on": disposition, "to": "own"}],
+    }
+    step = WorkflowGraph(validate_definition(own), graph.policy).after_call(
+        "call", disposition, 1, CTX, NOW, ZONE
+    )
+    assert isinstance(step, Finish) and step.node_id == "own"
+
+
+def test_finer_failures_are_retried_as_failed() -> None:
+    policy = WorkflowPolicy.from_settings({"retry": {"failed": {"delay_s": 60, "max_attempts": 2}}})
+    graph = WorkflowGraph(LOOPING, policy)
+    assert isinstance(graph.after_call("call", "auth_failed", 1, CTX, NOW, ZONE), RetryCall)
+    assert not isinstance(graph.after_call("call", "media_timeout", 1, CTX, NOW, ZONE), RetryCall)
+
+
+NY = ZoneInfo("America/New_York")
+
+
+@pytest.mark.parametrize(
+    ("now", "until", "expected"),
+    [
+        # Fall back, 2024-11-03: 01:20 comes twice. In the first pass, the first 01:20;
+        # in the second (01:10 EST), the second 01:20, ten minutes on.
+        (datetime(2024, 11, 3, 1, 10, tzinfo=NY), "01:20", datetime(2024, 11, 3, 1, 20, tzinfo=NY)),
+        (
+            datetime(2024, 11, 3, 1, 10, tzinfo=NY, fold=1),
+            "01:20",
+            datetime(2024, 11, 3, 1, 20, tzinfo=NY, fold=1),
+        ),
+        # Spring forward, 2024-03-10: 02:30 never shows; the wait ends at the jump
+        # (03:00 EDT), and once past it, at the next day's 02:30.
+        (datetime(2024, 3, 10, 1, 50, tzinfo=NY), "02:30", datetime(2024, 3, 10, 3, 0, tzinfo=NY)),
+        (datetime(2024, 3, 10, 3, 10, tzinfo=NY), "02:30", datetime(2024, 3, 11, 2, 30, tzinfo=NY)),
+        # An ordinary day, before and after the time.
+        (datetime(2024, 6, 1, 8, 0, tzinfo=NY), "09:30", datetime(2024, 6, 1, 9, 30, tzinfo=NY)),
+        (datetime(2024, 6, 1, 9, 30, tzinfo=NY), "09:30", datetime(2024, 6, 2, 9, 30, tzinfo=NY)),
+    ],
+)
+def test_wait_until_local_time_on_the_days_the_clocks_change(
+    now: datetime, until: str, expected: datetime
+) -> None:
+    hour, minute = (int(x) for x in until.split(":"))
+    got = next_local_time(now.timestamp(), NY, time(hour, minute))
+    assert got == expected.timestamp(), datetime.fromtimestamp(got, NY)
+
+
+def test_wait_until_a_date_the_zone_skipped() -> None:
+    # Samoa went from 2011-12-29 23:59:59 straight to 2011-12-31 00:00: the clock
+    # passed the 30th's noon in that jump, so a wait for noon ends there.
+    apia = ZoneInfo("Pacific/Apia")
+    now = datetime(2011, 12, 29, 23, 0, tzinfo=apia).timestamp()
+    got = datetime.fromtimestamp(next_local_time(now, apia, time(12, 0)), apia)
+    assert got.isoformat() == "2011-12-31T00:00:00+14:00"
