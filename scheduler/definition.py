@@ -204,12 +204,68 @@ class _Checker:
         if key in obj and not isinstance(obj[key], bool):
             self.add(f"{path}.{key}", "must be true or false", node)
 
+    def known(
+        self, obj: Mapping[str, Any], allowed: frozenset[str], path: str, node: str | None
+    ) -> None:
+        """A misspelt field would be stored and silently ignored: refuse it instead."""
+        for key in obj:
+            if key not in allowed:
+                self.add(
+                    f"{path}.{str(key)[:64]}",
+                    f"is not a known field here (known: {', '.join(sorted(allowed))})",
+                    node,
+                )
+
+
+# The fields each part of a definition and of the settings may have.
+_NODE_FIELDS = {
+    "call": frozenset({"handler", "ring_timeout_s", "max_duration_s", "record", "script", "amd"}),
+    "wait": frozenset({"duration_s", "until_local_time"}),
+    "branch": frozenset({"condition"}),
+    "sms": frozenset({"text", "sender"}),
+    "email": frozenset({"subject", "body", "to"}),
+    "webhook": frozenset({"url", "method", "headers", "body"}),
+    "end": frozenset({"status"}),
+}
+_ANY_NODE_FIELDS = frozenset({"id", "type", "name"})
+_HANDLER_FIELDS = {
+    "voicebot": frozenset({"type", "url", "headers", "fallback_prompt", "connect_timeout_s"}),
+    "prompt": frozenset({"type", "text"}),
+}
+_AMD_FIELDS = frozenset({"enabled", "on_machine", "message"})
+_GROUP_FIELDS = frozenset({"join", "conditions"})
+_RULE_FIELDS = frozenset({"field", "operator", "value"})
+_EDGE_FIELDS = frozenset({"from", "to", "on"})
+_DEFINITION_FIELDS = frozenset({"start", "nodes", "edges"})
+_SETTINGS_FIELDS = frozenset(
+    {
+        "default_timezone",
+        "recording",
+        "trunk",
+        "calling_window",
+        "retry",
+        "pacing",
+        "abandon_message",
+        "opt_out_digit",
+        "callback_number",
+        "company_name",
+        "max_attempts",
+    }
+)
+_WINDOW_FIELDS = frozenset({"days", "start", "end"})
+_RETRY_RULE_FIELDS = frozenset({"delay_s", "max_attempts"})
+_PACING_FIELDS = frozenset(
+    {"mode", "seats", "ratio", "abandon_target", "max_wait_s", "cancel_ringing_after_s"}
+)
+
 
 def _check_handler(c: _Checker, handler: Any, path: str, node: str) -> None:
     if not isinstance(handler, dict):
         c.add(path, "must be an object with a type (voicebot or prompt)", node)
         return
     kind = handler.get("type")
+    if kind in _HANDLER_FIELDS:
+        c.known(handler, _HANDLER_FIELDS[kind], path, node)
     if kind == "voicebot":
         c.url(handler, "url", path, node, ("ws", "wss"))
         headers = handler.get("headers", {})
@@ -232,6 +288,7 @@ def _check_condition(c: _Checker, cond: Any, path: str, node: str, depth: int = 
     if not isinstance(cond, dict):
         c.add(path, "must be an object", node)
         return
+    c.known(cond, _GROUP_FIELDS if "conditions" in cond else _RULE_FIELDS, path, node)
     if "conditions" in cond:
         join = cond.get("join", "and")
         if join not in ("and", "or"):
@@ -263,6 +320,8 @@ def _check_condition(c: _Checker, cond: Any, path: str, node: str, depth: int = 
 
 def _check_node(c: _Checker, node_obj: dict[str, Any], path: str, node: str) -> None:
     kind = node_obj["type"]
+    c.known(node_obj, _ANY_NODE_FIELDS | _NODE_FIELDS[kind], path, node)
+    c.text(node_obj, "name", path, node, max_len=200)
     if kind == "call":
         _check_handler(c, node_obj.get("handler"), f"{path}.handler", node)
         c.number(node_obj, "ring_timeout_s", path, 5, 300, node)
@@ -273,6 +332,7 @@ def _check_node(c: _Checker, node_obj: dict[str, Any], path: str, node: str) -> 
         if not isinstance(amd, dict):
             c.add(f"{path}.amd", "must be an object", node)
         else:
+            c.known(amd, _AMD_FIELDS, f"{path}.amd", node)
             c.boolean(amd, "enabled", f"{path}.amd", node)
             on_machine = amd.get("on_machine", "hangup")
             if on_machine not in ("hangup", "message"):
@@ -337,6 +397,7 @@ def validate_definition(definition: Any, prefix: str = "definition") -> dict[str
     if not isinstance(definition, dict):
         c.add("", "must be an object with start, nodes and edges")
         raise DefinitionError(c.problems)
+    c.known(definition, _DEFINITION_FIELDS, "", None)
     nodes = definition.get("nodes")
     edges = definition.get("edges", [])
     if not isinstance(nodes, list) or not nodes:
@@ -385,6 +446,7 @@ def validate_definition(definition: Any, prefix: str = "definition") -> dict[str
         if not isinstance(edge, dict):
             c.add(path, "must be an object with from, on and to")
             continue
+        c.known(edge, _EDGE_FIELDS, path, None)
         src, dst, on = edge.get("from"), edge.get("to"), edge.get("on", "default")
         # Types first: a list or object here cannot be looked up among node ids.
         if not isinstance(src, str):
@@ -527,6 +589,7 @@ def validate_settings(settings: Any, prefix: str = "settings") -> dict[str, Any]
     if not isinstance(settings, dict):
         c.add("", "must be an object")
         raise DefinitionError(c.problems)
+    c.known(settings, _SETTINGS_FIELDS, "", None)
     zone = settings.get("default_timezone")
     if zone is not None:
         try:
@@ -544,6 +607,7 @@ def validate_settings(settings: Any, prefix: str = "settings") -> dict[str, Any]
         if not isinstance(window, dict):
             c.add(".calling_window", "must be an object with days, start and end")
         else:
+            c.known(window, _WINDOW_FIELDS, ".calling_window", None)
             days = window.get("days", list(_DAYS[:5]))
             if not isinstance(days, list) or not days or any(d not in _DAYS for d in days):
                 c.add(".calling_window.days", f"must be a non-empty list of {', '.join(_DAYS)}")
@@ -570,6 +634,7 @@ def validate_settings(settings: Any, prefix: str = "settings") -> dict[str, Any]
                 if not isinstance(rule, dict):
                     c.add(path, "must be an object with delay_s and max_attempts")
                     continue
+                c.known(rule, _RETRY_RULE_FIELDS, path, None)
                 c.number(rule, "delay_s", path, 0, 30 * 86400, None, required=True)
                 c.number(rule, "max_attempts", path, 1, 100, None, required=True, integer=True)
     pacing = settings.get("pacing")
@@ -577,6 +642,7 @@ def validate_settings(settings: Any, prefix: str = "settings") -> dict[str, Any]
         if not isinstance(pacing, dict):
             c.add(".pacing", "must be an object")
         else:
+            c.known(pacing, _PACING_FIELDS, ".pacing", None)
             mode = pacing.get("mode", "progressive")
             if mode not in ("progressive", "ratio", "predictive"):
                 c.add(".pacing.mode", "must be progressive, ratio or predictive")

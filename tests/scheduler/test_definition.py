@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from dialer.demo.run import demo_workflow
-from scheduler.definition import DefinitionError, validate_definition
+from scheduler.definition import DefinitionError, validate_definition, validate_settings
 from scheduler.templates import TEMPLATES
 
 PROMPT = {"type": "prompt", "text": "Hello"}
@@ -237,3 +237,73 @@ def test_a_fixed_email_address_is_checked_when_the_workflow_is_saved(to: str) ->
     assert "is not an email address" in problems[0]["message"]
     fine = {**email, "to": "Ops <ops@example.com>, a@example.org"}
     assert validate_definition(_graph([fine], [], start="e"))
+
+
+@pytest.mark.parametrize(
+    ("definition", "field"),
+    [
+        (
+            {"start": "call", "nodes": [{**CALL, "ring_timout_s": 5}], "edges": []},
+            "definition.nodes[0].ring_timout_s",
+        ),
+        (
+            {"start": "call", "nodes": [{**CALL, "handler": {**PROMPT, "txt": "x"}}], "edges": []},
+            "definition.nodes[0].handler.txt",
+        ),
+        (
+            {"start": "call", "nodes": [{**CALL, "amd": {"enabld": True}}], "edges": []},
+            "definition.nodes[0].amd.enabld",
+        ),
+        (
+            {
+                "start": "b",
+                "nodes": [
+                    {
+                        "id": "b",
+                        "type": "branch",
+                        "condition": {"field": "meta.x", "operator": "equals", "valu": 1},
+                    },
+                ],
+                "edges": [],
+            },
+            "definition.nodes[0].condition.valu",
+        ),
+        (
+            {"start": "call", "nodes": [CALL], "edges": [{"from": "call", "too": "call"}]},
+            "definition.edges[0].too",
+        ),
+        ({"start": "call", "nodes": [CALL], "egdes": []}, "definition.egdes"),
+    ],
+)
+def test_a_misspelt_field_is_refused_not_ignored(definition: dict[str, Any], field: str) -> None:
+    problems = _problems(definition)
+    assert field in [p["field"] for p in problems], problems
+    mine = next(p for p in problems if p["field"] == field)
+    assert mine["message"].startswith("is not a known field here (known: ")
+
+
+def test_a_node_may_carry_a_name() -> None:
+    named = {"start": "call", "nodes": [{**CALL, "name": "First call"}], "edges": []}
+    assert validate_definition(named) == named
+
+
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [
+        ({"calling_windw": {"start": "09:00", "end": "17:00"}}, "settings.calling_windw"),
+        ({"max_attempt": 2}, "settings.max_attempt"),
+        ({"pacing": {"seat": 3}}, "settings.pacing.seat"),
+        (
+            {"retry": {"busy": {"delay_s": 5, "max_attempts": 2, "backof": 2}}},
+            "settings.retry.busy.backof",
+        ),
+        (
+            {"calling_window": {"start": "09:00", "end": "17:00", "day": ["mon"]}},
+            "settings.calling_window.day",
+        ),
+    ],
+)
+def test_a_misspelt_setting_is_refused_not_ignored(settings: dict[str, Any], field: str) -> None:
+    with pytest.raises(DefinitionError) as caught:
+        validate_settings(settings)
+    assert [p.as_dict()["field"] for p in caught.value.problems] == [field]
