@@ -124,13 +124,32 @@ def _name(item: dict[str, Any], field: str, *, required: bool) -> str:
     return value
 
 
+# Deeper documents break encoders down the line (a dial job, a jsonb column) and
+# no CRM needs them.
+MAX_DEPTH = 32
+
+
 def _object(item: dict[str, Any], field: str) -> dict[str, Any]:
     value = item.get(field)
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise FieldError(field, f"must be an object, not {_json_type(value)}")
+    _check_depth(value, field)
     return value
+
+
+def _check_depth(value: dict[str, Any], field: str) -> None:
+    # Iterative, so that the check itself cannot exhaust the stack.
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        current, depth = stack.pop()
+        children = current.values() if isinstance(current, dict) else current
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth >= MAX_DEPTH:
+                    raise FieldError(field, f"is nested deeper than {MAX_DEPTH} levels")
+                stack.append((child, depth + 1))
 
 
 def validate_record(item: Any, *, allow_e164: bool, allow_case_id: bool) -> ValidRecord:

@@ -8,6 +8,7 @@ forbid to accept NaN and Infinity, which are not JSON).
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import orjson
@@ -17,6 +18,14 @@ __all__ = ["dumps", "dumps_bytes", "loads"]
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    # A double cannot hold it: stored, it would come back as null.
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text[:40]} is too large (beyond a double's range)")
+    return value
 
 
 # orjson turns integers wider than 64 bits into floats, silently losing digits;
@@ -36,7 +45,7 @@ def loads(data: bytes | str) -> Any:
         except orjson.JSONDecodeError:
             pass
     try:
-        value = json.loads(raw, parse_constant=_reject_constant)
+        value = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
         # Lone surrogates pass the stdlib parser but cannot be stored as UTF-8.
         json.dumps(value, ensure_ascii=False).encode()
     except (json.JSONDecodeError, UnicodeError, RecursionError) as exc:

@@ -38,6 +38,7 @@ Rules of this file:
 from __future__ import annotations
 
 import binascii
+import json
 import math
 from collections import deque
 from collections.abc import Mapping
@@ -218,7 +219,14 @@ CallEvent = CallConnected | CallStart | CallMedia | CallDtmf | CallMark | CallSt
 def _dumps(value: object) -> bytes:
     try:
         return orjson.dumps(value)
-    except (TypeError, orjson.JSONEncodeError) as error:
+    except TypeError:
+        pass
+    # What orjson refuses but JSON allows (a CRM's integers wider than 64 bits in
+    # the custom parameters) takes the stdlib's exact path.
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return text.encode()
+    except (TypeError, ValueError, RecursionError) as error:
         raise StreamEncodeError(f"cannot encode as JSON: {error}") from error
 
 

@@ -471,8 +471,8 @@ class Scheduler:
                 # calendar, ...): which one, only record by record can tell.
                 raise _RecordStepFailed from exc
         if jobs:
-            await self._publish(jobs)
-            result.published += len(jobs)
+            unencodable = await self._publish(jobs)
+            result.published += len(jobs) - len(unencodable)
 
     async def _step(
         self,
@@ -551,18 +551,29 @@ class Scheduler:
         await writes.flush()
         return StepResult(finished=True)
 
-    async def _publish(self, jobs: list[DialJob]) -> None:
-        await self.broker.publish_jobs([(job.call_id, job.to_bytes()) for job in jobs])
-        # A call a worker is claiming right now is locked by that claim: skipped,
-        # not waited for (it is leaving 'queued', where published_at matters), so
-        # this never holds up a claim nor deadlocks with a batch of them.
-        await self.pool.execute(
-            """UPDATE calls c SET published_at = now()
-               FROM (SELECT id FROM calls WHERE id = ANY($1::uuid[]) AND state = 'queued'
-                     FOR UPDATE SKIP LOCKED) AS free
-               WHERE c.id = free.id""",
-            [uuid.UUID(job.call_id) for job in jobs],
-        )
+    async def _publish(self, jobs: list[DialJob]) -> list[DialJob]:
+        """Publish the jobs; return those that cannot be encoded, left unpublished.
+
+        One such job (a record's data no encoder takes) must not hold back the
+        others: it stays queued, and the stale-job pass ends its call and record.
+        """
+        encoded, unencodable = _encode(jobs)
+        await self._publish_encoded(encoded)
+        return unencodable
+
+    async def _publish_encoded(self, encoded: list[tuple[str, bytes]]) -> None:
+        if encoded:
+            await self.broker.publish_jobs(encoded)
+            # A call a worker is claiming right now is locked by that claim: skipped,
+            # not waited for (it is leaving 'queued', where published_at matters), so
+            # this never holds up a claim nor deadlocks with a batch of them.
+            await self.pool.execute(
+                """UPDATE calls c SET published_at = now()
+                   FROM (SELECT id FROM calls WHERE id = ANY($1::uuid[]) AND state = 'queued'
+                         FOR UPDATE SKIP LOCKED) AS free
+                   WHERE c.id = free.id""",
+                [uuid.UUID(call_id) for call_id, _ in encoded],
+            )
 
     async def _cancel_cancelled_lists_leftovers(self) -> None:
         """Records of a cancelled list that came back to queued or waiting after the
@@ -631,11 +642,16 @@ class Scheduler:
                     row["call_id"], row, graph, row["node_id"], node, now, attempt=row["attempts"]
                 )
             )
+        encoded, unencodable = _encode(jobs)
+        bad_ids = {job.call_id for job in unencodable}
+        bad_rows = [r for r in rows if str(r["call_id"]) in bad_ids]
         if moved_on:
             await self._end_moved_on(moved_on)
-        never_dialled = [(r, "cancelled", "workflow_stopped") for r in stopped] + [
-            (r, "failed", "no_call_node") for r in unexplained
-        ]
+        never_dialled = (
+            [(r, "cancelled", "workflow_stopped") for r in stopped]
+            + [(r, "failed", "no_call_node") for r in unexplained]
+            + [(r, "failed", "unencodable_job") for r in bad_rows]
+        )
         if never_dialled:
             await self._publish_system_ends(
                 [
@@ -654,9 +670,8 @@ class Scheduler:
                 "UPDATE calls SET published_at = now() WHERE id = ANY($1::uuid[])",
                 [r["call_id"] for r, _, _ in never_dialled],
             )
-        if jobs:
-            await self._publish(jobs)
-        return len(jobs)
+        await self._publish_encoded(encoded)
+        return len(encoded)
 
     async def _end_moved_on(self, call_ids: list[uuid.UUID]) -> None:
         """End queued calls whose record no longer waits for them, and their node runs.
@@ -754,3 +769,21 @@ class Scheduler:
                 "DELETE FROM seats WHERE call_id = ANY($1::uuid[])", [r["id"] for r in rows]
             )
         return len(rows)
+
+
+def _encode(jobs: list[DialJob]) -> tuple[list[tuple[str, bytes]], list[DialJob]]:
+    """Each job's bytes, and the jobs that cannot be encoded (each logged once here)."""
+    encoded, unencodable = [], []
+    for job in jobs:
+        try:
+            encoded.append((job.call_id, job.to_bytes()))
+        except (TypeError, ValueError, RecursionError) as exc:
+            log.error(
+                "the dial job of call %s cannot be encoded (%s); its call and record will be"
+                " ended as failed",
+                job.call_id,
+                type(exc).__name__,
+                extra={"call_id": job.call_id, "record_id": job.record_id},
+            )
+            unencodable.append(job)
+    return encoded, unencodable

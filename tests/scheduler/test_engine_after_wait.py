@@ -145,3 +145,45 @@ async def test_a_graph_back_to_its_call_stops_at_the_cap_on_all_attempts(
         3,
     )
     assert len(worker.jobs) == 3
+
+
+async def test_a_job_no_encoder_takes_ends_its_call_and_holds_back_nobody(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    # Data stored before ingestion refused such nesting: the dial job's encoder
+    # cannot take it. Once it failed every tick for the whole batch, forever.
+    tenant = await make_tenant(pool, "unencodable")
+    definition = {
+        "start": "call",
+        "nodes": [CALL, {"id": "done", "type": "end"}],
+        "edges": [{"from": "call", "to": "done"}],
+    }
+    workflow = await insert_workflow(pool, tenant.id, definition, SETTINGS, "deep")
+    deep, fine = await _records(pool, tenant, workflow, ["2125550160", "2125550161"])
+    await pool.execute(
+        """UPDATE records SET meta = ('{"a":' || repeat('[', 600) || '1' || repeat(']', 600)
+               || '}')::jsonb WHERE id = $1""",
+        deep,
+    )
+    clock = Clock(NOON)
+    worker = AnsweringWorker(broker, clock, "answered", {})
+    consumer = EventConsumer(pool, broker)
+    await consumer.start()
+    sub = await broker.consume_jobs(worker, prefetch=10)
+    scheduler = Scheduler(pool, broker, clock=clock, tenant_ids=[tenant.id], republish_after_s=0)
+    try:
+        first = await scheduler.tick()
+        assert first.published == 1 and first.failed_workflows == 0
+        await _settle(pool, "SELECT status = 'completed' FROM records WHERE id = $1", fine)
+        second = await scheduler.tick()
+        assert second.republished == 0
+        await _settle(pool, "SELECT status <> 'in_progress' FROM records WHERE id = $1", deep)
+    finally:
+        await sub.cancel()
+        await consumer.close()
+    call = await pool.fetchrow(
+        "SELECT state, disposition, end_reason FROM calls WHERE record_id = $1", deep
+    )
+    assert tuple(call) == ("ended", "failed", "unencodable_job")
+    # (republish_after_s=0 sends the fine job twice; a real worker's claim dials it once)
+    assert {job.record_id for job in worker.jobs} == {str(fine)}
