@@ -13,14 +13,17 @@ connection per API process: moment-to-moment, without an id, not replayed.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 
-from api.context import POOL, bearer_tenant, check_query
+from api import links
+from api.context import POOL, SETTINGS, bearer_tenant, check_query
 from api.errors import ApiError
+from api.notifier import RECORDING_OF_EVENT_SQL, event_body, event_recording
 from api.outbox_cursor import OutboxCursor
 from dialer import jsonutil
 from dialer.pg_listen import ChannelListener
@@ -80,6 +83,22 @@ POLL_S = 0.5
 MAX_EVENT_NUMBER = 2**63 - 1
 HEARTBEAT_S = 15.0
 BATCH = 200
+# A recording link in the stream lives as long as a webhook's (7 days).
+LINK_TTL_S = 7 * 86400
+# Every tenant's ids (another tenant's event is not a hole), this tenant's
+# events with what their webhook bodies need, and the snapshot they were read in.
+_EVENTS_SQL = f"""
+SELECT o.id, o.event_type, o.payload, o.created_at, rec.id AS recording_id,
+       pg_snapshot_xmin(s.snap)::text AS xmin,
+       pg_snapshot_xmax(s.snap)::text AS xmax
+FROM (SELECT pg_current_snapshot() AS snap) AS s
+LEFT JOIN LATERAL (
+    SELECT id, tenant_id, created_at,
+           CASE WHEN tenant_id = $1 THEN event_type END AS event_type,
+           CASE WHEN tenant_id = $1 THEN payload END AS payload
+    FROM outbox WHERE id > $2 ORDER BY id LIMIT $3) AS o ON true
+LEFT JOIN LATERAL ({RECORDING_OF_EVENT_SQL}) rec ON true
+"""
 
 
 def _cursor(request: web.Request) -> int | None:
@@ -104,6 +123,8 @@ async def live(request: web.Request) -> web.StreamResponse:
     tenant = await bearer_tenant(request)
     check_query(request, frozenset({"after"}))
     pool = request.app[POOL]
+    settings = request.app[SETTINGS]
+    link_key = links.link_key(settings.webhook_secret.value)
     last = _cursor(request)
     if last is None:  # new viewers start now, not at the beginning of history
         last = await pool.fetchval("SELECT coalesce(max(id), 0) FROM outbox")
@@ -118,22 +139,7 @@ async def live(request: web.Request) -> web.StreamResponse:
     cursor = OutboxCursor(last)
     try:
         while True:
-            # Every tenant's ids (another tenant's event is not a hole), this
-            # tenant's events, and the snapshot they were read in.
-            rows = await pool.fetch(
-                """SELECT o.id, o.event_type, o.payload,
-                          pg_snapshot_xmin(s.snap)::text AS xmin,
-                          pg_snapshot_xmax(s.snap)::text AS xmax
-                   FROM (SELECT pg_current_snapshot() AS snap) AS s
-                   LEFT JOIN LATERAL (
-                       SELECT id,
-                              CASE WHEN tenant_id = $1 THEN event_type END AS event_type,
-                              CASE WHEN tenant_id = $1 THEN payload END AS payload
-                       FROM outbox WHERE id > $2 ORDER BY id LIMIT $3) AS o ON true""",
-                tenant,
-                cursor.last,
-                BATCH,
-            )
+            rows = await pool.fetch(_EVENTS_SQL, tenant, cursor.last, BATCH)
             found = [row for row in rows if row["id"] is not None]
             before = cursor.last
             now = asyncio.get_running_loop().time()
@@ -146,9 +152,18 @@ async def live(request: web.Request) -> web.StreamResponse:
                     break
                 if row["event_type"] is None:
                     continue  # another tenant's
-                text = jsonutil.dumps(row["payload"])
+                # The webhook's own body: its timestamp, and a fresh recording link.
+                recording = event_recording(
+                    settings.public_url,
+                    link_key,
+                    row["recording_id"],
+                    int(time.time()) + LINK_TTL_S,
+                )
+                event_json = event_body(row["payload"], row["created_at"], recording)
                 await response.write(
-                    f"id: {row['id']}\nevent: {row['event_type']}\ndata: {text}\n\n".encode()
+                    f"id: {row['id']}\nevent: {row['event_type']}\ndata: ".encode()
+                    + event_json
+                    + b"\n\n"
                 )
                 wrote = True
             if wrote:

@@ -68,6 +68,7 @@ from dialer.ids import new_id
 from dialer.settings import Settings
 
 __all__ = [
+    "RECORDING_OF_EVENT_SQL",
     "SPEC_RETRY_DELAYS_S",
     "AddressGuard",
     "Attempt",
@@ -76,6 +77,7 @@ __all__ = [
     "RefusedAddress",
     "Verdict",
     "event_body",
+    "event_recording",
     "judge_answer",
     "parse_retry_after",
     "retry_delay_s",
@@ -235,6 +237,15 @@ def webhook_headers(
         "webhook-timestamp": str(timestamp),
         "webhook-signature": signature_header(signers, msg_id, timestamp, body),
     }
+
+
+def event_recording(
+    public_url: str, key: bytes | None, recording_id: uuid.UUID | None, expires: int
+) -> dict[str, Any] | None:
+    """The recording fields an event's body gets: None without a recording or a link key."""
+    if recording_id is None or key is None:
+        return None
+    return {"id": str(recording_id), **recording_link(public_url, key, recording_id, expires)}
 
 
 def event_body(
@@ -406,6 +417,19 @@ RETURNING (SELECT count(*) FROM fan) AS fanned
 """
 
 _UUID_RE = "'^[0-9a-fA-F-]{36}$'"
+# The recording an outbox row ``o`` names (by id, or by its call), for its link:
+# a lateral subquery, shared with the live view so both show the same body.
+RECORDING_OF_EVENT_SQL = f"""
+    SELECT r.id FROM recordings r
+    WHERE o.event_type IN ('call.completed', 'recording.available')
+      AND r.tenant_id = o.tenant_id AND r.deleted_at IS NULL
+      AND (r.id = CASE WHEN o.payload->'data'->>'recording_id' ~ {_UUID_RE}
+                       THEN (o.payload->'data'->>'recording_id')::uuid END
+           OR (o.payload->'data'->>'recording_id' IS NULL
+               AND r.call_id = CASE WHEN o.payload->'data'->>'call_id' ~ {_UUID_RE}
+                                    THEN (o.payload->'data'->>'call_id')::uuid END))
+    ORDER BY r.created_at LIMIT 1
+"""
 _LEASE_SQL = f"""
 WITH due AS (
     SELECT d.id, d.leased_by, d.attempts FROM webhook_deliveries d
@@ -445,17 +469,7 @@ SELECT l.id AS delivery_id, l.tenant_id, l.attempts AS attempt, l.endpoint_id,
 FROM leased l
 JOIN webhook_endpoints e ON e.id = l.endpoint_id
 JOIN outbox o ON o.id = l.outbox_id
-LEFT JOIN LATERAL (
-    SELECT r.id FROM recordings r
-    WHERE o.event_type IN ('call.completed', 'recording.available')
-      AND r.tenant_id = o.tenant_id AND r.deleted_at IS NULL
-      AND (r.id = CASE WHEN o.payload->'data'->>'recording_id' ~ {_UUID_RE}
-                       THEN (o.payload->'data'->>'recording_id')::uuid END
-           OR (o.payload->'data'->>'recording_id' IS NULL
-               AND r.call_id = CASE WHEN o.payload->'data'->>'call_id' ~ {_UUID_RE}
-                                    THEN (o.payload->'data'->>'call_id')::uuid END))
-    ORDER BY r.created_at LIMIT 1
-) rec ON true
+LEFT JOIN LATERAL ({RECORDING_OF_EVENT_SQL}) rec ON true
 """
 
 _RECORD_ATTEMPTS_SQL = """
@@ -731,13 +745,12 @@ class Notifier:
         return verdict
 
     def _recording(self, attempt: Attempt, now: float) -> dict[str, Any] | None:
-        if attempt.recording_id is None or self._link_key is None:
-            return None
-        expires = int(now) + self.config.link_ttl_s
-        link = recording_link(
-            self.settings.public_url, self._link_key, attempt.recording_id, expires
+        return event_recording(
+            self.settings.public_url,
+            self._link_key,
+            attempt.recording_id,
+            int(now) + self.config.link_ttl_s,
         )
-        return {"id": str(attempt.recording_id), **link}
 
     async def _deliver(self, attempt: Attempt) -> None:
         endpoint = attempt.endpoint_id

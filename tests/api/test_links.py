@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +23,7 @@ from api.links import (
     verify_link,
 )
 from dialer.ids import new_id
+from dialer.outbox import write_event
 from dialer.settings import Secret, Settings
 from tests.api.test_notifier import (  # noqa: F401  (receiver is a fixture)
     Receiver,
@@ -283,3 +286,41 @@ async def test_call_completed_webhook_carries_a_working_link(
     await pool.execute(
         "UPDATE webhook_endpoints SET enabled = false WHERE tenant_id = $1", tenant.id
     )
+
+
+async def test_the_live_view_shows_each_event_as_its_webhook_body(
+    client: TestClient, pool: asyncpg.Pool, settings: Settings, tenant: Tenant
+) -> None:
+    # The README promises the stream's data is the webhook body: the timestamp,
+    # and the recording link the notifier adds, are there too.
+    call_id, recording_id, _ = await make_recording(pool, tenant, settings)
+    async with pool.acquire() as conn:
+        await write_event(
+            conn,
+            tenant_id=tenant.id,
+            event_type="recording.available",
+            payload={"recording_id": str(recording_id), "call_id": str(call_id)},
+        )
+        await write_event(
+            conn,
+            tenant_id=tenant.id,
+            event_type="call.completed",
+            payload={"call_id": str(new_id()), "disposition": "busy"},
+        )
+    resp = await client.get("/v1/live?after=0", headers=tenant.auth)
+    bodies = []
+    async with asyncio.timeout(5):
+        while len(bodies) < 2:
+            line = (await resp.content.readline()).decode()
+            if line.startswith("data: "):
+                bodies.append(json.loads(line.removeprefix("data: ")))
+    resp.close()
+    available, completed = bodies
+    assert set(available) == {"type", "id", "timestamp", "data"}
+    assert available["timestamp"].endswith("Z")
+    data = available["data"]
+    assert data["recording_id"] == str(recording_id)
+    assert data["recording_url_expires_at"]
+    got = await client.get(_path_of(data["recording_url"]))
+    assert got.status == 200 and await got.read() == AUDIO
+    assert completed["data"]["recording_url"] is None
