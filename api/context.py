@@ -15,6 +15,7 @@ import asyncpg
 from aiohttp import web
 
 from api.errors import ApiError
+from api.validation import FieldError, normalise_phone
 from dialer import jsonutil
 from dialer.settings import Settings
 from dialer.tenants import resolve_api_key
@@ -28,6 +29,7 @@ __all__ = [
     "int_query",
     "nul_middleware",
     "parse_uuid",
+    "phone_query",
     "read_json_object",
     "uuid_query",
 ]
@@ -153,6 +155,19 @@ def uuid_query(request: web.Request, name: str) -> uuid.UUID | None:
         return uuid.UUID(raw)
     except ValueError:
         raise ApiError(422, f"{name} must be a UUID", field=name) from None
+
+
+def phone_query(request: web.Request, name: str = "phone") -> str:
+    """A phone number from the query string, in E.164; a 422 that says why not."""
+    raw = request.query[name]
+    try:
+        return normalise_phone(raw.strip(), allow_e164=True, field=name)
+    except FieldError as exc:
+        message = exc.message
+        if raw[:1] == " " and raw[1:2].isdigit():
+            # A '+' sent as is: a query string reads it as a space.
+            message += "; a '+' in a query string must be sent as %2B"
+        raise ApiError(422, message, field=name) from None
 
 
 def int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:

@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from api.context import POOL, bearer_tenant, check_query, int_query, read_json_object
+from api.context import POOL, bearer_tenant, check_query, int_query, phone_query, read_json_object
 from api.errors import ApiError, json_response
 from api.validation import FieldError, normalise_phone
 
@@ -95,7 +95,7 @@ async def check_or_list(request: web.Request) -> web.Response:
     check_query(request, frozenset({"phone", "limit", "after"}))
     pool = request.app[POOL]
     if "phone" in request.query:
-        phone = _phone(request.query["phone"], "phone")
+        phone = phone_query(request)
         row = await pool.fetchrow(
             "SELECT reason, created_at FROM dnc WHERE tenant_id = $1 AND phone_e164 = $2",
             tenant,

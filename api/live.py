@@ -102,18 +102,17 @@ LEFT JOIN LATERAL ({RECORDING_OF_EVENT_SQL}) rec ON true
 
 
 def _cursor(request: web.Request) -> int | None:
-    raw = request.headers.get("Last-Event-ID") or request.query.get("after")
+    header = request.headers.get("Last-Event-ID")
+    name, raw = ("Last-Event-ID", header) if header else ("after", request.query.get("after"))
     if raw is None:
         return None
     try:
         value = int(raw)
     except ValueError:
-        raise ApiError(
-            422, "after (or Last-Event-ID) must be an event number", field="after"
-        ) from None
+        raise ApiError(422, f"{name} must be an event number", field=name) from None
     if not 0 <= value <= MAX_EVENT_NUMBER:
         raise ApiError(
-            422, f"after must be an event number from 0 to {MAX_EVENT_NUMBER}", field="after"
+            422, f"{name} must be an event number from 0 to {MAX_EVENT_NUMBER}", field=name
         )
     return value
 

@@ -22,12 +22,12 @@ from api.context import (
     check_query,
     int_query,
     parse_uuid,
+    phone_query,
     uuid_query,
 )
 from api.errors import ApiError, json_response
 from api.links import recording_json
 from api.records import RECORD_SELECT, RECORD_STATUSES, record_json
-from api.validation import FieldError, normalise_phone
 from api.workflows import load_workflow
 
 __all__ = ["call_json", "routes"]
@@ -92,13 +92,6 @@ def call_json(row: asyncpg.Record, recordings: list[dict[str, Any]]) -> dict[str
         "talk_s": row["talk_s"],
         "recordings": recordings,
     }
-
-
-def _phone(raw: str) -> str:
-    try:
-        return normalise_phone(raw.strip(), allow_e164=True, field="phone")
-    except FieldError as exc:
-        raise ApiError(422, exc.message, field="phone") from None
 
 
 def _choice(request: web.Request, name: str, choices: tuple[str, ...]) -> str | None:
@@ -198,7 +191,7 @@ async def workflow_calls(request: web.Request) -> web.Response:
     where = _Where("c.tenant_id = ?", tenant)
     where.add("c.workflow_id = ?", workflow["id"])
     if "phone" in request.query:
-        where.add("c.phone_e164 = ?", _phone(request.query["phone"]))
+        where.add("c.phone_e164 = ?", phone_query(request))
     if "case_id" in request.query:
         where.add("r.case_id = ?", request.query["case_id"])
     if (record_id := uuid_query(request, "record_id")) is not None:
@@ -224,7 +217,7 @@ async def list_recordings(request: web.Request) -> web.Response:
     )
     where = _Where("g.tenant_id = ?", tenant)
     if "phone" in request.query:
-        where.add("c.phone_e164 = ?", _phone(request.query["phone"]))
+        where.add("c.phone_e164 = ?", phone_query(request))
     for name, column in _RECORDING_FILTERS:
         if (value := uuid_query(request, name)) is not None:
             where.add(f"{column} = ?", value)
@@ -261,7 +254,7 @@ async def workflow_tasks(request: web.Request) -> web.Response:
     if (status := _choice(request, "status", RECORD_STATUSES)) is not None:
         where.add("r.status = ?", status)
     if "phone" in request.query:
-        where.add("r.phone_e164 = ?", _phone(request.query["phone"]))
+        where.add("r.phone_e164 = ?", phone_query(request))
     if "case_id" in request.query:
         where.add("r.case_id = ?", request.query["case_id"])
     if (list_id := uuid_query(request, "list_id")) is not None:
@@ -317,7 +310,7 @@ async def workflow_subtasks(request: web.Request) -> web.Response:
     if "case_id" in request.query:
         where.add("r.case_id = ?", request.query["case_id"])
     if "phone" in request.query:
-        where.add("r.phone_e164 = ?", _phone(request.query["phone"]))
+        where.add("r.phone_e164 = ?", phone_query(request))
     sql, args, limit = where.page("n.id", request)
     rows = await pool.fetch(
         f"""SELECT n.id, n.record_id, n.workflow_id, n.node_id, n.node_type, n.status,

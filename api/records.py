@@ -13,11 +13,12 @@ from api.context import (
     check_query,
     int_query,
     parse_uuid,
+    phone_query,
     read_json_object,
     uuid_query,
 )
 from api.errors import ApiError, json_response
-from api.validation import FieldError, normalise_phone, validate_record
+from api.validation import FieldError, validate_record
 from scheduler.steps import complete_list_if_done
 
 __all__ = ["RECORD_STATUSES", "record_json", "routes"]
@@ -87,13 +88,6 @@ async def _load(conn: asyncpg.Connection | asyncpg.Pool, tenant: Any, ident: str
     return row
 
 
-def _phone_query(raw: str) -> str:
-    try:
-        return normalise_phone(raw.strip(), allow_e164=True, field="phone")
-    except FieldError as exc:
-        raise ApiError(422, exc.message, field="phone") from None
-
-
 @routes.get("/v1/records")
 async def search_records(request: web.Request) -> web.Response:
     """Search by phone, case_id, first or last name, workflow, list or status; paged by cursor."""
@@ -109,7 +103,7 @@ async def search_records(request: web.Request) -> web.Response:
 
     query = request.query
     if "phone" in query:
-        add("r.phone_e164 = ?", _phone_query(query["phone"]))
+        add("r.phone_e164 = ?", phone_query(request))
     if "case_id" in query:
         add("r.case_id = ?", query["case_id"])
     if "first_name" in query:
@@ -144,7 +138,7 @@ async def locate(request: web.Request) -> web.Response:
     if "case_id" in request.query:
         where, value = "r.case_id = $2", request.query["case_id"]
     elif "phone" in request.query:
-        where, value = "r.phone_e164 = $2", _phone_query(request.query["phone"])
+        where, value = "r.phone_e164 = $2", phone_query(request)
     else:
         raise ApiError(422, "give case_id or phone", field="case_id")
     rows = await request.app[POOL].fetch(

@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import importlib
 import secrets
 import signal
@@ -293,7 +294,10 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         agent = UserAgent(options, [trunk])
         await agent.start()
     except OSError as error:
-        return _fail(f"cannot start the user agent on {listen}: {error}")
+        hint = ""
+        if error.errno == errno.EADDRINUSE:
+            hint = f" (another process, `dialer up` say, holds it: --listen {listen.host}:0)"
+        return _fail(f"cannot start the user agent on {listen}: {error}{hint}")
     try:
         return await _call(agent, args, settings, narrator)
     finally:

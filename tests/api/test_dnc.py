@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.conftest import Tenant
@@ -43,3 +44,17 @@ async def test_dnc_lifecycle(client: TestClient, tenant: Tenant, other_tenant: T
     assert check["on_list"] is False
     bad = await client.post("/v1/dnc", json={"phone_number": "555"}, headers=tenant.auth)
     assert bad.status == 422 and (await bad.json())["error"]["field"] == "phone_number"
+
+
+@pytest.mark.parametrize("path", ["/v1/dnc?phone=+13125550100", "/v1/records?phone=+13125550100"])
+async def test_an_unencoded_plus_in_a_query_gets_a_hint(
+    client: TestClient, tenant: Tenant, path: str
+) -> None:
+    # A query string reads '+' as a space: the error says how to send it.
+    resp = await client.get(path, headers=tenant.auth)
+    assert resp.status == 422
+    error = (await resp.json())["error"]
+    assert error["field"] == "phone"
+    assert error["message"].endswith("a '+' in a query string must be sent as %2B")
+    fine = await client.get(path.replace("+", "%2B"), headers=tenant.auth)
+    assert fine.status == 200, await fine.text()

@@ -163,3 +163,15 @@ async def test_call_progress_reaches_the_viewer_of_its_tenant_only(
     assert (await _next_event(theirs))["data"] == '{"type":"call.answered","data":{"call_id":"x"}}'
     mine.close()
     theirs.close()
+
+
+async def test_a_bad_cursor_is_named_by_where_it_came_from(
+    client: TestClient, tenant: Tenant
+) -> None:
+    for headers, query, field in (
+        ({"Last-Event-ID": "-5"}, "", "Last-Event-ID"),
+        ({}, "?after=x", "after"),
+    ):
+        resp = await client.get(f"/v1/live{query}", headers={**tenant.auth, **headers})
+        assert resp.status == 422
+        assert (await resp.json())["error"]["field"] == field

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -250,6 +251,27 @@ async def test_cli_bad_options(argv: list[str], message: str) -> None:
     )
     _, stderr = await asyncio.wait_for(process.communicate(), 20)
     assert process.returncode == 2 and message in stderr.decode()
+
+
+async def test_cli_with_its_sip_port_taken_says_how_to_pick_another() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "dialer.call_cli",
+            "1000",
+            "--trunk",
+            "sip:127.0.0.1:5999",
+            "--listen",
+            f"127.0.0.1:{port}",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(process.communicate(), 20)
+    assert process.returncode == 2
+    assert "--listen 127.0.0.1:0" in stderr.decode()
 
 
 async def test_cli_without_a_trunk() -> None:
