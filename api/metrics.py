@@ -4,7 +4,9 @@ The state that matters lives in the database, shared by every process, so a
 scrape of any API process tells the whole story: calls by state and outcome,
 attempts in the last minute, active calls, webhook backlog and lag, due
 records, the dial queue's depth and the pacing ratio (dials per free seat)
-per workflow, and each workflow's abandonment rate over 30 days.
+per workflow, each workflow's abandonment rate over 30 days, and counters of
+calls dialled and ended by outcome (kept by triggers in the database, so they
+survive restarts and count every process's calls once).
 Per-process RTP statistics travel on each call's ``media_stats`` and are
 summarised here from the last hour's calls.
 """
@@ -16,7 +18,7 @@ import math
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from api.context import POOL, SETTINGS
 from api.errors import ApiError
@@ -30,7 +32,7 @@ routes = web.RouteTableDef()
 class _Snapshot:
     """A collector over values fetched before the scrape is rendered."""
 
-    def __init__(self, families: list[GaugeMetricFamily]) -> None:
+    def __init__(self, families: list[Metric]) -> None:
         self.families = families
 
     def collect(self):
@@ -103,6 +105,10 @@ async def metrics(request: web.Request) -> web.Response:
                       count(*) FILTER (WHERE end_reason = 'pacing') AS taken_back
                FROM calls WHERE state = 'ended' AND ended_at > now() - interval '1 hour'
                GROUP BY 1"""
+        )
+        counters = await conn.fetch(
+            """SELECT workflow_id::text, kind, disposition, n FROM call_counters
+               ORDER BY 1, 2, 3"""
         )
         media = await conn.fetchrow(
             """SELECT coalesce(avg((media_stats->>'loss_fraction')::float8), 0) AS loss,
@@ -198,6 +204,21 @@ async def metrics(request: web.Request) -> web.Response:
     )
     for row in taken_back:
         take_back.add_metric([row["workflow_id"]], row["taken_back"] / row["ended"])
+    dialled = CounterMetricFamily(
+        "dialer_calls_dialled",
+        "Calls handed to a trunk since the workflow began, by workflow",
+        labels=["workflow_id"],
+    )
+    ended = CounterMetricFamily(
+        "dialer_calls_ended",
+        "Calls ended since the workflow began, by workflow and outcome",
+        labels=["workflow_id", "disposition"],
+    )
+    for row in counters:
+        if row["kind"] == "dialled":
+            dialled.add_metric([row["workflow_id"]], row["n"])
+        else:
+            ended.add_metric([row["workflow_id"], row["disposition"]], row["n"])
     loss = GaugeMetricFamily("dialer_rtp_loss_fraction", "Mean RTP loss of last hour's calls")
     loss.add_metric([], float(media["loss"]))
     jitter = GaugeMetricFamily("dialer_rtp_jitter_seconds", "Mean RTP jitter of last hour's calls")
@@ -225,6 +246,8 @@ async def metrics(request: web.Request) -> web.Response:
                 ratio,
                 abandon,
                 take_back,
+                dialled,
+                ended,
                 loss,
                 jitter,
                 pending,

@@ -103,3 +103,63 @@ async def test_abandonment_leaves_machines_out_and_idle_workflows_read_zero(
         values = {s.labels["workflow_id"]: s.value for s in families[name].samples}
         assert values[idle["id"]] == 0, name
     assert "dialer_rtp_jitter_seconds" in families
+
+
+async def test_counters_count_every_dial_and_end_once_and_only_go_up(
+    client: TestClient, tenant: Tenant, pool
+) -> None:
+    wf = await make_workflow(client, tenant.auth)
+    resp = await client.post(
+        "/v1/records",
+        json={"workflow_key": wf["workflow_key"], **ref_record()},
+        headers=tenant.auth,
+    )
+    record_id = (await resp.json())["record_id"]
+    calls = [new_id() for _ in range(4)]
+    for call_id in calls:
+        await pool.execute(
+            """INSERT INTO calls (id, tenant_id, record_id, workflow_id, phone_e164)
+               VALUES ($1, $2, $3::uuid, $4::uuid, '+12125550123')""",
+            call_id,
+            tenant.id,
+            record_id,
+            wf["id"],
+        )
+
+    async def counters() -> tuple[dict, dict]:
+        text = await (await client.get("/metrics")).text()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        dialled = {
+            s.labels["workflow_id"]: s.value
+            for s in families["dialer_calls_dialled"].samples
+            if s.name.endswith("_total")
+        }
+        ended = {
+            s.labels["disposition"]: s.value
+            for s in families["dialer_calls_ended"].samples
+            if s.name.endswith("_total") and s.labels["workflow_id"] == wf["id"]
+        }
+        return dialled, ended
+
+    # Three claimed in one statement, as a worker claims a batch.
+    await pool.execute(
+        "UPDATE calls SET state = 'dialing', dialing_at = now() WHERE id = ANY($1::uuid[])",
+        calls[:3],
+    )
+    # Updates that change neither count nothing.
+    await pool.execute("UPDATE calls SET published_at = now() WHERE id = ANY($1::uuid[])", calls)
+    await pool.execute("UPDATE calls SET state = 'ringing' WHERE id = $1", calls[0])
+    assert (await counters())[0][wf["id"]] == 3
+    await pool.execute(
+        """UPDATE calls SET state = 'ended', disposition = d, ended_at = now()
+           FROM unnest($1::uuid[], $2::text[]) AS u(id, d) WHERE calls.id = u.id""",
+        calls,
+        ["busy", "busy", "answered", "cancelled"],
+    )
+    # Ending again (a redelivered event) does not count twice.
+    await pool.execute("UPDATE calls SET disposition = 'busy' WHERE id = $1", calls[0])
+    dialled, ended = await counters()
+    assert dialled[wf["id"]] == 3
+    assert ended == {"busy": 2, "answered": 1, "cancelled": 1}
+    text = await (await client.get("/metrics")).text()
+    assert "# TYPE dialer_calls_ended_total counter" in text
