@@ -54,12 +54,15 @@ class EndpointGates:
     def enter(self, endpoint: uuid.UUID, now: float) -> asyncio.Semaphore | None:
         """The gate an attempt for ``endpoint`` must pass, or None if it is not slow.
 
-        Every gate returned is handed back with :meth:`leave`, acquired or not.
+        Once its hold has run out an endpoint meets no gate, even while attempts
+        that entered before still hold or await it (they drain). Every gate
+        returned is handed back with :meth:`leave`, acquired or not.
         """
         self._forget_if_recovered(endpoint, now)
-        gate = self._gates.get(endpoint)
-        if gate is not None:
-            self._gated[endpoint] += 1
+        if not self.is_slow(endpoint, now):
+            return None
+        gate = self._gates[endpoint]
+        self._gated[endpoint] += 1
         return gate
 
     def leave(self, endpoint: uuid.UUID) -> None:
@@ -73,7 +76,8 @@ class EndpointGates:
         """Slow endpoints with ``cap`` attempts leased already: lease none of theirs now."""
         for endpoint in list(self._slow_until):
             self._forget_if_recovered(endpoint, now)
-        return [e for e in self._slow_until if self._leased[e] >= self.cap]
+        slow = [e for e, until in self._slow_until.items() if until > now]
+        return [e for e in slow if self._leased[e] >= self.cap]
 
     def _forget_if_recovered(self, endpoint: uuid.UUID, now: float) -> None:
         # A gate is dropped only when no attempt holds or awaits it.

@@ -393,6 +393,8 @@ class Attempt:
     ended_at: float = 0.0
     leased_at: float = 0.0  # monotonic
     stalled: bool = False  # gave its sending slot back while it waited for the answer
+    cut_short: bool = False  # stalled with no room to wait: ended as timed out
+    deadline: asyncio.Timeout | None = None  # the send's, while it runs
 
 
 _DISPATCH_SQL = """
@@ -545,7 +547,10 @@ class Notifier:
         self._send_slots = asyncio.Semaphore(self.config.concurrency)
         self._gates = EndpointGates(self.config.slow_endpoint_sends, self.config.slow_hold_s)
         self._parked: dict[int, Attempt] = {}  # waiting at a slow endpoint's gate
-        self._stalled_sends = 0
+        self._stalled_sends = 0  # sends that gave their slot back while they wait
+        # Sends of slow endpoints (past their gates): slots of their own.
+        self._slow_slots = asyncio.Semaphore(self.config.concurrency)
+        self._slow_sending = 0
         self._signers: dict[str, Webhook] = {}
         self._urls: dict[str, WebhookUrl | UnsafeUrl] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -557,7 +562,8 @@ class Notifier:
         """Deliver until ``stop`` is set; then finish (or abandon) what is in flight."""
         cfg = self.config
         connector = aiohttp.TCPConnector(
-            limit=2 * cfg.concurrency,  # the slots, and as many stalled sends
+            # The slots, as many stalled sends, and as many slow endpoints' sends.
+            limit=3 * cfg.concurrency,
             limit_per_host=0,
             resolver=self.guard.resolver(),
             socket_factory=self.guard.socket_factory,
@@ -634,8 +640,10 @@ class Notifier:
                 # Lease ahead: up to twice the sending concurrency is leased, so that
                 # the next batch is ready when a slot frees rather than a query later.
                 # An attempt that waited for its slot renews its lease first.
-                # Attempts parked at a slow endpoint's gate hold no slot and are not counted.
-                free = 2 * cfg.concurrency - (len(self._inflight) - len(self._parked))
+                # Counted: attempts that hold or await a sending slot. Not those parked
+                # at a slow endpoint's gate, sending past it, or stalled.
+                waiting_elsewhere = len(self._parked) + self._slow_sending + self._stalled_sends
+                free = 2 * cfg.concurrency - (len(self._inflight) - waiting_elsewhere)
                 if free >= max(1, min(cfg.batch_size, cfg.concurrency) // 4) or (
                     free > 0 and not self._inflight
                 ):
@@ -761,7 +769,8 @@ class Notifier:
             if gate is None:
                 sent = await self._send_holding_slot(attempt)
             else:
-                # A slow endpoint's attempt waits at its gate, holding no slot.
+                # A slow endpoint's attempt waits at its gate, then sends in a slot
+                # of the slow endpoints' own: it never holds one of the others'.
                 self._send_slots.release()
                 try:
                     self._parked[attempt.delivery_id] = attempt
@@ -770,8 +779,12 @@ class Notifier:
                     finally:
                         del self._parked[attempt.delivery_id]
                     try:
-                        await self._send_slots.acquire()
-                        sent = await self._send_holding_slot(attempt)
+                        async with self._slow_slots:
+                            self._slow_sending += 1
+                            try:
+                                sent = await self._send_timed(attempt, self._slow_stalled)
+                            finally:
+                                self._slow_sending -= 1
                     finally:
                         gate.release()
                 finally:
@@ -783,32 +796,47 @@ class Notifier:
             self._results_ready.set()
 
     async def _send_holding_slot(self, attempt: Attempt) -> bool:
-        """Send, then give the slot back; False if the lease was lost while it waited."""
-        stall: asyncio.TimerHandle | None = None
+        """Send in the slot held, then give it back (unless a stall gave it back already)."""
         try:
-            if not await self._still_ours(attempt):
-                return False  # its lease ran out while it waited: another attempt has it
-            stall = asyncio.get_running_loop().call_later(
-                self.config.stall_after_s, self._stalled, attempt
-            )
-            await self._send(attempt)
-            return True
+            return await self._send_timed(attempt, self._stalled)
         finally:
-            if stall is not None:
-                stall.cancel()
             if attempt.stalled:
                 self._stalled_sends -= 1
             else:
                 self._send_slots.release()
 
-    def _stalled(self, attempt: Attempt) -> None:
-        """A send ran past ``stall_after_s``: its endpoint is slow; its slot goes to others."""
+    async def _send_timed(self, attempt: Attempt, on_stall: Callable[[Attempt], None]) -> bool:
+        """Send with a timer that calls ``on_stall`` past ``stall_after_s``; False if the
+        lease was lost while the attempt waited."""
+        if not await self._still_ours(attempt):
+            return False  # its lease ran out while it waited: another attempt has it
+        stall = asyncio.get_running_loop().call_later(self.config.stall_after_s, on_stall, attempt)
+        try:
+            await self._send(attempt)
+        finally:
+            stall.cancel()
+        return True
+
+    def _slow_stalled(self, attempt: Attempt) -> None:
+        """A slow endpoint's send stalled again: it stays slow."""
         self._gates.mark_slow(attempt.endpoint_id, time.monotonic())
-        # The sockets held beyond the slots are bounded: past that, a stalled send keeps its slot.
+
+    def _stalled(self, attempt: Attempt) -> None:
+        """A send ran past ``stall_after_s``: its endpoint is slow; its slot goes to others.
+
+        The sockets held beyond the slots are bounded (``concurrency`` of
+        them): past that, the send is cut short instead, a failed attempt
+        retried on the schedule, so that no slot is ever held longer than
+        ``stall_after_s`` by a receiver that does not answer.
+        """
+        self._gates.mark_slow(attempt.endpoint_id, time.monotonic())
         if self._stalled_sends < self.config.concurrency:
             attempt.stalled = True
             self._stalled_sends += 1
             self._send_slots.release()
+        elif attempt.deadline is not None:
+            attempt.cut_short = True
+            attempt.deadline.reschedule(asyncio.get_running_loop().time())
 
     async def _renew_parked(self) -> None:
         """Renew the leases of attempts parked at a slow endpoint's gate before they run out."""
@@ -870,15 +898,17 @@ class Notifier:
             body = event_body(attempt.payload, attempt.created_at, self._recording(attempt, now))
             signers = [self._signer(s) for s in attempt.secrets]
             headers = webhook_headers(signers, str(attempt.event_id), int(now), body)
-            async with self._session.post(
-                url.url, data=body, headers=headers, allow_redirects=False
-            ) as resp:
-                attempt.status_code = resp.status
-                raw = await resp.content.read(self.config.max_response_bytes)
-                attempt.excerpt = raw.decode("utf-8", "replace") or None
-                attempt.retry_after_s = parse_retry_after(
-                    resp.headers.get("Retry-After"), time.time()
-                )
+            # A deadline the stall timer may bring forward (see _stalled).
+            async with asyncio.timeout(None) as attempt.deadline:
+                async with self._session.post(
+                    url.url, data=body, headers=headers, allow_redirects=False
+                ) as resp:
+                    attempt.status_code = resp.status
+                    raw = await resp.content.read(self.config.max_response_bytes)
+                    attempt.excerpt = raw.decode("utf-8", "replace") or None
+                    attempt.retry_after_s = parse_retry_after(
+                        resp.headers.get("Retry-After"), time.time()
+                    )
         except UnsafeUrl as exc:
             attempt.refused, attempt.error = True, f"refused: {exc.reason}"
         except aiohttp.ClientConnectorError as exc:
@@ -890,6 +920,11 @@ class Notifier:
             attempt.refused, attempt.error = True, f"refused: {exc.reason}"
         except TimeoutError:
             attempt.error = "timed out"
+            if attempt.cut_short:
+                attempt.error = (
+                    f"no answer within {self.config.stall_after_s:g} s while"
+                    f" {self.config.concurrency} other sends were waiting for theirs: cut short"
+                )
         except aiohttp.ClientError as exc:
             attempt.error = f"{type(exc).__name__}: {exc}"
         except (UnicodeError, ValueError) as exc:

@@ -41,16 +41,26 @@ async def test_the_gate_lets_cap_sends_through() -> None:
     assert gate.locked()
 
 
-def test_a_recovered_endpoint_is_forgotten_once_nobody_is_at_its_gate() -> None:
+def test_a_recovered_endpoint_meets_no_gate_while_the_old_one_drains() -> None:
     gates = EndpointGates(cap=2, hold_s=10.0)
     gates.mark_slow(SLOW, 0.0)
-    assert gates.enter(SLOW, 5.0) is not None  # one attempt at the gate
-    # Past the hold, but the gate is still in use: kept, so that attempt can leave it.
-    assert gates.enter(SLOW, 11.0) is not None
-    gates.leave(SLOW)
-    gates.leave(SLOW)
+    gate = gates.enter(SLOW, 5.0)  # one attempt at the gate
+    assert gate is not None
+    for _ in range(5):
+        gates.leased(SLOW)
+    # Past the hold: new attempts go ungated and its deliveries are leased again,
+    # however many it has, while the attempt inside drains.
     assert gates.enter(SLOW, 11.0) is None
-    assert not gates.is_slow(SLOW, 11.0)
+    assert gates.full(11.0) == []
+    # Slow again before the gate drained: the same gate, so the one inside can leave it.
+    gates.mark_slow(SLOW, 12.0)
+    assert gates.enter(SLOW, 12.0) is gate
+    assert gates.full(12.0) == [SLOW]
+    gates.leave(SLOW)
+    gates.leave(SLOW)
+    assert gates.enter(SLOW, 23.0) is None
+    assert not gates.is_slow(SLOW, 23.0)
+    assert gates.full(23.0) == []
 
 
 def test_a_new_stall_extends_the_hold() -> None:

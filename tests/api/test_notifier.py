@@ -690,6 +690,54 @@ async def test_a_hanging_receiver_does_not_hold_up_other_endpoints(
     assert len(await attempts_of(pool, fast)) == 10
 
 
+async def test_many_receivers_hanging_one_after_another_hold_up_no_one(
+    pool: asyncpg.Pool, settings: Settings, tenant: Tenant, receiver: Receiver
+) -> None:
+    # More receivers hang than the notifier can keep waiting on (2 stalled sends):
+    # the sends it has no room for are cut short (failed, retried later) rather
+    # than keep a slot, so the fast endpoint never waits out a timeout.
+    hanging = []
+    for i in range(4):
+        receiver.modes[f"/hang{i}"] = "hang"
+        workflow_id, _ = await make_records(pool, tenant, 1)
+        endpoint_id, _ = await add_endpoint(
+            pool,
+            tenant,
+            f"{receiver.base}/hang{i}",
+            workflow_id=workflow_id,
+            events=["workflow.status_changed"],
+        )
+        hanging.append((workflow_id, endpoint_id))
+    await add_endpoint(
+        pool, tenant, f"{receiver.base}/fast", events=["record.completed"], receiver=receiver
+    )
+    config = dataclasses.replace(
+        FAST,
+        concurrency=2,
+        read_timeout_s=3.0,
+        total_timeout_s=3.0,
+        lease_margin_s=0.4,
+        stall_after_s=0.2,
+        slow_endpoint_sends=1,
+    )
+    waits = []
+    async with running(pool, settings, config) as notifier:
+        for workflow_id, _ in hanging:
+            for n in range(3):
+                await emit(pool, tenant, workflow_id, None, "workflow.status_changed", {"n": n})
+            started = time.monotonic()
+            event = str(await emit(pool, tenant, None, None, "record.completed", {}))
+            await receiver.wait(
+                lambda event=event: event in {h.webhook_id for h in receiver.of("/fast")}
+            )
+            waits.append(time.monotonic() - started)
+            await asyncio.sleep(0.4)
+        assert notifier._stalled_sends <= config.concurrency
+    assert max(waits) < 1.0, waits
+    errors = {a["error"] for _, endpoint in hanging for a in await attempts_of(pool, endpoint)}
+    assert any(e and e.endswith("cut short") for e in errors), errors
+
+
 async def test_two_notifiers_share_the_work_without_duplicates(
     big_pool: asyncpg.Pool, settings: Settings, tenant: Tenant, receiver: Receiver
 ) -> None:
