@@ -546,7 +546,7 @@ class Notifier:
         self._inflight: set[asyncio.Task[None]] = set()
         self._send_slots = asyncio.Semaphore(self.config.concurrency)
         self._gates = EndpointGates(self.config.slow_endpoint_sends, self.config.slow_hold_s)
-        self._parked: dict[int, Attempt] = {}  # waiting at a slow endpoint's gate
+        self._parked: dict[tuple[int, int], Attempt] = {}  # waiting at a slow endpoint's gate
         self._stalled_sends = 0  # sends that gave their slot back while they wait
         # Sends of slow endpoints (past their gates): slots of their own.
         self._slow_slots = asyncio.Semaphore(self.config.concurrency)
@@ -773,11 +773,11 @@ class Notifier:
                 # of the slow endpoints' own: it never holds one of the others'.
                 self._send_slots.release()
                 try:
-                    self._parked[attempt.delivery_id] = attempt
+                    self._parked[(attempt.delivery_id, attempt.attempt)] = attempt
                     try:
                         await gate.acquire()
                     finally:
-                        del self._parked[attempt.delivery_id]
+                        del self._parked[(attempt.delivery_id, attempt.attempt)]
                     try:
                         async with self._slow_slots:
                             self._slow_sending += 1
