@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 from aiohttp import web
 
@@ -73,4 +75,12 @@ def create_app(settings: Settings, pool: asyncpg.Pool) -> web.Application:
         await hub.close()
 
     app.on_cleanup.append(_close_hub)
+    # Open live streams end as the server shuts down, rather than hold up its
+    # stop (and the workers' drain after it) until the handlers' timeout.
+    app[live.STOPPING] = stopping = asyncio.Event()
+
+    async def _end_streams(_app: web.Application) -> None:
+        stopping.set()
+
+    app.on_shutdown.append(_end_streams)
     return app

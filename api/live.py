@@ -29,7 +29,7 @@ from dialer import jsonutil
 from dialer.pg_listen import ChannelListener
 from dialer.progress import CHANNEL, parse_progress
 
-__all__ = ["PROGRESS_HUB", "ProgressHub", "routes"]
+__all__ = ["PROGRESS_HUB", "STOPPING", "ProgressHub", "routes"]
 
 # Progress a slow viewer has not read yet is dropped past this, not buffered forever.
 VIEWER_BACKLOG = 1000
@@ -75,6 +75,7 @@ class ProgressHub:
 
 
 PROGRESS_HUB = web.AppKey("progress_hub", ProgressHub)
+STOPPING = web.AppKey("live_stopping", asyncio.Event)
 
 routes = web.RouteTableDef()
 
@@ -136,8 +137,11 @@ async def live(request: web.Request) -> web.StreamResponse:
     progress = await hub.subscribe(tenant) if hub is not None else None
     quiet = 0.0
     cursor = OutboxCursor(last)
+    stopping = request.app.get(STOPPING) or asyncio.Event()
     try:
-        while True:
+        # The server shutting down ends the stream within a poll: the viewer
+        # reconnects with Last-Event-ID and misses nothing.
+        while not stopping.is_set():
             rows = await pool.fetch(_EVENTS_SQL, tenant, cursor.last, BATCH)
             found = [row for row in rows if row["id"] is not None]
             before = cursor.last

@@ -153,7 +153,8 @@ async def metrics(request: web.Request) -> web.Response:
         "Records due for their next step, by workflow (a paused workflow's wait for its resume)",
         labels=["workflow_id"],
     )
-    for workflow_id in sorted({*due_by_workflow, *(w["workflow_id"] for w in workflows)}):
+    # Only workflows that may dial: a draft's records are not due for anything yet.
+    for workflow_id in sorted(w["workflow_id"] for w in workflows):
         depth.add_metric([workflow_id], due_by_workflow.get(workflow_id, 0))
     queue = GaugeMetricFamily(
         "dialer_dial_queue_depth",

@@ -251,6 +251,9 @@ class SipCallRunner:
                 # The trunk stayed full until the person's calling window closed.
                 log.info("not dialled: %s", busy, extra={"call_id": job.call_id})
                 return {"disposition": "expired", "hangup_by": "system", "end_reason": "trunk_wait"}
+            # The INVITE is out: from now the call is dialled (its dialing_at, its
+            # ring time), not while it waited for a channel of its trunk.
+            publish("dialing", {})
             self._unanswered[job.call_id] = handle
             answer = await handle.answered()
             self._unanswered.pop(job.call_id, None)

@@ -304,8 +304,7 @@ class Worker:
                    SELECT c.id, u.token FROM calls c
                    JOIN unnest($1::uuid[], $2::uuid[]) AS u(id, token) ON u.id = c.id
                    ORDER BY c.id FOR UPDATE OF c)
-               UPDATE calls c SET state = 'dialing', worker_id = $3, dialing_at = now(),
-                   claim_token = a.token
+               UPDATE calls c SET state = 'dialing', worker_id = $3, claim_token = a.token
                FROM asked a, records r, workflows w
                WHERE c.id = a.id AND r.id = c.record_id AND r.status = 'in_progress'
                  AND w.id = c.workflow_id AND w.status = 'active'
@@ -417,7 +416,6 @@ class Worker:
             else:
                 send(kind, payload, at)
 
-        await emit("dialing", {})
         try:
             data = await self.runner.run(job, emit)
         except asyncio.CancelledError:

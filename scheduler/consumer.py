@@ -450,8 +450,9 @@ class EventConsumer:
                 states[call_id] = _STATES[event.kind]
                 notes.append(_progress_payload(call, event))
             elif event.kind == "dialing" and states[call_id] == "dialing":
-                # The worker's claim set the state and its time already: only
-                # the viewers are still to hear of it.
+                # The worker's claim set the state; the INVITE's time is this
+                # event's (a call may have waited for a trunk channel since).
+                stamps.setdefault(call_id, {}).setdefault("dialing_at", event.at)
                 notes.append(_progress_payload(call, event))
         if stamps:
             ordered = sorted(stamps)  # rows already locked; id order all the same

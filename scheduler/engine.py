@@ -288,8 +288,9 @@ class Scheduler:
                SELECT
                  count(*) FILTER (WHERE live) AS in_flight,
                  count(*) FILTER (WHERE state = 'answered') AS talking,
-                 coalesce(array_agg(extract(epoch FROM now() - coalesce(dialing_at, now()))
-                                    ORDER BY id)
+                 coalesce(array_agg(
+                     extract(epoch FROM now() - coalesce(dialing_at, ringing_at, now()))
+                     ORDER BY id)
                      FILTER (WHERE live), '{}')
                      AS in_flight_ages,
                  coalesce(array_agg(id::text ORDER BY id)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
+import aiohttp
 import orjson
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from api.app import create_app
 from dialer.outbox import write_event
+from dialer.settings import Settings
 from tests.conftest import Tenant
 
 
@@ -175,3 +180,27 @@ async def test_a_bad_cursor_is_named_by_where_it_came_from(
         resp = await client.get(f"/v1/live{query}", headers={**tenant.auth, **headers})
         assert resp.status == 422
         assert (await resp.json())["error"]["field"] == field
+
+
+async def test_a_server_shutting_down_ends_open_streams_at_once(
+    settings: Settings, pool, tenant: Tenant
+) -> None:
+    # Once, an open stream held `dialer up`'s stop for the handlers' timeout (60 s
+    # and more), and the workers' drain behind it.
+    runner = web.AppRunner(create_app(settings, pool), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with aiohttp.ClientSession() as session:
+            resp = await session.get(f"http://127.0.0.1:{port}/v1/live", headers=tenant.auth)
+            assert resp.status == 200
+            assert await resp.content.readline() == b": live\n"
+            started = time.monotonic()
+            await asyncio.wait_for(runner.cleanup(), 10)
+            assert time.monotonic() - started < 3
+            await asyncio.wait_for(resp.content.read(), 3)  # the stream has ended
+            resp.close()
+    finally:
+        await runner.cleanup()

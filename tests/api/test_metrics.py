@@ -105,6 +105,22 @@ async def test_abandonment_leaves_machines_out_and_idle_workflows_read_zero(
     assert "dialer_rtp_jitter_seconds" in families
 
 
+async def test_a_draft_workflow_s_records_are_not_due(
+    client: TestClient, tenant: Tenant, pool
+) -> None:
+    draft = await make_workflow(client, tenant.auth, status="draft", name="draft")
+    resp = await client.post(
+        "/v1/records",
+        json={"workflow_key": draft["workflow_key"], **ref_record()},
+        headers=tenant.auth,
+    )
+    assert resp.status == 201
+    text = await (await client.get("/metrics")).text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in ("dialer_due_records", "dialer_workflow_status"):
+        assert draft["id"] not in {s.labels["workflow_id"] for s in families[name].samples}
+
+
 async def test_counters_count_every_dial_and_end_once_and_only_go_up(
     client: TestClient, tenant: Tenant, pool
 ) -> None:

@@ -8,6 +8,7 @@ notes when each INVITE arrives.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import sys
 import time
@@ -340,12 +341,26 @@ async def test_runner_ends_a_call_that_waited_past_its_window_expired(
                 record=True,
             )
 
+            emitted: list[str] = []
+
             async def emit(kind: str, data: dict[str, Any]) -> None:
-                pass
+                emitted.append(kind)
 
             data = await asyncio.wait_for(runner.run(job, emit), 5)
+            # Never dialled: no "dialing" (nor a dialled count, nor a ring time).
+            assert emitted == []
+            # With the channel free, "dialing" comes once the INVITE is out, and
+            # before the callee's ringing.
+            await pool.execute("DELETE FROM trunk_channels WHERE trunk_key = $1", config.shared_key)
+            rung = dataclasses.replace(
+                job, call_id=str(uuid.uuid4()), not_after=None, ring_timeout_s=0.5
+            )
+            rang = await asyncio.wait_for(runner.run(rung, emit), 5)
+            assert rang["disposition"] == "no_answer"
+            assert emitted[:2] == ["dialing", "ringing"]
+            assert rang["times"]["dialing"] is not None
         assert (data["disposition"], data["end_reason"]) == ("expired", "trunk_wait")
-        assert carrier.arrivals == []
+        assert len(carrier.arrivals) == 1
         # Nothing recorded, no file left behind.
         assert "recording" not in data
         assert list((tmp_path / "recordings").rglob("*.wav")) == []

@@ -31,6 +31,7 @@ class ScriptedRunner:
 
     async def run(self, job: DialJob, emit: Emit) -> dict[str, Any]:
         self.calls.append(job.call_id)
+        await emit("dialing", {})  # as the real runner does once its INVITE is out
         await emit("ringing", {})
         await emit("answered", {})
         await self.release.wait()

@@ -241,3 +241,36 @@ async def test_a_batch_of_progress_stamps_each_call_once_and_notifies_in_order(
         "answered", NOON + 1, NOON + 3, NOON + 5
     )  # fmt: skip
     assert (two["state"], two["dialing"], two["ringing"]) == ("ringing", None, NOON + 2)
+
+
+async def test_a_claimed_call_is_dialled_when_its_invite_goes_out(
+    pool: asyncpg.Pool, broker: Broker
+) -> None:
+    # The claim sets no dialing time: a call may wait for a channel of its trunk
+    # first. The worker's "dialing" event, sent with the INVITE, stamps it, and
+    # counts the call as dialled; ring times are measured from there.
+    calls = await _placed(pool, broker, 2)
+    await pool.execute(
+        "UPDATE calls SET state = 'dialing', worker_id = 'w' WHERE id = ANY($1::uuid[])",
+        [c["id"] for c in calls],
+    )
+    workflow_id = calls[0]["workflow_id"]
+
+    async def dialled() -> int:
+        return await pool.fetchval(
+            """SELECT coalesce(sum(n), 0) FROM call_counters
+               WHERE workflow_id = $1 AND kind = 'dialled'""",
+            workflow_id,
+        )
+
+    assert await dialled() == 0
+    invite = dataclasses.replace(_ended(calls[0], "answered"), kind="dialing", data={}, at=NOON + 7)
+    consumer = EventConsumer(pool, broker)
+    await consumer.handle_many([invite, invite])
+    row = await pool.fetchrow("SELECT state, dialing_at FROM calls WHERE id = $1", calls[0]["id"])
+    assert row["state"] == "dialing" and row["dialing_at"].timestamp() == NOON + 7
+    assert await dialled() == 1
+    # The other never got a channel: it ends expired, never dialled.
+    await consumer.handle_many([_ended(calls[1], "expired", hangup_by="system")])
+    never = await pool.fetchval("SELECT dialing_at FROM calls WHERE id = $1", calls[1]["id"])
+    assert never is None and await dialled() == 1
