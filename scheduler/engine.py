@@ -48,6 +48,7 @@ from scheduler.steps import (
     context_for,
     dial_job,
     record_zone,
+    report_records_ended,
 )
 from scheduler.workflow import WORKFLOW_ERROR
 
@@ -579,15 +580,27 @@ class Scheduler:
     async def _cancel_cancelled_lists_leftovers(self) -> None:
         """Records of a cancelled list that came back to queued or waiting after the
         cancel (their call ended as it committed) end as the cancel ended the others."""
-        await self.pool.execute(
-            """UPDATE records r SET status = 'cancelled', outcome = 'list_cancelled',
-                   completed_at = now(), updated_at = now()
-               FROM lists l
-               WHERE l.status = 'cancelled' AND r.list_id = l.id
-                 AND r.status IN ('queued', 'waiting')
-                 AND ($1::uuid[] IS NULL OR l.tenant_id = ANY($1::uuid[]))""",
-            self.tenant_ids,
-        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """UPDATE records r SET status = 'cancelled', outcome = 'list_cancelled',
+                       completed_at = now(), updated_at = now()
+                   FROM lists l, workflows w
+                   WHERE l.status = 'cancelled' AND r.list_id = l.id AND w.id = r.workflow_id
+                     AND r.status IN ('queued', 'waiting')
+                     AND ($1::uuid[] IS NULL OR l.tenant_id = ANY($1::uuid[]))
+                   RETURNING r.id, r.tenant_id, r.workflow_id, r.case_id, r.phone_e164,
+                             r.attempts, r.meta, w.workflow_key""",
+                self.tenant_ids,
+            )
+            # Reported as the cancel reported the others: one record.completed each.
+            for workflow_key in {row["workflow_key"] for row in rows}:
+                await report_records_ended(
+                    conn,
+                    [row for row in rows if row["workflow_key"] == workflow_key],
+                    {"workflow_key": workflow_key},
+                    "cancelled",
+                    "list_cancelled",
+                )
 
     async def _republish_stale(self, now: float) -> int:
         """Jobs whose publish never confirmed: publish again (the claim makes it safe).

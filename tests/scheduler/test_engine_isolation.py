@@ -190,6 +190,15 @@ async def test_a_cancelled_lists_records_are_not_dialled(
     # Nor is it left queued for good: it ends as the cancel ended the others.
     record = await pool.fetchrow("SELECT status, outcome FROM records WHERE id = $1", record_id)
     assert (record["status"], record["outcome"]) == ("cancelled", "list_cancelled")
+    # And reported as the cancel reported the others.
+    event = await pool.fetchval(
+        "SELECT payload FROM outbox WHERE record_id = $1 AND event_type = 'record.completed'",
+        record_id,
+    )
+    assert (event["data"]["status"], event["data"]["outcome"]) == ("cancelled", "list_cancelled")
+    assert event["data"]["workflow_key"] == workflow["workflow_key"]
+    await scheduler.tick()  # nothing left to end, nothing reported twice
+    assert await pool.fetchval("SELECT count(*) FROM outbox WHERE record_id = $1", record_id) == 1
 
 
 async def _three_queued_one_waiting(
