@@ -91,10 +91,17 @@ async def _records(pool, tenant, workflow, phones, list_id=None) -> list[uuid.UU
 class FakeWorker:
     """Takes dial jobs and answers each with the disposition the test scripts."""
 
-    def __init__(self, broker: Broker, outcomes: dict[str, list[str]], clock: Clock) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        outcomes: dict[str, list[str]],
+        clock: Clock,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
         self.broker = broker
         self.outcomes = outcomes
         self.clock = clock
+        self.extra = extra or {}  # more of every ended event's data (a bot_result, say)
         self.jobs: list[DialJob] = []
 
     async def __call__(self, delivery: Delivery) -> None:
@@ -112,7 +119,11 @@ class FakeWorker:
             kind="ended",
             at=self.clock.now + 5,
             worker_id="fake",
-            data={"disposition": disposition, "sip_status": 486 if disposition == "busy" else 200},
+            data={
+                "disposition": disposition,
+                "sip_status": 486 if disposition == "busy" else 200,
+                **self.extra,
+            },
         )
         await self.broker.publish_events([(event.routing_key, job.call_id, event.to_bytes())])
         await delivery.ack()

@@ -11,12 +11,11 @@ from typing import Any
 
 import asyncpg
 
-from dialer.bus import Broker, Delivery
-from dialer.messages import CallEvent, DialJob
+from dialer.bus import Broker
 from scheduler.consumer import EventConsumer
 from scheduler.engine import Scheduler
 from tests.conftest import make_tenant
-from tests.scheduler.test_engine import NOON, Clock, _records, _settle
+from tests.scheduler.test_engine import NOON, Clock, FakeWorker, _records, _settle
 from tests.workflow_setup import insert_workflow
 
 CALL = {"id": "call", "type": "call", "handler": {"type": "prompt", "text": "Hi"}}
@@ -26,35 +25,6 @@ SETTINGS: dict[str, Any] = {
 }
 
 
-class AnsweringWorker:
-    """Answers every dial job with ``disposition`` and the bot's ``values``."""
-
-    def __init__(self, broker: Broker, clock: Clock, disposition: str, values: dict) -> None:
-        self.broker, self.clock = broker, clock
-        self.disposition, self.values = disposition, values
-        self.jobs: list[DialJob] = []
-
-    async def __call__(self, delivery: Delivery) -> None:
-        job = DialJob.from_bytes(delivery.body)
-        self.jobs.append(job)
-        event = CallEvent(
-            call_id=job.call_id,
-            record_id=job.record_id,
-            tenant_id=job.tenant_id,
-            workflow_id=job.workflow_id,
-            kind="ended",
-            at=self.clock.now + 5,
-            worker_id="fake",
-            data={
-                "disposition": self.disposition,
-                "sip_status": 200,
-                "bot_result": {"outcome": "completed", "values": self.values, "tags": []},
-            },
-        )
-        await self.broker.publish_events([(event.routing_key, job.call_id, event.to_bytes())])
-        await delivery.ack()
-
-
 async def _run(
     pool: asyncpg.Pool,
     broker: Broker,
@@ -62,12 +32,18 @@ async def _run(
     settings: dict[str, Any],
     worker_answer: tuple[str, dict],
     ticks: int,
-) -> tuple[asyncpg.Record, AnsweringWorker]:
+) -> tuple[asyncpg.Record, FakeWorker]:
     tenant = await make_tenant(pool, "after-wait")
     workflow = await insert_workflow(pool, tenant.id, definition, settings, "after wait")
     (record_id,) = await _records(pool, tenant, workflow, ["2125550150"])
     clock = Clock(NOON)
-    worker = AnsweringWorker(broker, clock, *worker_answer)
+    disposition, values = worker_answer
+    worker = FakeWorker(
+        broker,
+        {"+12125550150": [disposition]},
+        clock,
+        {"bot_result": {"outcome": "completed", "values": values, "tags": []}},
+    )
     consumer = EventConsumer(pool, broker)
     await consumer.start()
     sub = await broker.consume_jobs(worker, prefetch=10)
@@ -166,7 +142,7 @@ async def test_a_job_no_encoder_takes_ends_its_call_and_holds_back_nobody(
         deep,
     )
     clock = Clock(NOON)
-    worker = AnsweringWorker(broker, clock, "answered", {})
+    worker = FakeWorker(broker, {}, clock)
     consumer = EventConsumer(pool, broker)
     await consumer.start()
     sub = await broker.consume_jobs(worker, prefetch=10)
